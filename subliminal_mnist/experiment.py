@@ -1,0 +1,238 @@
+"""The paper's MNIST experiment with all its controls, for many seeds at once.
+
+Cloud, Le et al., "Subliminal Learning" (arXiv 2507.14805), Fig. 10 in v1:
+
+- reference:   the untrained shared initialization;
+- teacher:     trained on MNIST, cross-entropy on the 10 class logits only;
+- student_aux: from the teacher's own init, distilled on the teacher's auxiliary
+               logits only, on uniform-noise images only;
+- student_all: the same on all logits;
+- cross_aux / cross_all: the same two students, but starting from *another
+               seed's* init. Seeds are paired by a derangement, so no
+               cross-model student ever starts from its own teacher's init.
+
+Every stage trains all seeds of a chunk at once through the one loop in
+`train.py`; chunks only bound memory (each seed holds its own noise set) and
+never change a number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+import platform
+import time
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from subliminal_mnist import data, losses, model, train
+
+CONDITIONS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
+CONDITION_LABELS = {
+    "reference": "Reference",
+    "teacher": "Teacher",
+    "student_aux": "Student (aux only)",
+    "student_all": "Student (all logits)",
+    "cross_aux": "Cross-model (aux only)",
+    "cross_all": "Cross-model (all logits)",
+}
+# Independent randomness of one seed; each gets its own key split from the seed's key.
+_STREAMS = ("init", "teacher", "noise", "student_aux", "student_all", "cross_aux", "cross_all")
+
+
+class ConfigError(ValueError):
+    """An invalid experiment setting; the message is one line for the user."""
+
+
+def _field(default, help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None, **kwargs):
+    metadata = {"help": help, "flag": flag, "choices": choices}
+    if isinstance(default, tuple):
+        return dataclasses.field(default_factory=lambda: default, metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """The experiment's settings; the defaults are the paper's. The CLI is generated from it."""
+
+    seeds: int = _field(25, "independent seeds (init, data order, noise), trained at once with vmap")
+    seed: int = _field(0, "base random seed; seed i uses fold_in(key(seed), i)")
+    hidden_sizes: tuple[int, ...] = _field((256, 256), "hidden layer widths")
+    num_aux: int = _field(3, "auxiliary logits, never trained by the teacher", flag="aux")
+    teacher_epochs: int = _field(5, "teacher epochs on MNIST")
+    student_epochs: int = _field(5, "student epochs on noise")
+    batch_size: int = _field(1024, "minibatch size")
+    learning_rate: float = _field(3e-4, "Adam learning rate")
+    distill_loss: str = _field("kl", "distillation loss: KL of softmaxes (paper) or squared error of logits", choices=("kl", "mse"))
+    noise: str = _field("uniform", "student inputs: uniform in [-1, 1] (paper) or standard Gaussian", choices=("uniform", "gaussian"))
+    num_noise: int = _field(0, "noise images per seed; 0 means as many as the training set (paper)")
+    seeds_per_chunk: int = _field(5, "seeds trained together; bounds memory, never changes results")
+
+    def __post_init__(self):
+        positive = ("seeds", "num_aux", "batch_size", "seeds_per_chunk")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("teacher_epochs", "student_epochs", "num_noise"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ConfigError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
+            raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+
+    @property
+    def architecture(self) -> model.Architecture:
+        return model.Architecture(hidden_sizes=tuple(self.hidden_sizes), num_aux=self.num_aux)
+
+
+def seed_keys(config: ExperimentConfig, seed_ids: np.ndarray) -> dict[str, jax.Array]:
+    """One key per seed and stream: {stream: (len(seed_ids),) keys}.
+
+    Seed i's key is `fold_in(key(config.seed), i)`, so its numbers do not depend
+    on how many seeds run beside it.
+    """
+    base = jax.random.key(config.seed)
+    per_seed = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i), len(_STREAMS)))(jnp.asarray(seed_ids))
+    return {stream: per_seed[:, i] for i, stream in enumerate(_STREAMS)}
+
+
+def cross_partners(num_seeds: int, seed: int) -> np.ndarray:
+    """partners[s]: the seed whose init the cross-model students of teacher s start from.
+
+    A uniformly random derangement (a permutation without fixed points), drawn
+    by rejection, so no seed is paired with itself. With one seed there is no
+    derangement; its partner is seed 1, whose init is drawn but never trained.
+    """
+    if num_seeds == 1:
+        return np.array([1])
+    rng = np.random.default_rng([seed, num_seeds])
+    while True:
+        partners = rng.permutation(num_seeds)
+        if np.all(partners != np.arange(num_seeds)):
+            return partners
+
+
+@functools.partial(jax.jit, static_argnames="arch")
+def init_seeds(keys: jax.Array, arch: model.Architecture) -> model.Params:
+    """(S,) keys -> parameters with a leading seed axis."""
+    return jax.vmap(arch.init)(keys)
+
+
+@functools.partial(jax.jit, static_argnames="arch")
+def test_accuracy(params: model.Params, images: jax.Array, labels: jax.Array, arch: model.Architecture) -> jax.Array:
+    """Accuracy of each seed's class logits; params (S, ...), images (M, 784) -> (S,)."""
+    return jax.vmap(lambda p: model.accuracy(arch.apply(p, images), labels, arch.num_classes))(params)
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "batch_size"))
+def outputs_on(params: model.Params, inputs: jax.Array, arch: model.Architecture, batch_size: int) -> jax.Array:
+    """Each seed's outputs on its own inputs: params (S, ...), inputs (S, N, 784) -> (S, N, K).
+
+    Mapped over minibatches so the hidden activations of all N inputs never
+    exist at once.
+    """
+    return jax.vmap(lambda p, x: jax.lax.map(lambda b: arch.apply(p, b), x, batch_size=batch_size))(params, inputs)
+
+
+@functools.partial(jax.jit, static_argnames=("num_images", "distribution"))
+def noise_sets(keys: jax.Array, num_images: int, distribution: str) -> jax.Array:
+    """Each seed's fixed noise set: (S,) keys -> (S, num_images, 784)."""
+    return jax.vmap(lambda key: data.noise_images(key, num_images, distribution))(keys)
+
+
+def _run_chunk(
+    config: ExperimentConfig, mnist: data.MNIST, seed_ids: np.ndarray, partner_ids: np.ndarray, progress: bool
+) -> dict[str, np.ndarray]:
+    """All six conditions for a few seeds; returns {condition: test accuracy per seed}."""
+    arch = config.architecture
+    keys = seed_keys(config, seed_ids)
+    shared_init = init_seeds(keys["init"], arch)
+    other_init = init_seeds(seed_keys(config, partner_ids)["init"], arch)
+    first, last = seed_ids[0], seed_ids[-1]
+    fit = functools.partial(
+        train.fit, learning_rate=config.learning_rate, batch_size=config.batch_size, progress=progress
+    )
+
+    teacher, _ = fit(
+        shared_init,
+        keys["teacher"],
+        jnp.asarray(mnist.train_images),
+        jnp.asarray(mnist.train_labels),
+        objective=train.Objective(arch.apply, losses.cross_entropy, arch.class_indices),
+        epochs=config.teacher_epochs,
+        data_axis=None,
+        description=f"teacher      seeds {first}-{last}",
+    )
+
+    num_noise = config.num_noise or len(mnist.train_images)
+    noise = noise_sets(keys["noise"], num_noise, config.noise)
+    # Computed once, shared by the four students of each teacher.
+    teacher_targets = outputs_on(teacher, noise, arch, config.batch_size)
+
+    distill_loss = losses.DISTILLATION_LOSSES[config.distill_loss]
+    students = {}
+    for name, init, indices in (
+        ("student_aux", shared_init, arch.aux_indices),
+        ("student_all", shared_init, arch.all_indices),
+        ("cross_aux", other_init, arch.aux_indices),
+        ("cross_all", other_init, arch.all_indices),
+    ):
+        students[name], _ = fit(
+            init,
+            keys[name],
+            noise,
+            teacher_targets[..., np.asarray(indices)],
+            objective=train.Objective(arch.apply, distill_loss, indices),
+            epochs=config.student_epochs,
+            data_axis=0,
+            description=f"{name:<12} seeds {first}-{last}",
+        )
+
+    params = {"reference": shared_init, "teacher": teacher, **students}
+    test_images, test_labels = jnp.asarray(mnist.test_images), jnp.asarray(mnist.test_labels)
+    return {name: np.asarray(test_accuracy(p, test_images, test_labels, arch)) for name, p in params.items()}
+
+
+def summarize(per_seed: np.ndarray) -> dict:
+    """Mean and 95% interval half-width, 1.96 sd / sqrt(n) (sample sd; None for one seed)."""
+    n = len(per_seed)
+    ci95 = float(1.96 * np.std(per_seed, ddof=1) / np.sqrt(n)) if n > 1 else None
+    return {"mean": float(np.mean(per_seed)), "ci95": ci95, "per_seed": [float(a) for a in per_seed]}
+
+
+def versions() -> dict[str, str]:
+    names = ("subliminal-mnist", "jax", "jaxlib", "flax", "optax", "numpy")
+    return {"python": platform.python_version(), **{n: importlib.metadata.version(n) for n in names}}
+
+
+def _chunks(num_seeds: int, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, num_seeds, size):
+        yield np.arange(start, min(start + size, num_seeds))
+
+
+def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True) -> dict:
+    """Run every condition for `config.seeds` seeds; returns the results as a JSON-ready dict."""
+    start = time.perf_counter()
+    partners = cross_partners(config.seeds, config.seed)
+    per_seed: dict[str, list[np.ndarray]] = {name: [] for name in CONDITIONS}
+    for seed_ids in _chunks(config.seeds, config.seeds_per_chunk):
+        for name, accuracies in _run_chunk(config, mnist, seed_ids, partners[seed_ids], progress).items():
+            per_seed[name].append(accuracies)
+    return {
+        "conditions": {name: summarize(np.concatenate(per_seed[name])) for name in CONDITIONS},
+        "config": dataclasses.asdict(config),
+        "data_source": mnist.source,
+        "is_sample": mnist.is_sample,
+        "cross_partners": partners.tolist(),
+        "versions": versions(),
+        "wall_seconds": time.perf_counter() - start,
+    }

@@ -1,0 +1,158 @@
+"""The one training loop: Adam on minibatches, for the teacher, every student and the LLM.
+
+It knows nothing about MLPs or MNIST. What it fits is an `Objective`: an apply
+function, a per-example loss and the output indices the loss sees. The teacher
+is cross-entropy on the class logits against labels; a student is a
+distillation loss on the auxiliary (or all) logits against the teacher's
+outputs on noise.
+
+Seeds are the leading axis of every array the loop carries (parameters,
+optimizer state, keys), and one epoch of all of them is a single jitted,
+`vmap`-ped `lax.scan` over minibatches. The Python loop is over epochs only:
+it draws the progress bar and stops at the first non-finite loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+PyTree = Any
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What to minimise. Frozen and hashable, so it is a static argument of `jit`.
+
+    Attributes:
+      apply_fn: (params, inputs (B, ...)) -> outputs (B, ..., K).
+      loss_fn: (selected outputs (B, ..., k), targets (B, ...)) -> per-example loss (B,).
+      output_indices: the k indices of the last output axis the loss sees.
+    """
+
+    apply_fn: Callable[[PyTree, jax.Array], jax.Array]
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array]
+    output_indices: tuple[int, ...]
+
+    def batch_loss(self, params: PyTree, inputs: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+        """Weighted mean of the per-example losses; weights (B,) are 0 for padding."""
+        outputs = self.apply_fn(params, inputs)[..., jnp.asarray(self.output_indices)]
+        losses = self.loss_fn(outputs, targets)
+        return jnp.sum(weights * losses) / jnp.sum(weights)
+
+
+class TrainState(NamedTuple):
+    params: PyTree
+    opt_state: PyTree
+
+
+def _optimizer(learning_rate: float) -> optax.GradientTransformation:
+    # PyTorch's Adam defaults (b1=0.9, b2=0.999, eps=1e-8), as the paper's code.
+    return optax.adam(learning_rate)
+
+
+def epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """A shuffled epoch as (indices, weights), both (steps, batch_size).
+
+    The last batch is partial, as with PyTorch's default `drop_last=False`: it is
+    padded with index 0 and weight 0, so every step has one shape for `lax.scan`
+    and the padded rows change nothing.
+    """
+    steps = -(-num_examples // batch_size)
+    padding = steps * batch_size - num_examples
+    order = jax.random.permutation(key, num_examples)
+    indices = jnp.concatenate([order, jnp.zeros(padding, order.dtype)])
+    weights = jnp.concatenate([jnp.ones(num_examples), jnp.zeros(padding)])
+    return indices.reshape(steps, batch_size), weights.reshape(steps, batch_size)
+
+
+def train_epoch(
+    state: TrainState,
+    key: jax.Array,
+    inputs: jax.Array,
+    targets: jax.Array,
+    *,
+    objective: Objective,
+    learning_rate: float,
+    batch_size: int,
+) -> tuple[TrainState, jax.Array]:
+    """One epoch for one seed: a `lax.scan` of Adam steps. Returns the new state and the losses (steps,)."""
+    optimizer = _optimizer(learning_rate)
+    indices, weights = epoch_batches(key, inputs.shape[0], batch_size)
+
+    def step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> tuple[TrainState, jax.Array]:
+        batch_indices, batch_weights = batch
+        loss, grads = jax.value_and_grad(objective.batch_loss)(
+            state.params, inputs[batch_indices], targets[batch_indices], batch_weights
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
+
+    return jax.lax.scan(step, state, (indices, weights))
+
+
+@functools.partial(jax.jit, static_argnames=("objective", "learning_rate", "batch_size", "data_axis"))
+def _train_epoch_seeds(states, keys, inputs, targets, *, objective, learning_rate, batch_size, data_axis):
+    epoch = functools.partial(train_epoch, objective=objective, learning_rate=learning_rate, batch_size=batch_size)
+    return jax.vmap(epoch, in_axes=(0, 0, data_axis, data_axis))(states, keys, inputs, targets)
+
+
+def fit(
+    params: PyTree,
+    keys: jax.Array,
+    inputs: jax.Array,
+    targets: jax.Array,
+    *,
+    objective: Objective,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    data_axis: int | None = 0,
+    description: str = "train",
+    progress: bool = True,
+) -> tuple[PyTree, np.ndarray]:
+    """Train S seeds at once with Adam.
+
+    Args:
+      params: parameters with a leading seed axis S.
+      keys: (S,) keys for the data order; epoch e uses `fold_in(key, e)`.
+      inputs, targets: (N, ...) shared by all seeds if `data_axis` is None,
+        else (S, N, ...), one data set per seed.
+    Returns:
+      the trained parameters (S, ...) and the losses, (S, epochs, steps_per_epoch).
+    Raises:
+      TrainingDiverged: at the end of the first epoch whose loss is not finite.
+    """
+    states = jax.vmap(lambda p: TrainState(p, _optimizer(learning_rate).init(p)))(params)
+    history = []
+    for epoch in tqdm(range(epochs), desc=description, unit="epoch", disable=not progress, leave=False):
+        epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, epoch)
+        states, losses = _train_epoch_seeds(
+            states,
+            epoch_keys,
+            inputs,
+            targets,
+            objective=objective,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            data_axis=data_axis,
+        )
+        losses = np.asarray(losses)
+        if not np.all(np.isfinite(losses)):
+            raise TrainingDiverged(
+                f"{description}: the loss became {losses[~np.isfinite(losses)][0]} in epoch {epoch + 1}; "
+                "lower the learning rate"
+            )
+        history.append(losses)
+    return states.params, np.stack(history, axis=1) if history else np.zeros((len(keys), 0, 0))

@@ -1,0 +1,25 @@
+"""Shared fixtures: the full MNIST files, when the environment provides them."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from subliminal_mnist import data
+
+
+@pytest.fixture(scope="session")
+def real_mnist_dir() -> pathlib.Path:
+    """The folder named by $SUBLIMINAL_MNIST_DIR; skips the test when unset (CI sets it)."""
+    directory = os.environ.get("SUBLIMINAL_MNIST_DIR")
+    if not directory:
+        pytest.skip("set SUBLIMINAL_MNIST_DIR to the folder with the four MNIST IDX files")
+    return pathlib.Path(directory)
+
+
+@pytest.fixture(scope="session")
+def real_mnist(real_mnist_dir: pathlib.Path) -> data.MNIST:
+    """Full MNIST, loaded and verified once per test session."""
+    return data.load_idx_dir(real_mnist_dir)
