@@ -53,7 +53,10 @@ Params = nnx.State
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """Sizes of the MLP. Frozen and hashable: `apply` is a static argument under `jit`."""
+    """Sizes of the MLP, and its pure init and apply.
+
+    Frozen and hashable: an `Architecture` is a static argument under `jit`.
+    """
 
     hidden_sizes: tuple[int, ...] = (256, 256)
     num_classes: int = 10
@@ -84,6 +87,11 @@ class Architecture:
     def apply(self, params: Params, images: jax.Array) -> jax.Array:
         """images (..., 784) -> logits (..., num_classes + num_aux)."""
         return nnx.merge(self._graphdef(), params)(images)
+
+    # The architecture itself is the apply function handed to the training loop: it
+    # compares and hashes by value, so equal architectures share one compiled loop
+    # (a bound method would not: it compares its instance by identity).
+    __call__ = apply
 
     def _graphdef(self) -> nnx.GraphDef:
         # The structure only: built abstractly (no arrays) at trace time.

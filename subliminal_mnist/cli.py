@@ -1,0 +1,143 @@
+"""The `subliminal-mnist` command: a thin layer over the library.
+
+Every experiment option is generated from the fields of its config dataclass,
+so the CLI and the library cannot drift apart. A user's mistake (a bad option,
+a bad data file) is one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any, NoReturn, Sequence
+
+from subliminal_mnist import data, experiment, files, train
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One option per field of `config_cls`, named by the field (or its `flag` metadata).
+
+    Defaults are left as None so that the options a user really gave can be told
+    apart from the config's defaults (see `explicit_options`).
+    """
+    group = parser.add_argument_group(f"experiment settings (defaults: the paper's, {config_cls.__name__})")
+    for field in dataclasses.fields(config_cls):
+        default = _field_default(field)
+        flag = "--" + (field.metadata.get("flag") or field.name).replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": field.name, "default": None}
+        if isinstance(default, tuple):
+            kwargs.update(type=type(default[0]), nargs="+", metavar="N")
+            shown = " ".join(map(str, default))
+        else:
+            kwargs.update(type=type(default), metavar=type(default).__name__.upper())
+            shown = default
+        if field.metadata.get("choices"):
+            kwargs.update(choices=field.metadata["choices"], metavar=None)
+        group.add_argument(flag, help=f"{field.metadata['help']} (default: {shown})", **kwargs)
+
+
+def explicit_options(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
+    """The config fields the user set on the command line."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}
+    return {name: tuple(v) if isinstance(v, list) else v for name, v in given.items() if v is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="subliminal-mnist", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = commands.add_parser("demo", help="the paper's MNIST experiment with all its controls")
+    source = demo.add_mutually_exclusive_group()
+    source.add_argument("--data-dir", help="folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)")
+    source.add_argument(
+        "--source", choices=("idx", "tfds", "sample"), default="idx", help="where MNIST comes from (default: idx)"
+    )
+    demo.add_argument("--out", default="results.json", help="results JSON, written atomically (default: results.json)")
+    demo.add_argument("--figure", default="demo.png", help="bar chart PNG (default: demo.png)")
+    demo.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of a table")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_options(demo, experiment.ExperimentConfig)
+    demo.set_defaults(handler=_demo)
+
+    data_cmd = commands.add_parser("data", help="where MNIST is; download it into the cache or verify it")
+    data_cmd.add_argument("--data-dir", help="folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)")
+    data_cmd.add_argument("--verify", action="store_true", help="check every file's structure, size and SHA-256")
+    data_cmd.set_defaults(handler=_data)
+    return parser
+
+
+def _table(results: dict) -> str:
+    rows = [f"{'condition':<26}{'accuracy':>9}{'95% CI':>10}{'seeds':>7}"]
+    for name in experiment.CONDITIONS:
+        summary = results["conditions"][name]
+        ci = f"±{summary['ci95']:.3f}" if summary["ci95"] is not None else "n/a"
+        rows.append(f"{experiment.CONDITION_LABELS[name]:<26}{summary['mean']:>9.3f}{ci:>10}{len(summary['per_seed']):>7}")
+    rows.append(f"data: {results['data_source']}; {results['wall_seconds']:.0f} s")
+    return "\n".join(rows)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    options = explicit_options(args, experiment.ExperimentConfig)
+    experiment.ExperimentConfig(**options)  # fail on a bad option before loading any data
+    mnist = data.load(args.source, args.data_dir)
+    if mnist.is_sample:
+        print(experiment.SAMPLE_WARNING, file=sys.stderr)
+        options = {**experiment.SAMPLE_PRESET, **options}
+    config = experiment.ExperimentConfig(**options)
+    results = experiment.run(config, mnist, progress=not args.no_progress)
+    files.write_json(args.out, results)
+    from subliminal_mnist import figures  # matplotlib only when a figure is drawn
+
+    figures.demo_figure(results, args.figure)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(_table(results))
+        print(f"wrote {args.out} and {args.figure}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    directory, explicit = data.resolve_data_dir(args.data_dir)
+    print(f"MNIST folder: {directory}" + ("" if explicit else " (the default cache)"))
+    if not explicit:
+        data.fetch(directory)
+    if args.verify:
+        print("\n".join(data.verify(directory)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (data.DataError, experiment.ConfigError) as e:
+        print(f"subliminal-mnist: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except train.TrainingDiverged as e:
+        print(f"subliminal-mnist: stopped: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("subliminal-mnist: interrupted; no partial file was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Theorem 1 of the paper (Section 6, Appendix C), computed exactly and checked on many networks.
+
+Teacher and student share parameters θ0. The teacher takes one gradient step on
+any loss L_T: θT = θ0 + ε ΔT with ΔT = -∇L_T(θ0). The student imitates the
+teacher's (selected) outputs on inputs x ~ D: ΔS = -∇_θ E_x L_S(f_θ(x), f_θT(x))
+at θ0. Then
+
+    ΔS · ΔT = ε E_x[(J ΔT)ᵀ M (J ΔT)] + O(ε²),
+
+with J the Jacobian of the selected outputs at θ0 and M positive semi-definite:
+2·I for the sum of squares, diag(p) - p pᵀ (p the softmax at θ0) for the KL /
+soft cross-entropy. So for small ε the student's step never points away from the
+teacher's, and a small student step does not raise L_T. theory/README.md has
+the proof.
+
+Everything here is a pure function of a parameter pytree and an apply function
+`(params, inputs (B, d)) -> outputs (B, K)`, so it works for the package's MLP
+and any other network, under `jit` and `vmap`. `run_checks` tests the statement,
+its consequence and its conditions on a sampled family of small MLPs, offline
+(it needs only the bundled MNIST sample); `format_table` prints the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from subliminal_mnist import data, losses, model
+
+PyTree = Any
+ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
+# Which outputs the student sees: None (all), static indices, or a traced boolean mask (K,).
+# A mask lets cases with different subsets share one compiled, vmapped function.
+OutputSelection = Sequence[int] | jax.Array | None
+
+LOSSES = ("kl", "mse")
+# A masked-out logit for the softmax: exp(-1e4 - logsumexp) is exactly 0 in float32 and float64
+# while the logits are above about -9e3, and it stays finite, so KL terms are 0 * finite = 0.
+_MASKED_LOGIT = -1e4
+
+
+# ----------------------------------------------------------------------------------------------
+# Pytree algebra.
+
+
+def tree_dot(a: PyTree, b: PyTree) -> jax.Array:
+    """Σ over all leaves of Σ a_i b_i: the Euclidean inner product of two parameter vectors."""
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def tree_norm(a: PyTree) -> jax.Array:
+    return jnp.sqrt(tree_dot(a, a))
+
+
+def _axpy(alpha: jax.Array | float, x: PyTree, y: PyTree) -> PyTree:
+    """y + alpha * x, leaf by leaf."""
+    return jax.tree.map(lambda xi, yi: yi + alpha * xi, x, y)
+
+
+# ----------------------------------------------------------------------------------------------
+# The two steps and the first-order prediction.
+
+
+def teacher_step(
+    params: PyTree, trait_loss: Callable[[PyTree], jax.Array], epsilon: jax.Array | float
+) -> tuple[PyTree, PyTree]:
+    """One gradient step of the teacher on any differentiable scalar loss.
+
+    Returns (θT, ΔT) with ΔT = -∇ trait_loss(θ0) and θT = θ0 + ε ΔT, both shaped like `params`.
+    """
+    delta_t = jax.tree.map(jnp.negative, jax.grad(trait_loss)(params))
+    return _axpy(epsilon, delta_t, params), delta_t
+
+
+def class_trait_loss(
+    apply_fn: ApplyFn, images: jax.Array, labels: jax.Array, class_indices: Sequence[int] = tuple(range(10))
+) -> Callable[[PyTree], jax.Array]:
+    """The default L_T: mean cross-entropy of the class logits on a labelled batch.
+
+    images (B, 784), labels (B,) int. This is the teacher's loss in the paper's experiment.
+    """
+    index = jnp.asarray(class_indices)
+
+    def trait_loss(params: PyTree) -> jax.Array:
+        return jnp.mean(losses.cross_entropy(apply_fn(params, images)[..., index], labels))
+
+    return trait_loss
+
+
+def frozen_except(trait_loss: Callable[[PyTree], jax.Array], anchor: PyTree, support: PyTree):
+    """θ ↦ trait_loss(θ on `support`, `anchor` elsewhere): a loss of the `support` parameters only.
+
+    `support` is a pytree of booleans shaped like the parameters. The gradient of the result
+    is exactly 0.0 off the support, since `jnp.where`'s derivative there is the constant 0.
+    """
+
+    def restricted(params: PyTree) -> jax.Array:
+        return trait_loss(jax.tree.map(jnp.where, support, params, anchor))
+
+    return restricted
+
+
+def _select(outputs: jax.Array, output_indices: OutputSelection, loss: str) -> jax.Array:
+    """The outputs (..., K) the student sees, as (..., k) or, for a mask, (..., K) with the rest neutral.
+
+    A neutral output adds nothing to the loss and has zero gradient: 0 for the squared
+    error, a logit of probability exactly 0 for the softmax.
+    """
+    if output_indices is None:
+        return outputs
+    if isinstance(output_indices, jax.Array | np.ndarray):
+        neutral = 0.0 if loss == "mse" else _MASKED_LOGIT
+        return jnp.where(output_indices, outputs, neutral)
+    return outputs[..., jnp.asarray(output_indices)]
+
+
+def distillation_loss(
+    params: PyTree,
+    targets: jax.Array,
+    apply_fn: ApplyFn,
+    inputs: jax.Array,
+    loss: str = "kl",
+    output_indices: OutputSelection = None,
+) -> jax.Array:
+    """E_x L_S(selected f_θ(x), targets): the student's objective; targets are the teacher's selected outputs."""
+    student = _select(apply_fn(params, inputs), output_indices, loss)
+    return jnp.mean(losses.DISTILLATION_LOSSES[loss](student, targets))
+
+
+def student_direction(
+    params: PyTree,
+    teacher_params: PyTree,
+    apply_fn: ApplyFn,
+    inputs: jax.Array,
+    loss: str = "kl",
+    output_indices: OutputSelection = None,
+) -> PyTree:
+    """ΔS = -∇_θ E_x L_S(selected f_θ(x), selected f_θT(x)) at θ = `params`.
+
+    Args:
+      params: the student's parameters, where the gradient is taken (θ0 under the theorem).
+      teacher_params: θT.
+      apply_fn: (params, inputs (B, d)) -> outputs (B, K).
+      inputs: (B, d) draws from D; the expectation is their mean.
+      loss: "kl" (KL(teacher || student) of the softmaxes, i.e. soft cross-entropy) or "mse"
+        (sum of squares), the per-example losses of `losses.py`.
+      output_indices: the outputs the student imitates (see `OutputSelection`).
+    Returns ΔS, shaped like `params`.
+    """
+    targets = _select(apply_fn(teacher_params, inputs), output_indices, loss)
+    grad = jax.grad(distillation_loss)(params, targets, apply_fn, inputs, loss, output_indices)
+    return jax.tree.map(jnp.negative, grad)
+
+
+def first_order_prediction(
+    params: PyTree,
+    delta_t: PyTree,
+    apply_fn: ApplyFn,
+    inputs: jax.Array,
+    epsilon: jax.Array | float,
+    loss: str = "kl",
+    output_indices: OutputSelection = None,
+) -> jax.Array:
+    """ε E_x[(J ΔT)ᵀ M (J ΔT)], the theorem's first-order value of ΔS · ΔT, exactly.
+
+    J ΔT is the forward-mode derivative (`jax.jvp`) of the selected outputs along ΔT at θ0,
+    so there is no finite-difference error. M is 2·I for the sum of squares; for the KL it
+    is diag(p) - p pᵀ with p the softmax of the selected outputs at θ0, and vᵀ M v is
+    computed as the variance Σ_i p_i (v_i - Σ_j p_j v_j)², which is >= 0 in any precision.
+    """
+    outputs, tangents = jax.jvp(lambda p: apply_fn(p, inputs), (params,), (delta_t,))
+    outputs = _select(outputs, output_indices, loss)
+    # The tangents of masked-out outputs are zeroed (squared error) or get weight p = 0 (KL).
+    tangents = _select(tangents, output_indices, "mse")
+    if loss == "mse":
+        quadratic = 2.0 * jnp.sum(tangents**2, axis=-1)
+    else:
+        p = jax.nn.softmax(outputs, axis=-1)
+        centred = tangents - jnp.sum(p * tangents, axis=-1, keepdims=True)
+        quadratic = jnp.sum(p * centred**2, axis=-1)
+    return epsilon * jnp.mean(quadratic)
+
+
+class Alignment(NamedTuple):
+    """What `alignment_report` measures; every field is a scalar array (or a batch under vmap)."""
+
+    dot: jax.Array  # ΔS · ΔT
+    cosine: jax.Array  # ΔS · ΔT / (|ΔS| |ΔT|); 0 when ΔS = 0
+    prediction: jax.Array  # ε E_x[(JΔT)ᵀ M (JΔT)] at θ0
+    relative_error: jax.Array  # |ΔS·ΔT - prediction| / |prediction| (inf or nan when prediction = 0)
+    trait_loss_change: jax.Array  # L_T(θS + α ΔS) - L_T(θS), θS the student's parameters
+
+
+def alignment_report(
+    params: PyTree,
+    trait_loss: Callable[[PyTree], jax.Array],
+    apply_fn: ApplyFn,
+    inputs: jax.Array,
+    epsilon: jax.Array | float,
+    alpha: jax.Array | float,
+    loss: str = "kl",
+    output_indices: OutputSelection = None,
+    student_params: PyTree | None = None,
+) -> Alignment:
+    """The teacher's step from θ0, the student's direction, and how the two line up.
+
+    `student_params` (default θ0, the theorem's shared initialization) is where the student
+    starts; giving another initialization breaks the theorem's condition on purpose.
+    """
+    student_params = params if student_params is None else student_params
+    teacher_params, delta_t = teacher_step(params, trait_loss, epsilon)
+    delta_s = student_direction(student_params, teacher_params, apply_fn, inputs, loss, output_indices)
+    dot = tree_dot(delta_s, delta_t)
+    norms = tree_norm(delta_s) * tree_norm(delta_t)
+    prediction = first_order_prediction(params, delta_t, apply_fn, inputs, epsilon, loss, output_indices)
+    return Alignment(
+        dot=dot,
+        cosine=jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1.0), 0.0),
+        prediction=prediction,
+        relative_error=jnp.abs(dot - prediction) / jnp.abs(prediction),
+        trait_loss_change=trait_loss(_axpy(alpha, delta_s, student_params)) - trait_loss(student_params),
+    )

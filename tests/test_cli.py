@@ -1,0 +1,88 @@
+"""The command line: one-line errors with exit code 2, the demo's outputs, interrupts."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from subliminal_mnist import cli, experiment
+
+TINY = ["--hidden-sizes", "32", "--teacher-epochs", "2", "--student-epochs", "1", "--batch-size", "256",
+        "--num-noise", "512", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--seeds", "0"], "seeds must be at least 1"),
+        (["demo", "--teacher-epochs", "-1"], "teacher_epochs must not be negative"),
+        (["demo", "--aux", "0"], "--aux) must be at least 1"),
+        (["demo", "--source", "mnist.org"], "invalid choice: 'mnist.org'"),
+        (["demo", "--seeds", "many"], "invalid int value"),
+        (["demo", "--data-dir", "/nowhere"], "/nowhere/train-images-idx3-ubyte"),
+        (["demo", "--data-dir", "/nowhere", "--source", "sample"], "not allowed with argument"),
+        (["data", "--verify", "--data-dir", "/nowhere"], "not found"),
+        (["fly"], "invalid choice"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(cli.main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") <= 2  # "MNIST folder" line of `data` + the error
+
+
+def test_every_config_field_is_an_option():
+    parser = cli.build_parser()
+    args = parser.parse_args(["demo", "--seeds", "3", "--hidden-sizes", "64", "32", "--learning-rate", "1e-3"])
+    options = cli.explicit_options(args, experiment.ExperimentConfig)
+    assert options == {"seeds": 3, "hidden_sizes": (64, 32), "learning_rate": 1e-3}
+    assert experiment.ExperimentConfig(**options).hidden_sizes == (64, 32)
+
+
+def test_demo_on_the_sample_writes_results_and_figure(tmp_path, capsys):
+    out, figure = tmp_path / "r.json", tmp_path / "d.png"
+    code = cli.main(["demo", "--source", "sample", "--seeds", "2", "--out", str(out), "--figure", str(figure),
+                     "--json", *TINY])
+    assert code == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert printed == json.loads(out.read_text())
+    assert set(printed["conditions"]) == set(experiment.CONDITIONS)
+    for summary in printed["conditions"].values():
+        assert {"mean", "ci95", "per_seed"} <= set(summary)
+    assert {"config", "data_source", "wall_seconds"} <= set(printed)
+    # The sample is said loudly, and its preset applies only where the user gave no option.
+    assert "NOT full MNIST" in captured.err
+    assert printed["is_sample"] and printed["config"]["teacher_epochs"] == 2
+    assert printed["config"]["num_noise"] == 512
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_interrupted_demo_writes_nothing(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "run", interrupted)
+    out = tmp_path / "r.json"
+    assert cli.main(["demo", "--source", "sample", "--out", str(out), "--figure", str(tmp_path / "d.png")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_nan_loss_stops_the_run_with_a_clear_message(tmp_path, capsys):
+    code = cli.main(["demo", "--source", "sample", "--seeds", "1", "--learning-rate", "1e30",
+                     "--out", str(tmp_path / "r.json"), "--figure", str(tmp_path / "d.png"), *TINY])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "stopped: teacher" in err and "lower the learning rate" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_console_script_runs_as_a_module():
+    done = subprocess.run([sys.executable, "-m", "subliminal_mnist.cli", "demo", "--seeds", "-3"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "subliminal-mnist: error: seeds must be at least 1, got -3"

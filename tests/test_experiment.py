@@ -1,0 +1,151 @@
+"""The paper's experiment: config, seeds, pairing, the controls, and the effect itself."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from subliminal_mnist import data, experiment
+
+# Small enough for seconds on 2 cores, large enough that every condition trains.
+TINY = dict(hidden_sizes=(32,), teacher_epochs=2, student_epochs=1, batch_size=256, num_noise=512)
+
+
+@pytest.fixture(scope="module")
+def small_mnist():
+    """A 1,000 / 200 slice of the bundled sample, all classes present."""
+    sample = data.load_sample()
+    return dataclasses.replace(
+        sample,
+        train_images=sample.train_images[::4],
+        train_labels=sample.train_labels[::4],
+        test_images=sample.test_images[::5],
+        test_labels=sample.test_labels[::5],
+    )
+
+
+def test_defaults_are_the_papers():
+    config = experiment.ExperimentConfig()
+    assert (config.hidden_sizes, config.num_aux, config.teacher_epochs, config.student_epochs) == ((256, 256), 3, 5, 5)
+    assert (config.batch_size, config.learning_rate, config.distill_loss, config.noise) == (1024, 3e-4, "kl", "uniform")
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(seeds=0), "seeds must be at least 1"),
+        (dict(num_aux=0), r"num_aux \(--aux\) must be at least 1"),
+        (dict(teacher_epochs=-1), "teacher_epochs must not be negative"),
+        (dict(student_epochs=-2), "student_epochs must not be negative"),
+        (dict(learning_rate=0.0), "learning_rate must be a positive number"),
+        (dict(learning_rate=float("nan")), "learning_rate must be a positive number"),
+        (dict(hidden_sizes=(256, 0)), "hidden_sizes must be positive"),
+        (dict(distill_loss="l1"), "distill_loss must be one of kl, mse"),
+        (dict(noise="pink"), "noise must be one of uniform, gaussian"),
+        (dict(batch_size=0), "batch_size must be at least 1"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(bad, message):
+    with pytest.raises(experiment.ConfigError, match=message) as error:
+        experiment.ExperimentConfig(**bad)
+    assert "\n" not in str(error.value)
+
+
+@given(st.integers(2, 200), st.integers(0, 2**31 - 1))
+@settings(max_examples=100, deadline=None)
+def test_cross_partners_are_a_derangement(num_seeds, seed):
+    partners = experiment.cross_partners(num_seeds, seed)
+    assert sorted(partners.tolist()) == list(range(num_seeds))
+    assert np.all(partners != np.arange(num_seeds))
+
+
+def test_one_seed_is_paired_with_an_untrained_seed():
+    assert experiment.cross_partners(1, 0).tolist() == [1]
+
+
+def test_cross_partners_are_deterministic_and_depend_on_the_seed():
+    a, b = experiment.cross_partners(20, 0), experiment.cross_partners(20, 0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, experiment.cross_partners(20, 1))
+
+
+def test_a_seeds_keys_do_not_depend_on_the_other_seeds():
+    config = experiment.ExperimentConfig()
+    few, many = experiment.seed_keys(config, np.arange(2)), experiment.seed_keys(config, np.arange(7))
+    for stream in few:
+        np.testing.assert_array_equal(jax.random.key_data(few[stream][1]), jax.random.key_data(many[stream][1]))
+    keys = experiment.seed_keys(config, np.arange(3))
+    streams = np.stack([jax.random.key_data(keys[s]) for s in keys]).reshape(-1, 2)
+    assert len(np.unique(streams, axis=0)) == len(streams), "every seed and stream has its own key"
+
+
+@pytest.fixture(scope="module")
+def trained(small_mnist):
+    config = experiment.ExperimentConfig(seeds=3, **TINY)
+    partners = experiment.cross_partners(3, config.seed)
+    return config, partners, experiment.train_conditions(config, small_mnist, np.arange(3), partners, progress=False)
+
+
+def readout(params, rows):
+    """The last layer's weights and biases of the given outputs."""
+    last = params["layers"][len(params["layers"]) - 1]
+    return np.asarray(last["kernel"][...][..., rows]), np.asarray(last["bias"][...][..., rows])
+
+
+def test_aux_only_student_never_changes_its_class_readout(trained):
+    # The class logits never enter its loss, so their readout gets a zero gradient and
+    # Adam leaves it exactly at the init: all it learns about digits is in the hidden layers.
+    config, _, params = trained
+    classes, aux = list(config.architecture.class_indices), list(config.architecture.aux_indices)
+    for got, start in zip(readout(params["student_aux"], classes), readout(params["reference"], classes)):
+        np.testing.assert_array_equal(got, start)
+    assert not np.array_equal(readout(params["student_aux"], aux)[0], readout(params["reference"], aux)[0])
+    assert not np.array_equal(readout(params["student_all"], classes)[0], readout(params["reference"], classes)[0])
+
+
+def test_cross_model_students_start_from_their_partners_init_never_their_own(trained, small_mnist):
+    config, partners, params = trained
+    assert np.all(partners != np.arange(3))
+    classes = list(config.architecture.class_indices)
+    partner_init = experiment.init_seeds(experiment.seed_keys(config, partners)["init"], config.architecture)
+    for s in range(3):
+        cross = readout(params["cross_aux"], classes)[0][s]
+        # Its class readout never trains (see above), so it still shows which init it started from.
+        np.testing.assert_array_equal(cross, readout(partner_init, classes)[0][s])
+        assert not np.array_equal(cross, readout(params["reference"], classes)[0][s])
+
+
+def test_a_run_is_deterministic_and_reports_every_condition(small_mnist):
+    config = experiment.ExperimentConfig(seeds=2, seeds_per_chunk=1, **TINY)
+    first = experiment.run(config, small_mnist, progress=False)
+    second = experiment.run(dataclasses.replace(config, seeds_per_chunk=2), small_mnist, progress=False)
+    assert set(first["conditions"]) == set(experiment.CONDITIONS)
+    for name, summary in first["conditions"].items():
+        assert len(summary["per_seed"]) == 2 and 0 <= summary["mean"] <= 1 and summary["ci95"] >= 0
+        # Chunking only bounds memory: the same numbers, to float rounding of batched matmuls.
+        np.testing.assert_allclose(summary["per_seed"], second["conditions"][name]["per_seed"], atol=2e-3)
+    assert first["config"]["seeds"] == 2 and first["is_sample"] is True
+    assert first["data_source"].startswith("offline sample")
+    assert {"jax", "flax", "optax", "python"} <= set(first["versions"])
+
+
+def test_summary_interval_is_1_96_sample_sd_over_root_n():
+    summary = experiment.summarize(np.array([0.5, 0.6, 0.7, 0.8]))
+    assert summary["mean"] == pytest.approx(0.65)
+    assert summary["ci95"] == pytest.approx(1.96 * np.std([0.5, 0.6, 0.7, 0.8], ddof=1) / 2)
+    assert experiment.summarize(np.array([0.5]))["ci95"] is None
+
+
+@pytest.mark.mnist
+def test_subliminal_learning_on_real_mnist(real_mnist):
+    """The paper's effect with the paper's settings, 3 seeds: only the same-init student learns digits."""
+    results = experiment.run(experiment.ExperimentConfig(seeds=3, seeds_per_chunk=3), real_mnist, progress=False)
+    mean = {name: summary["mean"] for name, summary in results["conditions"].items()}
+    assert mean["teacher"] > 0.90
+    assert mean["student_aux"] > 0.30
+    assert mean["cross_aux"] < 0.15
+    assert mean["reference"] < 0.15
+    assert mean["student_all"] > mean["cross_all"] > mean["student_aux"]

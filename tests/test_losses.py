@@ -1,0 +1,54 @@
+"""The per-example losses of the one loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from subliminal_mnist import losses
+
+
+@pytest.fixture
+def logits():
+    keys = jax.random.split(jax.random.key(0), 2)
+    return [jax.random.normal(k, (5, 4)) * 2 for k in keys]
+
+
+def test_cross_entropy_matches_the_definition(logits):
+    labels = jnp.array([0, 1, 2, 3, 0])
+    expected = -jax.nn.log_softmax(logits[0])[jnp.arange(5), labels]
+    np.testing.assert_allclose(losses.cross_entropy(logits[0], labels), expected, rtol=1e-6)
+
+
+def test_kl_is_zero_on_equal_logits_and_positive_otherwise(logits):
+    student, teacher = logits
+    np.testing.assert_allclose(losses.kl_divergence(teacher, teacher), 0.0, atol=1e-6)
+    assert np.all(losses.kl_divergence(student, teacher) > 0)
+
+
+def test_kl_gradient_equals_soft_label_cross_entropy_gradient(logits):
+    # Why it matters: Theorem 1 is stated for softmax cross-entropy; KL differs from it by the
+    # teacher's entropy, a constant in the student's parameters.
+    student, teacher = logits
+    soft_ce = lambda s: jnp.sum(-jax.nn.softmax(teacher) * jax.nn.log_softmax(s))
+    kl = lambda s: jnp.sum(losses.kl_divergence(s, teacher))
+    np.testing.assert_allclose(jax.grad(kl)(student), jax.grad(soft_ce)(student), atol=1e-6)
+
+
+def test_kl_gradient_in_the_student_logits_is_softmax_difference(logits):
+    student, teacher = logits
+    grad = jax.grad(lambda s: jnp.sum(losses.kl_divergence(s, teacher)))(student)
+    np.testing.assert_allclose(grad, jax.nn.softmax(student) - jax.nn.softmax(teacher), atol=1e-6)
+
+
+def test_squared_error_sums_over_outputs(logits):
+    student, teacher = logits
+    np.testing.assert_allclose(losses.squared_error(student, teacher), jnp.sum((student - teacher) ** 2, -1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", [losses.kl_divergence, losses.squared_error])
+def test_positions_between_batch_and_outputs_are_averaged(loss):
+    # The LLM's outputs are (B, T, V): one loss per sequence, the mean over its tokens.
+    student, teacher = jax.random.normal(jax.random.key(1), (2, 3, 6, 5))
+    per_token = jax.vmap(jax.vmap(loss))(student[..., None, :], teacher[..., None, :])[..., 0]
+    np.testing.assert_allclose(loss(student, teacher), per_token.mean(-1), rtol=1e-6)

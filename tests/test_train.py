@@ -1,0 +1,138 @@
+"""The one training loop: batching, Adam, seeds as a vmap axis, determinism, divergence."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from subliminal_mnist import losses, model, train
+
+LR = 0.01
+
+
+def linear_apply(params, x):
+    """A model that is not the MLP: the loop must not care."""
+    return x @ params["w"] + params["b"]
+
+
+LINEAR_CE = train.Objective(linear_apply, losses.cross_entropy, (0, 1, 2))
+
+
+def linear_params(num_seeds, key=jax.random.key(0)):
+    keys = jax.random.split(key, num_seeds)
+    return jax.vmap(lambda k: {"w": jax.random.normal(k, (4, 3)), "b": jnp.zeros(3)})(keys)
+
+
+def toy_data(n=50):
+    x = jax.random.normal(jax.random.key(1), (n, 4))
+    y = jnp.argmax(x[:, :3], axis=-1)  # linearly separable
+    return x, y
+
+
+fit = functools.partial(train.fit, learning_rate=LR, progress=False)
+
+
+@pytest.mark.parametrize("n, batch", [(10, 4), (12, 4), (3, 8)])
+def test_epoch_batches_visit_every_example_once_and_pad_with_zero_weight(n, batch):
+    indices, weights = train.epoch_batches(jax.random.key(0), n, batch)
+    steps = -(-n // batch)
+    assert indices.shape == weights.shape == (steps, batch)
+    real = np.asarray(indices)[np.asarray(weights) == 1]
+    assert sorted(real.tolist()) == list(range(n))
+    assert np.sum(np.asarray(weights) == 0) == steps * batch - n
+
+
+def test_padding_does_not_change_the_batch_loss():
+    x, y = toy_data(6)
+    params = jax.tree.map(lambda a: a[0], linear_params(1))
+    weights = jnp.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    garbage = x.at[3:].set(1e3)
+    expected = jnp.mean(losses.cross_entropy(linear_apply(params, x[:3]), y[:3]))
+    np.testing.assert_allclose(LINEAR_CE.batch_loss(params, garbage, y, weights), expected, rtol=1e-6)
+
+
+def test_one_step_is_one_adam_step_on_the_mean_loss():
+    # Golden value by hand: Adam's first step is -lr * g / (|g| + eps) per coordinate.
+    x, y = toy_data()
+    params = linear_params(1)
+    trained, history = fit(params, jax.random.split(jax.random.key(2), 1), x, y, objective=LINEAR_CE,
+                           epochs=1, batch_size=len(x), data_axis=None)
+    p0 = jax.tree.map(lambda a: a[0], params)
+    grad = jax.grad(lambda p: jnp.mean(losses.cross_entropy(linear_apply(p, x), y)))(p0)
+    expected = jax.tree.map(lambda p, g: p - LR * g / (jnp.abs(g) + 1e-8), p0, grad)
+    for name in ("w", "b"):
+        np.testing.assert_allclose(trained[name][0], expected[name], rtol=1e-5, atol=1e-7)
+    assert history.shape == (1, 1, 1)
+    np.testing.assert_allclose(history[0, 0, 0], jnp.mean(losses.cross_entropy(linear_apply(p0, x), y)), rtol=1e-6)
+
+
+def test_the_loop_learns_and_records_one_loss_per_step():
+    x, y = toy_data()
+    _, history = fit(linear_params(2), jax.random.split(jax.random.key(3), 2), x, y, objective=LINEAR_CE,
+                     epochs=30, batch_size=16, data_axis=None)
+    assert history.shape == (2, 30, 4)
+    assert np.all(history[:, -1].mean(-1) < 0.5 * history[:, 0].mean(-1))
+
+
+def test_a_zero_gradient_leaves_a_parameter_exactly_unchanged():
+    # Adam's update is m / (sqrt(v) + eps) with m = v = 0: exactly zero, whatever the step count.
+    x, y = toy_data()
+    objective = train.Objective(linear_apply, losses.cross_entropy, (0, 1))  # output 2 never seen
+    params = linear_params(1)
+    trained, _ = fit(params, jax.random.split(jax.random.key(4), 1), x, y % 2, objective=objective,
+                     epochs=5, batch_size=8, data_axis=None)
+    np.testing.assert_array_equal(trained["w"][0, :, 2], params["w"][0, :, 2])
+    assert not np.array_equal(trained["w"][0, :, :2], params["w"][0, :, :2])
+
+
+@pytest.fixture(scope="module")
+def mlp_setup():
+    arch = model.Architecture(hidden_sizes=(32,))
+    keys = jax.random.split(jax.random.key(5), 3)
+    params = jax.vmap(arch.init)(keys)
+    x = jax.random.uniform(jax.random.key(6), (100, model.INPUT_SIZE), minval=-1, maxval=1)
+    y = jax.random.randint(jax.random.key(7), (100,), 0, 10)
+    objective = train.Objective(arch, losses.cross_entropy, arch.class_indices)
+    run = functools.partial(fit, objective=objective, epochs=2, batch_size=32)
+    return params, keys, x, y, run
+
+
+def test_same_seed_same_numbers(mlp_setup):
+    params, keys, x, y, run = mlp_setup
+    a, la = run(params, keys, x, y, data_axis=None)
+    b, lb = run(params, keys, x, y, data_axis=None)
+    np.testing.assert_array_equal(la, lb)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_a_seed_alone_equals_the_same_seed_in_a_batch(mlp_setup):
+    params, keys, x, y, run = mlp_setup
+    batch, batch_losses = run(params, keys, x, y, data_axis=None)
+    alone, alone_losses = run(jax.tree.map(lambda a: a[1:2], params), keys[1:2], x, y, data_axis=None)
+    np.testing.assert_allclose(alone_losses[0], batch_losses[1], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b[1], rtol=1e-5, atol=1e-6), alone, batch)
+
+
+def test_shared_data_equals_the_same_data_given_per_seed(mlp_setup):
+    params, keys, x, y, run = mlp_setup
+    _, shared = run(params, keys, x, y, data_axis=None)
+    _, per_seed = run(params, keys, jnp.broadcast_to(x, (3, *x.shape)), jnp.broadcast_to(y, (3, *y.shape)), data_axis=0)
+    np.testing.assert_allclose(shared, per_seed, rtol=1e-6)
+
+
+def test_different_seeds_see_different_data_orders(mlp_setup):
+    params, keys, x, y, run = mlp_setup
+    same_init = jax.tree.map(lambda a: jnp.broadcast_to(a[0], a.shape), params)
+    _, history = run(same_init, keys, x, y, data_axis=None)
+    assert not np.allclose(history[0], history[1])
+
+
+def test_a_diverging_loss_stops_with_a_clear_message():
+    x, y = toy_data()
+    params = jax.tree.map(lambda a: a * jnp.inf, linear_params(1))
+    with pytest.raises(train.TrainingDiverged, match="epoch 1; lower the learning rate"):
+        fit(params, jax.random.split(jax.random.key(8), 1), x, y, objective=LINEAR_CE,
+            epochs=3, batch_size=16, data_axis=None, description="toy")
