@@ -16,6 +16,8 @@ def real_mnist_dir() -> pathlib.Path:
     directory = os.environ.get("SUBLIMINAL_MNIST_DIR")
     if not directory:
         pytest.skip("set SUBLIMINAL_MNIST_DIR to the folder with the four MNIST IDX files")
+    if not pathlib.Path(directory).is_dir():
+        pytest.fail(f"SUBLIMINAL_MNIST_DIR={directory} is not a folder")  # a typo must not pass as a skip
     return pathlib.Path(directory)
 
 

@@ -1,0 +1,105 @@
+"""How close the paper experiment runs to this machine's FLOP floor, and what it costs.
+
+Prints, for S seeds of the paper experiment (teacher and four students, full MNIST):
+wall time, training samples per second, achieved GFLOP/s (FLOPs counted
+analytically from the layer sizes), and the ratio to the throughput of a large
+float32 matmul measured in the same process: the *floor ratio*, wall time over
+(FLOPs / matmul throughput). Then the peak memory of the process, and the
+end-to-end time of `subliminal-mnist demo --seeds 1`, compilation included.
+
+Targets on a 2-core CPU: floor ratio <= 1.3 for 25 seeds; peak memory < 6 GB;
+`demo --seeds 1` < 30 s.
+
+    SUBLIMINAL_MNIST_DIR=../shared/data/mnist python benchmarks/demo_speed.py --seeds 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+
+from subliminal_mnist import data, experiment
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Best-of-`repeats` float32 throughput of a (size x size) @ (size x size) matmul."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    product = jax.jit(lambda m: m @ m)
+    product(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def experiment_flops(config: experiment.ExperimentConfig, num_train: int, num_test: int) -> tuple[float, int]:
+    """(FLOPs, training samples) of one run: every matmul of every forward and backward pass.
+
+    A training sample costs a forward pass (2 d_in d_out per layer), the weight
+    gradients (the same again) and the input gradients of every layer but the
+    first (nothing needs the gradient of the images). Biases, activations, losses
+    and Adam are O(width), not O(width^2), and are left out: this is a floor.
+    """
+    layers = list(zip(config.architecture.layer_sizes[:-1], config.architecture.layer_sizes[1:]))
+    forward = sum(2 * i * o for i, o in layers)
+    backward = forward + sum(2 * i * o for i, o in layers[1:])
+    num_noise = config.num_noise or num_train
+    samples = config.teacher_epochs * num_train + 4 * config.student_epochs * num_noise
+    # + the teacher's outputs on the noise, + six conditions evaluated on the test set.
+    flops = samples * (forward + backward) + (num_noise + 6 * num_test) * forward
+    return config.seeds * flops, config.seeds * samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=25)
+    parser.add_argument("--seeds-per-chunk", type=int, default=experiment.ExperimentConfig.seeds_per_chunk)
+    parser.add_argument("--skip-demo", action="store_true", help="do not time `subliminal-mnist demo --seeds 1`")
+    args = parser.parse_args()
+
+    mnist = data.load()
+    if mnist.is_sample:
+        sys.exit("benchmark needs full MNIST: set SUBLIMINAL_MNIST_DIR")
+    config = experiment.ExperimentConfig(seeds=args.seeds, seeds_per_chunk=args.seeds_per_chunk)
+    matmul_before = matmul_gflops()
+    results = experiment.run(config, mnist, progress=False)
+    matmul_after = matmul_gflops()
+    # The machine may be busier in one of the two measurements; the faster one is its capacity.
+    matmul = max(matmul_before, matmul_after)
+    wall = results["wall_seconds"]
+    flops, samples = experiment_flops(config, len(mnist.train_images), len(mnist.test_images))
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+    floor = flops / (matmul * 1e9)
+
+    print(f"paper experiment, {args.seeds} seeds, {args.seeds_per_chunk} per chunk, {jax.devices()[0].device_kind}")
+    print(f"  wall time               {wall:9.1f} s (compilation included)")
+    print(f"  samples per second      {samples / wall:9.0f}")
+    print(f"  achieved                {flops / wall / 1e9:9.1f} GFLOP/s  ({flops / 1e12:.1f} TFLOP)")
+    print(f"  large matmul            {matmul:9.1f} GFLOP/s  (before {matmul_before:.1f}, after {matmul_after:.1f})")
+    print(f"  floor ratio             {wall / floor:9.2f} x  (target <= 1.3; floor {floor:.0f} s)")
+    print(f"  peak memory             {peak_gb:9.2f} GB (target < 6)")
+    print(f"  accuracy: " + ", ".join(f"{n} {s['mean']:.3f}" for n, s in results["conditions"].items()))
+    if not args.skip_demo:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            subprocess.run(
+                ["subliminal-mnist", "demo", "--seeds", "1", "--no-progress", "--out", f"{tmp}/r.json",
+                 "--figure", f"{tmp}/d.png"],
+                check=True,
+                capture_output=True,
+            )
+            demo = time.perf_counter() - start
+        print(f"  demo --seeds 1          {demo:9.1f} s end to end ({demo / 30:.2f} of the 30 s target)")
+
+
+if __name__ == "__main__":
+    main()
