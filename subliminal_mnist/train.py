@@ -52,6 +52,13 @@ class Objective:
         return jnp.sum(weights * losses) / jnp.sum(weights)
 
 
+# A per-step look at the gradient, static under `jit`: (params, grads, context) ->
+# (grads to apply, {name: scalar}). `context` is any pytree with the seed axis (data
+# the hook needs, e.g. a batch for a second loss). It may edit the gradient (e.g.
+# project a direction out of it) and returns metrics the loop records at every step.
+GradientHook = Callable[[PyTree, PyTree, PyTree], tuple[PyTree, dict[str, jax.Array]]]
+
+
 class TrainState(NamedTuple):
     params: PyTree
     opt_state: PyTree
@@ -86,26 +93,38 @@ def train_epoch(
     objective: Objective,
     learning_rate: float,
     batch_size: int,
-) -> tuple[TrainState, jax.Array]:
-    """One epoch for one seed: a `lax.scan` of Adam steps. Returns the new state and the losses (steps,)."""
+    hook: GradientHook | None = None,
+    context: PyTree = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One epoch for one seed: a `lax.scan` of Adam steps.
+
+    Returns the new state and, per step, the loss and the hook's metrics: {name: (steps,)}.
+    """
     optimizer = _optimizer(learning_rate)
     indices, weights = epoch_batches(key, inputs.shape[0], batch_size)
 
-    def step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> tuple[TrainState, jax.Array]:
+    def step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         batch_indices, batch_weights = batch
         loss, grads = jax.value_and_grad(objective.batch_loss)(
             state.params, inputs[batch_indices], targets[batch_indices], batch_weights
         )
+        metrics = {}
+        if hook is not None:
+            grads, metrics = hook(state.params, grads, context)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), {"loss": loss, **metrics}
 
     return jax.lax.scan(step, state, (indices, weights))
 
 
-@functools.partial(jax.jit, static_argnames=("objective", "learning_rate", "batch_size", "data_axis"))
-def _train_epoch_seeds(states, keys, inputs, targets, *, objective, learning_rate, batch_size, data_axis):
-    epoch = functools.partial(train_epoch, objective=objective, learning_rate=learning_rate, batch_size=batch_size)
-    return jax.vmap(epoch, in_axes=(0, 0, data_axis, data_axis))(states, keys, inputs, targets)
+@functools.partial(jax.jit, static_argnames=("objective", "learning_rate", "batch_size", "data_axis", "hook"))
+def _train_epoch_seeds(states, keys, inputs, targets, context, *, objective, learning_rate, batch_size, data_axis, hook):
+    epoch = functools.partial(
+        train_epoch, objective=objective, learning_rate=learning_rate, batch_size=batch_size, hook=hook
+    )
+    return jax.vmap(lambda *a: epoch(*a[:4], context=a[4]), in_axes=(0, 0, data_axis, data_axis, 0))(
+        states, keys, inputs, targets, context
+    )
 
 
 def fit(
@@ -119,9 +138,11 @@ def fit(
     learning_rate: float,
     batch_size: int,
     data_axis: int | None = 0,
+    hook: GradientHook | None = None,
+    context: PyTree = None,
     description: str = "train",
     progress: bool = True,
-) -> tuple[PyTree, np.ndarray]:
+) -> tuple[PyTree, dict[str, np.ndarray]]:
     """Train S seeds at once with Adam.
 
     Args:
@@ -129,8 +150,11 @@ def fit(
       keys: (S,) keys for the data order; epoch e uses `fold_in(key, e)`.
       inputs, targets: (N, ...) shared by all seeds if `data_axis` is None,
         else (S, N, ...), one data set per seed.
+      hook: optional per-step look at (and edit of) each seed's gradient, with
+        `context`, a pytree with the seed axis, as its data (see `GradientHook`).
     Returns:
-      the trained parameters (S, ...) and the losses, (S, epochs, steps_per_epoch).
+      the trained parameters (S, ...) and, at every step, the loss and the hook's
+      metrics: {"loss": (S, epochs, steps_per_epoch), ...}.
     Raises:
       TrainingDiverged: at the end of the first epoch whose loss is not finite.
     """
@@ -138,21 +162,25 @@ def fit(
     history = []
     for epoch in tqdm(range(epochs), desc=description, unit="epoch", disable=not progress, leave=False):
         epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, epoch)
-        states, losses = _train_epoch_seeds(
+        states, metrics = _train_epoch_seeds(
             states,
             epoch_keys,
             inputs,
             targets,
+            context,
             objective=objective,
             learning_rate=learning_rate,
             batch_size=batch_size,
             data_axis=data_axis,
+            hook=hook,
         )
-        losses = np.asarray(losses)
+        metrics = jax.tree.map(np.asarray, metrics)
+        losses = metrics["loss"]
         if not np.all(np.isfinite(losses)):
             raise TrainingDiverged(
                 f"{description}: the loss became {losses[~np.isfinite(losses)][0]} in epoch {epoch + 1}; "
                 "lower the learning rate"
             )
-        history.append(losses)
-    return states.params, np.stack(history, axis=1) if history else np.zeros((len(keys), 0, 0))
+        history.append(metrics)
+    # Epochs on axis 1: {name: (S, epochs, steps)}; empty for zero epochs.
+    return states.params, jax.tree.map(lambda *epochs: np.stack(epochs, axis=1), *history) if history else {}

@@ -65,16 +65,16 @@ def test_one_step_is_one_adam_step_on_the_mean_loss():
     expected = jax.tree.map(lambda p, g: p - LR * g / (jnp.abs(g) + 1e-8), p0, grad)
     for name in ("w", "b"):
         np.testing.assert_allclose(trained[name][0], expected[name], rtol=1e-5, atol=1e-7)
-    assert history.shape == (1, 1, 1)
-    np.testing.assert_allclose(history[0, 0, 0], jnp.mean(losses.cross_entropy(linear_apply(p0, x), y)), rtol=1e-6)
+    assert history["loss"].shape == (1, 1, 1)
+    np.testing.assert_allclose(history["loss"][0, 0, 0], jnp.mean(losses.cross_entropy(linear_apply(p0, x), y)), rtol=1e-6)
 
 
 def test_the_loop_learns_and_records_one_loss_per_step():
     x, y = toy_data()
     _, history = fit(linear_params(2), jax.random.split(jax.random.key(3), 2), x, y, objective=LINEAR_CE,
                      epochs=30, batch_size=16, data_axis=None)
-    assert history.shape == (2, 30, 4)
-    assert np.all(history[:, -1].mean(-1) < 0.5 * history[:, 0].mean(-1))
+    assert history["loss"].shape == (2, 30, 4)
+    assert np.all(history["loss"][:, -1].mean(-1) < 0.5 * history["loss"][:, 0].mean(-1))
 
 
 def test_a_zero_gradient_leaves_a_parameter_exactly_unchanged():
@@ -104,7 +104,7 @@ def test_same_seed_same_numbers(mlp_setup):
     params, keys, x, y, run = mlp_setup
     a, la = run(params, keys, x, y, data_axis=None)
     b, lb = run(params, keys, x, y, data_axis=None)
-    np.testing.assert_array_equal(la, lb)
+    np.testing.assert_array_equal(la["loss"], lb["loss"])
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
@@ -112,7 +112,7 @@ def test_a_seed_alone_equals_the_same_seed_in_a_batch(mlp_setup):
     params, keys, x, y, run = mlp_setup
     batch, batch_losses = run(params, keys, x, y, data_axis=None)
     alone, alone_losses = run(jax.tree.map(lambda a: a[1:2], params), keys[1:2], x, y, data_axis=None)
-    np.testing.assert_allclose(alone_losses[0], batch_losses[1], rtol=1e-6)
+    np.testing.assert_allclose(alone_losses["loss"][0], batch_losses["loss"][1], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b[1], rtol=1e-5, atol=1e-6), alone, batch)
 
 
@@ -120,14 +120,14 @@ def test_shared_data_equals_the_same_data_given_per_seed(mlp_setup):
     params, keys, x, y, run = mlp_setup
     _, shared = run(params, keys, x, y, data_axis=None)
     _, per_seed = run(params, keys, jnp.broadcast_to(x, (3, *x.shape)), jnp.broadcast_to(y, (3, *y.shape)), data_axis=0)
-    np.testing.assert_allclose(shared, per_seed, rtol=1e-6)
+    np.testing.assert_allclose(shared["loss"], per_seed["loss"], rtol=1e-6)
 
 
 def test_different_seeds_see_different_data_orders(mlp_setup):
     params, keys, x, y, run = mlp_setup
     same_init = jax.tree.map(lambda a: jnp.broadcast_to(a[0], a.shape), params)
     _, history = run(same_init, keys, x, y, data_axis=None)
-    assert not np.allclose(history[0], history[1])
+    assert not np.allclose(history["loss"][0], history["loss"][1])
 
 
 def test_a_diverging_loss_stops_with_a_clear_message():
@@ -136,3 +136,19 @@ def test_a_diverging_loss_stops_with_a_clear_message():
     with pytest.raises(train.TrainingDiverged, match="epoch 1; lower the learning rate"):
         fit(params, jax.random.split(jax.random.key(8), 1), x, y, objective=LINEAR_CE,
             epochs=3, batch_size=16, data_axis=None, description="toy")
+
+
+def test_a_gradient_hook_edits_the_step_and_its_metrics_are_recorded_per_step():
+    # The hook sees each seed's own context: here a per-seed scale of the gradient (0 freezes).
+    def scale_hook(params, grads, context):
+        return jax.tree.map(lambda g: g * context, grads), {"grad_norm": optax.tree.norm(grads), "scale": context}
+
+    x, y = toy_data()
+    params = linear_params(2)
+    trained, history = fit(params, jax.random.split(jax.random.key(9), 2), x, y, objective=LINEAR_CE, epochs=3,
+                           batch_size=16, data_axis=None, hook=scale_hook, context=jnp.array([0.0, 1.0]))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[0], b[0]), trained, params)
+    assert not np.array_equal(trained["w"][1], params["w"][1])
+    assert set(history) == {"loss", "grad_norm", "scale"} and history["grad_norm"].shape == (2, 3, 4)
+    np.testing.assert_array_equal(history["scale"][:, 0, 0], [0.0, 1.0])
+    assert np.all(history["grad_norm"] > 0)
