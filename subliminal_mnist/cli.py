@@ -13,7 +13,9 @@ import json
 import sys
 from typing import Any, NoReturn, Sequence
 
-from subliminal_mnist import data, experiment, files, train
+import numpy as np
+
+from subliminal_mnist import alignment, data, experiment, figures, files, train
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -42,7 +44,10 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> Non
         default = _field_default(field)
         flag = "--" + (field.metadata.get("flag") or field.name).replace("_", "-")
         kwargs: dict[str, Any] = {"dest": field.name, "default": None}
-        if isinstance(default, tuple):
+        if isinstance(default, bool):
+            kwargs.update(action="store_true")
+            shown = "off"
+        elif isinstance(default, tuple):
             kwargs.update(type=type(default[0]), nargs="+", metavar="N")
             shown = " ".join(map(str, default))
         else:
@@ -59,22 +64,37 @@ def explicit_options(args: argparse.Namespace, config_cls: type) -> dict[str, An
     return {name: tuple(v) if isinstance(v, list) else v for name, v in given.items() if v is not None}
 
 
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data-dir", help="folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)")
+    source.add_argument(
+        "--source", choices=("idx", "tfds", "sample"), default="idx", help="where MNIST comes from (default: idx)"
+    )
+
+
+def _add_output_options(parser: argparse.ArgumentParser, name: str, results: str | None = None) -> None:
+    out = f"{results or name}.json"
+    parser.add_argument("--out", default=out, help=f"results JSON, written atomically (default: {out})")
+    parser.add_argument("--figure", default=f"{name}.png", help=f"figure PNG (default: {name}.png)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of a table")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="subliminal-mnist", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = commands.add_parser("demo", help="the paper's MNIST experiment with all its controls")
-    source = demo.add_mutually_exclusive_group()
-    source.add_argument("--data-dir", help="folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)")
-    source.add_argument(
-        "--source", choices=("idx", "tfds", "sample"), default="idx", help="where MNIST comes from (default: idx)"
-    )
-    demo.add_argument("--out", default="results.json", help="results JSON, written atomically (default: results.json)")
-    demo.add_argument("--figure", default="demo.png", help="bar chart PNG (default: demo.png)")
-    demo.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of a table")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_data_options(demo)
+    _add_output_options(demo, "demo", results="results")
     add_config_options(demo, experiment.ExperimentConfig)
     demo.set_defaults(handler=_demo)
+
+    align = commands.add_parser("alignment", help="Theorem 1 through training: per-step alignment with the trait")
+    _add_data_options(align)
+    _add_output_options(align, "alignment")
+    add_config_options(align, alignment.AlignmentConfig)
+    align.set_defaults(handler=_alignment)
 
     data_cmd = commands.add_parser("data", help="where MNIST is; download it into the cache or verify it")
     data_cmd.add_argument("--data-dir", help="folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)")
@@ -93,25 +113,46 @@ def _table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    options = explicit_options(args, experiment.ExperimentConfig)
-    experiment.ExperimentConfig(**options)  # fail on a bad option before loading any data
+def _run_experiment(args: argparse.Namespace, config_cls: type, run, draw, table) -> int:
+    """Validate the options, load MNIST, run, write results and figure atomically, report."""
+    options = explicit_options(args, config_cls)
+    config_cls(**options)  # fail on a bad option before loading any data
     mnist = data.load(args.source, args.data_dir)
     if mnist.is_sample:
         print(experiment.SAMPLE_WARNING, file=sys.stderr)
         options = {**experiment.SAMPLE_PRESET, **options}
-    config = experiment.ExperimentConfig(**options)
-    results = experiment.run(config, mnist, progress=not args.no_progress)
+    results = run(config_cls(**options), mnist, progress=not args.no_progress)
     files.write_json(args.out, results)
-    from subliminal_mnist import figures  # matplotlib only when a figure is drawn
-
-    figures.demo_figure(results, args.figure)
+    draw(results, args.figure)
     if args.json:
         print(json.dumps(results))
     else:
-        print(_table(results))
+        print(table(results))
         print(f"wrote {args.out} and {args.figure}")
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return _run_experiment(args, experiment.ExperimentConfig, experiment.run, figures.demo_figure, _table)
+
+
+def _alignment_table(results: dict) -> str:
+    rows = [f"{'student':<24}{'final accuracy':>15}{'mean grad cos':>15}{'steps aligned':>15}{'distill loss':>14}"]
+    for name, curves in results["curves"].items():
+        inner = np.asarray(curves["grad_inner"])
+        rows.append(
+            f"{name:<24}{results['final_test_accuracy'][name]['mean']:>15.3f}{np.mean(curves['grad_cosine']):>15.4f}"
+            f"{np.mean(inner > 0):>15.2f}{np.mean(curves['loss'][-results['steps_per_epoch']:]):>14.2e}"
+        )
+    by_epoch = results["claims"]["transfer_by_epoch"]
+    rows.append("accuracy gain per epoch: " + ", ".join(f"{g:+.3f}" for g in by_epoch["accuracy_gain_per_epoch"]))
+    rows.append("trait-loss drop per epoch: " + ", ".join(f"{g:+.3f}" for g in by_epoch["trait_loss_drop_per_epoch"]))
+    rows.append(f"data: {results['data_source']}; {results['wall_seconds']:.0f} s")
+    return "\n".join(rows)
+
+
+def _alignment(args: argparse.Namespace) -> int:
+    return _run_experiment(args, alignment.AlignmentConfig, alignment.run, figures.alignment_figure, _alignment_table)
 
 
 def _data(args: argparse.Namespace) -> int:

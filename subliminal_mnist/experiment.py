@@ -23,7 +23,7 @@ import functools
 import importlib.metadata
 import platform
 import time
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +62,7 @@ class ConfigError(ValueError):
     """An invalid experiment setting; the message is one line for the user."""
 
 
-def _field(default, help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None, **kwargs):
+def config_field(default, help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None, **kwargs):
     metadata = {"help": help, "flag": flag, "choices": choices}
     if isinstance(default, tuple):
         return dataclasses.field(default_factory=lambda: default, metadata=metadata, **kwargs)
@@ -73,26 +73,26 @@ def _field(default, help: str, *, flag: str | None = None, choices: tuple[str, .
 class ExperimentConfig:
     """The experiment's settings; the defaults are the paper's. The CLI is generated from it."""
 
-    seeds: int = _field(25, "independent seeds (init, data order, noise), trained at once with vmap")
-    seed: int = _field(0, "base random seed; seed i uses fold_in(key(seed), i)")
-    hidden_sizes: tuple[int, ...] = _field((256, 256), "hidden layer widths")
-    num_aux: int = _field(3, "auxiliary logits, never trained by the teacher", flag="aux")
-    teacher_epochs: int = _field(5, "teacher epochs on MNIST")
-    student_epochs: int = _field(5, "student epochs on noise")
-    batch_size: int = _field(1024, "minibatch size")
-    learning_rate: float = _field(3e-4, "Adam learning rate")
-    distill_loss: str = _field("kl", "distillation loss: KL of softmaxes (paper) or squared error of logits", choices=("kl", "mse"))
-    noise: str = _field("uniform", "student inputs: uniform in [-1, 1] (paper) or standard Gaussian", choices=("uniform", "gaussian"))
-    num_noise: int = _field(0, "noise images per seed; 0 means as many as the training set (paper)")
-    seeds_per_chunk: int = _field(5, "seeds trained together; bounds memory, never changes results")
+    seeds: int = config_field(25, "independent seeds (init, data order, noise), trained at once with vmap")
+    seed: int = config_field(0, "base random seed; seed i uses fold_in(key(seed), i)")
+    hidden_sizes: tuple[int, ...] = config_field((256, 256), "hidden layer widths")
+    num_aux: int = config_field(3, "auxiliary logits, never trained by the teacher", flag="aux")
+    teacher_epochs: int = config_field(5, "teacher epochs on MNIST")
+    student_epochs: int = config_field(5, "student epochs on noise")
+    batch_size: int = config_field(1024, "minibatch size")
+    learning_rate: float = config_field(3e-4, "Adam learning rate")
+    distill_loss: str = config_field("kl", "distillation loss: KL of softmaxes (paper) or squared error of logits", choices=("kl", "mse"))
+    noise: str = config_field("uniform", "student inputs: uniform in [-1, 1] (paper) or standard Gaussian", choices=("uniform", "gaussian"))
+    num_noise: int = config_field(0, "noise images per seed; 0 means as many as the training set (paper)")
+    seeds_per_chunk: int = config_field(5, "seeds trained together; bounds memory, never changes results")
 
     def __post_init__(self):
         for name in ("seeds", "num_aux", "batch_size", "seeds_per_chunk"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{_option(name)} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{_option(self, name)} must be at least 1, got {getattr(self, name)}")
         for name in ("teacher_epochs", "student_epochs", "num_noise"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{_option(name)} must not be negative, got {getattr(self, name)}")
+                raise ConfigError(f"{_option(self, name)} must not be negative, got {getattr(self, name)}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ConfigError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
         if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
@@ -100,16 +100,16 @@ class ExperimentConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{_option(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+                raise ConfigError(f"{_option(self, f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
 
     @property
     def architecture(self) -> model.Architecture:
         return model.Architecture(hidden_sizes=tuple(self.hidden_sizes), num_aux=self.num_aux)
 
 
-def _option(name: str) -> str:
+def _option(config, name: str) -> str:
     """A field's name as the user knows it: the field, and its command-line flag where that differs."""
-    flag = {f.name: f.metadata["flag"] for f in dataclasses.fields(ExperimentConfig)}[name]
+    flag = {f.name: f.metadata["flag"] for f in dataclasses.fields(config)}[name]
     return f"{name} (--{flag})" if flag else name
 
 
@@ -168,6 +168,78 @@ def noise_sets(keys: jax.Array, num_images: int, distribution: str) -> jax.Array
     return jax.vmap(lambda key: data.noise_images(key, num_images, distribution))(keys)
 
 
+class Teachers(NamedTuple):
+    """The teacher stage of a chunk of seeds; every array has the seed axis first."""
+
+    shared_init: model.Params  # each seed's init: its teacher's and its same-init students' start
+    other_init: model.Params  # the partner seed's init: the cross-model students' start
+    teacher: model.Params
+    noise: jax.Array  # (S, num_noise, 784), the students' only inputs
+    teacher_targets: jax.Array  # (S, num_noise, K), the teacher's outputs on that noise
+
+
+def train_teachers(
+    config: ExperimentConfig, mnist: data.MNIST, seed_ids: np.ndarray, partner_ids: np.ndarray, progress: bool = True
+) -> Teachers:
+    """Inits, trained teachers and their outputs on each seed's noise, for a chunk of seeds."""
+    arch = config.architecture
+    keys = seed_keys(config, seed_ids)
+    shared_init = init_seeds(keys["init"], arch)
+    teacher, _ = train.fit(
+        shared_init,
+        keys["teacher"],
+        jnp.asarray(mnist.train_images),
+        jnp.asarray(mnist.train_labels),
+        objective=train.Objective(arch, losses.cross_entropy, arch.class_indices),
+        epochs=config.teacher_epochs,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        data_axis=None,
+        description=f"{'teacher':<12} ({len(seed_ids)} seeds)",
+        progress=progress,
+    )
+    noise = noise_sets(keys["noise"], config.num_noise or len(mnist.train_images), config.noise)
+    return Teachers(
+        shared_init=shared_init,
+        other_init=init_seeds(seed_keys(config, partner_ids)["init"], arch),
+        teacher=teacher,
+        noise=noise,
+        # Computed once, shared by all the students of each teacher.
+        teacher_targets=outputs_on(teacher, noise, arch, config.batch_size),
+    )
+
+
+def distill(
+    config: ExperimentConfig,
+    teachers: Teachers,
+    student: str,
+    keys: jax.Array,
+    progress: bool = True,
+    **hook,
+) -> tuple[model.Params, dict[str, np.ndarray]]:
+    """Train one student condition (e.g. "cross_aux") of a chunk on its teacher's outputs on noise.
+
+    `hook` (optional: `hook=..., context=...`) is passed to the loop, to watch or edit each step.
+    """
+    arch = config.architecture
+    init = teachers.shared_init if student.startswith("student") else teachers.other_init
+    indices = arch.aux_indices if student.endswith("aux") else arch.all_indices
+    return train.fit(
+        init,
+        keys,
+        teachers.noise,
+        teachers.teacher_targets[..., np.asarray(indices)],
+        objective=train.Objective(arch, losses.DISTILLATION_LOSSES[config.distill_loss], indices),
+        epochs=config.student_epochs,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        data_axis=0,
+        description=f"{student:<12} ({len(keys)} seeds)",
+        progress=progress,
+        **hook,
+    )
+
+
 def train_conditions(
     config: ExperimentConfig, mnist: data.MNIST, seed_ids: np.ndarray, partner_ids: np.ndarray, progress: bool = True
 ) -> dict[str, model.Params]:
@@ -176,50 +248,10 @@ def train_conditions(
     Teacher s and its two same-init students start from seed s's init; its two
     cross-model students from seed partner_ids[s]'s init.
     """
-    arch = config.architecture
+    teachers = train_teachers(config, mnist, seed_ids, partner_ids, progress)
     keys = seed_keys(config, seed_ids)
-    shared_init = init_seeds(keys["init"], arch)
-    other_init = init_seeds(seed_keys(config, partner_ids)["init"], arch)
-    first, last = seed_ids[0], seed_ids[-1]
-    fit = functools.partial(
-        train.fit, learning_rate=config.learning_rate, batch_size=config.batch_size, progress=progress
-    )
-
-    teacher, _ = fit(
-        shared_init,
-        keys["teacher"],
-        jnp.asarray(mnist.train_images),
-        jnp.asarray(mnist.train_labels),
-        objective=train.Objective(arch, losses.cross_entropy, arch.class_indices),
-        epochs=config.teacher_epochs,
-        data_axis=None,
-        description=f"teacher      seeds {first}-{last}",
-    )
-
-    num_noise = config.num_noise or len(mnist.train_images)
-    noise = noise_sets(keys["noise"], num_noise, config.noise)
-    # Computed once, shared by the four students of each teacher.
-    teacher_targets = outputs_on(teacher, noise, arch, config.batch_size)
-
-    distill_loss = losses.DISTILLATION_LOSSES[config.distill_loss]
-    students = {}
-    for name, init, indices in (
-        ("student_aux", shared_init, arch.aux_indices),
-        ("student_all", shared_init, arch.all_indices),
-        ("cross_aux", other_init, arch.aux_indices),
-        ("cross_all", other_init, arch.all_indices),
-    ):
-        students[name], _ = fit(
-            init,
-            keys[name],
-            noise,
-            teacher_targets[..., np.asarray(indices)],
-            objective=train.Objective(arch, distill_loss, indices),
-            epochs=config.student_epochs,
-            data_axis=0,
-            description=f"{name:<12} seeds {first}-{last}",
-        )
-    return {"reference": shared_init, "teacher": teacher, **students}
+    students = {name: distill(config, teachers, name, keys[name], progress)[0] for name in CONDITIONS[2:]}
+    return {"reference": teachers.shared_init, "teacher": teachers.teacher, **students}
 
 
 def summarize(per_seed: np.ndarray) -> dict:
@@ -234,7 +266,7 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{n: importlib.metadata.version(n) for n in names}}
 
 
-def _chunks(num_seeds: int, size: int) -> Iterator[np.ndarray]:
+def chunks(num_seeds: int, size: int) -> Iterator[np.ndarray]:
     for start in range(0, num_seeds, size):
         yield np.arange(start, min(start + size, num_seeds))
 
@@ -245,7 +277,7 @@ def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True) -> d
     partners = cross_partners(config.seeds, config.seed)
     per_seed: dict[str, list[np.ndarray]] = {name: [] for name in CONDITIONS}
     test_images, test_labels = jnp.asarray(mnist.test_images), jnp.asarray(mnist.test_labels)
-    for seed_ids in _chunks(config.seeds, config.seeds_per_chunk):
+    for seed_ids in chunks(config.seeds, config.seeds_per_chunk):
         trained = train_conditions(config, mnist, seed_ids, partners[seed_ids], progress)
         for name, params in trained.items():
             per_seed[name].append(np.asarray(test_accuracy(params, test_images, test_labels, config.architecture)))

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display is needed or wanted: figures go to files
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from subliminal_mnist import experiment, files  # noqa: E402
 
@@ -52,6 +53,52 @@ def demo_figure(results: dict, path: str | os.PathLike) -> None:
     ax.tick_params(axis="x", labelsize=8.5)
     ax.yaxis.grid(True, alpha=0.3)
     ax.set_axisbelow(True)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)
+
+
+_ALIGNMENT_PANELS = (
+    ("grad_cosine", "cos(distillation grad, trait grad)"),
+    ("param_cosine", "cos(θS(t) − θS(0), θT − θ0)"),
+    ("test_accuracy", "student test accuracy"),
+    ("trait_loss", "trait loss (MNIST cross-entropy)"),
+)
+_ALIGNMENT_STYLES = {
+    "student_aux": dict(color=_COLORS["student_aux"], label="same init"),
+    "cross_aux": dict(color=_COLORS["cross_aux"], label="cross-model"),
+    "student_aux_projected": dict(color=_COLORS["student_aux"], linestyle="--", label="same init, trait projected out"),
+    "cross_aux_projected": dict(color=_COLORS["cross_aux"], linestyle="--", label="cross-model, trait projected out"),
+}
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Moving average over `window` steps (the per-step gradient cosine is noisy)."""
+    window = max(1, min(window, len(values)))
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def alignment_figure(results: dict, path: str | os.PathLike) -> None:
+    """Four panels, one line per student variant, per distillation step (mean over seeds)."""
+    steps_per_epoch = results["steps_per_epoch"]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), layout="constrained", sharex=True)
+    for ax, (metric, title) in zip(axes.flat, _ALIGNMENT_PANELS):
+        window = steps_per_epoch // 4 if metric == "grad_cosine" else 1
+        for name, curves in results["curves"].items():
+            values = _smooth(np.asarray(curves[metric]), window)
+            ax.plot(np.arange(len(values)) + window - 1, values, linewidth=1.4, **_ALIGNMENT_STYLES[name])
+        for epoch in range(1, len(results["curves"]["student_aux"][metric]) // steps_per_epoch):
+            ax.axvline(epoch * steps_per_epoch, color="black", linewidth=0.5, linestyle=":")
+        if metric == "grad_cosine":
+            ax.axhline(0, color="black", linewidth=0.8)
+            title += f" ({window}-step mean)"
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("distillation step (dotted: epochs)")
+    axes[0, 0].legend(fontsize=8)
+    seeds = results["config"]["seeds"]
+    fig.suptitle(f"Aux-only distillation on noise, step by step ({seeds} seeds, means)", fontsize=11)
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)
