@@ -33,7 +33,7 @@ def demo_figure(results: dict, path: str | os.PathLike) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
     bars = ax.bar(
-        [experiment.CONDITION_LABELS[n] for n in names],
+        [experiment.CONDITION_LABELS[n].replace(" (", "\n(") for n in names],
         means,
         yerr=errors,
         capsize=5,
@@ -50,7 +50,6 @@ def demo_figure(results: dict, path: str | os.PathLike) -> None:
     if results.get("is_sample"):
         title += "\n(offline 5k sample, not full MNIST)"
     ax.set_title(title)
-    ax.tick_params(axis="x", labelsize=8.5)
     ax.yaxis.grid(True, alpha=0.3)
     ax.set_axisbelow(True)
     with files.atomic_path(path) as tmp:

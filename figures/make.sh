@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Regenerates every committed figure and its results JSON (full MNIST needed: --data-dir or SUBLIMINAL_MNIST_DIR).
+set -euo pipefail
+cd "$(dirname "$0")"
+subliminal-mnist demo --seeds 25 --out demo.json --figure demo.png "$@"
+subliminal-mnist alignment --seeds 5 --project-out --out alignment.json --figure alignment.png "$@"
