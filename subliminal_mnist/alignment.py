@@ -178,6 +178,7 @@ def claims(curves: dict[str, dict[str, np.ndarray]], final_accuracy: dict[str, n
         return (values[:, 1:, 0] - values[:, :-1, 0]).mean(0)
 
     accuracy_gains, trait_loss_drops = per_epoch_change("test_accuracy"), -per_epoch_change("trait_loss")
+    param_cosine_gains = per_epoch_change("param_cosine")
     result = {
         "alignment": {
             "same_init_mean_grad_cosine": float(same["grad_cosine"].mean()),
@@ -191,9 +192,11 @@ def claims(curves: dict[str, dict[str, np.ndarray]], final_accuracy: dict[str, n
         "transfer_by_epoch": {
             "accuracy_gain_per_epoch": accuracy_gains.tolist(),
             "trait_loss_drop_per_epoch": trait_loss_drops.tolist(),
+            "param_cosine_gain_per_epoch": param_cosine_gains.tolist(),
             "mean_grad_cosine_per_epoch": same["grad_cosine"].mean((0, 2)).tolist(),
             "first_epoch_gains_most_accuracy": bool(accuracy_gains.argmax() == 0),
             "first_epoch_drops_trait_loss_most": bool(trait_loss_drops.argmax() == 0),
+            "first_epoch_gains_most_param_cosine": bool(param_cosine_gains.argmax() == 0),
         },
     }
     if "student_aux_projected" in curves:

@@ -86,5 +86,7 @@ def test_alignment_through_training_on_real_mnist(real_mnist):
     projection = claims["projection"]
     assert projection["final_accuracy"] > 0.3 and projection["final_accuracy_projected"] < 0.15
     assert projection["final_distill_loss_projected"] < 1.1 * projection["final_distill_loss"]
-    # 2. Transfer by epoch is reported; see the README for what it shows.
+    # 2. Transfer is fastest in the first epoch as movement along the teacher's displacement
+    #    (test accuracy, by contrast, climbs steadily: the README reports both).
+    assert claims["transfer_by_epoch"]["first_epoch_gains_most_param_cosine"]
     assert len(claims["transfer_by_epoch"]["accuracy_gain_per_epoch"]) == config.student_epochs - 1
