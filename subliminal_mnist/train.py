@@ -118,7 +118,9 @@ def train_epoch(
 
 
 @functools.partial(jax.jit, static_argnames=("objective", "learning_rate", "batch_size", "data_axis", "hook"))
-def _train_epoch_seeds(states, keys, inputs, targets, context, *, objective, learning_rate, batch_size, data_axis, hook):
+def _train_epoch_seeds(
+    states, keys, inputs, targets, context, *, objective, learning_rate, batch_size, data_axis, hook
+):
     epoch = functools.partial(
         train_epoch, objective=objective, learning_rate=learning_rate, batch_size=batch_size, hook=hook
     )

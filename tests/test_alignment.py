@@ -16,8 +16,15 @@ def probe_setup():
     params, teacher_init, teacher = (arch.init(k) for k in keys[:3])
     images = jax.random.uniform(keys[3], (32, model.INPUT_SIZE), minval=-1, maxval=1)
     labels = jnp.arange(32) % 10
-    context = {"student_init": teacher_init, "teacher_init": teacher_init, "teacher": teacher,
-               "trait_images": images, "trait_labels": labels, "test_images": images, "test_labels": labels}
+    context = {
+        "student_init": teacher_init,
+        "teacher_init": teacher_init,
+        "teacher": teacher,
+        "trait_images": images,
+        "trait_labels": labels,
+        "test_images": images,
+        "test_labels": labels,
+    }
     return arch, params, context
 
 
@@ -35,7 +42,9 @@ def test_probe_measures_against_the_trait_gradient_and_leaves_the_step_alone(pro
     trait = jax.grad(probe.trait_loss)(params, context["trait_images"], context["trait_labels"])
     np.testing.assert_allclose(metrics["grad_inner"], optax.tree.vdot(grads, trait), rtol=1e-5)
     np.testing.assert_allclose(
-        metrics["grad_cosine"], optax.tree.vdot(grads, trait) / optax.tree.norm(grads) / optax.tree.norm(trait), rtol=1e-5
+        metrics["grad_cosine"],
+        optax.tree.vdot(grads, trait) / optax.tree.norm(grads) / optax.tree.norm(trait),
+        rtol=1e-5,
     )
     jax.tree.map(np.testing.assert_array_equal, same, grads)
     assert 0 <= metrics["test_accuracy"] <= 1
@@ -81,7 +90,11 @@ def test_alignment_through_training_on_real_mnist(real_mnist):
     assert 0 < claims["alignment"]["same_init_mean_grad_cosine"] < 0.1
     assert claims["alignment"]["same_init_share_of_steps_aligned"] > 0.6
     assert abs(claims["alignment"]["cross_model_mean_grad_cosine"]) < claims["alignment"]["same_init_mean_grad_cosine"]
-    assert claims["alignment"]["same_init_final_param_cosine"] > 0.2 > claims["alignment"]["cross_model_final_param_cosine"]
+    assert (
+        claims["alignment"]["same_init_final_param_cosine"]
+        > 0.2
+        > claims["alignment"]["cross_model_final_param_cosine"]
+    )
     # 3. Projecting the trait direction out suppresses transfer without slowing distillation.
     projection = claims["projection"]
     assert projection["final_accuracy"] > 0.3 and projection["final_accuracy_projected"] < 0.15

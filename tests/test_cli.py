@@ -8,8 +8,19 @@ import pytest
 
 from subliminal_mnist import cli, experiment
 
-TINY = ["--hidden-sizes", "32", "--teacher-epochs", "2", "--student-epochs", "1", "--batch-size", "256",
-        "--num-noise", "512", "--no-progress"]
+TINY = [
+    "--hidden-sizes",
+    "32",
+    "--teacher-epochs",
+    "2",
+    "--student-epochs",
+    "1",
+    "--batch-size",
+    "256",
+    "--num-noise",
+    "512",
+    "--no-progress",
+]
 
 
 @pytest.mark.parametrize(
@@ -44,8 +55,9 @@ def test_every_config_field_is_an_option():
 
 def test_demo_on_the_sample_writes_results_and_figure(tmp_path, capsys):
     out, figure = tmp_path / "r.json", tmp_path / "d.png"
-    code = cli.main(["demo", "--source", "sample", "--seeds", "2", "--out", str(out), "--figure", str(figure),
-                     "--json", *TINY])
+    code = cli.main(
+        ["demo", "--source", "sample", "--seeds", "2", "--out", str(out), "--figure", str(figure), "--json", *TINY]
+    )
     assert code == 0
     captured = capsys.readouterr()
     printed = json.loads(captured.out)
@@ -73,8 +85,22 @@ def test_an_interrupted_demo_writes_nothing(tmp_path, monkeypatch, capsys):
 
 
 def test_a_nan_loss_stops_the_run_with_a_clear_message(tmp_path, capsys):
-    code = cli.main(["demo", "--source", "sample", "--seeds", "1", "--learning-rate", "1e30",
-                     "--out", str(tmp_path / "r.json"), "--figure", str(tmp_path / "d.png"), *TINY])
+    code = cli.main(
+        [
+            "demo",
+            "--source",
+            "sample",
+            "--seeds",
+            "1",
+            "--learning-rate",
+            "1e30",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--figure",
+            str(tmp_path / "d.png"),
+            *TINY,
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "stopped: teacher" in err and "lower the learning rate" in err
@@ -82,7 +108,19 @@ def test_a_nan_loss_stops_the_run_with_a_clear_message(tmp_path, capsys):
 
 
 def test_the_console_script_runs_as_a_module():
-    done = subprocess.run([sys.executable, "-m", "subliminal_mnist.cli", "demo", "--seeds", "-3"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "subliminal_mnist.cli", "demo", "--seeds", "-3"], capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert done.stderr.strip() == "subliminal-mnist: error: seeds must be at least 1, got -3"
+
+
+def test_theorem_command_reports_every_check(capsys):
+    assert cli.main(["theorem", "--cases", "16", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["passed"] and {"sign", "first_order", "zero_branch"} <= set(results["checks"])
+
+
+def test_theorem_command_rejects_zero_cases(capsys):
+    assert cli.main(["theorem", "--cases", "0"]) == 2
+    assert "--cases must be at least 1" in capsys.readouterr().err

@@ -53,9 +53,7 @@ def write_idx_dir(directory: pathlib.Path, n_train: int, n_test: int, gz: bool) 
     for name, array in zip(STANDARD_NAMES, arrays, strict=True):
         payload = idx_bytes(array)
         # mtime=0 keeps the archives byte-identical across runs.
-        (directory / (name + ".gz" if gz else name)).write_bytes(
-            gzip.compress(payload, mtime=0) if gz else payload
-        )
+        (directory / (name + ".gz" if gz else name)).write_bytes(gzip.compress(payload, mtime=0) if gz else payload)
 
 
 # --- read_idx -------------------------------------------------------------
@@ -272,9 +270,7 @@ def test_fetch_saves_verified_archives_that_load(tmp_path, monkeypatch):
     for name in STANDARD_NAMES:
         archive = (mirror / f"{name}.gz").read_bytes()
         raw = gzip.decompress(archive)
-        table[name] = data._Canonical(
-            len(raw), hashlib.sha256(raw).hexdigest(), hashlib.sha256(archive).hexdigest()
-        )
+        table[name] = data._Canonical(len(raw), hashlib.sha256(raw).hexdigest(), hashlib.sha256(archive).hexdigest())
     monkeypatch.setattr(data, "_FILES", types.MappingProxyType(table))
 
     def make_downloader(**kwargs):
@@ -285,9 +281,7 @@ def test_fetch_saves_verified_archives_that_load(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pooch, "HTTPDownloader", make_downloader)
     data.fetch(tmp_path / "cache", progress=False)
-    assert sorted(p.name for p in files_under(tmp_path / "cache")) == sorted(
-        f"{name}.gz" for name in STANDARD_NAMES
-    )
+    assert sorted(p.name for p in files_under(tmp_path / "cache")) == sorted(f"{name}.gz" for name in STANDARD_NAMES)
     mnist = data.load_idx_dir(tmp_path / "cache")
     assert mnist.train_images.shape == (6, 784) and mnist.test_labels.shape == (4,)
 
@@ -315,9 +309,7 @@ def test_scale_pixels_maps_0_to_minus_1_and_255_to_1():
     np.testing.assert_array_equal(scaled[0, :3], np.array([-1.0, 1.0, -0.6], np.float32))
 
 
-@pytest.mark.parametrize(
-    "shape, expected", [((784,), (784,)), ((28, 28), (784,)), ((2, 3, 28, 28), (2, 3, 784))]
-)
+@pytest.mark.parametrize("shape, expected", [((784,), (784,)), ((28, 28), (784,)), ((2, 3, 28, 28), (2, 3, 784))])
 def test_scale_pixels_flattens_images(shape, expected):
     assert data.scale_pixels(np.zeros(shape, np.uint8)).shape == expected
 

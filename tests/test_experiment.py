@@ -142,7 +142,7 @@ def test_summary_interval_is_1_96_sample_sd_over_root_n():
 @pytest.mark.mnist
 def test_subliminal_learning_on_real_mnist(real_mnist):
     """The paper's effect with the paper's settings, 3 seeds: only the same-init student learns digits."""
-    results = experiment.run(experiment.ExperimentConfig(seeds=3, seeds_per_chunk=3), real_mnist, progress=False)
+    results = experiment.run(experiment.ExperimentConfig(seeds=3), real_mnist, progress=False)
     mean = {name: summary["mean"] for name, summary in results["conditions"].items()}
     assert mean["teacher"] > 0.90
     assert mean["student_aux"] > 0.30

@@ -58,21 +58,39 @@ def test_one_step_is_one_adam_step_on_the_mean_loss():
     # Golden value by hand: Adam's first step is -lr * g / (|g| + eps) per coordinate.
     x, y = toy_data()
     params = linear_params(1)
-    trained, history = fit(params, jax.random.split(jax.random.key(2), 1), x, y, objective=LINEAR_CE,
-                           epochs=1, batch_size=len(x), data_axis=None)
+    trained, history = fit(
+        params,
+        jax.random.split(jax.random.key(2), 1),
+        x,
+        y,
+        objective=LINEAR_CE,
+        epochs=1,
+        batch_size=len(x),
+        data_axis=None,
+    )
     p0 = jax.tree.map(lambda a: a[0], params)
     grad = jax.grad(lambda p: jnp.mean(losses.cross_entropy(linear_apply(p, x), y)))(p0)
     expected = jax.tree.map(lambda p, g: p - LR * g / (jnp.abs(g) + 1e-8), p0, grad)
     for name in ("w", "b"):
         np.testing.assert_allclose(trained[name][0], expected[name], rtol=1e-5, atol=1e-7)
     assert history["loss"].shape == (1, 1, 1)
-    np.testing.assert_allclose(history["loss"][0, 0, 0], jnp.mean(losses.cross_entropy(linear_apply(p0, x), y)), rtol=1e-6)
+    np.testing.assert_allclose(
+        history["loss"][0, 0, 0], jnp.mean(losses.cross_entropy(linear_apply(p0, x), y)), rtol=1e-6
+    )
 
 
 def test_the_loop_learns_and_records_one_loss_per_step():
     x, y = toy_data()
-    _, history = fit(linear_params(2), jax.random.split(jax.random.key(3), 2), x, y, objective=LINEAR_CE,
-                     epochs=30, batch_size=16, data_axis=None)
+    _, history = fit(
+        linear_params(2),
+        jax.random.split(jax.random.key(3), 2),
+        x,
+        y,
+        objective=LINEAR_CE,
+        epochs=30,
+        batch_size=16,
+        data_axis=None,
+    )
     assert history["loss"].shape == (2, 30, 4)
     assert np.all(history["loss"][:, -1].mean(-1) < 0.5 * history["loss"][:, 0].mean(-1))
 
@@ -82,8 +100,16 @@ def test_a_zero_gradient_leaves_a_parameter_exactly_unchanged():
     x, y = toy_data()
     objective = train.Objective(linear_apply, losses.cross_entropy, (0, 1))  # output 2 never seen
     params = linear_params(1)
-    trained, _ = fit(params, jax.random.split(jax.random.key(4), 1), x, y % 2, objective=objective,
-                     epochs=5, batch_size=8, data_axis=None)
+    trained, _ = fit(
+        params,
+        jax.random.split(jax.random.key(4), 1),
+        x,
+        y % 2,
+        objective=objective,
+        epochs=5,
+        batch_size=8,
+        data_axis=None,
+    )
     np.testing.assert_array_equal(trained["w"][0, :, 2], params["w"][0, :, 2])
     assert not np.array_equal(trained["w"][0, :, :2], params["w"][0, :, :2])
 
@@ -134,8 +160,17 @@ def test_a_diverging_loss_stops_with_a_clear_message():
     x, y = toy_data()
     params = jax.tree.map(lambda a: a * jnp.inf, linear_params(1))
     with pytest.raises(train.TrainingDiverged, match="epoch 1; lower the learning rate"):
-        fit(params, jax.random.split(jax.random.key(8), 1), x, y, objective=LINEAR_CE,
-            epochs=3, batch_size=16, data_axis=None, description="toy")
+        fit(
+            params,
+            jax.random.split(jax.random.key(8), 1),
+            x,
+            y,
+            objective=LINEAR_CE,
+            epochs=3,
+            batch_size=16,
+            data_axis=None,
+            description="toy",
+        )
 
 
 def test_a_gradient_hook_edits_the_step_and_its_metrics_are_recorded_per_step():
@@ -145,8 +180,18 @@ def test_a_gradient_hook_edits_the_step_and_its_metrics_are_recorded_per_step():
 
     x, y = toy_data()
     params = linear_params(2)
-    trained, history = fit(params, jax.random.split(jax.random.key(9), 2), x, y, objective=LINEAR_CE, epochs=3,
-                           batch_size=16, data_axis=None, hook=scale_hook, context=jnp.array([0.0, 1.0]))
+    trained, history = fit(
+        params,
+        jax.random.split(jax.random.key(9), 2),
+        x,
+        y,
+        objective=LINEAR_CE,
+        epochs=3,
+        batch_size=16,
+        data_axis=None,
+        hook=scale_hook,
+        context=jnp.array([0.0, 1.0]),
+    )
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[0], b[0]), trained, params)
     assert not np.array_equal(trained["w"][1], params["w"][1])
     assert set(history) == {"loss", "grad_norm", "scale"} and history["grad_norm"].shape == (2, 3, 4)
