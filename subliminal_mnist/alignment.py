@@ -109,13 +109,14 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
     arch = config.architecture
     partners = experiment.cross_partners(config.seeds, config.seed)
     variants = _VARIANTS + (_PROJECTED_VARIANTS if config.project_out else ())
+    mnist = experiment.on_device(mnist)
     shared = {
-        "trait_images": jnp.asarray(mnist.train_images[: config.trait_batch]),
-        "trait_labels": jnp.asarray(mnist.train_labels[: config.trait_batch]),
-        "test_images": jnp.asarray(mnist.test_images[: config.probe_test]),
-        "test_labels": jnp.asarray(mnist.test_labels[: config.probe_test]),
+        "trait_images": mnist.train_images[: config.trait_batch],
+        "trait_labels": mnist.train_labels[: config.trait_batch],
+        "test_images": mnist.test_images[: config.probe_test],
+        "test_labels": mnist.test_labels[: config.probe_test],
     }
-    test_images, test_labels = jnp.asarray(mnist.test_images), jnp.asarray(mnist.test_labels)
+    test_images, test_labels = mnist.test_images, mnist.test_labels
     histories = {_variant_name(*v): [] for v in variants}
     final_accuracy = {_variant_name(*v): [] for v in variants}
     teacher_accuracy = []

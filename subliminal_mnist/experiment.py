@@ -266,6 +266,14 @@ def train_conditions(
     return {"reference": teachers.shared_init, "teacher": teachers.teacher, **students}
 
 
+def on_device(mnist: data.MNIST) -> data.MNIST:
+    """The same data as JAX arrays, so that each chunk of seeds does not copy it again."""
+    return dataclasses.replace(mnist, **{name: jnp.asarray(getattr(mnist, name)) for name in _ARRAYS})
+
+
+_ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
 def summarize(per_seed: np.ndarray) -> dict:
     """Mean and 95% interval half-width, 1.96 sd / sqrt(n) (sample sd; None for one seed)."""
     n = len(per_seed)
@@ -288,11 +296,12 @@ def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True) -> d
     start = time.perf_counter()
     partners = cross_partners(config.seeds, config.seed)
     per_seed: dict[str, list[np.ndarray]] = {name: [] for name in CONDITIONS}
-    test_images, test_labels = jnp.asarray(mnist.test_images), jnp.asarray(mnist.test_labels)
+    arrays = on_device(mnist)
     for seed_ids in chunks(config.seeds, config.seeds_per_chunk):
-        trained = train_conditions(config, mnist, seed_ids, partners[seed_ids], progress)
+        trained = train_conditions(config, arrays, seed_ids, partners[seed_ids], progress)
         for name, params in trained.items():
-            per_seed[name].append(np.asarray(test_accuracy(params, test_images, test_labels, config.architecture)))
+            accuracy = test_accuracy(params, arrays.test_images, arrays.test_labels, config.architecture)
+            per_seed[name].append(np.asarray(accuracy))
     return {
         "conditions": {name: summarize(np.concatenate(per_seed[name])) for name in CONDITIONS},
         "config": dataclasses.asdict(config),
