@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from subliminal_mnist import data, experiment, losses, model, theorem
+from subliminal_mnist import data, experiment, model, theorem
 from subliminal_mnist.experiment import ConfigError, config_field
 
 # (condition, projected): the students compared. Cross-model students are the control.
@@ -66,15 +66,12 @@ class TraitProbe:
     arch: model.Architecture
     project_out: bool
 
-    def trait_loss(self, params, images, labels) -> jax.Array:
-        """The teacher's own loss: cross-entropy of the class logits on MNIST."""
-        logits = self.arch(params, images)[..., : self.arch.num_classes]
-        return jnp.mean(losses.cross_entropy(logits, labels))
-
     def __call__(self, params, grads, context):
-        trait_loss, trait_grads = jax.value_and_grad(self.trait_loss)(
-            params, context["trait_images"], context["trait_labels"]
+        # The teacher's own loss, as in Theorem 1's checks: cross-entropy of the class logits on MNIST.
+        trait_loss_fn = theorem.class_trait_loss(
+            self.arch, context["trait_images"], context["trait_labels"], self.arch.class_indices
         )
+        trait_loss, trait_grads = jax.value_and_grad(trait_loss_fn)(params)
         inner = optax.tree.vdot(grads, trait_grads)
         metrics = {
             "trait_loss": trait_loss,
@@ -125,7 +122,7 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
         teacher_accuracy.append(np.asarray(experiment.test_accuracy(teachers.teacher, test_images, test_labels, arch)))
         keys = experiment.seed_keys(config, seed_ids)
         for condition, projected in variants:
-            init = teachers.shared_init if condition.startswith("student") else teachers.other_init
+            init = teachers.init_of(condition)
             context = {
                 **_broadcast(shared, len(seed_ids)),
                 "student_init": init,

@@ -189,6 +189,10 @@ class Teachers(NamedTuple):
     noise: jax.Array  # (S, num_noise, 784), the students' only inputs
     teacher_targets: jax.Array  # (S, num_noise, K), the teacher's outputs on that noise
 
+    def init_of(self, student: str) -> model.Params:
+        """Where a student condition starts: "student_*" from the shared init, "cross_*" from the partner's."""
+        return self.shared_init if student.startswith("student") else self.other_init
+
 
 def train_teachers(
     config: ExperimentConfig, mnist: data.MNIST, seed_ids: np.ndarray, partner_ids: np.ndarray, progress: bool = True
@@ -234,7 +238,7 @@ def distill(
     `hook` (optional: `hook=..., context=...`) is passed to the loop, to watch or edit each step.
     """
     arch = config.architecture
-    init = teachers.shared_init if student.startswith("student") else teachers.other_init
+    init = teachers.init_of(student)
     indices = arch.aux_indices if student.endswith("aux") else arch.all_indices
     return train.fit(
         init,
