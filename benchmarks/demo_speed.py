@@ -16,6 +16,7 @@ Targets on a 2-core CPU: floor ratio <= 1.3 for 25 seeds; peak memory < 6 GB;
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -63,13 +64,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=25)
     parser.add_argument("--seeds-per-chunk", type=int, default=experiment.ExperimentConfig.seeds_per_chunk)
+    parser.add_argument("--workers", type=int, default=experiment.ExperimentConfig.workers)
     parser.add_argument("--skip-demo", action="store_true", help="do not time `subliminal-mnist demo --seeds 1`")
     args = parser.parse_args()
 
     mnist = data.load()
     if mnist.is_sample:
         sys.exit("benchmark needs full MNIST: set SUBLIMINAL_MNIST_DIR")
-    config = experiment.ExperimentConfig(seeds=args.seeds, seeds_per_chunk=args.seeds_per_chunk)
+    config = experiment.ExperimentConfig(seeds=args.seeds, seeds_per_chunk=args.seeds_per_chunk, workers=args.workers)
     matmul_before = matmul_gflops()
     results = experiment.run(config, mnist, progress=False)
     matmul_after = matmul_gflops()
@@ -80,7 +82,8 @@ def main() -> None:
     # floor is given for both measurements; the larger matmul throughput gives the stricter ratio.
     floors = sorted(flops / (m * 1e9) for m in (matmul_before, matmul_after))
 
-    print(f"paper experiment, {args.seeds} seeds, {args.seeds_per_chunk} per chunk, {jax.devices()[0].device_kind}")
+    setting = f"{args.seeds} seeds, {args.seeds_per_chunk} per chunk, {args.workers} workers"
+    print(f"paper experiment, {setting}, {jax.devices()[0].device_kind}")
     print(f"  wall time               {wall:9.1f} s (compilation included)")
     print(f"  samples per second      {samples / wall:9.0f}")
     print(f"  achieved                {flops / wall / 1e9:9.1f} GFLOP/s  ({flops / 1e12:.1f} TFLOP)")
@@ -92,27 +95,25 @@ def main() -> None:
     print(f"  peak memory             {peak_gb:9.2f} GB (target < 6)")
     print("  accuracy: " + ", ".join(f"{n} {s['mean']:.3f}" for n, s in results["conditions"].items()))
     if not args.skip_demo:
+        # The command keeps compiled programs between runs (JAX's persistent cache). The first
+        # run here starts from an empty cache: compilation included, the target's case. The
+        # second finds the programs the first one stored.
         with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "subliminal_mnist.cli",
-                    "demo",
-                    "--seeds",
-                    "1",
-                    "--no-progress",
-                    "--out",
-                    f"{tmp}/r.json",
-                    "--figure",
-                    f"{tmp}/d.png",
-                ],
-                check=True,
-                capture_output=True,
-            )
-            demo = time.perf_counter() - start
-        print(f"  demo --seeds 1          {demo:9.1f} s end to end ({demo / 30:.2f} of the 30 s target)")
+            for label in ("first run, empty compile cache", "second run, programs cached"):
+                demo = _time_demo(tmp)
+                print(
+                    f"  demo --seeds 1          {demo:9.1f} s end to end, {label} ({demo / 30:.2f} of the 30 s target)"
+                )
+
+
+def _time_demo(tmp: str) -> float:
+    command = [sys.executable, "-m", "subliminal_mnist.cli", "demo", "--seeds", "1", "--no-progress"]
+    command += ["--out", f"{tmp}/r.json", "--figure", f"{tmp}/d.png"]
+    start = time.perf_counter()
+    subprocess.run(
+        command, check=True, capture_output=True, env={**os.environ, "JAX_COMPILATION_CACHE_DIR": f"{tmp}/xla"}
+    )
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

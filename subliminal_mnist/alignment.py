@@ -31,9 +31,8 @@ import optax
 from subliminal_mnist import data, experiment, model, theorem
 from subliminal_mnist.experiment import ConfigError, config_field
 
-# (condition, projected): the students compared. Cross-model students are the control.
-_VARIANTS = (("student_aux", False), ("cross_aux", False))
-_PROJECTED_VARIANTS = (("student_aux", True), ("cross_aux", True))
+# The students compared, trained together: same-init, and cross-model as the control.
+_STUDENTS = experiment.STUDENT_GROUPS["aux"]
 METRICS = ("grad_cosine", "grad_inner", "param_cosine", "test_accuracy", "trait_loss", "loss")
 
 
@@ -96,8 +95,11 @@ def _variant_name(condition: str, projected: bool) -> str:
     return condition + ("_projected" if projected else "")
 
 
-def _broadcast(tree, num_seeds: int):
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_seeds, *a.shape)), tree)
+def _per_member(tree, num_members: int, num_seeds: int | None = None):
+    """(S, ...) arrays, or with `num_seeds` unbatched ones, repeated for each member: (S, M, ...)."""
+    if num_seeds is not None:
+        tree = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_seeds, *a.shape)), tree)
+    return jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], num_members, *a.shape[1:])), tree)
 
 
 def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> dict:
@@ -105,7 +107,7 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
     start = time.perf_counter()
     arch = config.architecture
     partners = experiment.cross_partners(config.seeds, config.seed)
-    variants = _VARIANTS + (_PROJECTED_VARIANTS if config.project_out else ())
+    variants = (False, True) if config.project_out else (False,)  # projected or not
     mnist = experiment.on_device(mnist)
     shared = {
         "trait_images": mnist.train_images[: config.trait_batch],
@@ -114,33 +116,36 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
         "test_labels": mnist.test_labels[: config.probe_test],
     }
     test_images, test_labels = mnist.test_images, mnist.test_labels
-    histories = {_variant_name(*v): [] for v in variants}
-    final_accuracy = {_variant_name(*v): [] for v in variants}
+    names = [_variant_name(student, projected) for projected in variants for student in _STUDENTS]
+    histories = {name: [] for name in names}
+    final_accuracy = {name: [] for name in names}
     teacher_accuracy = []
+    members = len(_STUDENTS)
     for seed_ids in experiment.chunks(config.seeds, config.seeds_per_chunk):
         teachers = experiment.train_teachers(config, mnist, seed_ids, partners[seed_ids], progress)
         teacher_accuracy.append(np.asarray(experiment.test_accuracy(teachers.teacher, test_images, test_labels, arch)))
         keys = experiment.seed_keys(config, seed_ids)
-        for condition, projected in variants:
-            init = teachers.init_of(condition)
-            context = {
-                **_broadcast(shared, len(seed_ids)),
-                "student_init": init,
-                "teacher_init": teachers.shared_init,
-                "teacher": teachers.teacher,
-            }
-            params, history = experiment.distill(
+        context = {
+            **_per_member(shared, members, len(seed_ids)),
+            "student_init": teachers.inits_of(_STUDENTS),
+            "teacher_init": _per_member(teachers.shared_init, members),
+            "teacher": _per_member(teachers.teacher, members),
+        }
+        for projected in variants:
+            students, history = experiment.distill(
                 config,
                 teachers,
-                condition,
-                keys[condition],
+                _STUDENTS,
+                keys["distill_aux"],
                 progress,
                 hook=TraitProbe(arch, projected),
                 context=context,
             )
-            name = _variant_name(condition, projected)
-            histories[name].append(history)
-            final_accuracy[name].append(np.asarray(experiment.test_accuracy(params, test_images, test_labels, arch)))
+            for m, student in enumerate(_STUDENTS):
+                name = _variant_name(student, projected)
+                histories[name].append({metric: values[:, m] for metric, values in history.items()})
+                accuracy = experiment.test_accuracy(students[student], test_images, test_labels, arch)
+                final_accuracy[name].append(np.asarray(accuracy))
 
     curves = {
         name: {metric: np.concatenate([h[metric] for h in chunks]) for metric in METRICS}

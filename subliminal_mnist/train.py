@@ -14,9 +14,11 @@ it draws the progress bar and stops at the first non-finite loss.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+import threading
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,50 @@ PyTree = Any
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class Cancelled(Exception):
+    """The `Progress` this loop reports to was cancelled (another worker failed, or Ctrl-C)."""
+
+
+class Progress:
+    """One progress bar over the epochs of many `fit` calls, which may run in concurrent threads.
+
+    An experiment shows one bar for all its stages and seeds. `cancel()` stops
+    every loop that reports here at its next epoch, so that a failure or Ctrl-C
+    in one thread does not wait for the others to finish their training.
+    """
+
+    def __init__(self, total: int, description: str, enabled: bool = True):
+        self._bar = tqdm(total=total, desc=description, unit="epoch", disable=not enabled, leave=False)
+        self._cancelled = threading.Event()
+
+    def check(self) -> None:
+        """Raises `Cancelled` once `cancel()` was called."""
+        if self._cancelled.is_set():
+            raise Cancelled
+
+    def advance(self, epochs: int = 1) -> None:
+        self._bar.update(epochs)  # tqdm serializes updates from several threads
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+@contextlib.contextmanager
+def _shared_or_own(progress: bool | Progress, total: int, description: str) -> Iterator[Progress]:
+    """The shared `Progress` as it is, or a bar of this call's own (shown if `progress` is True)."""
+    if isinstance(progress, Progress):
+        yield progress
+        return
+    own = Progress(total, description, enabled=progress)
+    try:
+        yield own
+    finally:
+        own.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,16 +163,77 @@ def train_epoch(
     return jax.lax.scan(step, state, (indices, weights))
 
 
-@functools.partial(jax.jit, static_argnames=("objective", "learning_rate", "batch_size", "data_axis", "hook"))
+@functools.partial(
+    jax.jit, static_argnames=("objective", "learning_rate", "batch_size", "data_axis", "members", "hook")
+)
 def _train_epoch_seeds(
-    states, keys, inputs, targets, context, *, objective, learning_rate, batch_size, data_axis, hook
+    states, keys, inputs, targets, context, *, objective, learning_rate, batch_size, data_axis, members, hook
 ):
-    epoch = functools.partial(
-        train_epoch, objective=objective, learning_rate=learning_rate, batch_size=batch_size, hook=hook
-    )
-    return jax.vmap(lambda *a: epoch(*a[:4], context=a[4]), in_axes=(0, 0, data_axis, data_axis, 0))(
-        states, keys, inputs, targets, context
-    )
+    def epoch(state, key, inputs, targets, context):
+        return train_epoch(
+            state,
+            key,
+            inputs,
+            targets,
+            objective=objective,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            hook=hook,
+            context=context,
+        )
+
+    if members:
+        # The members of a seed share its data and data order; only their states and
+        # contexts differ. Unbatched inputs let XLA turn their first-layer matmuls into
+        # one wide matmul, which a CPU runs faster than several narrow ones.
+        epoch = jax.vmap(epoch, in_axes=(0, None, None, None, 0))
+    return jax.vmap(epoch, in_axes=(0, 0, data_axis, data_axis, 0))(states, keys, inputs, targets, context)
+
+
+def _initial_states(params: PyTree, learning_rate: float, members: bool) -> TrainState:
+    init = jax.vmap(lambda p: TrainState(p, _optimizer(learning_rate).init(p)))
+    return jax.vmap(init)(params) if members else init(params)
+
+
+def _epoch_keys(keys: jax.Array, epoch: int) -> jax.Array:
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, epoch)
+
+
+def compile_fit(
+    params: PyTree,
+    keys: jax.Array,
+    inputs: jax.Array,
+    targets: jax.Array,
+    *,
+    objective: Objective,
+    learning_rate: float,
+    batch_size: int,
+    data_axis: int | None = 0,
+    members: bool = False,
+    hook: GradientHook | None = None,
+    context: PyTree = None,
+) -> None:
+    """Compile what `fit` with these arguments runs, without running it.
+
+    Every argument may be abstract (`jax.ShapeDtypeStruct`), so a stage can be
+    compiled in a background thread while the stage it needs (e.g. the teacher
+    whose outputs it distills) is still training. The compiled epoch lands in
+    `jit`'s cache, where `fit` finds it.
+    """
+    states = jax.eval_shape(functools.partial(_initial_states, learning_rate=learning_rate, members=members), params)
+    _train_epoch_seeds.lower(
+        states,
+        jax.eval_shape(_epoch_keys, keys, 0),
+        inputs,
+        targets,
+        context,
+        objective=objective,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        data_axis=data_axis,
+        members=members,
+        hook=hook,
+    ).compile()
 
 
 def fit(
@@ -140,10 +247,11 @@ def fit(
     learning_rate: float,
     batch_size: int,
     data_axis: int | None = 0,
+    members: bool = False,
     hook: GradientHook | None = None,
     context: PyTree = None,
     description: str = "train",
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> tuple[PyTree, dict[str, np.ndarray]]:
     """Train S seeds at once with Adam.
 
@@ -152,37 +260,49 @@ def fit(
       keys: (S,) keys for the data order; epoch e uses `fold_in(key, e)`.
       inputs, targets: (N, ...) shared by all seeds if `data_axis` is None,
         else (S, N, ...), one data set per seed.
+      members: params (and context) have a second axis M: M models per seed,
+        e.g. students from different inits, trained on the seed's same inputs,
+        targets and data order. Each member's training is exactly its own
+        (Adam is elementwise); sharing the inputs is only faster.
       hook: optional per-step look at (and edit of) each seed's gradient, with
         `context`, a pytree with the seed axis, as its data (see `GradientHook`).
+      progress: a bar of its own (True), none (False), or a shared `Progress`
+        that this call advances by one per epoch and member.
     Returns:
-      the trained parameters (S, ...) and, at every step, the loss and the hook's
-      metrics: {"loss": (S, epochs, steps_per_epoch), ...}.
+      the trained parameters (S, [M,] ...) and, at every step, the loss and the
+      hook's metrics: {"loss": (S, [M,] epochs, steps_per_epoch), ...}.
     Raises:
       TrainingDiverged: at the end of the first epoch whose loss is not finite.
+      Cancelled: before an epoch, if the shared `progress` was cancelled.
     """
-    states = jax.vmap(lambda p: TrainState(p, _optimizer(learning_rate).init(p)))(params)
+    states = _initial_states(params, learning_rate, members)
+    models = jax.tree.leaves(params)[0].shape[1] if members else 1  # per seed
     history = []
-    for epoch in tqdm(range(epochs), desc=description, unit="epoch", disable=not progress, leave=False):
-        epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, epoch)
-        states, metrics = _train_epoch_seeds(
-            states,
-            epoch_keys,
-            inputs,
-            targets,
-            context,
-            objective=objective,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            data_axis=data_axis,
-            hook=hook,
-        )
-        metrics = jax.tree.map(np.asarray, metrics)
-        losses = metrics["loss"]
-        if not np.all(np.isfinite(losses)):
-            raise TrainingDiverged(
-                f"{description}: the loss became {losses[~np.isfinite(losses)][0]} in epoch {epoch + 1}; "
-                "lower the learning rate"
+    with _shared_or_own(progress, epochs * models, description) as progress:
+        for epoch in range(epochs):
+            progress.check()
+            epoch_keys = _epoch_keys(keys, epoch)
+            states, metrics = _train_epoch_seeds(
+                states,
+                epoch_keys,
+                inputs,
+                targets,
+                context,
+                objective=objective,
+                learning_rate=learning_rate,
+                batch_size=batch_size,
+                data_axis=data_axis,
+                members=members,
+                hook=hook,
             )
-        history.append(metrics)
-    # Epochs on axis 1: {name: (S, epochs, steps)}; empty for zero epochs.
-    return states.params, jax.tree.map(lambda *epochs: np.stack(epochs, axis=1), *history) if history else {}
+            metrics = jax.tree.map(np.asarray, metrics)
+            losses = metrics["loss"]
+            if not np.all(np.isfinite(losses)):
+                raise TrainingDiverged(
+                    f"{description}: the loss became {losses[~np.isfinite(losses)][0]} in epoch {epoch + 1}; "
+                    "lower the learning rate"
+                )
+            history.append(metrics)
+            progress.advance(models)
+    # Epochs before steps: {name: (S, [M,] epochs, steps)}; empty for zero epochs.
+    return states.params, jax.tree.map(lambda *epochs: np.stack(epochs, axis=-2), *history) if history else {}

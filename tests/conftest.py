@@ -25,3 +25,19 @@ def real_mnist_dir() -> pathlib.Path:
 def real_mnist(real_mnist_dir: pathlib.Path) -> data.MNIST:
     """Full MNIST, loaded and verified once per test session."""
     return data.load_idx_dir(real_mnist_dir)
+
+
+@pytest.fixture
+def compiled(caplog):
+    """compiled(name): how many times XLA compiled jit(name) since the test began.
+
+    JAX logs a compilation also when it loads the program from its persistent
+    cache (which the CLI turns on): either means `jit` had no program in memory.
+    """
+    import jax
+
+    def compiled(name: str) -> int:
+        return sum(f"XLA compilation of jit({name})" in r.getMessage() for r in caplog.records)
+
+    with jax.log_compiles(True), caplog.at_level("WARNING"):
+        yield compiled

@@ -1,6 +1,7 @@
 """The paper's experiment: config, seeds, pairing, the controls, and the effect itself."""
 
 import dataclasses
+import time
 
 import jax
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from subliminal_mnist import data, experiment
+from subliminal_mnist import data, experiment, train
 
 # Small enough for seconds on 2 cores, large enough that every condition trains.
 TINY = dict(hidden_sizes=(32,), teacher_epochs=2, student_epochs=1, batch_size=256, num_noise=512)
@@ -86,7 +87,11 @@ def test_a_seeds_keys_do_not_depend_on_the_other_seeds():
 def trained(small_mnist):
     config = experiment.ExperimentConfig(seeds=3, **TINY)
     partners = experiment.cross_partners(3, config.seed)
-    return config, partners, experiment.train_conditions(config, small_mnist, np.arange(3), partners, progress=False)
+    return (
+        config,
+        partners,
+        experiment.train_conditions(config, small_mnist, np.arange(3), partners, train.Progress(0, "", enabled=False)),
+    )
 
 
 def readout(params, rows):
@@ -130,6 +135,55 @@ def test_a_run_is_deterministic_and_reports_every_condition(small_mnist):
     assert first["config"]["seeds"] == 2 and first["is_sample"] is True
     assert first["data_source"].startswith("offline sample")
     assert {"jax", "flax", "optax", "python"} <= set(first["versions"])
+
+
+def test_workers_change_the_speed_not_the_numbers(small_mnist):
+    config = experiment.ExperimentConfig(seeds=3, workers=1, **TINY)
+    alone = experiment.run(config, small_mnist, progress=False)
+    concurrent = experiment.run(dataclasses.replace(config, workers=3), small_mnist, progress=False)
+    for name in experiment.CONDITIONS:
+        assert alone["conditions"][name]["per_seed"] == concurrent["conditions"][name]["per_seed"]
+
+
+def test_a_failing_worker_cancels_the_others_and_its_error_reaches_the_caller():
+    progress = train.Progress(0, "", enabled=False)
+    stopped_by_cancel = []
+
+    def work(item):
+        if item == "bad":
+            time.sleep(0.2)  # let the other one start its "training"
+            raise train.TrainingDiverged("bad: the loss became nan")
+        for _ in range(200):  # a long training (10 s) that checks for cancellation between epochs
+            try:
+                progress.check()
+            except train.Cancelled:
+                stopped_by_cancel.append(item)
+                raise
+            time.sleep(0.05)
+
+    with pytest.raises(train.TrainingDiverged, match="bad"):
+        experiment.concurrently(work, ["slow", "bad"], 2, progress)
+    assert stopped_by_cancel == ["slow"]
+
+
+def test_students_that_train_together_must_share_their_outputs():
+    with pytest.raises(ValueError, match="share their outputs"):
+        experiment.distill(experiment.ExperimentConfig(), None, ("student_aux", "cross_all"), None)
+
+
+def test_the_students_compile_before_their_teachers_exist(small_mnist, compiled):
+    # What `run` does in the background while the first teacher trains: afterwards the
+    # students' training finds its compiled loop and compiles nothing.
+    config = experiment.ExperimentConfig(seeds=2, **dict(TINY, learning_rate=0.0123))  # a fresh cache entry
+    partners = experiment.cross_partners(2, config.seed)
+    teachers = experiment.train_teachers(config, small_mnist, np.arange(2), partners, progress=False)
+    before = compiled("_train_epoch_seeds")
+    experiment.compile_students(config, 2, len(small_mnist.train_images))
+    assert compiled("_train_epoch_seeds") == before + len(experiment.STUDENT_GROUPS)
+    keys = experiment.seed_keys(config, np.arange(2))
+    for outputs, students in experiment.STUDENT_GROUPS.items():
+        experiment.distill(config, teachers, students, keys[f"distill_{outputs}"], progress=False)
+    assert compiled("_train_epoch_seeds") == before + len(experiment.STUDENT_GROUPS), "a student compiled again"
 
 
 def test_summary_interval_is_1_96_sample_sd_over_root_n():

@@ -197,3 +197,48 @@ def test_a_gradient_hook_edits_the_step_and_its_metrics_are_recorded_per_step():
     assert set(history) == {"loss", "grad_norm", "scale"} and history["grad_norm"].shape == (2, 3, 4)
     np.testing.assert_array_equal(history["scale"][:, 0, 0], [0.0, 1.0])
     assert np.all(history["grad_norm"] > 0)
+
+
+def test_members_train_exactly_as_each_alone_on_the_seeds_data(mlp_setup):
+    # Two members per seed (e.g. a same-init and a cross-model student) share the seed's
+    # data and data order; each still follows its own loss and Adam state.
+    params, keys, x, y, run = mlp_setup
+    other = jax.vmap(model.Architecture(hidden_sizes=(32,)).init)(jax.random.split(jax.random.key(11), 3))
+    members = jax.tree.map(lambda a, b: jnp.stack([a, b], axis=1), params, other)
+    together, history = run(members, keys, x, y, data_axis=None, members=True)
+    assert history["loss"].shape == (3, 2, 2, 4)  # (S, M, epochs, steps)
+    for m, start in enumerate((params, other)):
+        alone, alone_history = run(start, keys, x, y, data_axis=None)
+        np.testing.assert_allclose(history["loss"][:, m], alone_history["loss"], rtol=1e-5)
+        # Adam divides by the gradient's scale, so rounding differences of the wide matmul grow to ~1e-5.
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[:, m], b, rtol=1e-4, atol=3e-5), together, alone)
+
+
+def test_compile_fit_compiles_what_fit_runs(mlp_setup, compiled):
+    params, keys, x, y, run = mlp_setup
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    # A learning rate no other test uses: a fresh entry in the loop's jit cache.
+    settings = dict(objective=run.keywords["objective"], learning_rate=0.123, batch_size=32, data_axis=None)
+    train.compile_fit(abstract, keys, x, y, **settings)
+    assert compiled("_train_epoch_seeds") == 1
+    train.fit(params, keys, x, y, epochs=2, progress=False, **settings)
+    assert compiled("_train_epoch_seeds") == 1, "fit compiled again"
+
+
+def test_a_cancelled_progress_stops_the_loop_before_its_next_epoch():
+    x, y = toy_data()
+    progress = train.Progress(3, "toy", enabled=False)
+    progress.cancel()
+    with pytest.raises(train.Cancelled):
+        train.fit(
+            linear_params(1),
+            jax.random.split(jax.random.key(8), 1),
+            x,
+            y,
+            objective=LINEAR_CE,
+            epochs=3,
+            learning_rate=LR,
+            batch_size=16,
+            data_axis=None,
+            progress=progress,
+        )
