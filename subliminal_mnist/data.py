@@ -156,6 +156,9 @@ def _one_line(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_SCALED = (np.arange(256, dtype=np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
+
+
 def scale_pixels(pixels_uint8: np.ndarray) -> np.ndarray:
     """Maps 0..255 pixels to [-1, 1] float32, flattened to (..., 784).
 
@@ -171,8 +174,10 @@ def scale_pixels(pixels_uint8: np.ndarray) -> np.ndarray:
     lead = x.shape[:-2] if x.shape[-2:] == (_SIDE, _SIDE) else x.shape[:-1]
     if x.shape[len(lead) :] not in ((_SIDE, _SIDE), (_PIXELS,)):
         raise ValueError(f"expected (..., 28, 28) or (..., 784) pixels, got {x.shape}")
-    x = x.reshape(*lead, _PIXELS).astype(np.float32)
-    return (x / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
+    if x.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {x.dtype}")
+    # A table of the 256 values: one pass over 47M pixels instead of four (0.5 s).
+    return _SCALED[x.reshape(*lead, _PIXELS)]
 
 
 def _decompressed_bytes(path: pathlib.Path) -> bytes:

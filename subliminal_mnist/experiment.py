@@ -315,6 +315,14 @@ def compile_teachers(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST
     train.compile_fit(_abstract_params(config, num_seeds), keys, images, labels, **_teacher_options(config))
 
 
+def compile_chunk(config: ExperimentConfig, num_seeds: int, num_train: int) -> None:
+    """Compile a chunk's inits and noise, then its students' training, without running them."""
+    keys = seed_keys(config, np.arange(num_seeds))
+    init_seeds.lower(keys["init"], config.architecture).compile()
+    noise_sets.lower(keys["noise"], config.num_noise or num_train, config.noise).compile()
+    compile_students(config, num_seeds, num_train)
+
+
 def compile_students(config: ExperimentConfig, num_seeds: int, num_train: int) -> None:
     """Compile both student groups' training for chunks of `num_seeds` seeds, without running it.
 
@@ -433,12 +441,13 @@ def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True) -> d
 
     seed_chunks = list(chunks(config.seeds, config.seeds_per_chunk))
     try:
-        # The teachers' loop compiles first, alone, as it is needed first; then the students'
-        # compile in the background while the first teachers train (they need the teachers'
-        # outputs to run, not to compile).
-        compile_teachers(config, len(seed_chunks[0]), arrays)
         with concurrent.futures.ThreadPoolExecutor(1) as compiler:
-            compiler.submit(compile_students, config, len(seed_chunks[0]), len(mnist.train_images))
+            # Compiling is a third of a one-seed run. The teachers' loop compiles here while a
+            # background thread compiles the rest of a chunk's first steps, then the students'
+            # loops, while the first teachers train (students need the teachers' outputs to
+            # run, not to compile).
+            compiler.submit(compile_chunk, config, len(seed_chunks[0]), len(mnist.train_images))
+            compile_teachers(config, len(seed_chunks[0]), arrays)
             # Chunks run concurrently too, so that one chunk's teacher (a single stream of
             # work) overlaps another's students; at most `workers` chunks hold noise sets at once.
             per_chunk = concurrently(accuracies, seed_chunks, config.workers, bar)

@@ -190,11 +190,15 @@ def _train_epoch_seeds(
     return jax.vmap(epoch, in_axes=(0, 0, data_axis, data_axis, 0))(states, keys, inputs, targets, context)
 
 
+# The two small steps around the epochs are jitted too: run eagerly, each of their
+# primitives would compile a program of its own, on the critical path of a short run.
+@functools.partial(jax.jit, static_argnames=("learning_rate", "members"))
 def _initial_states(params: PyTree, learning_rate: float, members: bool) -> TrainState:
     init = jax.vmap(lambda p: TrainState(p, _optimizer(learning_rate).init(p)))
     return jax.vmap(init)(params) if members else init(params)
 
 
+@jax.jit
 def _epoch_keys(keys: jax.Array, epoch: int) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, epoch)
 
@@ -220,10 +224,13 @@ def compile_fit(
     whose outputs it distills) is still training. The compiled epoch lands in
     `jit`'s cache, where `fit` finds it.
     """
-    states = jax.eval_shape(functools.partial(_initial_states, learning_rate=learning_rate, members=members), params)
+    initial_states = _initial_states.lower(params, learning_rate=learning_rate, members=members)
+    initial_states.compile()
+    epoch_keys = _epoch_keys.lower(keys, 0)
+    epoch_keys.compile()
     _train_epoch_seeds.lower(
-        states,
-        jax.eval_shape(_epoch_keys, keys, 0),
+        initial_states.out_info,
+        epoch_keys.out_info,
         inputs,
         targets,
         context,
@@ -275,7 +282,7 @@ def fit(
       TrainingDiverged: at the end of the first epoch whose loss is not finite.
       Cancelled: before an epoch, if the shared `progress` was cancelled.
     """
-    states = _initial_states(params, learning_rate, members)
+    states = _initial_states(params, learning_rate=learning_rate, members=members)
     models = jax.tree.leaves(params)[0].shape[1] if members else 1  # per seed
     history = []
     with _shared_or_own(progress, epochs * models, description) as progress:

@@ -474,3 +474,10 @@ def test_sample_is_the_first_500_training_digits_of_each_class(real_mnist, sampl
         first = real_mnist.train_images[real_mnist.train_labels == digit][:500]
         np.testing.assert_array_equal(sample.train_images[sample.train_labels == digit], first[:400])
         np.testing.assert_array_equal(sample.test_images[sample.test_labels == digit], first[400:])
+
+
+def test_scale_pixels_is_the_papers_formula_for_every_value():
+    pixels = np.arange(256, dtype=np.uint8).repeat(784).reshape(256, 784)
+    formula = (pixels.astype(np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
+    np.testing.assert_array_equal(data.scale_pixels(pixels), formula)
+    assert data.scale_pixels(pixels).dtype == np.float32
