@@ -13,7 +13,11 @@ Cloud, Le et al., "Subliminal Learning" (arXiv 2507.14805), Fig. 10 in v1:
 
 Every stage trains all seeds of a chunk at once through the one loop in
 `train.py`; chunks bound memory (each seed holds its own noise set) and change
-numbers only by the float rounding of batched against single matmuls.
+numbers only by the float rounding of batched against single matmuls. The
+same-init and the cross-model student of each output set train together, as
+two members of one loop on the same noise in the same order: they differ only
+in where they start. Chunks, and the two student pairs of a chunk, run in
+concurrent threads (`workers`), which changes the speed, not the numbers.
 """
 
 from __future__ import annotations
@@ -99,11 +103,13 @@ class ExperimentConfig:
     seeds_per_chunk: int = config_field(
         1, "seeds trained together (vmap); bounds memory; results equal up to float rounding"
     )
-    # The four students of a chunk are independent, so they train in concurrent threads.
-    # Much of a step is small matmuls and elementwise work that leaves one of two cores
-    # idle; a second stream fills it (measured, 2 cores: 18.1 against 21.0 s per seed,
-    # same numbers). Results do not depend on this setting.
-    workers: int = config_field(2, "students trained concurrently, in threads; results do not depend on it")
+    # Chunks of seeds, and the two student pairs of a chunk, are independent, so they run in
+    # concurrent threads. Much of a step is small matmuls and elementwise work that leaves
+    # one of two cores idle; a second stream fills it (measured, 2 cores: 18.1 against
+    # 21.0 s per seed, same numbers). Results do not depend on this setting.
+    workers: int = config_field(
+        2, "chunks, and student pairs within a chunk, run in this many threads; results do not depend on it"
+    )
 
     def __post_init__(self):
         for name in ("seeds", "num_aux", "batch_size", "seeds_per_chunk", "workers"):
@@ -326,8 +332,9 @@ def compile_chunk(config: ExperimentConfig, num_seeds: int, num_train: int) -> N
 def compile_students(config: ExperimentConfig, num_seeds: int, num_train: int) -> None:
     """Compile both student groups' training for chunks of `num_seeds` seeds, without running it.
 
-    `run` does this in a background thread while the first teachers train, so
-    that the students' (long) compilation is off the critical path.
+    `run` does this (through `compile_chunk`) in a background thread while the
+    first teachers train, so that the students' long compilation is off the
+    critical path.
     """
     arch = config.architecture
     params = _abstract_params(config, num_seeds)

@@ -8,8 +8,10 @@ outputs on noise.
 
 Seeds are the leading axis of every array the loop carries (parameters,
 optimizer state, keys), and one epoch of all of them is a single jitted,
-`vmap`-ped `lax.scan` over minibatches. The Python loop is over epochs only:
-it draws the progress bar and stops at the first non-finite loss.
+`vmap`-ped `lax.scan` over minibatches. Optionally a second axis holds several
+*members* per seed, models that share the seed's data and data order. The
+Python loop is over epochs only: it advances the progress bar (which several
+loops in concurrent threads may share) and stops at the first non-finite loss.
 """
 
 from __future__ import annotations
