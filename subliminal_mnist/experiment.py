@@ -146,8 +146,14 @@ def seed_keys(config: ExperimentConfig, seed_ids: np.ndarray) -> dict[str, jax.A
     Seed i's key is `fold_in(key(config.seed), i)`, so its numbers do not depend
     on how many seeds run beside it.
     """
-    base = jax.random.key(config.seed)
-    per_seed = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i), len(_STREAMS)))(jnp.asarray(seed_ids))
+    return _stream_keys(jnp.asarray(seed_ids), config.seed)
+
+
+@functools.partial(jax.jit, static_argnames="base_seed")
+def _stream_keys(seed_ids: jax.Array, base_seed: int) -> dict[str, jax.Array]:
+    # Jitted as a whole: eagerly, each of its small steps compiles a program of its own.
+    base = jax.random.key(base_seed)
+    per_seed = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i), len(_STREAMS)))(seed_ids)
     return {stream: per_seed[:, i] for i, stream in enumerate(_STREAMS)}
 
 
@@ -266,11 +272,12 @@ def distill(
       {student: params (S, ...)} and the loop's history {name: (S, len(students), epochs, steps)}.
     """
     indices, options = _distill_options(config, students)
+    inits, targets = _distill_data(teachers, tuple(students), indices)
     params, history = train.fit(
-        teachers.inits_of(students),
+        inits,
         keys,
         teachers.noise,
-        teachers.teacher_targets[..., np.asarray(indices)],
+        targets,
         epochs=config.student_epochs,
         description=f"{'+'.join(students)} ({len(keys)} seeds)",
         progress=progress,
@@ -278,6 +285,12 @@ def distill(
         **hook,
     )
     return {student: jax.tree.map(lambda a, m=m: a[:, m], params) for m, student in enumerate(students)}, history
+
+
+@functools.partial(jax.jit, static_argnames=("students", "indices"))
+def _distill_data(teachers: Teachers, students: tuple[str, ...], indices: tuple[int, ...]):
+    """The students' inits on a member axis, (S, M, ...), and the teacher's outputs they distill, (S, N, k)."""
+    return teachers.inits_of(students), teachers.teacher_targets[..., jnp.asarray(indices)]
 
 
 def _distill_options(config: ExperimentConfig, students: Sequence[str]) -> tuple[tuple[int, ...], dict]:
@@ -321,12 +334,17 @@ def compile_teachers(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST
     train.compile_fit(_abstract_params(config, num_seeds), keys, images, labels, **_teacher_options(config))
 
 
-def compile_chunk(config: ExperimentConfig, num_seeds: int, num_train: int) -> None:
-    """Compile a chunk's inits and noise, then its students' training, without running them."""
+def compile_chunk(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST) -> None:
+    """Compile a chunk's inits and noise, its students' training and its evaluation, without running them."""
+    arch, num_train = config.architecture, len(mnist.train_images)
     keys = seed_keys(config, np.arange(num_seeds))
-    init_seeds.lower(keys["init"], config.architecture).compile()
-    noise_sets.lower(keys["noise"], config.num_noise or num_train, config.noise).compile()
+    init_seeds.lower(keys["init"], arch).compile()
+    noise = noise_sets.lower(keys["noise"], config.num_noise or num_train, config.noise)
+    noise.compile()
     compile_students(config, num_seeds, num_train)
+    params = _abstract_params(config, num_seeds)
+    outputs_on.lower(params, noise.out_info, arch, config.batch_size).compile()
+    test_accuracy.lower(params, mnist.test_images, mnist.test_labels, arch).compile()
 
 
 def compile_students(config: ExperimentConfig, num_seeds: int, num_train: int) -> None:
@@ -345,13 +363,10 @@ def compile_students(config: ExperimentConfig, num_seeds: int, num_train: int) -
     keys = seed_keys(config, np.arange(num_seeds))
     for group, students in STUDENT_GROUPS.items():
         indices, options = _distill_options(config, students)
-        train.compile_fit(
-            jax.eval_shape(lambda t, students=students: t.inits_of(students), teachers),
-            keys[f"distill_{group}"],
-            noise,
-            jax.ShapeDtypeStruct((num_seeds, num_noise, len(indices)), jnp.float32),
-            **options,
-        )
+        student_data = _distill_data.lower(teachers, students, indices)
+        student_data.compile()
+        inits, targets = student_data.out_info
+        train.compile_fit(inits, keys[f"distill_{group}"], noise, targets, **options)
 
 
 def train_conditions(
@@ -453,7 +468,7 @@ def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True) -> d
             # background thread compiles the rest of a chunk's first steps, then the students'
             # loops, while the first teachers train (students need the teachers' outputs to
             # run, not to compile).
-            compiler.submit(compile_chunk, config, len(seed_chunks[0]), len(mnist.train_images))
+            compiler.submit(compile_chunk, config, len(seed_chunks[0]), arrays)
             compile_teachers(config, len(seed_chunks[0]), arrays)
             # Chunks run concurrently too, so that one chunk's teacher (a single stream of
             # work) overlaps another's students; at most `workers` chunks hold noise sets at once.
