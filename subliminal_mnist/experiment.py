@@ -370,7 +370,11 @@ def compile_students(config: ExperimentConfig, num_seeds: int, num_train: int) -
 
 
 def train_conditions(
-    config: ExperimentConfig, mnist: data.MNIST, seed_ids: np.ndarray, partner_ids: np.ndarray, progress: train.Progress
+    config: ExperimentConfig,
+    mnist: data.MNIST,
+    seed_ids: np.ndarray,
+    partner_ids: np.ndarray,
+    progress: bool | train.Progress = True,
 ) -> dict[str, model.Params]:
     """The parameters of all six conditions for a few seeds: {condition: params (len(seed_ids), ...)}.
 
@@ -378,14 +382,16 @@ def train_conditions(
     cross-model students from seed partner_ids[s]'s init. The two groups of
     students (`STUDENT_GROUPS`) train in concurrent threads.
     """
-    teachers = train_teachers(config, mnist, seed_ids, partner_ids, progress)
-    keys = seed_keys(config, seed_ids)
-    groups = concurrently(
-        lambda outputs: distill(config, teachers, STUDENT_GROUPS[outputs], keys[f"distill_{outputs}"], progress)[0],
-        list(STUDENT_GROUPS),
-        config.workers,
-        progress,
-    )
+    total = len(seed_ids) * epochs_per_seed(config)
+    with train.shared_or_own(progress, total, f"{len(seed_ids)} seeds") as progress:
+        teachers = train_teachers(config, mnist, seed_ids, partner_ids, progress)
+        keys = seed_keys(config, seed_ids)
+        groups = concurrently(
+            lambda outputs: distill(config, teachers, STUDENT_GROUPS[outputs], keys[f"distill_{outputs}"], progress)[0],
+            list(STUDENT_GROUPS),
+            config.workers,
+            progress,
+        )
     students = {name: params for group in groups for name, params in group.items()}
     return {"reference": teachers.shared_init, "teacher": teachers.teacher, **{n: students[n] for n in CONDITIONS[2:]}}
 
@@ -452,7 +458,6 @@ def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True) -> d
     start = time.perf_counter()
     partners = cross_partners(config.seeds, config.seed)
     arrays = on_device(mnist)
-    bar = train.Progress(config.seeds * epochs_per_seed(config), f"{config.seeds} seeds", enabled=progress)
 
     def accuracies(seed_ids: np.ndarray) -> dict[str, np.ndarray]:
         trained = train_conditions(config, arrays, seed_ids, partners[seed_ids], bar)
@@ -462,7 +467,8 @@ def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True) -> d
         }
 
     seed_chunks = list(chunks(config.seeds, config.seeds_per_chunk))
-    try:
+    total = config.seeds * epochs_per_seed(config)
+    with train.shared_or_own(progress, total, f"{config.seeds} seeds") as bar:
         with concurrent.futures.ThreadPoolExecutor(1) as compiler:
             # Compiling is a third of a one-seed run. The teachers' loop compiles here while a
             # background thread compiles the rest of a chunk's first steps, then the students'
@@ -473,8 +479,6 @@ def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True) -> d
             # Chunks run concurrently too, so that one chunk's teacher (a single stream of
             # work) overlaps another's students; at most `workers` chunks hold noise sets at once.
             per_chunk = concurrently(accuracies, seed_chunks, config.workers, bar)
-    finally:
-        bar.close()
     return {
         "conditions": {name: summarize(np.concatenate([chunk[name] for chunk in per_chunk])) for name in CONDITIONS},
         "config": dataclasses.asdict(config),

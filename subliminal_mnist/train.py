@@ -67,7 +67,7 @@ class Progress:
 
 
 @contextlib.contextmanager
-def _shared_or_own(progress: bool | Progress, total: int, description: str) -> Iterator[Progress]:
+def shared_or_own(progress: bool | Progress, total: int, description: str) -> Iterator[Progress]:
     """The shared `Progress` as it is, or a bar of this call's own (shown if `progress` is True)."""
     if isinstance(progress, Progress):
         yield progress
@@ -287,7 +287,7 @@ def fit(
     states = _initial_states(params, learning_rate=learning_rate, members=members)
     models = jax.tree.leaves(params)[0].shape[1] if members else 1  # per seed
     history = []
-    with _shared_or_own(progress, epochs * models, description) as progress:
+    with shared_or_own(progress, epochs * models, description) as progress:
         for epoch in range(epochs):
             progress.check()
             epoch_keys = _epoch_keys(keys, epoch)

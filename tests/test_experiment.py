@@ -87,11 +87,7 @@ def test_a_seeds_keys_do_not_depend_on_the_other_seeds():
 def trained(small_mnist):
     config = experiment.ExperimentConfig(seeds=3, **TINY)
     partners = experiment.cross_partners(3, config.seed)
-    return (
-        config,
-        partners,
-        experiment.train_conditions(config, small_mnist, np.arange(3), partners, train.Progress(0, "", enabled=False)),
-    )
+    return config, partners, experiment.train_conditions(config, small_mnist, np.arange(3), partners, progress=False)
 
 
 def readout(params, rows):
