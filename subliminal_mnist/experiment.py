@@ -46,7 +46,8 @@ CONDITION_LABELS = {
     "cross_all": "Cross-model (all logits)",
 }
 # The students that train together, as members of one `fit`: same noise, same data
-# order, their own inits. Each pair shares an index set, hence one objective.
+# order, their own inits. Each pair shares its outputs, hence one objective; the two
+# objectives differ only in their output mask, so both pairs run one compiled loop.
 STUDENT_GROUPS = {"aux": ("student_aux", "cross_aux"), "all": ("student_all", "cross_all")}
 # Independent randomness of one seed; each gets its own key split from the seed's key.
 _STREAMS = ("init", "teacher", "noise", "distill_aux", "distill_all")
@@ -216,7 +217,13 @@ class Teachers(NamedTuple):
 
     def inits_of(self, students: Sequence[str]) -> model.Params:
         """Several students' starts on a member axis after the seed axis: (S, len(students), ...)."""
-        return jax.tree.map(lambda *members: jnp.stack(members, axis=1), *[self.init_of(s) for s in students])
+        return _on_member_axis(*[self.init_of(s) for s in students])
+
+
+@jax.jit
+def _on_member_axis(*params: model.Params) -> model.Params:
+    """Parameters (S, ...) -> one pytree (S, len(params), ...), in one program (eagerly: a stack per leaf)."""
+    return jax.tree.map(lambda *members: jnp.stack(members, axis=1), *params)
 
 
 def train_teachers(
@@ -271,13 +278,12 @@ def distill(
     Returns:
       {student: params (S, ...)} and the loop's history {name: (S, len(students), epochs, steps)}.
     """
-    indices, options = _distill_options(config, students)
-    inits, targets = _distill_data(teachers, tuple(students), indices)
+    options = _distill_options(config, students)
     params, history = train.fit(
-        inits,
+        teachers.inits_of(students),
         keys,
         teachers.noise,
-        targets,
+        teachers.teacher_targets,
         epochs=config.student_epochs,
         description=f"{'+'.join(students)} ({len(keys)} seeds)",
         progress=progress,
@@ -287,35 +293,27 @@ def distill(
     return {student: jax.tree.map(lambda a, m=m: a[:, m], params) for m, student in enumerate(students)}, history
 
 
-@functools.partial(jax.jit, static_argnames=("students", "indices"))
-def _distill_data(teachers: Teachers, students: tuple[str, ...], indices: tuple[int, ...]):
-    """The students' inits on a member axis, (S, M, ...), and the teacher's outputs they distill, (S, N, k)."""
-    return teachers.inits_of(students), teachers.teacher_targets[..., jnp.asarray(indices)]
-
-
-def _distill_options(config: ExperimentConfig, students: Sequence[str]) -> tuple[tuple[int, ...], dict]:
-    """The output indices a group of students distills, and the loop's settings for it."""
+def _distill_options(config: ExperimentConfig, students: Sequence[str]) -> dict:
+    """The loop's settings for a group of students: the distillation loss on the outputs they share."""
     outputs = {student.rsplit("_", 1)[1] for student in students}  # "aux" or "all"
     if len(outputs) != 1:
         raise ValueError(f"students that train together must share their outputs, got {students}")
     arch = config.architecture
     indices = arch.aux_indices if outputs == {"aux"} else arch.all_indices
-    objective = train.Objective(arch, losses.DISTILLATION_LOSSES[config.distill_loss], indices)
-    options = dict(
-        objective=objective,
+    return dict(
+        objective=train.Objective(arch, losses.DISTILLATION_LOSSES[config.distill_loss], arch.output_mask(indices)),
         learning_rate=config.learning_rate,
         batch_size=config.batch_size,
         data_axis=0,
         members=True,
     )
-    return indices, options
 
 
 def _teacher_options(config: ExperimentConfig) -> dict:
     """The loop's settings for the teachers: cross-entropy on the class logits, on MNIST shared by all seeds."""
     arch = config.architecture
     return dict(
-        objective=train.Objective(arch, losses.cross_entropy, arch.class_indices),
+        objective=train.Objective(arch, losses.cross_entropy, arch.output_mask(arch.class_indices)),
         learning_rate=config.learning_rate,
         batch_size=config.batch_size,
         data_axis=None,
@@ -348,25 +346,23 @@ def compile_chunk(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST) -
 
 
 def compile_students(config: ExperimentConfig, num_seeds: int, num_train: int) -> None:
-    """Compile both student groups' training for chunks of `num_seeds` seeds, without running it.
+    """Compile the students' training for chunks of `num_seeds` seeds, without running it.
 
-    `run` does this (through `compile_chunk`) in a background thread while the
-    first teachers train, so that the students' long compilation is off the
-    critical path.
+    Both student groups run this one program: their objectives differ only in the
+    output mask, which is data. `run` does this (through `compile_chunk`) in a
+    background thread while the first teachers train, so that the students' long
+    compilation is off the critical path.
     """
     arch = config.architecture
     params = _abstract_params(config, num_seeds)
     num_noise = config.num_noise or num_train
     outputs = jax.ShapeDtypeStruct((num_seeds, num_noise, len(arch.all_indices)), jnp.float32)
     noise = jax.ShapeDtypeStruct((num_seeds, num_noise, model.INPUT_SIZE), jnp.float32)
-    teachers = Teachers(params, params, params, noise, outputs)
-    keys = seed_keys(config, np.arange(num_seeds))
-    for group, students in STUDENT_GROUPS.items():
-        indices, options = _distill_options(config, students)
-        student_data = _distill_data.lower(teachers, students, indices)
-        student_data.compile()
-        inits, targets = student_data.out_info
-        train.compile_fit(inits, keys[f"distill_{group}"], noise, targets, **options)
+    students = STUDENT_GROUPS["aux"]
+    inits = _on_member_axis.lower(*[params] * len(students))
+    inits.compile()
+    keys = seed_keys(config, np.arange(num_seeds))["distill_aux"]
+    train.compile_fit(inits.out_info, keys, noise, outputs, **_distill_options(config, students))
 
 
 def train_conditions(

@@ -1,9 +1,15 @@
 """Per-example losses for the one training loop.
 
-Each takes the selected outputs of the model being trained, shape (B, ..., K),
-and its targets, and returns one loss per example, shape (B,). The loop
-averages them with weights, which is how it handles the last, partial batch of
-an epoch exactly.
+Each takes the outputs of the model being trained, shape (B, ..., K), its
+targets, and optionally a boolean `output_mask` (K,) of the outputs the loss
+sees; it returns one loss per example, shape (B,). The loop averages them with
+weights, which is how it handles the last, partial batch of an epoch exactly.
+
+A mask, not an index set, chooses the outputs so that the choice is data: the
+students of the aux-only and the all-logits conditions then share one compiled
+training loop. A masked-out output is replaced by a *neutral* value, which adds
+exactly 0 to the loss and gets exactly 0 gradient (`jnp.where` passes none to
+the branch it does not take), so the loss equals that of the sliced outputs.
 """
 
 from __future__ import annotations
@@ -13,31 +19,45 @@ import jax.numpy as jnp
 import optax
 
 
+# A masked-out logit for the softmax: exp(-1e4 - logsumexp) is exactly 0 in float32 and float64
+# while the logits are above about -9e3, and it stays finite, so KL terms are 0 * finite = 0.
+NEUTRAL_LOGIT = -1e4
+
+
+def _masked(outputs: jax.Array, output_mask: jax.Array | None, neutral: float) -> jax.Array:
+    return outputs if output_mask is None else jnp.where(output_mask, outputs, neutral)
+
+
 def _per_example(loss: jax.Array) -> jax.Array:
     """Mean over any positions between the batch axis and the output axis (e.g. tokens)."""
     return loss.reshape(loss.shape[0], -1).mean(axis=-1)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Softmax cross-entropy against integer labels: the teacher's loss."""
+def cross_entropy(logits: jax.Array, labels: jax.Array, output_mask: jax.Array | None = None) -> jax.Array:
+    """Softmax cross-entropy against integer labels: the teacher's loss (the softmax over the masked-in logits)."""
+    logits = _masked(logits, output_mask, NEUTRAL_LOGIT)
     return _per_example(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
-def kl_divergence(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
+def kl_divergence(
+    student_logits: jax.Array, teacher_logits: jax.Array, output_mask: jax.Array | None = None
+) -> jax.Array:
     """KL(softmax(teacher) || softmax(student)) at temperature 1, the paper's distillation loss.
 
     Its gradient in the student logits equals that of softmax cross-entropy with the
     teacher's probabilities as soft labels, which is the case Theorem 1 covers.
     """
-    teacher_log_probs = jax.nn.log_softmax(teacher_logits, axis=-1)
-    student_log_probs = jax.nn.log_softmax(student_logits, axis=-1)
+    teacher_log_probs = jax.nn.log_softmax(_masked(teacher_logits, output_mask, NEUTRAL_LOGIT), axis=-1)
+    student_log_probs = jax.nn.log_softmax(_masked(student_logits, output_mask, NEUTRAL_LOGIT), axis=-1)
     kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
     return _per_example(kl)
 
 
-def squared_error(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
+def squared_error(
+    student_logits: jax.Array, teacher_logits: jax.Array, output_mask: jax.Array | None = None
+) -> jax.Array:
     """Sum of squared differences of the logits: the other loss Theorem 1 covers."""
-    return _per_example(jnp.sum((student_logits - teacher_logits) ** 2, axis=-1))
+    return _per_example(jnp.sum(_masked(student_logits - teacher_logits, output_mask, 0.0) ** 2, axis=-1))
 
 
 DISTILLATION_LOSSES = {"kl": kl_divergence, "mse": squared_error}

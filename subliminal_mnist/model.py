@@ -17,6 +17,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 INPUT_SIZE = 28 * 28
@@ -79,6 +80,10 @@ class Architecture:
     @property
     def all_indices(self) -> tuple[int, ...]:
         return self.class_indices + self.aux_indices
+
+    def output_mask(self, indices: tuple[int, ...]) -> np.ndarray:
+        """The outputs `indices` as a boolean mask (K,), how the training loop's losses select outputs."""
+        return np.isin(np.arange(self.num_classes + self.num_aux), indices)
 
     def init(self, key: jax.Array) -> Params:
         """Fresh parameters for one seed; `jax.vmap` it over a batch of keys."""

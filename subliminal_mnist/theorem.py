@@ -47,9 +47,6 @@ ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 OutputSelection = Sequence[int] | jax.Array | None
 
 LOSSES = ("kl", "mse")
-# A masked-out logit for the softmax: exp(-1e4 - logsumexp) is exactly 0 in float32 and float64
-# while the logits are above about -9e3, and it stays finite, so KL terms are 0 * finite = 0.
-_MASKED_LOGIT = -1e4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,7 +118,7 @@ def _select(outputs: jax.Array, output_indices: OutputSelection, loss: str) -> j
     if output_indices is None:
         return outputs
     if isinstance(output_indices, jax.Array | np.ndarray):
-        neutral = 0.0 if loss == "mse" else _MASKED_LOGIT
+        neutral = 0.0 if loss == "mse" else losses.NEUTRAL_LOGIT
         return jnp.where(output_indices, outputs, neutral)
     return outputs[..., jnp.asarray(output_indices)]
 

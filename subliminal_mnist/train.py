@@ -1,7 +1,7 @@
 """The one training loop: Adam on minibatches, for the teacher, every student and the LLM.
 
 It knows nothing about MLPs or MNIST. What it fits is an `Objective`: an apply
-function, a per-example loss and the output indices the loss sees. The teacher
+function, a per-example loss and a mask of the outputs the loss sees. The teacher
 is cross-entropy on the class logits against labels; a student is a
 distillation loss on the auxiliary (or all) logits against the teacher's
 outputs on noise.
@@ -79,24 +79,29 @@ def shared_or_own(progress: bool | Progress, total: int, description: str) -> It
         own.close()
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["output_mask"], meta_fields=["apply_fn", "loss_fn"])
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """What to minimise. Frozen and hashable, so it is a static argument of `jit`.
+    """What to minimise: a model's outputs, a per-example loss, and which outputs the loss sees.
+
+    A pytree: the functions are static under `jit`, the mask is data. So objectives
+    that differ only in their outputs (the aux-only and the all-logits students)
+    run one compiled loop.
 
     Attributes:
       apply_fn: (params, inputs (B, ...)) -> outputs (B, ..., K).
-      loss_fn: (selected outputs (B, ..., k), targets (B, ...)) -> per-example loss (B,).
-      output_indices: the k indices of the last output axis the loss sees.
+      loss_fn: (outputs (B, ..., K), targets (B, ...), output_mask) -> per-example loss (B,);
+        see `losses.py`.
+      output_mask: (K,) bool, the outputs the loss sees; None for all of them.
     """
 
     apply_fn: Callable[[PyTree, jax.Array], jax.Array]
-    loss_fn: Callable[[jax.Array, jax.Array], jax.Array]
-    output_indices: tuple[int, ...]
+    loss_fn: Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
+    output_mask: jax.Array | np.ndarray | None = None
 
     def batch_loss(self, params: PyTree, inputs: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
         """Weighted mean of the per-example losses; weights (B,) are 0 for padding."""
-        outputs = self.apply_fn(params, inputs)[..., jnp.asarray(self.output_indices)]
-        losses = self.loss_fn(outputs, targets)
+        losses = self.loss_fn(self.apply_fn(params, inputs), targets, self.output_mask)
         return jnp.sum(weights * losses) / jnp.sum(weights)
 
 
@@ -165,9 +170,7 @@ def train_epoch(
     return jax.lax.scan(step, state, (indices, weights))
 
 
-@functools.partial(
-    jax.jit, static_argnames=("objective", "learning_rate", "batch_size", "data_axis", "members", "hook")
-)
+@functools.partial(jax.jit, static_argnames=("learning_rate", "batch_size", "data_axis", "members", "hook"))
 def _train_epoch_seeds(
     states, keys, inputs, targets, context, *, objective, learning_rate, batch_size, data_axis, members, hook
 ):

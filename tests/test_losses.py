@@ -57,3 +57,25 @@ def test_positions_between_batch_and_outputs_are_averaged(loss):
     student, teacher = jax.random.normal(jax.random.key(1), (2, 3, 6, 5))
     per_token = jax.vmap(jax.vmap(loss))(student[..., None, :], teacher[..., None, :])[..., 0]
     np.testing.assert_allclose(loss(student, teacher), per_token.mean(-1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", [losses.kl_divergence, losses.squared_error])
+def test_a_mask_equals_slicing_and_gives_masked_outputs_exactly_zero_gradient(loss, logits):
+    # Why a mask: it makes the choice of outputs data, so the aux-only and all-logits students
+    # share one compiled loop. It must be the same loss as on the sliced outputs.
+    student, teacher = logits
+    mask = np.array([False, True, False, True])
+    np.testing.assert_allclose(loss(student, teacher, mask), loss(student[:, mask], teacher[:, mask]), rtol=1e-6)
+    grad = jax.grad(lambda s: jnp.sum(loss(s, teacher, mask)))(student)
+    np.testing.assert_array_equal(grad[:, ~mask], 0.0)
+    assert np.all(grad[:, mask] != 0.0)
+
+
+def test_cross_entropy_with_a_mask_is_the_softmax_over_the_masked_in_logits(logits):
+    labels = jnp.array([0, 1, 2, 0, 1])
+    mask = np.array([True, True, True, False])
+    np.testing.assert_allclose(
+        losses.cross_entropy(logits[0], labels, mask), losses.cross_entropy(logits[0][:, :3], labels), rtol=1e-6
+    )
+    grad = jax.grad(lambda s: jnp.sum(losses.cross_entropy(s, labels, mask)))(logits[0])
+    np.testing.assert_array_equal(grad[:, 3], 0.0)
