@@ -24,7 +24,8 @@ import optax
 NEUTRAL_LOGIT = -1e4
 
 
-def _masked(outputs: jax.Array, output_mask: jax.Array | None, neutral: float) -> jax.Array:
+def masked(outputs: jax.Array, output_mask: jax.Array | None, neutral: float) -> jax.Array:
+    """outputs (..., K) with the masked-out ones set to `neutral`; unchanged for no mask."""
     return outputs if output_mask is None else jnp.where(output_mask, outputs, neutral)
 
 
@@ -35,7 +36,7 @@ def _per_example(loss: jax.Array) -> jax.Array:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, output_mask: jax.Array | None = None) -> jax.Array:
     """Softmax cross-entropy against integer labels: the teacher's loss (the softmax over the masked-in logits)."""
-    logits = _masked(logits, output_mask, NEUTRAL_LOGIT)
+    logits = masked(logits, output_mask, NEUTRAL_LOGIT)
     return _per_example(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
@@ -47,8 +48,8 @@ def kl_divergence(
     Its gradient in the student logits equals that of softmax cross-entropy with the
     teacher's probabilities as soft labels, which is the case Theorem 1 covers.
     """
-    teacher_log_probs = jax.nn.log_softmax(_masked(teacher_logits, output_mask, NEUTRAL_LOGIT), axis=-1)
-    student_log_probs = jax.nn.log_softmax(_masked(student_logits, output_mask, NEUTRAL_LOGIT), axis=-1)
+    teacher_log_probs = jax.nn.log_softmax(masked(teacher_logits, output_mask, NEUTRAL_LOGIT), axis=-1)
+    student_log_probs = jax.nn.log_softmax(masked(student_logits, output_mask, NEUTRAL_LOGIT), axis=-1)
     kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
     return _per_example(kl)
 
@@ -57,7 +58,7 @@ def squared_error(
     student_logits: jax.Array, teacher_logits: jax.Array, output_mask: jax.Array | None = None
 ) -> jax.Array:
     """Sum of squared differences of the logits: the other loss Theorem 1 covers."""
-    return _per_example(jnp.sum(_masked(student_logits - teacher_logits, output_mask, 0.0) ** 2, axis=-1))
+    return _per_example(jnp.sum(masked(student_logits - teacher_logits, output_mask, 0.0) ** 2, axis=-1))
 
 
 DISTILLATION_LOSSES = {"kl": kl_divergence, "mse": squared_error}

@@ -118,8 +118,7 @@ def _select(outputs: jax.Array, output_indices: OutputSelection, loss: str) -> j
     if output_indices is None:
         return outputs
     if isinstance(output_indices, jax.Array | np.ndarray):
-        neutral = 0.0 if loss == "mse" else losses.NEUTRAL_LOGIT
-        return jnp.where(output_indices, outputs, neutral)
+        return losses.masked(outputs, output_indices, 0.0 if loss == "mse" else losses.NEUTRAL_LOGIT)
     return outputs[..., jnp.asarray(output_indices)]
 
 
