@@ -16,7 +16,7 @@ from typing import Any, NoReturn, Sequence
 import jax
 import numpy as np
 
-from subliminal_mnist import alignment, data, experiment, figures, files, theorem, train
+from subliminal_mnist import alignment, data, experiment, figures, files, theorem_checks, train
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -181,8 +181,8 @@ def _alignment(args: argparse.Namespace) -> int:
 def _theorem(args: argparse.Namespace) -> int:
     if args.cases < 1:
         raise experiment.ConfigError(f"--cases must be at least 1, got {args.cases}")
-    results = theorem.run_checks(num_cases=args.cases, key=args.seed)
-    print(json.dumps(results) if args.json else theorem.format_table(results))
+    results = theorem_checks.run_checks(num_cases=args.cases, key=args.seed)
+    print(json.dumps(results) if args.json else theorem_checks.format_table(results))
     return 0 if results["passed"] else EXIT_FAILED
 
 

@@ -9,7 +9,9 @@ A mask, not an index set, chooses the outputs so that the choice is data: the
 students of the aux-only and the all-logits conditions then share one compiled
 training loop. A masked-out output is replaced by a *neutral* value, which adds
 exactly 0 to the loss and gets exactly 0 gradient (`jnp.where` passes none to
-the branch it does not take), so the loss equals that of the sliced outputs.
+the branch it does not take), so the loss equals that of the sliced outputs:
+0 for the squared error, and for a softmax a logit far below the row's largest
+masked-in logit (`masked_logits`), which keeps it neutral at any logit scale.
 """
 
 from __future__ import annotations
@@ -19,14 +21,33 @@ import jax.numpy as jnp
 import optax
 
 
-# A masked-out logit for the softmax: exp(-1e4 - logsumexp) is exactly 0 in float32 and float64
-# while the logits are above about -9e3, and it stays finite, so KL terms are 0 * finite = 0.
-NEUTRAL_LOGIT = -1e4
+# How far below the largest masked-in logit of its row a masked-out logit is put: its softmax
+# probability is then exp(-1e4) or less, which is exactly 0 in float32 and float64, at any logit
+# scale (a fixed neutral value is neutral only while the logits stay above it). Finite, so KL
+# terms are 0 * finite = 0 and no NaN reaches a gradient.
+NEUTRAL_LOGIT_GAP = 1e4
 
 
 def masked(outputs: jax.Array, output_mask: jax.Array | None, neutral: float) -> jax.Array:
     """outputs (..., K) with the masked-out ones set to `neutral`; unchanged for no mask."""
     return outputs if output_mask is None else jnp.where(output_mask, outputs, neutral)
+
+
+def masked_logits(logits: jax.Array, output_mask: jax.Array | None) -> jax.Array:
+    """logits (..., K) with the masked-out ones set far below each row's largest masked-in logit.
+
+    A softmax over the result equals the softmax over the masked-in logits alone, with
+    probability exactly 0 elsewhere, whatever the scale of the logits. The offset is
+    `NEUTRAL_LOGIT_GAP` plus the row maximum's magnitude, so that it is not lost to rounding
+    when the logits themselves are huge. It goes through `stop_gradient`: the row maximum
+    is a constant to the gradient, which the masked-out entries (probability 0) would not
+    carry anyway, so masked and sliced logits get the same gradient.
+    """
+    if output_mask is None:
+        return logits
+    row_max = jnp.max(jnp.where(output_mask, logits, -jnp.inf), axis=-1, keepdims=True)
+    neutral = jax.lax.stop_gradient(row_max - (NEUTRAL_LOGIT_GAP + jnp.abs(row_max)))
+    return jnp.where(output_mask, logits, neutral)
 
 
 def _per_example(loss: jax.Array) -> jax.Array:
@@ -36,7 +57,7 @@ def _per_example(loss: jax.Array) -> jax.Array:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, output_mask: jax.Array | None = None) -> jax.Array:
     """Softmax cross-entropy against integer labels: the teacher's loss (the softmax over the masked-in logits)."""
-    logits = masked(logits, output_mask, NEUTRAL_LOGIT)
+    logits = masked_logits(logits, output_mask)
     return _per_example(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
@@ -48,8 +69,8 @@ def kl_divergence(
     Its gradient in the student logits equals that of softmax cross-entropy with the
     teacher's probabilities as soft labels, which is the case Theorem 1 covers.
     """
-    teacher_log_probs = jax.nn.log_softmax(masked(teacher_logits, output_mask, NEUTRAL_LOGIT), axis=-1)
-    student_log_probs = jax.nn.log_softmax(masked(student_logits, output_mask, NEUTRAL_LOGIT), axis=-1)
+    teacher_log_probs = jax.nn.log_softmax(masked_logits(teacher_logits, output_mask), axis=-1)
+    student_log_probs = jax.nn.log_softmax(masked_logits(student_logits, output_mask), axis=-1)
     kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
     return _per_example(kl)
 

@@ -79,3 +79,38 @@ def test_cross_entropy_with_a_mask_is_the_softmax_over_the_masked_in_logits(logi
     )
     grad = jax.grad(lambda s: jnp.sum(losses.cross_entropy(s, labels, mask)))(logits[0])
     np.testing.assert_array_equal(grad[:, 3], 0.0)
+
+
+@pytest.mark.parametrize("offset", [-1e5, 1e5, -3e7])
+@pytest.mark.parametrize("loss", [losses.kl_divergence, losses.cross_entropy])
+def test_a_mask_is_exact_at_any_logit_scale(loss, offset, logits):
+    # A fixed neutral logit (-1e4) is neutral only while some selected logit stays above about
+    # -9e3; at logits around -1e5 it took all the probability. The neutral value now sits far
+    # below each row's largest selected logit.
+    student, teacher = (x + offset for x in logits)
+    mask = np.array([False, True, False, True])
+    other = teacher if loss is losses.kl_divergence else jnp.array([1, 3, 1, 3, 1])
+    sliced_other = other[:, mask] if loss is losses.kl_divergence else jnp.array([0, 1, 0, 1, 0])
+    np.testing.assert_allclose(loss(student, other, mask), loss(student[:, mask], sliced_other), rtol=1e-5, atol=1e-6)
+    grad = jax.grad(lambda s: jnp.sum(loss(s, other, mask)))(student)
+    sliced_grad = jax.grad(lambda s: jnp.sum(loss(s, sliced_other)))(student[:, mask])
+    np.testing.assert_array_equal(grad[:, ~mask], 0.0)
+    np.testing.assert_allclose(grad[:, mask], sliced_grad, rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(grad))
+
+
+def test_masked_logits_leave_the_paper_scale_numbers_bit_identical():
+    # At the paper's logit scale the old fixed neutral value (-1e4) and the new relative one both
+    # give the masked-out logits probability exactly 0: the loss and its gradient are the same bits.
+    student, teacher = jax.random.normal(jax.random.key(2), (2, 64, 13)) * 5
+    mask = np.arange(13) >= 10
+
+    def old_kl(s, t):
+        log_t = jax.nn.log_softmax(jnp.where(mask, t, -1e4))
+        return jnp.sum(jnp.exp(log_t) * (log_t - jax.nn.log_softmax(jnp.where(mask, s, -1e4))), axis=-1)
+
+    np.testing.assert_array_equal(losses.kl_divergence(student, teacher, mask), old_kl(student, teacher))
+    np.testing.assert_array_equal(
+        jax.grad(lambda s: jnp.sum(losses.kl_divergence(s, teacher, mask)))(student),
+        jax.grad(lambda s: jnp.sum(old_kl(s, teacher)))(student),
+    )
