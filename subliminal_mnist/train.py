@@ -90,8 +90,9 @@ class Objective:
 
     Attributes:
       apply_fn: (params, inputs (B, ...)) -> outputs (B, ..., K).
-      loss_fn: (outputs (B, ..., K), targets (B, ...), output_mask) -> per-example loss (B,);
-        see `losses.py`.
+      loss_fn: (outputs (B, ..., K), targets, output_mask) -> per-example loss (B,); see
+        `losses.py`. Targets are an array (B, ...) or a pytree of them (e.g. next tokens and
+        per-position weights for a language model), each with the example axis first.
       output_mask: (K,) bool, the outputs the loss sees; None for all of them.
     """
 
@@ -158,8 +159,9 @@ def train_epoch(
 
     def step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         batch_indices, batch_weights = batch
+        batch_targets = jax.tree.map(lambda t: t[batch_indices], targets)
         loss, grads = jax.value_and_grad(objective.batch_loss)(
-            state.params, inputs[batch_indices], targets[batch_indices], batch_weights
+            state.params, inputs[batch_indices], batch_targets, batch_weights
         )
         metrics = {}
         if hook is not None:
@@ -271,7 +273,7 @@ def fit(
       params: parameters with a leading seed axis S.
       keys: (S,) keys for the data order; epoch e uses `fold_in(key, e)`.
       inputs, targets: (N, ...) shared by all seeds if `data_axis` is None,
-        else (S, N, ...), one data set per seed.
+        else (S, N, ...), one data set per seed. `targets` may be a pytree of such arrays.
       members: params (and context) have a second axis M: M models per seed,
         e.g. students from different inits, trained on the seed's same inputs,
         targets and data order. Each member's training is exactly its own

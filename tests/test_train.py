@@ -95,6 +95,27 @@ def test_the_loop_learns_and_records_one_loss_per_step():
     assert np.all(history["loss"][:, -1].mean(-1) < 0.5 * history["loss"][:, 0].mean(-1))
 
 
+def _labels_and_weight(outputs, targets, output_mask):
+    """A loss whose targets are a pytree: labels, and one weight per example that scales its loss."""
+    return targets["weight"] * losses.cross_entropy(outputs, targets["labels"], output_mask)
+
+
+def test_targets_may_be_a_pytree_and_each_leaf_is_batched_with_the_inputs():
+    # The language model's targets are next tokens and per-position weights; the loop must batch
+    # every leaf with the same indices. Weight 1 everywhere is exactly the plain loss; weight 0 on
+    # some examples is training on the others only.
+    x, y = toy_data()
+    run = functools.partial(
+        fit, linear_params(2), jax.random.split(jax.random.key(3), 2), epochs=2, batch_size=16, data_axis=None
+    )
+    plain, _ = run(x, y, objective=LINEAR_CE)
+    ones, _ = run(x, {"labels": y, "weight": jnp.ones(len(y))}, objective=train.Objective(linear_apply, _labels_and_weight))
+    jax.tree.map(np.testing.assert_array_equal, ones, plain)
+    keep = jnp.arange(len(y)) % 2 == 0
+    halved, _ = run(x, {"labels": y, "weight": keep * 1.0}, objective=train.Objective(linear_apply, _labels_and_weight))
+    assert not np.allclose(halved["w"], plain["w"])
+
+
 def test_a_zero_gradient_leaves_a_parameter_exactly_unchanged():
     # Adam's update is m / (sqrt(v) + eps) with m = v = 0: exactly zero, whatever the step count.
     x, y = toy_data()
