@@ -11,11 +11,22 @@ cross-model students:
   own loss (MNIST cross-entropy on a fixed batch) at the student's current
   parameters. Positive means the distillation step also descends the trait loss;
 - `trait_loss`: that MNIST cross-entropy itself, and `test_accuracy`: the
-  student's accuracy on a fixed slice of the test set.
+  student's accuracy on a fixed slice of the test set;
+- `projected`, `removed_fraction`: whether the step's gradient was edited, and
+  |g_before - g_after| / |g_before|, the share of its norm the edit removed.
 
-With `project_out`, the loop's gradient hook also removes the trait direction
-from the distillation gradient whenever the two align (inner product > 0), the
-intervention of Kitkana and Arora (arXiv 2604.25779).
+With `project_out`, the same students also train under each edit of the
+distillation gradient in `PROJECTIONS` (before Adam sees it): the one-sided
+projection of Kitkana and Arora (arXiv 2604.25779), which removes the trait
+direction only when the two align, and its two controls. A one-sided removal
+keeps the part of the gradient that points *against* the trait, so it may push
+a student away from MNIST rather than merely keep it from learning: the
+two-sided projection removes the trait direction at every step, whatever its
+sign; the random control edits on the one-sided schedule, but along a fixed
+random direction, to show that editing at those steps does not by itself stop
+the transfer. The edit is data (each member's `projection` code in the hook's
+context), so every variant and both students train as members of one loop:
+one compiled program, the same noise in the same order.
 """
 
 from __future__ import annotations
@@ -28,12 +39,36 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from subliminal_mnist import data, experiment, model, theorem
+from subliminal_mnist import data, experiment, model, theorem, train
 from subliminal_mnist.experiment import ConfigError, config_field
 
 # The students compared, trained together: same-init, and cross-model as the control.
 _STUDENTS = experiment.STUDENT_GROUPS["aux"]
-METRICS = ("grad_cosine", "grad_inner", "param_cosine", "test_accuracy", "trait_loss", "loss")
+_STUDENT_LABELS = {"student_aux": "same_init", "cross_aux": "cross_model"}
+# The edits of the distillation gradient g, by the code a member carries in its context:
+# - none:      g as it is;
+# - one_sided: g minus its component along the trait gradient t when <g, t> > 0 (Kitkana and Arora);
+# - two_sided: g minus its component along t at every step, whatever the sign of <g, t>;
+# - random:    at the steps where <g, t> > 0 (the one-sided schedule), g minus its component,
+#              whatever its sign, along a fixed random direction r (one per seed).
+PROJECTIONS = ("none", "one_sided", "two_sided", "random")
+NONE, ONE_SIDED, TWO_SIDED, RANDOM = range(len(PROJECTIONS))
+METRICS = (
+    "grad_cosine",
+    "grad_inner",
+    "param_cosine",
+    "test_accuracy",
+    "trait_loss",
+    "projected",
+    "removed_fraction",
+    "loss",
+)
+# The random direction's key: the seed's distillation key folded with this number, which no
+# epoch index reaches (the loop folds the epoch into the same key for its data order).
+_RANDOM_DIRECTION_FOLD = 2**31 - 1
+# A projection "suppresses transfer" when it closes at least this share of the gap in final
+# accuracy between the unprojected same-init student and the unprojected cross-model one.
+SUPPRESSED_SHARE = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +79,9 @@ class AlignmentConfig(experiment.ExperimentConfig):
     trait_batch: int = config_field(1024, "training images in the trait gradient: the first N, fixed")
     probe_test: int = config_field(1000, "test images for the accuracy at every step: the first N")
     project_out: bool = config_field(
-        False, "also train students whose distillation gradient is projected off the trait gradient when they align"
+        False,
+        "also train students whose distillation gradient is projected off the trait gradient: one-sided "
+        "(when they align), two-sided (always), and a random direction on the one-sided schedule",
     )
 
     def __post_init__(self):
@@ -54,16 +91,35 @@ class AlignmentConfig(experiment.ExperimentConfig):
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
+def project(grads, trait_grads, random_direction, projection: jax.Array):
+    """The distillation gradient after the edit `projection` (a code, see PROJECTIONS), and whether it acted.
+
+    Removing g's component along a direction d, g - (<g, d>/|d|^2) d, leaves the loss whose
+    gradient is d unchanged to first order. Where the edit does not act, g comes back exactly.
+    Returns (edited grads, acted: bool scalar).
+    """
+    aligned = optax.tree.vdot(grads, trait_grads) > 0
+    along_trait = (projection == TWO_SIDED) | ((projection == ONE_SIDED) & aligned)
+    along_random = (projection == RANDOM) & aligned
+    direction = jax.tree.map(lambda t, r: jnp.where(along_random, r, t), trait_grads, random_direction)
+    norm_squared = optax.tree.vdot(direction, direction)
+    coefficient = optax.tree.vdot(grads, direction) / jnp.where(norm_squared > 0, norm_squared, 1.0)
+    acted = along_trait | along_random
+    edited = jax.tree.map(lambda g, d: jnp.where(acted, g - coefficient * d, g), grads, direction)
+    return edited, acted
+
+
 @dataclasses.dataclass(frozen=True)
 class TraitProbe:
-    """The loop's gradient hook: measures alignment with the trait gradient, optionally projects it out.
+    """The loop's gradient hook: measures alignment with the trait gradient, and edits the gradient.
 
-    context (per seed): student_init, teacher_init, teacher (params); trait_images (n, 784),
-    trait_labels (n,); test_images (m, 784), test_labels (m,).
+    context (per seed and member): student_init, teacher_init, teacher (params); trait_images
+    (n, 784), trait_labels (n,); test_images (m, 784), test_labels (m,); projection (int32
+    scalar, an index into PROJECTIONS: which edit this member's gradient gets); random_direction
+    (params), the fixed direction of the random control.
     """
 
     arch: model.Architecture
-    project_out: bool
 
     def __call__(self, params, grads, context):
         # The teacher's own loss, as in Theorem 1's checks: cross-entropy of the class logits on MNIST.
@@ -71,10 +127,12 @@ class TraitProbe:
             self.arch, context["trait_images"], context["trait_labels"], self.arch.class_indices
         )
         trait_loss, trait_grads = jax.value_and_grad(trait_loss_fn)(params)
-        inner = optax.tree.vdot(grads, trait_grads)
+        edited, acted = project(grads, trait_grads, context["random_direction"], context["projection"])
+        grad_norm = optax.tree.norm(grads)
+        removed = optax.tree.norm(jax.tree.map(jnp.subtract, grads, edited))
         metrics = {
             "trait_loss": trait_loss,
-            "grad_inner": inner,
+            "grad_inner": optax.tree.vdot(grads, trait_grads),
             "grad_cosine": theorem.tree_cosine(grads, trait_grads),
             "param_cosine": theorem.tree_cosine(
                 jax.tree.map(jnp.subtract, params, context["student_init"]),
@@ -83,16 +141,27 @@ class TraitProbe:
             "test_accuracy": model.accuracy(
                 self.arch(params, context["test_images"]), context["test_labels"], self.arch.num_classes
             ),
+            "projected": acted.astype(jnp.float32),
+            "removed_fraction": jnp.where(grad_norm > 0, removed / jnp.where(grad_norm > 0, grad_norm, 1.0), 0.0),
         }
-        if self.project_out:
-            # Descending g - c t with c = <g, t>/|t|^2 leaves the trait loss unchanged to first order.
-            coefficient = jnp.where(inner > 0, inner / optax.tree.vdot(trait_grads, trait_grads), 0.0)
-            grads = jax.tree.map(lambda g, t: g - coefficient * t, grads, trait_grads)
-        return grads, metrics
+        return edited, metrics
 
 
-def _variant_name(condition: str, projected: bool) -> str:
-    return condition + ("_projected" if projected else "")
+@jax.jit
+def random_directions(keys: jax.Array, params: model.Params) -> model.Params:
+    """One standard Gaussian direction per seed, shaped like `params` (S, ...); keys (S,), a seed's own."""
+
+    def draw(key, like):
+        leaves, tree = jax.tree.flatten(like)
+        leaf_keys = jax.random.split(jax.random.fold_in(key, _RANDOM_DIRECTION_FOLD), len(leaves))
+        return jax.tree.unflatten(tree, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(leaf_keys, leaves)])
+
+    return jax.vmap(draw)(keys, params)
+
+
+def variant_name(student: str, projection: str) -> str:
+    """The key of a student under an edit: "student_aux", "cross_aux_two_sided", ..."""
+    return student if projection == "none" else f"{student}_{projection}"
 
 
 def _per_member(tree, num_members: int, num_seeds: int | None = None):
@@ -103,11 +172,20 @@ def _per_member(tree, num_members: int, num_seeds: int | None = None):
 
 
 def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> dict:
-    """Record the per-step alignment of every variant for `config.seeds` seeds; JSON-ready results."""
+    """Record the per-step alignment of every variant for `config.seeds` seeds; JSON-ready results.
+
+    Chunks of seeds run in `config.workers` concurrent threads, as in the demo: one chunk's
+    teacher overlaps another's students. That changes the speed, not the numbers.
+    """
     start = time.perf_counter()
     arch = config.architecture
     partners = experiment.cross_partners(config.seeds, config.seed)
-    variants = (False, True) if config.project_out else (False,)  # projected or not
+    projections = PROJECTIONS if config.project_out else PROJECTIONS[:1]
+    # The members of the one loop: every student under every edit.
+    members = [(student, projection) for projection in projections for student in _STUDENTS]
+    students = [student for student, _ in members]
+    names = [variant_name(student, projection) for student, projection in members]
+    codes = jnp.asarray([PROJECTIONS.index(projection) for _, projection in members], jnp.int32)
     mnist = experiment.on_device(mnist)
     shared = {
         "trait_images": mnist.train_images[: config.trait_batch],
@@ -116,50 +194,50 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
         "test_labels": mnist.test_labels[: config.probe_test],
     }
     test_images, test_labels = mnist.test_images, mnist.test_labels
-    names = [_variant_name(student, projected) for projected in variants for student in _STUDENTS]
-    histories = {name: [] for name in names}
-    final_accuracy = {name: [] for name in names}
-    teacher_accuracy = []
-    members = len(_STUDENTS)
-    for seed_ids in experiment.chunks(config.seeds, config.seeds_per_chunk):
-        teachers = experiment.train_teachers(config, mnist, seed_ids, partners[seed_ids], progress)
-        teacher_accuracy.append(np.asarray(experiment.test_accuracy(teachers.teacher, test_images, test_labels, arch)))
+
+    def chunk(seed_ids: np.ndarray, bar: train.Progress) -> tuple[dict, dict, np.ndarray]:
+        """One chunk's per-step history {name: {metric: (S, epochs, steps)}}, final and teacher accuracies."""
+        teachers = experiment.train_teachers(config, mnist, seed_ids, partners[seed_ids], bar)
         keys = experiment.seed_keys(config, seed_ids)
         context = {
-            **_per_member(shared, members, len(seed_ids)),
-            "student_init": teachers.inits_of(_STUDENTS),
-            "teacher_init": _per_member(teachers.shared_init, members),
-            "teacher": _per_member(teachers.teacher, members),
+            **_per_member(shared, len(members), len(seed_ids)),
+            "student_init": teachers.inits_of(students),
+            "teacher_init": _per_member(teachers.shared_init, len(members)),
+            "teacher": _per_member(teachers.teacher, len(members)),
+            "projection": jnp.broadcast_to(codes, (len(seed_ids), len(members))),
+            "random_direction": _per_member(random_directions(keys["distill_aux"], teachers.shared_init), len(members)),
         }
-        for projected in variants:
-            students, history = experiment.distill(
-                config,
-                teachers,
-                _STUDENTS,
-                keys["distill_aux"],
-                progress,
-                hook=TraitProbe(arch, projected),
-                context=context,
-            )
-            for m, student in enumerate(_STUDENTS):
-                name = _variant_name(student, projected)
-                histories[name].append({metric: values[:, m] for metric, values in history.items()})
-                accuracy = experiment.test_accuracy(students[student], test_images, test_labels, arch)
-                final_accuracy[name].append(np.asarray(accuracy))
+        trained, history = experiment.distill(
+            config, teachers, students, keys["distill_aux"], bar, names=names, hook=TraitProbe(arch), context=context
+        )
+        histories = {name: {metric: values[:, m] for metric, values in history.items()} for m, name in enumerate(names)}
+        final = {
+            name: np.asarray(experiment.test_accuracy(params, test_images, test_labels, arch))
+            for name, params in trained.items()
+        }
+        teacher = np.asarray(experiment.test_accuracy(teachers.teacher, test_images, test_labels, arch))
+        return histories, final, teacher
 
+    seed_chunks = list(experiment.chunks(config.seeds, config.seeds_per_chunk))
+    total = config.seeds * (config.teacher_epochs + len(members) * config.student_epochs)
+    with train.shared_or_own(progress, total, f"{config.seeds} seeds") as bar:
+        # Compiled once here, not by each thread at its first chunk.
+        experiment.compile_teachers(config, len(seed_chunks[0]), mnist)
+        per_chunk = experiment.concurrently(lambda seed_ids: chunk(seed_ids, bar), seed_chunks, config.workers, bar)
+    histories, final_accuracy, teacher_accuracy = zip(*per_chunk)
     curves = {
-        name: {metric: np.concatenate([h[metric] for h in chunks]) for metric in METRICS}
-        for name, chunks in histories.items()
+        name: {metric: np.concatenate([h[name][metric] for h in histories]) for metric in METRICS} for name in names
     }
+    final_accuracy = {name: np.concatenate([f[name] for f in final_accuracy]) for name in names}
     return {
-        "claims": claims(curves, {n: np.concatenate(a) for n, a in final_accuracy.items()}),
+        "claims": claims(curves, final_accuracy),
         # Per step (epochs x steps flattened), mean over seeds: what the figure draws.
         "curves": {
             name: {metric: values.reshape(len(values), -1).mean(0).tolist() for metric, values in metrics.items()}
             for name, metrics in curves.items()
         },
-        "steps_per_epoch": int(next(iter(curves.values()))["loss"].shape[-1]),
-        "final_test_accuracy": {n: experiment.summarize(np.concatenate(a)) for n, a in final_accuracy.items()},
+        "steps_per_epoch": int(curves[names[0]]["loss"].shape[-1]),
+        "final_test_accuracy": {name: experiment.summarize(accuracy) for name, accuracy in final_accuracy.items()},
         "teacher_test_accuracy": experiment.summarize(np.concatenate(teacher_accuracy)),
         "config": dataclasses.asdict(config),
         "data_source": mnist.source,
@@ -167,6 +245,16 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
         "versions": experiment.versions(),
         "wall_seconds": time.perf_counter() - start,
     }
+
+
+def share_of_updates_lowering(values: np.ndarray) -> float:
+    """Share of steps after which `values` (S, epochs, steps; measured before each step) is lower.
+
+    The steps run on across epoch boundaries, so step k's update is judged by the value
+    measured before step k+1, in the same epoch or the next; the last step has no successor.
+    """
+    flat = values.reshape(len(values), -1)
+    return float((np.diff(flat, axis=1) < 0).mean())
 
 
 def claims(curves: dict[str, dict[str, np.ndarray]], final_accuracy: dict[str, np.ndarray]) -> dict:
@@ -184,8 +272,12 @@ def claims(curves: dict[str, dict[str, np.ndarray]], final_accuracy: dict[str, n
         "alignment": {
             "same_init_mean_grad_cosine": float(same["grad_cosine"].mean()),
             "same_init_share_of_steps_aligned": float((same["grad_inner"] > 0).mean()),
+            # The raw gradient is aligned above; Adam rescales it per coordinate, so whether the
+            # step it takes lowers the trait loss is measured on the trait loss itself.
+            "same_init_share_of_updates_lowering_trait_loss": share_of_updates_lowering(same["trait_loss"]),
             "cross_model_mean_grad_cosine": float(cross["grad_cosine"].mean()),
             "cross_model_share_of_steps_aligned": float((cross["grad_inner"] > 0).mean()),
+            "cross_model_share_of_updates_lowering_trait_loss": share_of_updates_lowering(cross["trait_loss"]),
             "same_init_final_param_cosine": float(same["param_cosine"][:, -1, -1].mean()),
             "cross_model_final_param_cosine": float(cross["param_cosine"][:, -1, -1].mean()),
         },
@@ -200,14 +292,56 @@ def claims(curves: dict[str, dict[str, np.ndarray]], final_accuracy: dict[str, n
             "first_epoch_gains_most_param_cosine": bool(param_cosine_gains.argmax() == 0),
         },
     }
-    if "student_aux_projected" in curves:
-        projected = curves["student_aux_projected"]
-        result["projection"] = {
-            "final_accuracy": float(final_accuracy["student_aux"].mean()),
-            "final_accuracy_projected": float(final_accuracy["student_aux_projected"].mean()),
-            # Distillation speed: the last epoch's mean distillation loss, with and without projection.
-            "final_distill_loss": float(same["loss"][:, -1].mean()),
-            "final_distill_loss_projected": float(projected["loss"][:, -1].mean()),
-            "share_of_steps_projected": float((projected["grad_inner"] > 0).mean()),
-        }
+    if len(curves) > len(_STUDENTS):
+        result["projection"] = projection_claims(curves, final_accuracy)
     return result
+
+
+def projection_claims(curves: dict[str, dict[str, np.ndarray]], final_accuracy: dict[str, np.ndarray]) -> dict:
+    """Each edit's outcome for both students, and which edit suppresses transfer without pushing the trait loss up.
+
+    "Pushing up" is judged against the unprojected cross-model student's final trait loss: the
+    level of a student that learns no digits, so a student above it has been moved away from MNIST.
+    """
+    projections = [p for p in PROJECTIONS if variant_name(_STUDENTS[0], p) in curves]
+    outcomes = {}
+    for projection in projections:
+        outcomes[projection] = {}
+        for student, label in _STUDENT_LABELS.items():
+            name = variant_name(student, projection)
+            metrics = curves[name]
+            outcomes[projection][label] = {
+                "final_accuracy": float(final_accuracy[name].mean()),
+                "final_trait_loss": float(metrics["trait_loss"][:, -1, -1].mean()),
+                # Distillation speed: the last epoch's mean distillation loss.
+                "final_distill_loss": float(metrics["loss"][:, -1].mean()),
+                "share_of_steps_projected": float(metrics["projected"].mean()),
+                "mean_removed_fraction": float(metrics["removed_fraction"].mean()),
+                # The edit acts on the raw gradient; Adam's update is what moves the trait loss.
+                "share_of_updates_lowering_trait_loss": share_of_updates_lowering(metrics["trait_loss"]),
+            }
+    unprojected = outcomes["none"]
+    transfer = unprojected["same_init"]["final_accuracy"] - unprojected["cross_model"]["final_accuracy"]
+    no_transfer_trait_loss = unprojected["cross_model"]["final_trait_loss"]
+    verdicts = {}
+    for projection in projections[1:]:
+        same, cross = outcomes[projection]["same_init"], outcomes[projection]["cross_model"]
+        removed = (unprojected["same_init"]["final_accuracy"] - same["final_accuracy"]) / transfer
+        verdicts[projection] = {
+            "share_of_transfer_removed": removed,
+            "suppresses_transfer": bool(removed >= SUPPRESSED_SHARE),
+            "same_init_trait_loss_at_most_cross_model": bool(same["final_trait_loss"] <= no_transfer_trait_loss),
+            "cross_model_trait_loss_at_most_cross_model": bool(cross["final_trait_loss"] <= no_transfer_trait_loss),
+        }
+    return {
+        "outcomes": outcomes,
+        "unprojected_cross_model_final_trait_loss": no_transfer_trait_loss,
+        "verdicts": verdicts,
+        # The answer: the edits that stop the same-init student learning digits and leave its
+        # MNIST loss no higher than that of a student that never learned them.
+        "suppresses_transfer_without_pushing_trait_loss_up": [
+            p
+            for p, verdict in verdicts.items()
+            if verdict["suppresses_transfer"] and verdict["same_init_trait_loss_at_most_cross_model"]
+        ],
+    }

@@ -49,7 +49,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> Non
             kwargs.update(action="store_true")
             shown = "off"
         elif isinstance(default, tuple):
-            kwargs.update(type=type(default[0]), nargs="+", metavar="N")
+            kwargs.update(type=field.metadata.get("element_type") or type(default[0]), nargs="+", metavar="N")
             shown = " ".join(map(str, default))
         else:
             kwargs.update(type=type(default), metavar=type(default).__name__.upper())
@@ -152,17 +152,26 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _alignment_table(results: dict) -> str:
-    rows = [f"{'student':<24}{'final accuracy':>15}{'mean grad cos':>15}{'last-epoch distill loss':>25}"]
+    header = ("student", "accuracy", "trait loss", "projected", "removed", "grad cos", "last-epoch distill loss")
+    rows = [f"{header[0]:<26}{header[1]:>9}{header[2]:>11}{header[3]:>10}{header[4]:>9}{header[5]:>10}{header[6]:>25}"]
     for name, curves in results["curves"].items():
         rows.append(
-            f"{name:<24}{results['final_test_accuracy'][name]['mean']:>15.3f}{np.mean(curves['grad_cosine']):>15.4f}"
-            f"{np.mean(curves['loss'][-results['steps_per_epoch'] :]):>25.3e}"
+            f"{name:<26}{results['final_test_accuracy'][name]['mean']:>9.3f}{curves['trait_loss'][-1]:>11.3f}"
+            f"{np.mean(curves['projected']):>10.0%}{np.mean(curves['removed_fraction']):>9.4f}"
+            f"{np.mean(curves['grad_cosine']):>10.4f}{np.mean(curves['loss'][-results['steps_per_epoch'] :]):>25.3e}"
         )
+    rows.append(
+        "accuracy and trait loss at the end; projected: share of steps edited; removed: mean share of the "
+        "gradient's norm the edit removed"
+    )
     aligned, by_epoch = results["claims"]["alignment"], results["claims"]["transfer_by_epoch"]
     rows.append(
         "steps whose distillation gradient descends the trait loss: "
         f"same init {aligned['same_init_share_of_steps_aligned']:.0%}, "
-        f"cross-model {aligned['cross_model_share_of_steps_aligned']:.0%}"
+        f"cross-model {aligned['cross_model_share_of_steps_aligned']:.0%}; "
+        "whose Adam update lowers it: "
+        f"same init {aligned['same_init_share_of_updates_lowering_trait_loss']:.0%}, "
+        f"cross-model {aligned['cross_model_share_of_updates_lowering_trait_loss']:.0%}"
     )
     for label, key in (
         ("accuracy gain", "accuracy_gain_per_epoch"),
@@ -170,6 +179,12 @@ def _alignment_table(results: dict) -> str:
         ("cos(θS-θS0, θT-θ0) gain", "param_cosine_gain_per_epoch"),
     ):
         rows.append(f"{label} per epoch: " + ", ".join(f"{g:+.3f}" for g in by_epoch[key]))
+    if "projection" in results["claims"]:
+        answer = results["claims"]["projection"]["suppresses_transfer_without_pushing_trait_loss_up"]
+        rows.append(
+            "suppresses transfer without raising the trait loss above the unprojected cross-model student's: "
+            + (", ".join(answer) or "none of the projections")
+        )
     rows.append(f"data: {results['data_source']}; {results['wall_seconds']:.0f} s")
     return "\n".join(rows)
 

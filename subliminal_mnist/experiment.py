@@ -71,8 +71,18 @@ class ConfigError(ValueError):
     """An invalid experiment setting; the message is one line for the user."""
 
 
-def config_field(default, help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None, **kwargs):
-    metadata = {"help": help, "flag": flag, "choices": choices}
+def config_field(
+    default,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    element_type: type | None = None,
+    **kwargs,
+):
+    """A config field with what the CLI needs: help, flag name, choices, and the element type
+    of a tuple (taken from the default's first element when not given)."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "element_type": element_type}
     if isinstance(default, tuple):
         return dataclasses.field(default_factory=lambda: default, metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
@@ -265,6 +275,8 @@ def distill(
     students: Sequence[str],
     keys: jax.Array,
     progress: bool | train.Progress = True,
+    *,
+    names: Sequence[str] | None = None,
     **hook,
 ) -> tuple[dict[str, model.Params], dict[str, np.ndarray]]:
     """Train student conditions of a chunk on their teacher's outputs on noise, e.g. ("student_aux", "cross_aux").
@@ -273,11 +285,17 @@ def distill(
     members of one loop, each from its own init (`Teachers.init_of`), on the same
     noise in the same order. `hook` (optional: `hook=..., context=...`) is passed
     to the loop, to watch or edit each step; its context has the member axis
-    after the seed axis.
+    after the seed axis. A condition may appear more than once, e.g. as several
+    members whose steps the hook edits differently (chosen by their context):
+    then `names`, one per member and distinct, key the returned parameters.
 
     Returns:
-      {student: params (S, ...)} and the loop's history {name: (S, len(students), epochs, steps)}.
+      {name: params (S, ...)}, one per member, keyed by `names` (default: the student
+      conditions), and the loop's history {metric: (S, len(students), epochs, steps)}.
     """
+    names = tuple(students if names is None else names)
+    if len(names) != len(students) or len(set(names)) != len(names):
+        raise ValueError(f"give one distinct name per member, got {names} for {len(students)} members")
     options = _distill_options(config, students)
     params, history = train.fit(
         teachers.inits_of(students),
@@ -290,7 +308,7 @@ def distill(
         **options,
         **hook,
     )
-    return {student: jax.tree.map(lambda a, m=m: a[:, m], params) for m, student in enumerate(students)}, history
+    return {name: jax.tree.map(lambda a, m=m: a[:, m], params) for m, name in enumerate(names)}, history
 
 
 def _distill_options(config: ExperimentConfig, students: Sequence[str]) -> dict:

@@ -9,8 +9,10 @@ import matplotlib
 matplotlib.use("Agg")  # no display is needed or wanted: figures go to files
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
-from subliminal_mnist import experiment, files  # noqa: E402
+from subliminal_mnist import alignment, experiment, files  # noqa: E402
 
 # Same colour for a condition's two variants (aux only / all logits).
 _COLORS = {
@@ -58,16 +60,18 @@ def demo_figure(results: dict, path: str | os.PathLike) -> None:
 
 
 _ALIGNMENT_PANELS = (
-    ("grad_cosine", "cos(distillation grad, trait grad)"),
+    ("grad_cosine", "cos(distillation grad, trait grad), before any edit"),
     ("param_cosine", "cos(θS(t) − θS(0), θT − θ0)"),
     ("test_accuracy", "student test accuracy"),
-    ("trait_loss", "trait loss (MNIST cross-entropy)"),
+    ("trait_loss", "trait loss (MNIST cross-entropy, log scale)"),
 )
-_ALIGNMENT_STYLES = {
-    "student_aux": dict(color=_COLORS["student_aux"], label="same init"),
-    "cross_aux": dict(color=_COLORS["cross_aux"], label="cross-model"),
-    "student_aux_projected": dict(color=_COLORS["student_aux"], linestyle="--", label="same init, trait projected out"),
-    "cross_aux_projected": dict(color=_COLORS["cross_aux"], linestyle="--", label="cross-model, trait projected out"),
+# Colour says which student, line style which edit of its gradient (alignment.PROJECTIONS).
+_ALIGNMENT_STUDENTS = {"student_aux": "same init", "cross_aux": "cross-model"}
+_PROJECTION_STYLES = {
+    "none": dict(linestyle="-", label="no projection"),
+    "one_sided": dict(linestyle="--", label="trait projected out when aligned (one-sided)"),
+    "two_sided": dict(linestyle="-.", label="trait projected out always (two-sided)"),
+    "random": dict(linestyle=(0, (1, 1.5)), label="random direction, one-sided schedule"),
 }
 
 
@@ -78,24 +82,48 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def alignment_figure(results: dict, path: str | os.PathLike) -> None:
-    """Four panels, one line per student variant, per distillation step (mean over seeds)."""
+    """Four panels, one line per student and gradient edit, per distillation step (mean over seeds)."""
     steps_per_epoch = results["steps_per_epoch"]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), layout="constrained", sharex=True)
+    curves = results["curves"]
+    drawn = [
+        (student, projection, alignment.variant_name(student, projection))
+        for projection in alignment.PROJECTIONS
+        for student in _ALIGNMENT_STUDENTS
+        if alignment.variant_name(student, projection) in curves
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.2), layout="constrained", sharex=True)
     for ax, (metric, title) in zip(axes.flat, _ALIGNMENT_PANELS):
         window = steps_per_epoch // 4 if metric == "grad_cosine" else 1
-        for name, curves in results["curves"].items():
-            values = _smooth(np.asarray(curves[metric]), window)
-            ax.plot(np.arange(len(values)) + window - 1, values, linewidth=1.4, **_ALIGNMENT_STYLES[name])
-        for epoch in range(1, len(results["curves"]["student_aux"][metric]) // steps_per_epoch):
-            ax.axvline(epoch * steps_per_epoch, color="black", linewidth=0.5, linestyle=":")
+        for epoch in range(1, len(curves["student_aux"][metric]) // steps_per_epoch):
+            ax.axvline(epoch * steps_per_epoch, color="#bdbdbd", linewidth=0.6)
+        for student, projection, name in drawn:
+            values = _smooth(np.asarray(curves[name][metric]), window)
+            style = _PROJECTION_STYLES[projection]
+            ax.plot(
+                np.arange(len(values)) + window - 1,
+                values,
+                color=_COLORS[student],
+                linestyle=style["linestyle"],
+                linewidth=1.3,
+            )
         if metric == "grad_cosine":
             ax.axhline(0, color="black", linewidth=0.8)
-            title += f" ({window}-step mean)"
+            title = title.replace(", before", f" ({window}-step mean), before")
+        if metric == "trait_loss":
+            # The one-sided students' MNIST loss climbs several-fold; a log scale keeps the others readable.
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+            ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
-        ax.set_xlabel("distillation step (dotted: epochs)")
-    axes[0, 0].legend(fontsize=8)
+        ax.set_xlabel("distillation step (grey lines: epochs)")
+    # One legend for all panels, colour and line style apart: 2 + 4 entries instead of 8.
+    handles = [Line2D([], [], color=_COLORS[s], linewidth=2, label=label) for s, label in _ALIGNMENT_STUDENTS.items()]
+    projections = dict.fromkeys(projection for _, projection, _ in drawn)  # in order, once each
+    handles += [Line2D([], [], color="black", linewidth=1.3, **_PROJECTION_STYLES[p]) for p in projections]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     seeds = results["config"]["seeds"]
     fig.suptitle(f"Aux-only distillation on noise, step by step ({seeds} seeds, means)", fontsize=11)
     with files.atomic_path(path) as tmp:

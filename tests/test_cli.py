@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from subliminal_mnist import cli, experiment
+from subliminal_mnist import alignment, cli, experiment
 
 TINY = [
     "--hidden-sizes",
@@ -70,6 +70,31 @@ def test_demo_on_the_sample_writes_results_and_figure(tmp_path, capsys):
     assert "NOT full MNIST" in captured.err
     assert printed["is_sample"] and printed["config"]["teacher_epochs"] == 2
     assert printed["config"]["num_noise"] == 512
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_alignment_on_the_sample_trains_and_reports_every_projection(tmp_path, capsys):
+    out, figure = tmp_path / "a.json", tmp_path / "a.png"
+    options = [*TINY, "--student-epochs", "2", "--trait-batch", "64", "--probe-test", "64"]
+    argv = ["alignment", "--source", "sample", "--seeds", "2", "--project-out"]
+    argv += ["--out", str(out), "--figure", str(figure)]
+    assert cli.main([*argv, *options]) == 0
+    table = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    names = [
+        alignment.variant_name(student, projection)
+        for projection in alignment.PROJECTIONS
+        for student in ("student_aux", "cross_aux")
+    ]
+    assert list(results["curves"]) == names
+    for name in names:
+        assert f"\n{name} " in table
+        assert set(results["curves"][name]) == set(alignment.METRICS)
+    assert set(results["claims"]["projection"]["outcomes"]) == set(alignment.PROJECTIONS)
+    # The unprojected students are never edited; the two-sided ones at every step.
+    assert results["claims"]["projection"]["outcomes"]["none"]["same_init"]["share_of_steps_projected"] == 0
+    assert results["claims"]["projection"]["outcomes"]["two_sided"]["cross_model"]["share_of_steps_projected"] == 1
+    assert "whose Adam update lowers it" in table
     assert figure.read_bytes()[:4] == b"\x89PNG"
 
 
