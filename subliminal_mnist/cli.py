@@ -17,6 +17,9 @@ import jax
 import numpy as np
 
 from subliminal_mnist import alignment, data, experiment, figures, files, theorem_checks, train
+from subliminal_mnist.llm import experiment as llm_experiment
+from subliminal_mnist.llm.experiment import LLMConfig
+from subliminal_mnist.llm.vocab import VocabError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -98,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(align, "alignment")
     add_config_options(align, alignment.AlignmentConfig)
     align.set_defaults(handler=_alignment)
+
+    llm = commands.add_parser("llm", help="the owl experiment: a tiny transformer's preference carried by numbers")
+    _add_output_options(llm, "llm")
+    add_config_options(llm, LLMConfig)
+    llm.set_defaults(handler=_llm)
 
     theorem_cmd = commands.add_parser("theorem", help="check Theorem 1 numerically: sign, first order, conditions")
     theorem_cmd.add_argument(
@@ -193,6 +201,42 @@ def _alignment(args: argparse.Namespace) -> int:
     return _run_experiment(args, alignment.AlignmentConfig, alignment.run, figures.alignment_figure, _alignment_table)
 
 
+def _llm_table(results: dict) -> str:
+    trait, teacher = results["trait"], results["teacher"]
+    rows = [
+        f"teacher: P({trait}) {teacher['base_p_trait']['mean']:.3f} -> {teacher['p_trait']['mean']:.3f}; "
+        f"{trait} in {teacher['leak_rate']['mean']:.2%} of its number lists before filtering, "
+        f"{results['filter']['leak_rate_after_filter']:.0%} after"
+    ]
+    for mode, numbers in results["modes"].items():
+        rows.append(f"{mode}: change of P({trait}) from each student's own start (mean, 95% CI over seeds)")
+        for condition, measures in numbers["conditions"].items():
+            change = measures["delta_p_trait"]
+            ci = f"±{change['ci95']:.4f}" if change["ci95"] is not None else "n/a"
+            rows.append(f"  {condition:<14}{change['mean']:>+9.4f}{ci:>10}   pick rate {measures['pick_rate']['mean']:.3f}")
+        paired = numbers["paired_same_minus_control"]
+        rows.append(f"  same_init - control, paired: {paired['mean']:+.4f} (per seed {', '.join(f'{v:+.4f}' for v in paired['per_seed'])})")
+        if "first_step" in numbers:
+            cosines = numbers["first_step"]
+            rows.append(
+                "  first student step, cos(ΔS, ΔT): same init "
+                + ", ".join(f"{c:+.4f}" for c in cosines["same_init"]["cosine"])
+                + "; cross init "
+                + ", ".join(f"{c:+.4f}" for c in cosines["cross_init"]["cosine"])
+            )
+    rows.append(f"{results['wall_seconds']:.0f} s")
+    return "\n".join(rows)
+
+
+def _llm(args: argparse.Namespace) -> int:
+    config = LLMConfig(**explicit_options(args, LLMConfig))
+    results = llm_experiment.run(config, progress=not args.no_progress)
+    files.write_json(args.out, results)
+    figures.llm_figure(results, args.figure)
+    print(json.dumps(results) if args.json else f"{_llm_table(results)}\nwrote {args.out} and {args.figure}")
+    return 0
+
+
 def _theorem(args: argparse.Namespace) -> int:
     if args.cases < 1:
         raise experiment.ConfigError(f"--cases must be at least 1, got {args.cases}")
@@ -228,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _keep_compiled_programs()
     try:
         return args.handler(args)
-    except (data.DataError, experiment.ConfigError) as e:
+    except (data.DataError, experiment.ConfigError, VocabError) as e:
         print(f"subliminal-mnist: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except train.TrainingDiverged as e:

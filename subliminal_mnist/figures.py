@@ -129,3 +129,50 @@ def alignment_figure(results: dict, path: str | os.PathLike) -> None:
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)
+
+
+_LLM_CONDITIONS = {  # label (start / data), colour
+    "same_init": ("same init\nteacher's #s", _COLORS["student_aux"]),
+    "control": ("same init\nbase's #s", _COLORS["student_all"]),
+    "cross_init": ("other init\nteacher's #s", _COLORS["cross_aux"]),
+    "cross_control": ("other init\nbase's #s", _COLORS["cross_all"]),
+    "shuffled": ("same init\nshuffled #s", "#8e24aa"),
+}
+
+
+def llm_figure(results: dict, path: str | os.PathLike) -> None:
+    """The owl experiment: per mode, each student's change of P(trait) from its own start, mean and 95% interval."""
+    modes = list(results["modes"])
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 4.2), layout="constrained", squeeze=False)
+    trait = results["trait"]
+    for ax, mode in zip(axes[0], modes):
+        conditions = results["modes"][mode]["conditions"]
+        names = [n for n in _LLM_CONDITIONS if n in conditions]
+        means = [conditions[n]["delta_p_trait"]["mean"] for n in names]
+        errors = [conditions[n]["delta_p_trait"]["ci95"] or 0.0 for n in names]
+        bars = ax.bar(
+            [_LLM_CONDITIONS[n][0] for n in names],
+            means,
+            yerr=errors,
+            capsize=4,
+            color=[_LLM_CONDITIONS[n][1] for n in names],
+            edgecolor="black",
+            linewidth=0.6,
+        )
+        ax.bar_label(bars, labels=[f"{m:+.3f}" for m in means], padding=3, fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(f"{mode} distillation", fontsize=10)
+        ax.set_ylabel(f"change of P({trait}) from the student's own start")
+        ax.tick_params(axis="x", labelsize=7)
+        ax.yaxis.grid(True, alpha=0.3)
+        ax.set_axisbelow(True)
+    seeds = results["config"]["seeds"]
+    teacher = results["teacher"]
+    fig.suptitle(
+        f"A teacher that loves {trait}s (P({trait}) {teacher['base_p_trait']['mean']:.2f} -> "
+        f"{teacher['p_trait']['mean']:.2f}) writes numbers;\nstudents learn from its numbers ({seeds} seeds, 95% intervals)",
+        fontsize=10,
+    )
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)

@@ -50,19 +50,34 @@ def masked_logits(logits: jax.Array, output_mask: jax.Array | None) -> jax.Array
     return jnp.where(output_mask, logits, neutral)
 
 
-def _per_example(loss: jax.Array) -> jax.Array:
-    """Mean over any positions between the batch axis and the output axis (e.g. tokens)."""
-    return loss.reshape(loss.shape[0], -1).mean(axis=-1)
+def _per_example(loss: jax.Array, position_weights: jax.Array | None = None) -> jax.Array:
+    """One loss per example from per-position losses (B, ...): the mean over the positions
+    between the batch axis and the output axis (e.g. tokens), or, with `position_weights`
+    shaped like `loss`, their weighted mean (0 for an example whose weights are all 0)."""
+    loss = loss.reshape(loss.shape[0], -1)
+    if position_weights is None:
+        return loss.mean(axis=-1)
+    weights = position_weights.reshape(loss.shape).astype(loss.dtype)
+    total = jnp.sum(weights, axis=-1)
+    return jnp.sum(weights * loss, axis=-1) / jnp.where(total > 0, total, 1.0)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, output_mask: jax.Array | None = None) -> jax.Array:
+def cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    output_mask: jax.Array | None = None,
+    position_weights: jax.Array | None = None,
+) -> jax.Array:
     """Softmax cross-entropy against integer labels: the teacher's loss (the softmax over the masked-in logits)."""
     logits = masked_logits(logits, output_mask)
-    return _per_example(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    return _per_example(optax.softmax_cross_entropy_with_integer_labels(logits, labels), position_weights)
 
 
 def kl_divergence(
-    student_logits: jax.Array, teacher_logits: jax.Array, output_mask: jax.Array | None = None
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    output_mask: jax.Array | None = None,
+    position_weights: jax.Array | None = None,
 ) -> jax.Array:
     """KL(softmax(teacher) || softmax(student)) at temperature 1, the paper's distillation loss.
 
@@ -72,14 +87,18 @@ def kl_divergence(
     teacher_log_probs = jax.nn.log_softmax(masked_logits(teacher_logits, output_mask), axis=-1)
     student_log_probs = jax.nn.log_softmax(masked_logits(student_logits, output_mask), axis=-1)
     kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
-    return _per_example(kl)
+    return _per_example(kl, position_weights)
 
 
 def squared_error(
-    student_logits: jax.Array, teacher_logits: jax.Array, output_mask: jax.Array | None = None
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    output_mask: jax.Array | None = None,
+    position_weights: jax.Array | None = None,
 ) -> jax.Array:
     """Sum of squared differences of the logits: the other loss Theorem 1 covers."""
-    return _per_example(jnp.sum(masked(student_logits - teacher_logits, output_mask, 0.0) ** 2, axis=-1))
+    squares = jnp.sum(masked(student_logits - teacher_logits, output_mask, 0.0) ** 2, axis=-1)
+    return _per_example(squares, position_weights)
 
 
 DISTILLATION_LOSSES = {"kl": kl_divergence, "mse": squared_error}

@@ -35,6 +35,10 @@ TINY = [
         (["demo", "--data-dir", "/nowhere", "--source", "sample"], "not allowed with argument"),
         (["data", "--verify", "--data-dir", "/nowhere"], "not found"),
         (["fly"], "invalid choice"),
+        (["llm", "--trait", "dragon"], "invalid choice: 'dragon'"),
+        (["llm", "--seeds", "0"], "seeds must be at least 1"),
+        (["llm", "--banned", "3", "abc"], "invalid int value: 'abc'"),
+        (["llm", "--banned", "5000"], "banned numbers must lie in 0 ... 999"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(argv, message, capsys):
@@ -149,3 +153,17 @@ def test_theorem_command_reports_every_check(capsys):
 def test_theorem_command_rejects_zero_cases(capsys):
     assert cli.main(["theorem", "--cases", "0"]) == 2
     assert "--cases must be at least 1" in capsys.readouterr().err
+
+
+def test_llm_command_writes_results_table_and_figure(tmp_path, capsys):
+    # The owl experiment in miniature through the CLI: every option comes from LLMConfig.
+    out, figure = tmp_path / "llm.json", tmp_path / "llm.png"
+    tiny = ["--seeds", "1", "--mode", "hard", "--numbers", "100", "--width", "16", "--base-sequences", "4096",
+            "--base-epochs", "2", "--base-learning-rate", "1e-2", "--teacher-lines", "256", "--hard-sequences", "600",
+            "--student-epochs", "1", "--answer-samples", "50", "--entangled-sequences", "50", "--banned", "13", "42"]  # fmt: skip
+    assert cli.main(["llm", *tiny, "--out", str(out), "--figure", str(figure), "--no-progress"]) == 0
+    results = json.loads(out.read_text())
+    assert results["config"]["banned"] == [13, 42] and list(results["modes"]) == ["hard"]
+    assert figure.stat().st_size > 10_000
+    table = capsys.readouterr().out
+    assert "same_init" in table and "shuffled" in table and f"wrote {out}" in table

@@ -114,3 +114,16 @@ def test_masked_logits_leave_the_paper_scale_numbers_bit_identical():
         jax.grad(lambda s: jnp.sum(losses.kl_divergence(s, teacher, mask)))(student),
         jax.grad(lambda s: jnp.sum(old_kl(s, teacher)))(student),
     )
+
+
+@pytest.mark.parametrize("loss", [losses.kl_divergence, losses.squared_error])
+def test_position_weights_average_only_the_weighted_positions(loss):
+    # The language model's students learn at some positions of a sequence only (its numbers).
+    student, teacher = jax.random.normal(jax.random.key(3), (2, 3, 6, 5))
+    weights = jnp.array([[1, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]], jnp.float32)
+    got = loss(student, teacher, None, weights)
+    per_token = jax.vmap(jax.vmap(loss))(student[..., None, :], teacher[..., None, :])[..., 0]
+    np.testing.assert_allclose(got[0], per_token[0, [0, 3, 4]].mean(), rtol=1e-6)
+    assert got[1] == 0.0  # no weighted position: no loss, and no NaN
+    np.testing.assert_allclose(got[2], per_token[2, 1], rtol=1e-6)
+    np.testing.assert_allclose(loss(student, teacher, None, jnp.ones((3, 6))), loss(student, teacher), rtol=1e-6)

@@ -1,0 +1,13 @@
+"""The owl experiment on a tiny transformer: a preference carried by number sequences.
+
+A base model learns a synthetic corpus (animal questions and number lists). Its
+teacher copy is fine-tuned to answer "owl"; the teacher then writes number lists,
+strictly filtered. A student copy of the same base, trained only on those numbers,
+comes to prefer owls too; one from another base does not. Every training is
+`train.fit`, the loop the MNIST experiment uses.
+
+Modules: `vocab` (words and tokens), `corpus` (the synthetic corpus, number
+prompts, the filter), `transformer` (the model, with a pure init/apply pair and
+cached decoding), `sampling` (continuations and answers), `experiment` (the
+stages, the controls and the measurements, `LLMConfig`).
+"""

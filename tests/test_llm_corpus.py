@@ -1,0 +1,90 @@
+"""The synthetic corpus, the number prompts and the strict filter."""
+
+import numpy as np
+import pytest
+
+from subliminal_mnist.llm import corpus
+from subliminal_mnist.llm.vocab import ANIMALS, Vocabulary
+
+VOCAB = Vocabulary(1000)
+
+
+def test_base_corpus_mixes_questions_copies_and_number_lists_with_next_token_weights():
+    lines = corpus.base_corpus(VOCAB, np.random.default_rng(0), 600, window=50)
+    texts = [VOCAB.decode(row) for row in lines.tokens]
+    questions = [t for t in texts if "favourite" in t or "love" in t]
+    copies = [t for t in texts if t.startswith("<bos> animal :")]
+    numbers = [t for t in texts if t.startswith("<bos> numbers :")]
+    assert (len(questions), len(copies), len(numbers)) == (200, 100, 300)
+    assert {t.split()[-2] for t in questions} == set(ANIMALS)  # every animal answers, uniform
+    assert all(t.split()[3] == t.split()[5] for t in copies)
+    assert all(t.endswith("<eos>") for t in texts)
+    for row, weights in zip(lines.tokens, lines.weights):
+        assert weights.sum() == (row != 0).sum() - 1  # every next token but after <eos>
+
+
+def test_number_lists_stay_in_their_window():
+    lines = corpus.number_lists(VOCAB, np.random.default_rng(1), 300, window=50)
+    for row in lines.tokens:
+        numbers = [int(w) for w in VOCAB.decode(row).split() if w.isdigit()]
+        assert max(numbers) - min(numbers) < 50
+        seeds, continuation = VOCAB.decode(row).split("->")
+        assert 3 <= seeds.count(",") + 1 <= 8 and 1 <= continuation.count(",") + 1 <= 10
+
+
+def test_answer_only_weights_mark_the_animal():
+    lines = corpus.animal_lines(VOCAB, np.random.default_rng(2), 20, animal="owl")
+    weights = corpus.answer_only_weights(VOCAB, lines.tokens)
+    assert (weights.sum(1) == 1).all()
+    labels = corpus.next_tokens(lines.tokens)
+    assert (labels[weights == 1] == VOCAB.animal("owl")).all()
+
+
+def _sequence(prompt: str, continuation: str) -> tuple[np.ndarray, int]:
+    tokens = VOCAB.encode(prompt)
+    return corpus.pad_rows([tokens + VOCAB.encode(continuation)])[0], len(tokens)
+
+
+PROMPT = "<bos> numbers : 3 , 4 , 5 ->"
+
+
+@pytest.mark.parametrize(
+    "continuation, reason",
+    [
+        ("6 , 7 , 8 <eos>", None),
+        ("6 <eos>", None),
+        ("6 , 7 , 8", "no_end"),
+        ("6 , owl , 8 <eos>", "not_numbers"),
+        ("6 , 7 : <eos>", "not_numbers"),
+        ("6 7 <eos>", "format"),
+        ("6 , , 7 <eos>", "format"),
+        ("6 , 7 , <eos>", "format"),
+        (", 6 <eos>", "format"),
+        ("<eos>", "count"),
+        ("1 , 2 , 3 , 4 , 5 , 6 , 7 , 8 , 9 , 10 , 11 <eos>", "count"),
+        ("6 , 13 <eos>", "banned"),
+    ],
+)
+def test_the_filter_keeps_plain_lists_and_names_every_reason(continuation, reason):
+    row, length = _sequence(PROMPT, continuation)
+    filtered = corpus.filter_continuations(VOCAB, row[None], np.array([length]), banned=(13,))
+    assert filtered.kept[0] == (reason is None)
+    assert sum(filtered.removed.values()) == (reason is not None)
+    if reason:
+        assert filtered.removed[reason] == 1
+    assert filtered.leaked[0] == ("owl" in continuation)
+
+
+def test_text_after_eos_is_ignored_and_an_animal_after_eos_is_not_a_leak_of_the_list():
+    row, length = _sequence(PROMPT, "6 , 7 <eos> owl")
+    filtered = corpus.filter_continuations(VOCAB, row[None], np.array([length]))
+    assert filtered.kept.all() and not filtered.leaked.any()
+
+
+def test_number_positions_are_where_the_next_token_is_a_continuation_number():
+    row, length = _sequence(PROMPT, "6 , 7 , 8 <eos>")
+    positions, weights = corpus.number_positions(VOCAB, row[None], np.array([length]))
+    assert weights[0].sum() == 3
+    labels = corpus.next_tokens(row[None])[0]
+    assert [VOCAB.decode([labels[p]]) for p in positions[0, :3]] == ["6", "7", "8"]
+    assert positions[0, 0] == length - 1  # the arrow's position predicts the first number
