@@ -159,7 +159,11 @@ def llm_figure(results: dict, path: str | os.PathLike) -> None:
             edgecolor="black",
             linewidth=0.6,
         )
-        ax.bar_label(bars, labels=[f"{m:+.3f}" for m in means], padding=3, fontsize=8)
+        for bar, mean, error in zip(bars, means, errors):  # above the interval, not on it
+            top = mean + error if mean >= 0 else mean - error
+            ax.annotate(f"{mean:+.3f}", (bar.get_x() + bar.get_width() / 2, top), xytext=(0, 3 if mean >= 0 else -3),
+                        textcoords="offset points", ha="center", va="bottom" if mean >= 0 else "top", fontsize=8)  # fmt: skip
+        ax.margins(y=0.12)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_title(f"{mode} distillation", fontsize=10)
         ax.set_ylabel(f"change of P({trait}) from the student's own start")

@@ -58,6 +58,8 @@ def test_hard_students_learn_the_continuation_only():
     inputs, targets = llm.hard_targets(row, length)
     learnt = np.asarray(targets["next"])[np.asarray(targets["weights"]) == 1]
     assert vocab.decode(learnt) == "6 , 7 <eos>"
+    positions = np.asarray(inputs)[0, corpus.MAX_LEN :][np.asarray(targets["weights"])[0] == 1]
+    np.testing.assert_array_equal(row[0, positions], vocab.encode("-> 6 , 7"))  # each predicts the next
 
 
 def test_a_frozen_teacher_moves_only_its_blocks():

@@ -297,11 +297,19 @@ def soft_targets(config: LLMConfig, target_model, tokens: np.ndarray, lengths: n
 
 
 def hard_targets(tokens: np.ndarray, lengths: np.ndarray) -> tuple[jax.Array, dict]:
-    """Inputs (n, MAX_LEN) and targets of hard students: next-token training on the continuation
-    (its numbers, commas and <eos>), not on the prompt."""
-    continuation = np.arange(tokens.shape[1]) >= (lengths[:, None] - 1)
-    weights = (continuation & (corpus.next_tokens(tokens) != 0)).astype(np.float32)
-    return jnp.asarray(tokens), {"next": jnp.asarray(corpus.next_tokens(tokens)), "weights": jnp.asarray(weights)}
+    """Inputs (n, MAX_LEN + P) and targets of hard students: next-token training on the
+    continuation (its numbers, commas and <eos>), not on the prompt. Only those P positions
+    are unembedded (`AtPositions`): the output layer is most of a tiny model's compute."""
+    positions = np.zeros((len(tokens), sampling.MAX_NEW_TOKENS), np.int32)
+    weights = np.zeros((len(tokens), sampling.MAX_NEW_TOKENS), np.float32)
+    labels = corpus.next_tokens(tokens)
+    for i, (row, length) in enumerate(zip(labels, lengths)):
+        learnt = [t for t in range(length - 1, len(row)) if row[t] != 0][: sampling.MAX_NEW_TOKENS]
+        positions[i, : len(learnt)] = learnt
+        weights[i, : len(learnt)] = 1.0
+    inputs = jnp.asarray(np.concatenate([tokens, positions], axis=1))
+    next_at = np.take_along_axis(labels, positions, axis=1)
+    return inputs, {"next": jnp.asarray(next_at), "weights": jnp.asarray(weights)}
 
 
 def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_id: int, progress: train.Progress):
@@ -312,7 +320,7 @@ def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_
         objective = train.Objective(AtPositions(arch), number_kl_loss, vocab.number_mask())
         batch_size = config.student_batch_size
     else:
-        objective = train.Objective(arch, next_token_loss)
+        objective = train.Objective(AtPositions(arch), next_token_loss)
         batch_size = config.hard_batch_size
     trained = {}
     for data_name, members in GROUPS:
