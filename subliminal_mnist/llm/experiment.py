@@ -61,7 +61,7 @@ class LLMConfig:
     width: int = config_field(32, "transformer width")
     depth: int = config_field(2, "transformer blocks")
     heads: int = config_field(2, "attention heads")
-    base_sequences: int = config_field(32768, "corpus lines of a base model (half animal, half numbers)")
+    base_sequences: int = config_field(32768, "corpus lines of a base model (half number lists, half animal questions and copies)")
     base_epochs: int = config_field(4, "base model epochs over its corpus")
     base_batch_size: int = config_field(128, "base model minibatch")
     base_learning_rate: float = config_field(3e-3, "base model Adam learning rate")
