@@ -53,7 +53,8 @@ def entangled_numbers(
     positive = np.clip(rise, 0, None).sum()
     return {
         "top": [{"number": int(n), "rise": float(rise[n]), "cosine_with_trait": float(cosine[n])} for n in order],
-        "correlation_rise_cosine": float(np.corrcoef(rise, cosine)[0, 1]),
+        # Undefined (NaN) when the teacher changes no number's probability.
+        "correlation_rise_cosine": float(np.corrcoef(rise, cosine)[0, 1]) if np.std(rise) > 0 else float("nan"),
         "top_share_of_rise": float(np.clip(rise[order], 0, None).sum() / positive) if positive > 0 else 0.0,
     }
 
