@@ -32,6 +32,7 @@ TINY = dict(
         (dict(banned=(3, 1000)), r"banned numbers must lie in 0 ... 999, got 1000"),
         (dict(teacher_learning_rate=float("nan")), "teacher_learning_rate must be a positive number"),
         (dict(student_epochs=-1), "student_epochs must not be negative"),
+        (dict(workers=0), "workers must be at least 1"),
     ],
 )
 def test_bad_settings_are_one_line_errors(bad, message):
@@ -75,10 +76,13 @@ def test_a_frozen_teacher_moves_only_its_blocks():
         assert changed == (not any(frozen in name for frozen in llm.EMBEDDINGS)), name
 
 
-def test_bases_are_deterministic_per_seed_and_differ_between_seeds():
+def test_bases_are_deterministic_per_seed_whatever_the_threads_and_differ_between_seeds():
     config = llm.LLMConfig(**{**TINY, "base_sequences": 256, "base_epochs": 1})
-    first, second = (llm.train_bases(config, [0, 1], train.Progress(2, "", False)) for _ in range(2))
-    jax.tree.map(np.testing.assert_array_equal, first[0], second[0])
+    first, second = (
+        llm.train_bases(dataclasses.replace(config, workers=workers), [0, 1], train.Progress(2, "", False))
+        for workers in (1, 2)
+    )
+    jax.tree.map(np.testing.assert_array_equal, first, second)
     assert not np.allclose(jax.tree.leaves(first[0])[0], jax.tree.leaves(first[1])[0])
 
 
