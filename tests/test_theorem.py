@@ -103,7 +103,8 @@ def test_a_masked_single_logit_softmax_has_no_student_direction_at_any_logit_sca
         prediction = theorem.first_order_prediction(
             as_64(params), as_64(teacher), apply_fn, as_64(inputs), 1.0, "kl", mask
         )
-    np.testing.assert_array_equal(delta_s["w"], 0.0)
+        delta_s, prediction = np.asarray(delta_s["w"]), float(prediction)
+    np.testing.assert_array_equal(delta_s, 0.0)
     assert prediction == 0.0
 
 
@@ -132,8 +133,9 @@ def test_the_exact_identity_equals_the_dot_product_at_every_epsilon_and_init(los
         inputs = jax.random.uniform(keys[2], (16, 6), jnp.float64, -1.0, 1.0)
         trait_loss = lambda p: jnp.sum(_tiny_apply(p, inputs[:4])[:, 0] ** 2)  # noqa: E731
         report = theorem.alignment_report(params, trait_loss, _tiny_apply, inputs, epsilon, 0.0, loss, None, student)
-    assert np.isfinite(report.dot) and report.dot != 0.0
-    np.testing.assert_allclose(report.identity, report.dot, rtol=1e-12)
+        dot, identity = float(report.dot), float(report.identity)
+    assert np.isfinite(dot) and dot != 0.0
+    np.testing.assert_allclose(identity, dot, rtol=1e-12)
 
 
 def test_prediction_is_the_first_order_of_the_dot_product():
