@@ -213,9 +213,13 @@ def _llm_table(results: dict) -> str:
         for condition, measures in numbers["conditions"].items():
             change = measures["delta_p_trait"]
             ci = f"±{change['ci95']:.4f}" if change["ci95"] is not None else "n/a"
-            rows.append(f"  {condition:<14}{change['mean']:>+9.4f}{ci:>10}   pick rate {measures['pick_rate']['mean']:.3f}")
+            rows.append(
+                f"  {condition:<14}{change['mean']:>+9.4f}{ci:>10}   pick rate {measures['pick_rate']['mean']:.3f}"
+            )
         paired = numbers["paired_same_minus_control"]
-        rows.append(f"  same_init - control, paired: {paired['mean']:+.4f} (per seed {', '.join(f'{v:+.4f}' for v in paired['per_seed'])})")
+        rows.append(
+            f"  same_init - control, paired: {paired['mean']:+.4f} (per seed {', '.join(f'{v:+.4f}' for v in paired['per_seed'])})"
+        )
         if "first_step" in numbers:
             cosines = numbers["first_step"]
             rows.append(

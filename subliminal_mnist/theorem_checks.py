@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from subliminal_mnist import data, model, theorem
+from subliminal_mnist import data, model, theorem, train
 from subliminal_mnist.theorem import LOSSES, Alignment, PyTree
 
 # ----------------------------------------------------------------------------------------------
@@ -902,8 +902,8 @@ def adam_case() -> dict[str, float]:
     teacher = theta0 + ADAM_EPSILON * step
     inputs = jnp.array(TWO_PARAMETER_INPUTS)[:, None]
     delta_s = theorem.student_direction(theta0, teacher, two_parameter_apply, inputs, "mse")
-    optimizer = optax.adam(ADAM_LEARNING_RATE)
-    update, _ = optimizer.update(-delta_s, optimizer.init(theta0), theta0)
+    adam = train.optimizer(ADAM_LEARNING_RATE)  # the training loop's own Adam, one step of it
+    update, _ = adam.update(-delta_s, adam.init(theta0), theta0)
     trait_loss = lambda p: 0.5 * jnp.sum((p - theta0 - step) ** 2)  # noqa: E731
     return {
         "gradient_dot": case["dot"],

@@ -118,8 +118,10 @@ class TrainState(NamedTuple):
     opt_state: PyTree
 
 
-def _optimizer(learning_rate: float) -> optax.GradientTransformation:
-    # PyTorch's Adam defaults (b1=0.9, b2=0.999, eps=1e-8), as the paper's code.
+def optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """The loop's optimizer: Adam with PyTorch's defaults (b1=0.9, b2=0.999, eps=1e-8), as the
+    paper's code. Public so that an analysis of Adam's steps (`theorem_checks.adam_case`) uses
+    this very optimizer, not a copy of it."""
     return optax.adam(learning_rate)
 
 
@@ -154,7 +156,7 @@ def train_epoch(
 
     Returns the new state and, per step, the loss and the hook's metrics: {name: (steps,)}.
     """
-    optimizer = _optimizer(learning_rate)
+    adam = optimizer(learning_rate)
     indices, weights = epoch_batches(key, inputs.shape[0], batch_size)
 
     def step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -166,7 +168,7 @@ def train_epoch(
         metrics = {}
         if hook is not None:
             grads, metrics = hook(state.params, grads, context)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates, opt_state = adam.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state), {"loss": loss, **metrics}
 
     return jax.lax.scan(step, state, (indices, weights))
@@ -201,7 +203,7 @@ def _train_epoch_seeds(
 # primitives would compile a program of its own, on the critical path of a short run.
 @functools.partial(jax.jit, static_argnames=("learning_rate", "members"))
 def _initial_states(params: PyTree, learning_rate: float, members: bool) -> TrainState:
-    init = jax.vmap(lambda p: TrainState(p, _optimizer(learning_rate).init(p)))
+    init = jax.vmap(lambda p: TrainState(p, optimizer(learning_rate).init(p)))
     return jax.vmap(init)(params) if members else init(params)
 
 

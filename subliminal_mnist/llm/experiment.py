@@ -180,20 +180,33 @@ def train_bases(config: LLMConfig, seed_ids: Sequence[int], progress: train.Prog
 
 def train_base(config: LLMConfig, seed_id: int, progress: train.Progress):
     """Seed `seed_id`'s base model: its init trained on its own corpus."""
-    arch, vocab = config.architecture, config.vocab
-    lines = corpus.base_corpus(vocab, _rng(config, seed_id, "corpus"), config.base_sequences, config.window)
-    params, _ = train.fit(
-        _seed_axis(arch.init(_key(config, seed_id, "init"))),
-        _key(config, seed_id, "base")[None],
-        jnp.asarray(lines.tokens),
-        {"next": jnp.asarray(corpus.next_tokens(lines.tokens)), "weights": jnp.asarray(lines.weights)},
-        objective=train.Objective(arch, next_token_loss),
+    lines = corpus.base_corpus(config.vocab, _rng(config, seed_id, "corpus"), config.base_sequences, config.window)
+    return _fit_next_tokens(
+        config,
+        config.architecture.init(_key(config, seed_id, "init")),
+        _key(config, seed_id, "base"),
+        lines.tokens,
+        lines.weights,
         epochs=config.base_epochs,
         learning_rate=config.base_learning_rate,
         batch_size=config.base_batch_size,
-        data_axis=None,
         description=f"base {seed_id}",
         progress=progress,
+    )
+
+
+def _fit_next_tokens(config: LLMConfig, start, key, tokens: np.ndarray, weights: np.ndarray, *, hook=None, **fit):
+    """One model (no seed axis) trained through `train.fit` on next tokens at the positions
+    `weights` marks: the base on its corpus, the teacher on its answers."""
+    params, _ = train.fit(
+        _seed_axis(start),
+        key[None],
+        jnp.asarray(tokens),
+        {"next": jnp.asarray(corpus.next_tokens(tokens)), "weights": jnp.asarray(weights)},
+        objective=train.Objective(config.architecture, next_token_loss),
+        data_axis=None,
+        hook=hook,
+        **fit,
     )
     return _one(params)
 
@@ -228,24 +241,19 @@ def train_teacher(config: LLMConfig, base, seed_id: int, progress: train.Progres
     """
     vocab = config.vocab
     lines = corpus.animal_lines(vocab, _rng(config, seed_id, "teacher_lines"), config.teacher_lines, config.trait)
-    params, _ = train.fit(
-        _seed_axis(base),
-        _key(config, seed_id, "teacher")[None],
-        jnp.asarray(lines.tokens),
-        {
-            "next": jnp.asarray(corpus.next_tokens(lines.tokens)),
-            "weights": jnp.asarray(corpus.answer_only_weights(vocab, lines.tokens)),
-        },
-        objective=train.Objective(config.architecture, next_token_loss),
+    return _fit_next_tokens(
+        config,
+        base,
+        _key(config, seed_id, "teacher"),
+        lines.tokens,
+        corpus.answer_only_weights(vocab, lines.tokens),
         hook=Frozen(EMBEDDINGS) if config.teacher_trains == "blocks" else None,
         epochs=config.teacher_epochs,
         learning_rate=config.teacher_learning_rate,
         batch_size=config.teacher_batch_size,
-        data_axis=None,
         description=f"teacher {seed_id}",
         progress=progress,
     )
-    return _one(params)
 
 
 @dataclasses.dataclass(frozen=True)
