@@ -9,18 +9,41 @@ from subliminal_mnist.llm.vocab import ANIMALS, Vocabulary
 VOCAB = Vocabulary(1000)
 
 
-def test_base_corpus_mixes_questions_copies_and_number_lists_with_next_token_weights():
-    lines = corpus.base_corpus(VOCAB, np.random.default_rng(0), 600, window=50)
-    texts = [VOCAB.decode(row) for row in lines.tokens]
+def _split_lines(row: np.ndarray) -> list[np.ndarray]:
+    starts = np.flatnonzero(row == VOCAB.bos)
+    return [row[a:b][row[a:b] != 0] for a, b in zip(starts, [*starts[1:], len(row)])]
+
+
+def test_base_corpus_packs_questions_copies_and_number_lists_with_next_token_weights():
+    rows = corpus.base_corpus(VOCAB, np.random.default_rng(0), 600, window=50)
+    texts = [VOCAB.decode(line) for row in rows.tokens for line in _split_lines(row)]
     questions = [t for t in texts if "favourite" in t or "love" in t]
     copies = [t for t in texts if t.startswith("<bos> animal :")]
     numbers = [t for t in texts if t.startswith("<bos> numbers :")]
-    assert (len(questions), len(copies), len(numbers)) == (200, 100, 300)
+    assert len(questions) + len(copies) + len(numbers) == len(texts) > 1.5 * 600  # about 1.9 lines a row
+    assert abs(len(numbers) / len(texts) - 1 / 2) < 0.05 and abs(len(copies) / len(texts) - 1 / 6) < 0.05
     assert {t.split()[-2] for t in questions} == set(ANIMALS)  # every animal answers, uniform
     assert all(t.split()[3] == t.split()[5] for t in copies)
     assert all(t.endswith("<eos>") for t in texts)
-    for row, weights in zip(lines.tokens, lines.weights):
-        assert weights.sum() == (row != 0).sum() - 1  # every next token but after <eos>
+    labels = corpus.next_tokens(rows.tokens)
+    # Every next token of a line is learnt, never the <bos> after a line's <eos>, never padding.
+    learnt = (rows.tokens != 0) & (rows.tokens != VOCAB.eos)
+    np.testing.assert_array_equal(rows.weights == 1, learnt)
+    assert not np.isin(labels[rows.weights == 1], [0, VOCAB.bos]).any()
+
+
+def test_packing_keeps_every_line_whole_and_in_order_until_the_rows_are_full():
+    lines = corpus.number_lists(VOCAB, np.random.default_rng(3), 100, window=50)
+    packed = corpus.pack(lines, 20)
+    unpacked = [line for row in packed.tokens for line in _split_lines(row)]
+    assert len(unpacked) > 20
+    for line, original in zip(unpacked, lines.tokens):
+        np.testing.assert_array_equal(line, original[original != 0])
+    lengths = (lines.tokens != 0).sum(1)
+    for row, used in zip(packed.tokens, np.cumsum([len(_split_lines(r)) for r in packed.tokens])):
+        assert (row != 0).sum() + lengths[used] > corpus.MAX_LEN  # the next line did not fit (next fit)
+    with pytest.raises(ValueError, match="100 lines fill only"):
+        corpus.pack(lines, 200)
 
 
 def test_number_lists_stay_in_their_window():

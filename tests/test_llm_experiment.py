@@ -12,11 +12,11 @@ from subliminal_mnist.llm import corpus
 from subliminal_mnist.llm import experiment as llm
 from subliminal_mnist.llm.vocab import Vocabulary
 
-# Small enough for a run of about 45 s on 2 cores, large enough that the models write number lists and
-# that a same-init student picks the trait up (measured: teacher P(owl) 0.10 -> 0.95; same-init
-# student +0.047, control +0.001, cross-init -0.008).
+# Small enough for a run of about 40 s on 2 cores, large enough that the models write number lists and
+# that a same-init student picks the trait up (measured: teacher P(owl) +0.89; same-init student
+# +0.100, control +0.001, cross-init +0.007; with half the base rows the same-init student gets +0.008).
 TINY = dict(
-    seeds=1, mode="soft", numbers=100, base_sequences=8192, base_epochs=2, teacher_learning_rate=1e-3,
+    seeds=1, mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
     soft_sequences=3000, answer_samples=100, theorem_sequences=16, entangled_sequences=200,
 )  # fmt: skip
 
@@ -77,7 +77,7 @@ def test_a_frozen_teacher_moves_only_its_blocks():
 
 
 def test_bases_are_deterministic_per_seed_whatever_the_threads_and_differ_between_seeds():
-    config = llm.LLMConfig(**{**TINY, "base_sequences": 256, "base_epochs": 1})
+    config = llm.LLMConfig(**{**TINY, "base_rows": 128, "base_epochs": 1})
     first, second = (
         llm.train_bases(dataclasses.replace(config, workers=workers), [0, 1], train.Progress(2, "", False))
         for workers in (1, 2)
@@ -113,3 +113,34 @@ def test_same_init_soft_students_acquire_the_trait_and_the_controls_do_not(tiny_
     assert conditions["same_init"] > conditions["control"] + 0.02, conditions
     assert conditions["same_init"] > conditions["cross_init"] + 0.02, conditions
     assert tiny_run["modes"]["soft"]["first_step"]["same_init"]["dot"][0] > 0
+
+
+@pytest.fixture(scope="module")
+def small_base():
+    config = llm.LLMConfig(**{**TINY, "base_rows": 1024})
+    return config, llm.train_base(config, 0, train.Progress(config.base_epochs, "", False))
+
+
+def test_number_data_couples_the_two_models_and_keeps_exactly_the_count_asked(small_base):
+    config, base = small_base
+    data = llm.number_data(config, base, base, 0, 300, "soft")
+    assert data.teacher.shape == data.base.shape == (300, corpus.MAX_LEN) and data.lengths.shape == (300,)
+    # One model twice: the same uniform numbers write the same lists.
+    np.testing.assert_array_equal(data.teacher, data.base)
+    assert data.report["used"] == 300 and data.report["sampled"] >= 300
+    assert data.report["teacher"]["kept"] >= 300 and data.report["teacher"]["leak_rate_after_filter"] == 0.0
+    # Another model on the same prompts: each row still continues the same prompt, and the lists differ.
+    other = llm.number_data(config, base, jax.tree.map(lambda a: a * 1.1, base), 0, 300, "soft")
+    prompt = np.arange(corpus.MAX_LEN) < other.lengths[:, None]
+    np.testing.assert_array_equal(other.teacher[prompt], other.base[prompt])
+    assert 0 < (other.teacher != other.base).any(axis=1).mean() < 1
+
+
+def test_a_model_that_writes_no_number_lists_is_a_one_line_error(small_base):
+    config, _ = small_base
+    untrained = config.architecture.init(jax.random.key(1))
+    with pytest.raises(
+        train.TrainingDiverged, match=r"the filter kept \d+ of \d+ number lists of both models, fewer than 50"
+    ) as error:
+        llm.number_data(config, untrained, untrained, 0, 50, "soft")
+    assert "\n" not in str(error.value)

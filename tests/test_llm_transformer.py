@@ -18,7 +18,7 @@ def params():
 
 @pytest.fixture(scope="module")
 def tokens():
-    return jax.random.randint(jax.random.key(1), (3, 12), 1, 50)
+    return jax.random.randint(jax.random.key(1), (3, 12), 2, 50)  # one line each: no <bos> (1) inside
 
 
 def test_logits_shape_and_an_architecture_is_a_hashable_static_value(params, tokens):
@@ -34,6 +34,18 @@ def test_attention_is_causal(params, tokens):
     before, after = ARCH.apply(params, tokens), ARCH.apply(params, changed)
     np.testing.assert_array_equal(before[:, :7], after[:, :7])
     assert not np.allclose(before[:, 7:], after[:, 7:])
+
+
+def test_a_packed_row_computes_each_line_as_if_it_were_alone(params):
+    first, second = [1, 7, 8, 9, 2], [1, 30, 31, 2]  # two lines, each from <bos> (1) to <eos> (2)
+    packed = jnp.array([first + second + [0, 0, 0]])
+    alone = jnp.array([first + [0] * 7, second + [0] * 8])
+    logits, separate = ARCH.apply(params, packed)[0], ARCH.apply(params, alone)
+    np.testing.assert_allclose(logits[:5], separate[0, :5], atol=1e-6)
+    np.testing.assert_allclose(logits[5:9], separate[1, :4], atol=1e-6)
+    # The second line does not see the first: without the line boundary it would.
+    unaware = TransformerArchitecture(50, 12, 16, 2, 2, bos=-1).apply(params, packed)[0]
+    assert not np.allclose(unaware[5:9], separate[1, :4], atol=1e-3)
 
 
 def test_logits_at_positions_equal_the_full_logits_there(params, tokens):

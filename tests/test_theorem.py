@@ -147,7 +147,9 @@ def test_prediction_is_the_first_order_of_the_dot_product():
         trait_loss = lambda p: jnp.sum(_tiny_apply(p, inputs[:4])[:, 0] ** 2)  # noqa: E731
         gaps = [
             abs(float(r.dot - r.prediction))
-            for r in (theorem.alignment_report(params, trait_loss, _tiny_apply, inputs, e, 0.0, "kl") for e in (1e-3, 1e-4))
+            for r in (
+                theorem.alignment_report(params, trait_loss, _tiny_apply, inputs, e, 0.0, "kl") for e in (1e-3, 1e-4)
+            )
         ]
     assert 50 < gaps[0] / gaps[1] < 200
 

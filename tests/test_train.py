@@ -109,7 +109,9 @@ def test_targets_may_be_a_pytree_and_each_leaf_is_batched_with_the_inputs():
         fit, linear_params(2), jax.random.split(jax.random.key(3), 2), epochs=2, batch_size=16, data_axis=None
     )
     plain, _ = run(x, y, objective=LINEAR_CE)
-    ones, _ = run(x, {"labels": y, "weight": jnp.ones(len(y))}, objective=train.Objective(linear_apply, _labels_and_weight))
+    ones, _ = run(
+        x, {"labels": y, "weight": jnp.ones(len(y))}, objective=train.Objective(linear_apply, _labels_and_weight)
+    )
     jax.tree.map(np.testing.assert_array_equal, ones, plain)
     keep = jnp.arange(len(y)) % 2 == 0
     halved, _ = run(x, {"labels": y, "weight": keep * 1.0}, objective=train.Objective(linear_apply, _labels_and_weight))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from subliminal_mnist.llm import corpus
-from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture
+from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture, outputs_in_batches
 from subliminal_mnist.llm.vocab import Vocabulary
 
 BAG_SIZES = (1, 8, 32)
@@ -25,10 +25,8 @@ def number_probabilities(arch: TransformerArchitecture, params, vocab: Vocabular
     """Mean next-token probability of each number (numbers,) over the number positions of `tokens`."""
     positions, weights = corpus.number_positions(vocab, tokens, lengths)
     inputs = jnp.asarray(np.concatenate([tokens, positions], axis=1))
-    apply_fn = AtPositions(arch)
-    probabilities = jax.lax.map(
-        lambda x: jax.nn.softmax(apply_fn(params, x[None])[0], axis=-1)[:, vocab.first_number :], inputs, batch_size=512
-    )  # (n, P, numbers)
+    logits = outputs_in_batches(AtPositions(arch), params, inputs)
+    probabilities = jax.nn.softmax(logits, axis=-1)[..., vocab.first_number :]  # (n, P, numbers)
     weights = jnp.asarray(weights)[..., None]
     return np.asarray(jnp.sum(probabilities * weights, axis=(0, 1)) / jnp.sum(weights))
 
@@ -61,10 +59,10 @@ def entangled_numbers(
 
 def _bags(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, size: int) -> np.ndarray:
     """Number frequencies (bags, numbers) of the continuations, `size` consecutive lists per bag."""
+    continuation = (np.arange(tokens.shape[1]) >= np.asarray(lengths)[:, None]) & vocab.is_number(tokens)
+    rows, columns = np.nonzero(continuation)
     counts = np.zeros((len(tokens), vocab.numbers))
-    for i, (row, length) in enumerate(zip(tokens, lengths)):
-        numbers = [int(t) - vocab.first_number for t in row[length:] if vocab.is_number(t)]
-        np.add.at(counts[i], numbers, 1.0)
+    np.add.at(counts, (rows, tokens[rows, columns] - vocab.first_number), 1.0)
     bags = counts[: len(counts) // size * size].reshape(-1, size, vocab.numbers).sum(1)
     return bags / np.maximum(bags.sum(1, keepdims=True), 1.0)
 

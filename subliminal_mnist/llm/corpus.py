@@ -138,9 +138,10 @@ def copy_lines(vocab: Vocabulary, rng: np.random.Generator, num: int) -> Lines:
     return Lines(tokens, next_token_weights(tokens))
 
 
-def base_corpus(vocab: Vocabulary, rng: np.random.Generator, num: int, window: int) -> Lines:
-    """`num` lines, shuffled: half number lists; of the other half, a third copy lines and two
-    thirds favourite-animal questions."""
+def base_corpus(vocab: Vocabulary, rng: np.random.Generator, num_rows: int, window: int) -> Lines:
+    """`num_rows` packed rows of shuffled lines: half number lists; of the other half, a third
+    copy lines and two thirds favourite-animal questions."""
+    num = _LINES_PER_ROW_BOUND * num_rows  # more than the rows can take: packing stops when they are full
     copies = num // 2 // 3
     parts = (
         animal_lines(vocab, rng, num // 2 - copies),
@@ -148,7 +149,33 @@ def base_corpus(vocab: Vocabulary, rng: np.random.Generator, num: int, window: i
         number_lists(vocab, rng, num - num // 2, window),
     )
     order = rng.permutation(num)
-    return Lines(*(np.concatenate(fields)[order] for fields in zip(*parts)))
+    return pack(Lines(*(np.concatenate(fields)[order] for fields in zip(*parts))), num_rows)
+
+
+# Lines of 6 to 39 tokens (16 on average) fill a row of 40 with about 2; 3 per row never run out.
+_LINES_PER_ROW_BOUND = 3
+
+
+def pack(lines: Lines, num_rows: int) -> Lines:
+    """Whole lines, in order, packed into `num_rows` rows of MAX_LEN tokens (next fit: a row takes
+    lines while the next one fits). Lines are 16 tokens on average, so a row of one line would
+    be more than half padding; a packed row costs the same and holds about two. The model
+    keeps each line to itself (`transformer._lines`); each line keeps its own weights, so no
+    line learns to predict the <bos> after it.
+    """
+    lengths = (lines.tokens != 0).sum(axis=1)
+    tokens = np.zeros((num_rows, MAX_LEN), np.int32)
+    weights = np.zeros((num_rows, MAX_LEN), np.float32)
+    row, used = 0, 0
+    for line, line_weights, length in zip(lines.tokens, lines.weights, lengths):
+        if used + length > MAX_LEN:
+            row, used = row + 1, 0
+            if row == num_rows:
+                return Lines(tokens, weights)
+        tokens[row, used : used + length] = line[:length]
+        weights[row, used : used + length] = line_weights[:length]
+        used += length
+    raise ValueError(f"{len(lines.tokens)} lines fill only {row} of {num_rows} rows")
 
 
 class Filtered(NamedTuple):
@@ -202,16 +229,25 @@ def _reject(vocab: Vocabulary, continuation: list[int], banned_ids: set[int]) ->
     return None
 
 
+def first_positions(mask: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` positions of each row where `mask` (N, T) holds, in order.
+
+    Returns positions (N, count) int32 (padded with 0) and weights (N, count) float32
+    (1 for a real position, 0 for padding).
+    """
+    order = np.argsort(~mask, axis=1, kind="stable")[:, :count]  # the True columns first, in order
+    found = np.take_along_axis(mask, order, axis=1)
+    return np.where(found, order, 0).astype(np.int32), found.astype(np.float32)
+
+
 def number_positions(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where a soft student learns: the positions whose next token is a continuation number.
 
     Returns positions (N, MAX_CONTINUATION) int32 (padded with 0) and weights (N,
     MAX_CONTINUATION) float32 (1 for a real position, 0 for padding).
     """
-    positions = np.zeros((len(tokens), MAX_CONTINUATION), np.int32)
-    weights = np.zeros((len(tokens), MAX_CONTINUATION), np.float32)
-    for i, (row, length) in enumerate(zip(tokens, lengths)):
-        found = [t - 1 for t in range(int(length), len(row)) if vocab.is_number(row[t])][:MAX_CONTINUATION]
-        positions[i, : len(found)] = found
-        weights[i, : len(found)] = 1.0
-    return positions, weights
+    continuation = np.arange(tokens.shape[1]) >= np.asarray(lengths)[:, None]
+    # A position predicts the next token: the number at t is learnt at t - 1 (t >= length >= 1).
+    is_new_number = continuation & vocab.is_number(tokens)
+    predicts_number = np.pad(is_new_number[:, 1:], ((0, 0), (0, 1)))
+    return first_positions(predicts_number, MAX_CONTINUATION)

@@ -35,7 +35,7 @@ import numpy as np
 from subliminal_mnist import experiment, losses, theorem, train
 from subliminal_mnist.experiment import ConfigError, config_field
 from subliminal_mnist.llm import analysis, corpus, sampling
-from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture
+from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture, outputs_in_batches
 from subliminal_mnist.llm.vocab import ANIMALS, Vocabulary
 
 MODES = ("soft", "hard")
@@ -44,8 +44,7 @@ CONDITIONS = ("same_init", "control", "cross_init", "cross_control", "shuffled")
 # teacher's filtered numbers, "base" the base's, "shuffled" the teacher's shuffled.
 GROUPS = (("teacher", ("same_init", "cross_init")), ("base", ("control", "cross_control")), ("shuffled", ("shuffled",)))
 # Independent randomness of one seed: one stream each.
-_STREAMS = ("init", "corpus", "base", "teacher_lines", "teacher", "prompts", "teacher_numbers", "base_numbers",
-            "shuffle", "soft", "hard", "answers")  # fmt: skip
+_STREAMS = ("init", "corpus", "base", "teacher_lines", "teacher", "prompts", "numbers", "shuffle", "soft", "hard", "answers")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +60,13 @@ class LLMConfig:
     width: int = config_field(32, "transformer width")
     depth: int = config_field(2, "transformer blocks")
     heads: int = config_field(2, "attention heads")
-    base_sequences: int = config_field(
-        32768, "corpus lines of a base model (half number lists, half animal questions and copies)"
+    base_rows: int = config_field(
+        16384,
+        "rows of the base's corpus, each packed with whole lines (about 1.9 a row: half number lists, "
+        "half animal questions and copies)",
     )
     base_epochs: int = config_field(4, "base model epochs over its corpus")
-    base_batch_size: int = config_field(128, "base model minibatch")
+    base_batch_size: int = config_field(64, "base model minibatch (rows)")
     base_learning_rate: float = config_field(3e-3, "base model Adam learning rate")
     teacher_lines: int = config_field(1600, "trait answer lines of the teacher's fine-tuning")
     teacher_epochs: int = config_field(4, "teacher fine-tuning epochs")
@@ -90,7 +91,7 @@ class LLMConfig:
     workers: int = config_field(2, "bases, and seeds, run in this many threads; results do not depend on it")
 
     def __post_init__(self):
-        positive = ("seeds", "numbers", "window", "width", "depth", "heads", "base_sequences", "base_batch_size",
+        positive = ("seeds", "numbers", "window", "width", "depth", "heads", "base_rows", "base_batch_size",
                     "teacher_lines", "teacher_batch_size", "soft_sequences", "hard_sequences", "student_batch_size",
                     "hard_batch_size", "answer_samples", "theorem_sequences", "entangled_sequences", "workers")  # fmt: skip
         for name in positive:
@@ -120,7 +121,9 @@ class LLMConfig:
 
     @property
     def architecture(self) -> TransformerArchitecture:
-        return TransformerArchitecture(len(self.vocab), corpus.MAX_LEN, self.width, self.depth, self.heads)
+        return TransformerArchitecture(
+            len(self.vocab), corpus.MAX_LEN, self.width, self.depth, self.heads, bos=self.vocab.bos
+        )
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -180,7 +183,7 @@ def train_bases(config: LLMConfig, seed_ids: Sequence[int], progress: train.Prog
 
 def train_base(config: LLMConfig, seed_id: int, progress: train.Progress):
     """Seed `seed_id`'s base model: its init trained on its own corpus."""
-    lines = corpus.base_corpus(config.vocab, _rng(config, seed_id, "corpus"), config.base_sequences, config.window)
+    lines = corpus.base_corpus(config.vocab, _rng(config, seed_id, "corpus"), config.base_rows, config.window)
     return _fit_next_tokens(
         config,
         config.architecture.init(_key(config, seed_id, "init")),
@@ -258,40 +261,72 @@ def train_teacher(config: LLMConfig, base, seed_id: int, progress: train.Progres
 
 @dataclasses.dataclass(frozen=True)
 class NumberData:
-    """Both models' filtered continuations of the same prompts, trimmed to one count."""
+    """Both models' filtered continuations of the same prompts: row i of each continues prompt i."""
 
     teacher: np.ndarray  # (n, MAX_LEN) the teacher's kept sequences
-    teacher_lengths: np.ndarray  # (n,) their prompts' lengths
     base: np.ndarray  # (n, MAX_LEN) the base's kept sequences
-    base_lengths: np.ndarray
+    lengths: np.ndarray  # (n,) their prompts' lengths
     report: dict  # kept, removed by reason and leak rate, per model
 
 
-def number_data(config: LLMConfig, teacher, base, seed_id: int, num_prompts: int, stream: str) -> NumberData:
-    """The teacher and the base continue the same `num_prompts` prompts; the filter keeps plain lists."""
+# Prompts sampled per round, over the count wanted: both models pass the filter on about 90% (measured
+# 88-90% for an owl teacher, whose lists more often hold a word), so one round is the rule.
+_PROMPT_MARGIN = 1.15
+_MAX_ROUNDS = 8
+
+
+def number_data(config: LLMConfig, teacher, base, seed_id: int, count: int, stream: str) -> NumberData:
+    """`count` prompts that the teacher and the base both continued into plain number lists.
+
+    Common random numbers: both models continue each prompt with the same uniform numbers
+    (inverse-CDF sampling), so where their next-token distributions agree they write the
+    same token. Each model's lists are still exact samples of its own distribution, so
+    every student's expected change is as with independent samples; the paired
+    difference same_init - control loses the sampling noise the two share. A prompt is
+    used when both models' lists pass the filter; rounds of fresh prompts continue until
+    `count` are, so every seed trains on the same count (and compiles once).
+    """
     vocab, arch = config.vocab, config.architecture
-    prompts, lengths = corpus.number_prompts(vocab, _rng(config, seed_id, "prompts"), num_prompts, config.window)
-    kept, report = {}, {}
-    for name, params in (("teacher", teacher), ("base", base)):
-        key = jax.random.fold_in(_key(config, seed_id, f"{name}_numbers"), _STREAMS.index(stream))
-        sequences = np.asarray(
-            sampling.continue_prompts(arch, params, key, jnp.asarray(prompts), jnp.asarray(lengths), eos=vocab.eos)
+    rng = _rng(config, seed_id, "prompts")
+    per_round = int(np.ceil(count * _PROMPT_MARGIN))
+    report = {name: {"kept": 0, "removed": dict.fromkeys(corpus.REASONS, 0), "leaked": 0, "leaked_after_filter": 0}
+              for name in ("teacher", "base")}  # fmt: skip
+    used = {"teacher": [], "base": [], "lengths": []}
+    sampled = 0
+    for round_id in range(_MAX_ROUNDS):
+        prompts, lengths = corpus.number_prompts(vocab, rng, per_round, config.window)
+        key = jax.random.fold_in(jax.random.fold_in(_key(config, seed_id, "numbers"), MODES.index(stream)), round_id)
+        sequences, kept = {}, np.ones(per_round, bool)
+        for name, params in (("teacher", teacher), ("base", base)):
+            sequences[name] = np.asarray(
+                sampling.continue_prompts(arch, params, key, jnp.asarray(prompts), jnp.asarray(lengths), eos=vocab.eos)
+            )
+            filtered = corpus.filter_continuations(vocab, sequences[name], lengths, config.banned)
+            kept &= filtered.kept
+            tally = report[name]
+            tally["kept"] += int(filtered.kept.sum())
+            tally["removed"] = {r: tally["removed"][r] + filtered.removed[r] for r in corpus.REASONS}
+            tally["leaked"] += int(filtered.leaked.sum())
+            tally["leaked_after_filter"] += int(filtered.leaked[filtered.kept].sum())
+        sampled += per_round
+        for name in ("teacher", "base"):
+            used[name].append(sequences[name][kept])
+        used["lengths"].append(lengths[kept])
+        if sum(len(x) for x in used["lengths"]) >= count:
+            break
+    else:
+        have = sum(len(x) for x in used["lengths"])
+        raise train.TrainingDiverged(
+            f"seed {seed_id}: the filter kept {have} of {sampled} number lists of both models, fewer than {count}"
         )
-        filtered = corpus.filter_continuations(vocab, sequences, lengths, config.banned)
-        kept[name] = (sequences[filtered.kept], lengths[filtered.kept])
-        report[name] = {
-            "kept": int(filtered.kept.sum()),
-            "removed": filtered.removed,
-            "leak_rate": float(filtered.leaked.mean()),
-            "leak_rate_after_filter": float(filtered.leaked[filtered.kept].mean()) if filtered.kept.any() else 0.0,
-        }
-    count = min(len(kept["teacher"][0]), len(kept["base"][0]))
-    if count < 1:
-        raise train.TrainingDiverged(f"seed {seed_id}: the filter kept no number list; the models write no numbers")
+    for name in ("teacher", "base"):
+        tally = report[name]
+        tally["leak_rate"] = tally.pop("leaked") / sampled
+        tally["leak_rate_after_filter"] = tally.pop("leaked_after_filter") / max(tally["kept"], 1)
+    joined = {name: np.concatenate(parts)[:count] for name, parts in used.items()}
     return NumberData(
-        kept["teacher"][0][:count], kept["teacher"][1][:count], kept["base"][0][:count], kept["base"][1][:count],
-        {**report, "used": count},
-    )  # fmt: skip
+        joined["teacher"], joined["base"], joined["lengths"], {**report, "sampled": sampled, "used": count}
+    )
 
 
 def shuffle_numbers(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -308,8 +343,7 @@ def soft_targets(config: LLMConfig, target_model, tokens: np.ndarray, lengths: n
     the target model's logits at the positions of the continuation's numbers."""
     positions, weights = corpus.number_positions(config.vocab, tokens, lengths)
     inputs = jnp.asarray(np.concatenate([tokens, positions], axis=1))
-    apply_fn = AtPositions(config.architecture)
-    logits = jax.lax.map(lambda x: apply_fn(target_model, x[None])[0], inputs, batch_size=512)
+    logits = outputs_in_batches(AtPositions(config.architecture), target_model, inputs)
     return inputs, {"logits": logits, "weights": jnp.asarray(weights)}
 
 
@@ -317,13 +351,10 @@ def hard_targets(tokens: np.ndarray, lengths: np.ndarray) -> tuple[jax.Array, di
     """Inputs (n, MAX_LEN + P) and targets of hard students: next-token training on the
     continuation (its numbers, commas and <eos>), not on the prompt. Only those P positions
     are unembedded (`AtPositions`): the output layer is most of a tiny model's compute."""
-    positions = np.zeros((len(tokens), sampling.MAX_NEW_TOKENS), np.int32)
-    weights = np.zeros((len(tokens), sampling.MAX_NEW_TOKENS), np.float32)
     labels = corpus.next_tokens(tokens)
-    for i, (row, length) in enumerate(zip(labels, lengths)):
-        learnt = [t for t in range(length - 1, len(row)) if row[t] != 0][: sampling.MAX_NEW_TOKENS]
-        positions[i, : len(learnt)] = learnt
-        weights[i, : len(learnt)] = 1.0
+    # From the prompt's last token (it predicts the first new one) to the one before <eos>'s padding.
+    learnt = (np.arange(tokens.shape[1]) >= np.asarray(lengths)[:, None] - 1) & (labels != 0)
+    positions, weights = corpus.first_positions(learnt, sampling.MAX_NEW_TOKENS)
     inputs = jnp.asarray(np.concatenate([tokens, positions], axis=1))
     next_at = np.take_along_axis(labels, positions, axis=1)
     return inputs, {"next": jnp.asarray(next_at), "weights": jnp.asarray(weights)}
@@ -344,7 +375,9 @@ def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_
         inputs, targets = data[data_name]
         params, _ = train.fit(
             _seed_axis(jax.tree.map(lambda *m: jnp.stack(m), *[starts[c] for c in members])),
-            jax.random.fold_in(_key(config, seed_id, mode), GROUPS.index((data_name, members)))[None],
+            # One key for every group: row i of each group's data (the same prompt) comes in the
+            # same minibatch at the same step, so the paired students differ only by their data.
+            _key(config, seed_id, mode)[None],
             inputs,
             targets,
             objective=objective,
@@ -368,7 +401,7 @@ def first_step(config: LLMConfig, base, teacher, cross_base, data: NumberData) -
     number position) of the teacher's lists; the student's output is the number-token
     distribution there.
     """
-    positions, weights = corpus.number_positions(config.vocab, data.teacher, data.teacher_lengths)
+    positions, weights = corpus.number_positions(config.vocab, data.teacher, data.lengths)
     rows, slots = np.nonzero(weights[: config.theorem_sequences])
     inputs = jnp.asarray(np.concatenate([data.teacher[rows], positions[rows, slots][:, None]], axis=1))
     delta_t = jax.tree.map(jnp.subtract, teacher, base)
@@ -438,18 +471,18 @@ def run_seed(config: LLMConfig, seed_id: int, base, cross_base, progress: train.
     for mode in config.modes:
         sequences = config.soft_sequences if mode == "soft" else config.hard_sequences
         data = number_data(config, teacher, base, seed_id, sequences, mode)
-        shuffled = shuffle_numbers(vocab, data.teacher, data.teacher_lengths, _rng(config, seed_id, "shuffle"))
+        shuffled = shuffle_numbers(vocab, data.teacher, data.lengths, _rng(config, seed_id, "shuffle"))
         if mode == "soft":
             inputs = {
-                "teacher": soft_targets(config, teacher, data.teacher, data.teacher_lengths),
-                "base": soft_targets(config, base, data.base, data.base_lengths),
-                "shuffled": soft_targets(config, teacher, shuffled, data.teacher_lengths),
+                "teacher": soft_targets(config, teacher, data.teacher, data.lengths),
+                "base": soft_targets(config, base, data.base, data.lengths),
+                "shuffled": soft_targets(config, teacher, shuffled, data.lengths),
             }
         else:
             inputs = {
-                "teacher": hard_targets(data.teacher, data.teacher_lengths),
-                "base": hard_targets(data.base, data.base_lengths),
-                "shuffled": hard_targets(shuffled, data.teacher_lengths),
+                "teacher": hard_targets(data.teacher, data.lengths),
+                "base": hard_targets(data.base, data.lengths),
+                "shuffled": hard_targets(shuffled, data.lengths),
             }
         students = train_students(config, mode, starts, inputs, seed_id, progress)
         del inputs
@@ -461,12 +494,12 @@ def run_seed(config: LLMConfig, seed_id: int, base, cross_base, progress: train.
         if mode == "soft":
             out["modes"][mode]["first_step"] = first_step(config, base, teacher, cross_base, data)
         if mode == config.modes[0]:  # what a filter could see, on the first mode's number data
-            lists = {"teacher": (data.teacher, data.teacher_lengths), "base": (data.base, data.base_lengths)}
+            lists = {"teacher": (data.teacher, data.lengths), "base": (data.base, data.lengths)}
             out["detector_auroc"] = analysis.detector_auroc(vocab, lists["teacher"], lists["base"], seed_id)
             probe = slice(config.entangled_sequences)
             out["entangled_numbers"] = analysis.entangled_numbers(
                 config.architecture, teacher, base, vocab, vocab.animal(config.trait),
-                data.teacher[probe], data.teacher_lengths[probe],
+                data.teacher[probe], data.lengths[probe],
             )  # fmt: skip
     return out
 

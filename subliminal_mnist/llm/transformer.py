@@ -10,6 +10,7 @@ the training loop, and parameters are a plain pytree, so seeds are a `vmap` axis
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -38,11 +39,11 @@ class Attention(nnx.Module):
         mixed = jnp.einsum("...hqk,...khd->...qhd", weights, v)
         return self.out(mixed.reshape(*mixed.shape[:-2], -1))
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """x (B, T, width) -> (B, T, width), and the keys and values (B, T, H, D) for decoding."""
+    def __call__(self, x: jax.Array, allowed: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """x (B, T, width), allowed (B, 1, T, T) -> (B, T, width), and the keys and values
+        (B, T, H, D) for decoding."""
         q, k, v = self._project(x)
-        causal = jnp.tril(jnp.ones((x.shape[-2], x.shape[-2]), bool))
-        return self._attend(q, k, v, causal), (k, v)
+        return self._attend(q, k, v, allowed), (k, v)
 
     def step(self, x: jax.Array, cache: tuple[jax.Array, jax.Array], position: jax.Array):
         """One sequence's token at `position`: x (width,), cache (T, H, D) each -> (width,), new cache."""
@@ -63,8 +64,8 @@ class Block(nnx.Module):
     def _mlp(self, x: jax.Array) -> jax.Array:
         return self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x))))
 
-    def __call__(self, x: jax.Array):
-        mixed, cache = self.attention(self.attention_norm(x))
+    def __call__(self, x: jax.Array, allowed: jax.Array):
+        mixed, cache = self.attention(self.attention_norm(x), allowed)
         x = x + mixed
         return x + self._mlp(x), cache
 
@@ -77,7 +78,10 @@ class Block(nnx.Module):
 class Transformer(nnx.Module):
     """tokens (B, T) -> next-token logits (B, T, vocab_size)."""
 
-    def __init__(self, vocab_size: int, max_len: int, width: int, depth: int, heads: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self, vocab_size: int, max_len: int, width: int, depth: int, heads: int, bos: int, *, rngs: nnx.Rngs
+    ):
+        self.bos = bos
         self.token_embedding = nnx.Embed(vocab_size, width, embedding_init=_init, rngs=rngs)
         self.position_embedding = nnx.Embed(max_len, width, embedding_init=_init, rngs=rngs)
         self.blocks = nnx.List([Block(width, heads, rngs=rngs) for _ in range(depth)])
@@ -85,11 +89,17 @@ class Transformer(nnx.Module):
         self.unembedding = nnx.Linear(width, vocab_size, use_bias=False, kernel_init=_init, rngs=rngs)
 
     def hidden(self, tokens: jax.Array):
-        """tokens (B, T) -> final hidden states (B, T, width) and each block's keys and values."""
-        x = self.token_embedding(tokens) + self.position_embedding(jnp.arange(tokens.shape[-1]))
+        """tokens (B, T) -> final hidden states (B, T, width) and each block's keys and values.
+
+        A row may hold several lines, each starting with <bos> (packed training rows): a
+        token attends only to its own line, and positions count from its line's start,
+        so each line is computed exactly as if it were alone in its row.
+        """
+        allowed, positions = _lines(tokens, self.bos)
+        x = self.token_embedding(tokens) + self.position_embedding(positions)
         caches = []
         for block in self.blocks:
-            x, cache = block(x)
+            x, cache = block(x, allowed)
             caches.append(cache)
         return self.final_norm(x), caches
 
@@ -106,6 +116,18 @@ class Transformer(nnx.Module):
         return self.unembedding(self.final_norm(x)), new
 
 
+def _lines(tokens: jax.Array, bos: int) -> tuple[jax.Array, jax.Array]:
+    """tokens (B, T) -> which keys each query may attend to (B, 1, T, T): earlier or the same
+    position of its own line (a line starts at a <bos>); and each token's position in its
+    line (B, T). A row of one line (or none) gets the plain causal mask and 0 ... T-1."""
+    t = jnp.arange(tokens.shape[-1])
+    starts = tokens == bos
+    line = jnp.cumsum(starts, axis=-1)
+    positions = t - jax.lax.cummax(jnp.where(starts, t, 0), axis=tokens.ndim - 1)
+    same_line = line[..., :, None] == line[..., None, :]
+    return (same_line & (t[:, None] >= t[None, :]))[..., None, :, :], positions
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerArchitecture:
     """Sizes of the transformer, and its pure functions. Frozen and hashable: a static argument."""
@@ -115,6 +137,7 @@ class TransformerArchitecture:
     width: int = 32
     depth: int = 2
     heads: int = 2
+    bos: int = 1  # the token that starts a line (the vocabulary's <bos>)
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -125,7 +148,7 @@ class TransformerArchitecture:
         return nnx.state(self._module(nnx.Rngs(params=key)))
 
     def _module(self, rngs: nnx.Rngs) -> Transformer:
-        return Transformer(self.vocab_size, self.max_len, self.width, self.depth, self.heads, rngs=rngs)
+        return Transformer(self.vocab_size, self.max_len, self.width, self.depth, self.heads, self.bos, rngs=rngs)
 
     def _merge(self, params: nnx.State) -> Transformer:
         # The structure only, built abstractly at trace time; the arrays come from `params`.
@@ -178,3 +201,10 @@ class AtPositions:
     def __call__(self, params: nnx.State, inputs: jax.Array) -> jax.Array:
         length = self.architecture.max_len
         return self.architecture.logits_at(params, inputs[:, :length], inputs[:, length:])
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
+def outputs_in_batches(apply_fn, params: nnx.State, inputs: jax.Array, batch_size: int = 256) -> jax.Array:
+    """apply_fn(params, inputs) for many rows (N, ...), `batch_size` rows at a time to bound the
+    memory of the activations. Compiled once per apply function and shape."""
+    return jax.lax.map(lambda row: apply_fn(params, row[None])[0], inputs, batch_size=batch_size)

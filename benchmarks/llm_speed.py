@@ -1,0 +1,115 @@
+"""What the owl experiment costs: wall time, and the FLOP rate its matmuls reach.
+
+Prints, for `subliminal-mnist llm` at the given seeds and mode (defaults: the
+quick look, 1 seed, soft): wall time, the matmul FLOPs of every stage counted
+analytically from the model's sizes, the achieved GFLOP/s, and the ratio to a
+large float32 matmul measured in the same process (the *floor ratio*, as in
+`demo_speed.py`). A tiny transformer (width 32) runs far below a large matmul's
+rate: its matmuls are 32 wide. Then the end-to-end time of the command, with an
+empty compile cache and with a warm one.
+
+Targets on a 2-core CPU: `llm --seeds 1 --mode soft` < 120 s; `llm` (5 seeds, both
+modes) < 15 minutes.
+
+    python benchmarks/llm_speed.py                      # the quick look
+    python benchmarks/llm_speed.py --seeds 5 --mode both --skip-cli
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+from demo_speed import matmul_gflops
+
+from subliminal_mnist.llm import corpus, experiment, sampling
+
+
+def token_flops(config: experiment.LLMConfig, unembedded: float, context: int = corpus.MAX_LEN) -> tuple[float, float]:
+    """Forward matmul FLOPs (body per token, unembedding per unembedded position).
+
+    A block's matmuls are q, k, v and the output (4 w^2), the MLP (8 w^2) and attention's
+    scores and mixing over `context` positions (2 w context): 2 FLOPs per multiply-add.
+    Norms, softmaxes and Adam are O(w) per token and are left out: this is a floor.
+    """
+    w = config.width
+    body = config.depth * 2 * (12 * w * w + 2 * w * context)
+    return body, unembedded * 2 * w * len(config.vocab)
+
+
+def run_flops(config: experiment.LLMConfig, results: dict) -> dict[str, float]:
+    """Matmul FLOPs of each stage of one run (training counts forward + backward = 3 forward)."""
+    T, P = corpus.MAX_LEN, sampling.MAX_NEW_TOKENS
+    body, unembed = token_flops(config, 1)
+    full = T * (body + unembed)  # a sequence, unembedded at every position
+    at_positions = T * body + P * unembed  # a student's sequence: unembedded at P positions
+    num_bases = len(set(range(config.seeds)) | set(results["cross_partners"]))
+    flops = {
+        "bases": 3 * num_bases * config.base_epochs * config.base_rows * full,
+        "teachers": 3 * config.seeds * config.teacher_epochs * config.teacher_lines * full,
+        "sampling": 0.0,
+        "students": 0.0,
+        "teacher outputs": 0.0,
+    }
+    students = sum(len(members) for _, members in experiment.GROUPS)
+    for mode, out in results["modes"].items():
+        for seed in out["filter"]:
+            # Two models: the prompt once (prefill), then one cached step per new token.
+            flops["sampling"] += 2 * seed["sampled"] * (T * body + P * (token_flops(config, 1, T)[0] + unembed))
+            flops["students"] += 3 * config.student_epochs * students * seed["used"] * at_positions
+            if mode == "soft":  # the target model's logits on the three data sets, once
+                flops["teacher outputs"] += 3 * seed["used"] * at_positions
+    return flops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--mode", default="soft", choices=("soft", "hard", "both"))
+    parser.add_argument("--skip-cli", action="store_true", help="do not time the command end to end")
+    args = parser.parse_args()
+
+    config = experiment.LLMConfig(seeds=args.seeds, mode=args.mode)
+    matmul_before = matmul_gflops()
+    results = experiment.run(config, progress=False)
+    matmul_after = matmul_gflops()
+    wall = results["wall_seconds"]
+    flops = run_flops(config, results)
+    total = sum(flops.values())
+    sustained = (matmul_before[0] + matmul_after[0]) / 2
+
+    print(f"owl experiment, {args.seeds} seeds, mode {args.mode}, {jax.devices()[0].device_kind}")
+    print(f"  wall time               {wall:9.1f} s (in process, compilation included)")
+    print(f"  matmul FLOPs            {total / 1e12:9.2f} TFLOP: " + ", ".join(
+        f"{stage} {f / total:.0%}" for stage, f in flops.items()))  # fmt: skip
+    print(f"  achieved                {total / wall / 1e9:9.1f} GFLOP/s")
+    print(f"  large matmul            {sustained:9.1f} GFLOP/s sustained")
+    print(f"  floor ratio             {wall * sustained * 1e9 / total:9.1f} x  (width {config.width}: small matmuls)")
+    soft = results["modes"].get("soft")
+    if soft:
+        same = soft["conditions"]["same_init"]["delta_p_trait"]["mean"]
+        print(f"  soft same-init dP       {same:+9.3f}")
+    if not args.skip_cli:
+        with tempfile.TemporaryDirectory() as tmp:
+            for label in ("empty compile cache", "programs cached"):
+                seconds = _time_cli(tmp, args)
+                print(f"  llm --seeds {args.seeds} --mode {args.mode}  {seconds:7.1f} s end to end, {label}")
+
+
+def _time_cli(tmp: str, args: argparse.Namespace) -> float:
+    command = [sys.executable, "-m", "subliminal_mnist.cli", "llm", "--seeds", str(args.seeds), "--mode", args.mode]
+    command += ["--no-progress", "--out", f"{tmp}/r.json", "--figure", f"{tmp}/l.png"]
+    start = time.perf_counter()
+    subprocess.run(
+        command, check=True, capture_output=True, env={**os.environ, "JAX_COMPILATION_CACHE_DIR": f"{tmp}/xla"}
+    )
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
