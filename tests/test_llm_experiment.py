@@ -19,6 +19,7 @@ TINY = dict(
     seeds=1, mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
     soft_sequences=3000, answer_samples=100, theorem_sequences=16, entangled_sequences=200,
 )  # fmt: skip
+QUIET = train.Progress(1, "", enabled=False)
 
 
 @pytest.mark.parametrize(
@@ -123,14 +124,14 @@ def small_base():
 
 def test_number_data_couples_the_two_models_and_keeps_exactly_the_count_asked(small_base):
     config, base = small_base
-    data = llm.number_data(config, base, base, 0, 300, "soft")
+    data = llm.number_data(config, base, base, 0, 300, "soft", QUIET)
     assert data.teacher.shape == data.base.shape == (300, corpus.MAX_LEN) and data.lengths.shape == (300,)
     # One model twice: the same uniform numbers write the same lists.
     np.testing.assert_array_equal(data.teacher, data.base)
     assert data.report["used"] == 300 and data.report["sampled"] >= 300
     assert data.report["teacher"]["kept"] >= 300 and data.report["teacher"]["leak_rate_after_filter"] == 0.0
     # Another model on the same prompts: each row still continues the same prompt, and the lists differ.
-    other = llm.number_data(config, base, jax.tree.map(lambda a: a * 1.1, base), 0, 300, "soft")
+    other = llm.number_data(config, base, jax.tree.map(lambda a: a * 1.1, base), 0, 300, "soft", QUIET)
     prompt = np.arange(corpus.MAX_LEN) < other.lengths[:, None]
     np.testing.assert_array_equal(other.teacher[prompt], other.base[prompt])
     assert 0 < (other.teacher != other.base).any(axis=1).mean() < 1
@@ -142,5 +143,5 @@ def test_a_model_that_writes_no_number_lists_is_a_one_line_error(small_base):
     with pytest.raises(
         train.TrainingDiverged, match=r"the filter kept \d+ of \d+ number lists of both models, fewer than 50"
     ) as error:
-        llm.number_data(config, untrained, untrained, 0, 50, "soft")
+        llm.number_data(config, untrained, untrained, 0, 50, "soft", QUIET)
     assert "\n" not in str(error.value)

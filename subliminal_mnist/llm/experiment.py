@@ -78,8 +78,8 @@ class LLMConfig:
         "(embeddings and output layer frozen, as adapter fine-tuning does)",
         choices=("all", "blocks"),
     )
-    soft_sequences: int = config_field(20000, "number prompts each model continues for the soft students")
-    hard_sequences: int = config_field(100000, "number prompts each model continues for the hard students")
+    soft_sequences: int = config_field(20000, "number lists each model writes for the soft students")
+    hard_sequences: int = config_field(30000, "number lists each model writes for the hard students")
     student_epochs: int = config_field(2, "student epochs over their number data")
     student_batch_size: int = config_field(64, "student minibatch (soft)")
     hard_batch_size: int = config_field(256, "student minibatch (hard)")
@@ -275,7 +275,9 @@ _PROMPT_MARGIN = 1.15
 _MAX_ROUNDS = 8
 
 
-def number_data(config: LLMConfig, teacher, base, seed_id: int, count: int, stream: str) -> NumberData:
+def number_data(
+    config: LLMConfig, teacher, base, seed_id: int, count: int, stream: str, progress: train.Progress
+) -> NumberData:
     """`count` prompts that the teacher and the base both continued into plain number lists.
 
     Common random numbers: both models continue each prompt with the same uniform numbers
@@ -296,11 +298,16 @@ def number_data(config: LLMConfig, teacher, base, seed_id: int, count: int, stre
     for round_id in range(_MAX_ROUNDS):
         prompts, lengths = corpus.number_prompts(vocab, rng, per_round, config.window)
         key = jax.random.fold_in(jax.random.fold_in(_key(config, seed_id, "numbers"), MODES.index(stream)), round_id)
-        sequences, kept = {}, np.ones(per_round, bool)
-        for name, params in (("teacher", teacher), ("base", base)):
-            sequences[name] = np.asarray(
+        continued = experiment.concurrently(
+            lambda params: np.asarray(
                 sampling.continue_prompts(arch, params, key, jnp.asarray(prompts), jnp.asarray(lengths), eos=vocab.eos)
-            )
+            ),
+            (teacher, base),
+            config.workers,
+            progress,
+        )
+        sequences, kept = dict(zip(("teacher", "base"), continued)), np.ones(per_round, bool)
+        for name in ("teacher", "base"):
             filtered = corpus.filter_continuations(vocab, sequences[name], lengths, config.banned)
             kept &= filtered.kept
             tally = report[name]
@@ -370,8 +377,9 @@ def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_
     else:
         objective = train.Objective(AtPositions(arch), next_token_loss)
         batch_size = config.hard_batch_size
-    trained = {}
-    for data_name, members in GROUPS:
+
+    def fit_group(group: tuple[str, tuple[str, ...]]) -> dict:
+        data_name, members = group
         inputs, targets = data[data_name]
         params, _ = train.fit(
             _seed_axis(jax.tree.map(lambda *m: jnp.stack(m), *[starts[c] for c in members])),
@@ -389,8 +397,13 @@ def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_
             description=f"{mode} {'+'.join(members)} {seed_id}",
             progress=progress,
         )
-        trained |= {c: jax.tree.map(lambda a, m=m: a[0, m], params) for m, c in enumerate(members)}
-    return trained
+        return {c: jax.tree.map(lambda a, m=m: a[0, m], params) for m, c in enumerate(members)}
+
+    # The groups in threads: a width-32 model's small matmuls leave a core idle (two fits: 13.8 s
+    # in two threads, 16.4 s one after the other).
+    return {
+        c: p for group in experiment.concurrently(fit_group, GROUPS, config.workers, progress) for c, p in group.items()
+    }
 
 
 def first_step(config: LLMConfig, base, teacher, cross_base, data: NumberData) -> dict:
@@ -470,14 +483,16 @@ def run_seed(config: LLMConfig, seed_id: int, base, cross_base, progress: train.
     }
     for mode in config.modes:
         sequences = config.soft_sequences if mode == "soft" else config.hard_sequences
-        data = number_data(config, teacher, base, seed_id, sequences, mode)
+        data = number_data(config, teacher, base, seed_id, sequences, mode, progress)
         shuffled = shuffle_numbers(vocab, data.teacher, data.lengths, _rng(config, seed_id, "shuffle"))
         if mode == "soft":
-            inputs = {
-                "teacher": soft_targets(config, teacher, data.teacher, data.lengths),
-                "base": soft_targets(config, base, data.base, data.lengths),
-                "shuffled": soft_targets(config, teacher, shuffled, data.lengths),
-            }
+            made = experiment.concurrently(
+                lambda job: soft_targets(config, *job, data.lengths),
+                ((teacher, data.teacher), (base, data.base), (teacher, shuffled)),
+                config.workers,
+                progress,
+            )
+            inputs = dict(zip(("teacher", "base", "shuffled"), made))
         else:
             inputs = {
                 "teacher": hard_targets(data.teacher, data.lengths),
