@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pathlib
 import sys
 from typing import Any, NoReturn, Sequence
 
 import jax
 import numpy as np
 
-from subliminal_mnist import alignment, data, experiment, figures, files, theorem_checks, train
+from subliminal_mnist import alignment, data, experiment, figures, files, sweep, theorem_checks, train
 from subliminal_mnist.llm import experiment as llm_experiment
 from subliminal_mnist.llm.experiment import LLMConfig
 from subliminal_mnist.llm.vocab import VocabError
@@ -106,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(llm, "llm")
     add_config_options(llm, LLMConfig)
     llm.set_defaults(handler=_llm)
+
+    sweep_cmd = commands.add_parser("sweep", help="the experiment with one setting changed: resumable, with a figure")
+    sweep_cmd.add_argument("name", help=f"the setting to sweep: {', '.join(sweep.SWEEPS)}")
+    sweep_cmd.add_argument("--values", nargs="+", help="the values (default: the sweep's own)")
+    sweep_cmd.add_argument(
+        "--out", default=".", help="folder of sweep_NAME.jsonl (resumed if there) and sweep_NAME.png (default: .)"
+    )
+    sweep_cmd.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
+    sweep_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_data_options(sweep_cmd)
+    add_config_options(sweep_cmd, experiment.ExperimentConfig)
+    sweep_cmd.set_defaults(handler=_sweep)
 
     theorem_cmd = commands.add_parser("theorem", help="check Theorem 1 numerically: sign, first order, conditions")
     theorem_cmd.add_argument(
@@ -238,6 +251,35 @@ def _llm(args: argparse.Namespace) -> int:
     files.write_json(args.out, results)
     figures.llm_figure(results, args.figure)
     print(json.dumps(results) if args.json else f"{_llm_table(results)}\nwrote {args.out} and {args.figure}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """Train the sweep's missing points (or none, with --plot-only), then draw its figure."""
+    options = explicit_options(args, experiment.ExperimentConfig)
+    options.setdefault("seeds", sweep.SEEDS_PER_POINT)
+    if args.name in sweep.SWEEPS and sweep.SWEEPS[args.name].field in options:
+        raise experiment.ConfigError(f"sweep {args.name} sets {sweep.SWEEPS[args.name].field}; drop that option")
+    base = experiment.ExperimentConfig(**options)
+    todo = sweep.points(args.name, args.values, base)  # fail on a bad name or value before loading any data
+    out = pathlib.Path(args.out)
+    lines_path, figure_path = out / f"sweep_{args.name}.jsonl", out / f"sweep_{args.name}.png"
+    if args.plot_only:
+        # The file's latest line for each value, in the order of the values.
+        latest = {
+            json.dumps(line["value"]): line for line in sweep.read_lines(lines_path) if line["sweep"] == args.name
+        }
+        lines = [latest[key] for key in (json.dumps(value) for value, _ in todo) if key in latest]
+        if not lines:
+            raise data.DataError(f"{lines_path} holds no point of sweep {args.name} to draw")
+    else:
+        mnist = data.load(args.source, args.data_dir)
+        if mnist.is_sample:
+            print(experiment.SAMPLE_WARNING, file=sys.stderr)
+            base = experiment.ExperimentConfig(**{**experiment.SAMPLE_PRESET, **options})
+        lines = sweep.run(args.name, args.values, base, mnist, lines_path, progress=not args.no_progress)
+    figures.sweep_figure(args.name, lines, figure_path)
+    print(f"wrote {figure_path} from {len(lines)} points of {lines_path}")
     return 0
 
 

@@ -180,3 +180,29 @@ def llm_figure(results: dict, path: str | os.PathLike) -> None:
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)
+
+
+def sweep_figure(name: str, lines: list[dict], path: str | os.PathLike) -> None:
+    """A sweep: the aux-only student's and its cross-model control's test accuracy against the swept
+    value (mean and 95% interval), the teacher's accuracy and chance marked."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    x = np.arange(len(lines))
+    for condition in ("teacher", "student_aux", "cross_aux"):
+        means = [line["conditions"][condition]["mean"] for line in lines]
+        errors = [line["conditions"][condition]["ci95"] or 0.0 for line in lines]
+        style = dict(linestyle=":", marker="s") if condition == "teacher" else dict(marker="o", capsize=4)
+        ax.errorbar(x, means, yerr=errors, color=_COLORS[condition], label=experiment.CONDITION_LABELS[condition],
+                    **style)  # fmt: skip
+    ax.axhline(0.1, color="black", linestyle="--", linewidth=0.8, label="chance")
+    ax.set_xticks(x, [str(line["value"]) for line in lines])
+    field = lines[0]["field"] if lines else name
+    ax.set_xlabel(f"{name} ({field})")
+    ax.set_ylabel("MNIST test accuracy")
+    ax.set_ylim(0, 1)
+    ax.yaxis.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    seeds = {line["config"]["seeds"] for line in lines}
+    ax.set_title(f"sweep {name}: {'/'.join(map(str, sorted(seeds)))} seeds per point, 95% intervals", fontsize=10)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)

@@ -78,9 +78,7 @@ class Block(nnx.Module):
 class Transformer(nnx.Module):
     """tokens (B, T) -> next-token logits (B, T, vocab_size)."""
 
-    def __init__(
-        self, vocab_size: int, max_len: int, width: int, depth: int, heads: int, bos: int, *, rngs: nnx.Rngs
-    ):
+    def __init__(self, vocab_size: int, max_len: int, width: int, depth: int, heads: int, bos: int, *, rngs: nnx.Rngs):
         self.bos = bos
         self.token_embedding = nnx.Embed(vocab_size, width, embedding_init=_init, rngs=rngs)
         self.position_embedding = nnx.Embed(max_len, width, embedding_init=_init, rngs=rngs)

@@ -1,0 +1,133 @@
+"""Sweeps: points from a config, one JSON line per finished point, resuming, the figure, user mistakes."""
+
+import json
+import sys
+
+import pytest
+
+from subliminal_mnist import cli, data, experiment, sweep
+
+TINY = experiment.ExperimentConfig(
+    seeds=1, hidden_sizes=(32,), teacher_epochs=2, student_epochs=1, batch_size=256, num_noise=512
+)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return data.load_sample()
+
+
+def _without_times(path):
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in path.read_text().splitlines()
+    ]
+
+
+def test_each_point_changes_only_its_field():
+    width = sweep.points("width", ["16", "64"], TINY)
+    assert [(v, c.hidden_sizes) for v, c in width] == [(16, (16, 16)), (64, (64, 64))]
+    assert sweep.points("depth", ["3"], TINY)[0][1].hidden_sizes == (256, 256, 256)
+    loss = sweep.points("loss", None, TINY)
+    assert [c.distill_loss for _, c in loss] == ["kl", "mse"]
+    for _, config in loss:
+        assert {k for k, v in vars(config).items() if v != getattr(TINY, k)} <= {"distill_loss"}
+
+
+def test_a_killed_sweep_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp_path, sample, monkeypatch):
+    whole = tmp_path / "whole.jsonl"
+    sweep.run("student_epochs", ["1", "2"], TINY, sample, whole, progress=False)
+
+    real_run, calls = experiment.run, []
+
+    def killed_at_the_second_point(config, mnist, progress=True):
+        calls.append(config.student_epochs)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run(config, mnist, progress=progress)
+
+    resumed = tmp_path / "resumed.jsonl"
+    monkeypatch.setattr(experiment, "run", killed_at_the_second_point)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run("student_epochs", ["1", "2"], TINY, sample, resumed, progress=False)
+    assert len(resumed.read_text().splitlines()) == 1  # the finished point, whole; nothing of the other
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    monkeypatch.setattr(experiment, "run", real_run)
+    messages = []
+    lines = sweep.run("student_epochs", ["1", "2"], TINY, sample, resumed, progress=False, log=messages.append)
+    assert "not trained again" in messages[0]
+    assert _without_times(resumed) == _without_times(whole)
+    assert [line["value"] for line in lines] == [1, 2]
+    assert (
+        lines[1]["conditions"]["student_aux"]["per_seed"]
+        == json.loads(whole.read_text().splitlines()[1])["conditions"]["student_aux"]["per_seed"]
+    )
+
+
+def test_a_line_from_other_versions_or_settings_is_never_reused_silently(tmp_path, sample, monkeypatch):
+    path = tmp_path / "s.jsonl"
+    sweep.run("aux", ["3"], TINY, sample, path, progress=False)
+    line = json.loads(path.read_text())
+    path.write_text(json.dumps({**line, "versions": {**line["versions"], "jax": "0.0.1"}}) + "\n")
+    trained, messages = [], []
+    monkeypatch.setattr(experiment, "run", lambda config, mnist, progress=True: trained.append(config) or line)
+    sweep.run("aux", ["3"], TINY, sample, path, progress=False, log=messages.append)
+    assert len(trained) == 1 and "other package versions" in messages[0]
+    messages.clear()
+    sweep.run("aux", ["3"], experiment.ExperimentConfig(**{**vars(TINY), "seeds": 2}), sample, path,
+              progress=False, log=messages.append)  # fmt: skip
+    assert len(trained) == 2 and "are for other settings; kept, not used" in messages[0]
+
+
+def test_a_file_that_is_not_json_lines_is_a_one_line_error(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"sweep": "aux"}\nnot json\n')
+    with pytest.raises(data.DataError, match="line 2: not a JSON line"):
+        sweep.read_lines(path)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sweep", "widht"], "no sweep named 'widht'"),
+        (["sweep", "width", "--values", "-3"], "sweep width, value -3: hidden_sizes must be positive"),
+        (["sweep", "width", "--values", "abc"], "sweep width, value abc: 'abc' is not an integer"),
+        (["sweep", "loss", "--values", "l1"], "'l1' is not one of kl, mse"),
+        (["sweep", "aux", "--aux", "5"], "sweep aux sets num_aux; drop that option"),
+        (["sweep", "aux", "--plot-only", "--out", "/nowhere"], "holds no point of sweep aux"),
+    ],
+)
+def test_sweep_mistakes_are_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(cli.main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_the_command_trains_draws_and_redraws_without_training(tmp_path, capsys, monkeypatch):
+    tiny = ["--hidden-sizes", "32", "--teacher-epochs", "2", "--batch-size", "256", "--num-noise", "512"]
+    argv = [
+        "sweep",
+        "student_epochs",
+        "--values",
+        "1",
+        "2",
+        "--seeds",
+        "2",
+        "--source",
+        "sample",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli.main([*argv, *tiny, "--no-progress"]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "sweep_student_epochs.jsonl").read_text().splitlines()]
+    assert [line["config"]["seeds"] for line in lines] == [2, 2]  # --seeds wins over the sweep's 5
+    figure = tmp_path / "sweep_student_epochs.png"
+    first = figure.read_bytes()
+    assert first[:4] == b"\x89PNG"
+    figure.unlink()
+    monkeypatch.setattr(experiment, "run", lambda *a, **k: pytest.fail("--plot-only must not train"))
+    assert cli.main(["sweep", "student_epochs", "--values", "1", "2", "--plot-only", "--out", str(tmp_path)]) == 0
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+    assert "from 2 points" in capsys.readouterr().out
