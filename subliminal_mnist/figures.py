@@ -200,7 +200,7 @@ def sweep_figure(name: str, lines: list[dict], path: str | os.PathLike) -> None:
     ax.set_ylabel("MNIST test accuracy")
     ax.set_ylim(0, 1)
     ax.yaxis.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)  # off the data
     seeds = {line["config"]["seeds"] for line in lines}
     ax.set_title(f"sweep {name}: {'/'.join(map(str, sorted(seeds)))} seeds per point, 95% intervals", fontsize=10)
     with files.atomic_path(path) as tmp:
