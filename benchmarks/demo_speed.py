@@ -111,15 +111,17 @@ def main() -> None:
         # second finds the programs the first one stored.
         with tempfile.TemporaryDirectory() as tmp:
             for label in ("first run, empty compile cache", "second run, programs cached"):
-                demo = _time_demo(tmp)
+                demo = time_command(tmp, "demo", "--seeds", "1")
                 print(
                     f"  demo --seeds 1          {demo:9.1f} s end to end, {label} ({demo / 30:.2f} of the 30 s target)"
                 )
 
 
-def _time_demo(tmp: str) -> float:
-    command = [sys.executable, "-m", "subliminal_mnist.cli", "demo", "--seeds", "1", "--no-progress"]
-    command += ["--out", f"{tmp}/r.json", "--figure", f"{tmp}/d.png"]
+def time_command(tmp: str, *args: str) -> float:
+    """Seconds of `subliminal-mnist ARGS` end to end in a fresh process, results and figure into `tmp`,
+    JAX's compile cache in `tmp/xla` (empty the first time, filled after)."""
+    command = [sys.executable, "-m", "subliminal_mnist.cli", *args, "--no-progress"]
+    command += ["--out", f"{tmp}/r.json", "--figure", f"{tmp}/f.png"]
     start = time.perf_counter()
     subprocess.run(
         command, check=True, capture_output=True, env={**os.environ, "JAX_COMPILATION_CACHE_DIR": f"{tmp}/xla"}

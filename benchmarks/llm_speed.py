@@ -18,14 +18,10 @@ modes) < 15 minutes.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
-import time
 
 import jax
-from demo_speed import matmul_gflops
+from demo_speed import matmul_gflops, time_command
 
 from subliminal_mnist.llm import corpus, experiment, sampling
 
@@ -97,18 +93,8 @@ def main() -> None:
     if not args.skip_cli:
         with tempfile.TemporaryDirectory() as tmp:
             for label in ("empty compile cache", "programs cached"):
-                seconds = _time_cli(tmp, args)
+                seconds = time_command(tmp, "llm", "--seeds", str(args.seeds), "--mode", args.mode)
                 print(f"  llm --seeds {args.seeds} --mode {args.mode}  {seconds:7.1f} s end to end, {label}")
-
-
-def _time_cli(tmp: str, args: argparse.Namespace) -> float:
-    command = [sys.executable, "-m", "subliminal_mnist.cli", "llm", "--seeds", str(args.seeds), "--mode", args.mode]
-    command += ["--no-progress", "--out", f"{tmp}/r.json", "--figure", f"{tmp}/l.png"]
-    start = time.perf_counter()
-    subprocess.run(
-        command, check=True, capture_output=True, env={**os.environ, "JAX_COMPILATION_CACHE_DIR": f"{tmp}/xla"}
-    )
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -265,13 +265,7 @@ def _sweep(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     lines_path, figure_path = out / f"sweep_{args.name}.jsonl", out / f"sweep_{args.name}.png"
     if args.plot_only:
-        # The file's latest line for each value, in the order of the values.
-        latest = {
-            json.dumps(line["value"]): line for line in sweep.read_lines(lines_path) if line["sweep"] == args.name
-        }
-        lines = [latest[key] for key in (json.dumps(value) for value, _ in todo) if key in latest]
-        if not lines:
-            raise data.DataError(f"{lines_path} holds no point of sweep {args.name} to draw")
+        lines = sweep.drawn_lines(args.name, [value for value, _ in todo], lines_path)
     else:
         mnist = data.load(args.source, args.data_dir)
         if mnist.is_sample:

@@ -98,6 +98,16 @@ def read_lines(path: pathlib.Path) -> list[dict]:
     return lines
 
 
+def drawn_lines(name: str, values: Sequence[Any], path: str | pathlib.Path) -> list[dict]:
+    """What `--plot-only` draws: the file's latest line for each value, in the order of `values`."""
+    path = pathlib.Path(path)
+    latest = {json.dumps(line["value"]): line for line in read_lines(path) if line["sweep"] == name}
+    lines = [latest[key] for key in (json.dumps(value) for value in values) if key in latest]
+    if not lines:
+        raise data.DataError(f"{path} holds no point of sweep {name} to draw")
+    return lines
+
+
 def run(
     name: str,
     values: Sequence[str] | None,
