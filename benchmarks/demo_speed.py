@@ -91,7 +91,7 @@ def main() -> None:
     fastest = max(matmul_before[1], matmul_after[1])
     floor = flops / (sustained * 1e9)
 
-    setting = f"{args.seeds} seeds, {args.seeds_per_chunk} per chunk, {args.workers} workers"
+    setting = f"{args.seeds} seeds, {results['seeds_per_chunk']} per chunk, {args.workers} workers"
     print(f"paper experiment, {setting}, {jax.devices()[0].device_kind}")
     print(f"  wall time               {wall:9.1f} s (compilation included)")
     print(f"  samples per second      {samples / wall:9.0f}")

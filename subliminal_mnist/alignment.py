@@ -218,7 +218,8 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
         teacher = np.asarray(experiment.test_accuracy(teachers.teacher, test_images, test_labels, arch))
         return histories, final, teacher
 
-    seed_chunks = list(experiment.chunks(config.seeds, config.seeds_per_chunk))
+    chunk_size = experiment.seeds_per_chunk(config, config.num_noise or len(mnist.train_images))
+    seed_chunks = list(experiment.chunks(config.seeds, chunk_size))
     total = config.seeds * (config.teacher_epochs + len(members) * config.student_epochs)
     with train.shared_or_own(progress, total, f"{config.seeds} seeds") as bar:
         # Compiled once here, not by each thread at its first chunk.
@@ -241,7 +242,9 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
         "teacher_test_accuracy": experiment.summarize(np.concatenate(teacher_accuracy)),
         "config": dataclasses.asdict(config),
         "data_source": mnist.source,
+        "devices": experiment.seed_devices(config, chunk_size),
         "is_sample": mnist.is_sample,
+        "seeds_per_chunk": chunk_size,
         "versions": experiment.versions(),
         "wall_seconds": time.perf_counter() - start,
     }

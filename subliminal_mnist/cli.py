@@ -53,7 +53,8 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> Non
             kwargs.update(action="store_true")
             shown = "off"
         elif isinstance(default, tuple):
-            kwargs.update(type=field.metadata.get("element_type") or type(default[0]), nargs="+", metavar="N")
+            element_type = field.metadata.get("element_type") or type(default[0])
+            kwargs.update(type=element_type, nargs="+", metavar="NAME" if element_type is str else "N")
             shown = " ".join(map(str, default))
         else:
             kwargs.update(type=type(default), metavar=type(default).__name__.upper())
@@ -94,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the paper's MNIST experiment with all its controls")
     _add_data_options(demo)
     _add_output_options(demo, "demo", results="results")
+    demo.add_argument(
+        "--preset",
+        choices=tuple(experiment.PRESETS),
+        help="a named set of settings under the options given: strongest (aux-only student past 0.90)",
+    )
     add_config_options(demo, experiment.ExperimentConfig)
     demo.set_defaults(handler=_demo)
 
@@ -139,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _table(results: dict) -> str:
     rows = [f"{'condition':<26}{'accuracy':>9}{'95% CI':>10}{'seeds':>7}"]
-    for name in experiment.CONDITIONS:
+    for name in (n for n in experiment.CONDITIONS if n in results["conditions"]):
         summary = results["conditions"][name]
         ci = f"±{summary['ci95']:.3f}" if summary["ci95"] is not None else "n/a"
         rows.append(
@@ -151,13 +157,16 @@ def _table(results: dict) -> str:
 
 def _run_experiment(args: argparse.Namespace, config_cls: type, run, draw, table) -> int:
     """Validate the options, load MNIST, run, write results and figure atomically, report."""
-    options = explicit_options(args, config_cls)
+    preset = getattr(args, "preset", None)
+    options = {**experiment.PRESETS.get(preset, {}), **explicit_options(args, config_cls)}
     config_cls(**options)  # fail on a bad option before loading any data
     mnist = data.load(args.source, args.data_dir)
     if mnist.is_sample:
         print(experiment.SAMPLE_WARNING, file=sys.stderr)
         options = {**experiment.SAMPLE_PRESET, **options}
     results = run(config_cls(**options), mnist, progress=not args.no_progress)
+    if preset:
+        results["preset"] = preset
     files.write_json(args.out, results)
     draw(results, args.figure)
     if args.json:
@@ -258,8 +267,10 @@ def _sweep(args: argparse.Namespace) -> int:
     """Train the sweep's missing points (or none, with --plot-only), then draw its figure."""
     options = explicit_options(args, experiment.ExperimentConfig)
     options.setdefault("seeds", sweep.SEEDS_PER_POINT)
-    if args.name in sweep.SWEEPS and sweep.SWEEPS[args.name].field in options:
-        raise experiment.ConfigError(f"sweep {args.name} sets {sweep.SWEEPS[args.name].field}; drop that option")
+    options.setdefault("conditions", sweep.CONDITIONS)
+    conflicts = [f for f in sweep.SWEEPS[args.name].fields if f in options] if args.name in sweep.SWEEPS else []
+    if conflicts:
+        raise experiment.ConfigError(f"sweep {args.name} sets {conflicts[0]}; drop that option")
     base = experiment.ExperimentConfig(**options)
     todo = sweep.points(args.name, args.values, base)  # fail on a bad name or value before loading any data
     out = pathlib.Path(args.out)

@@ -531,15 +531,47 @@ def load(source: str = "idx", data_dir: str | os.PathLike[str] | None = None, do
         return load_sample()
 
 
-def noise_images(key: jax.Array, num_images: int, distribution: str = "uniform") -> jax.Array:
-    """Random images for distilling on noise: (num_images, 784) float32.
+NOISE_DISTRIBUTIONS = ("uniform", "gaussian", "correlated", "mnist")
 
-    "uniform" is U[-1, 1), the paper's ``torch.rand(...) * 2 - 1``, which covers
-    the same range as scaled pixels; "gaussian" is a standard normal.
+
+def noise_images(
+    key: jax.Array,
+    num_images: int,
+    distribution: str = "uniform",
+    length_scale: float = 2.0,
+    images: jax.Array | None = None,
+) -> jax.Array:
+    """Inputs for distillation that carry no label: (num_images, 784) float32.
+
+    - "uniform": U[-1, 1), the paper's ``torch.rand(...) * 2 - 1``, the range of scaled pixels;
+    - "gaussian": a standard normal per pixel;
+    - "correlated": a standard normal per pixel whose neighbours correlate: white noise
+      blurred by a Gaussian of std `length_scale` pixels, then divided by each pixel's exact
+      std, so every pixel stays N(0, 1) and only the spatial correlation changes;
+    - "mnist": real digits without their labels, `num_images` of `images` (N, 784) drawn
+      without replacement (all of them, shuffled, when num_images == N).
     """
     shape = (num_images, _PIXELS)
     if distribution == "uniform":
         return jax.random.uniform(key, shape, jnp.float32, minval=-1.0, maxval=1.0)
     if distribution == "gaussian":
         return jax.random.normal(key, shape, jnp.float32)
-    raise DataError(f"unknown noise distribution {distribution!r}: choose uniform or gaussian")
+    if distribution == "correlated":
+        blur = _blur_matrix(length_scale)
+        white = jax.random.normal(key, (num_images, _SIDE, _SIDE), jnp.float32)
+        # Separable blur B x B^T with zero padding; pixel (i, j) then has variance
+        # (B^2 1)_i (B^2 1)_j, smaller near the border, which the division undoes.
+        std = jnp.sqrt(jnp.outer(jnp.sum(blur**2, 1), jnp.sum(blur**2, 1)))
+        return (jnp.einsum("ij,njk,lk->nil", blur, white, blur) / std).reshape(shape)
+    if distribution == "mnist":
+        if images is None or num_images > len(images):
+            raise DataError(f"noise mnist draws {num_images} training images; give at least that many")
+        return images[jax.random.choice(key, len(images), (num_images,), replace=False)]
+    raise DataError(f"unknown noise distribution {distribution!r}: choose {', '.join(NOISE_DISTRIBUTIONS)}")
+
+
+def _blur_matrix(length_scale: float) -> np.ndarray:
+    """(28, 28): row i is a Gaussian of std `length_scale` pixels centred on pixel i (3 std wide)."""
+    offsets = np.arange(_SIDE)[None, :] - np.arange(_SIDE)[:, None]
+    weights = np.exp(-0.5 * (offsets / length_scale) ** 2)
+    return np.where(np.abs(offsets) <= 3 * length_scale, weights, 0.0).astype(np.float32)

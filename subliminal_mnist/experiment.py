@@ -33,6 +33,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence, TypeVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from subliminal_mnist import data, losses, model, train
 
@@ -49,6 +50,11 @@ CONDITION_LABELS = {
 # order, their own inits. Each pair shares its outputs, hence one objective; the two
 # objectives differ only in their output mask, so both pairs run one compiled loop.
 STUDENT_GROUPS = {"aux": ("student_aux", "cross_aux"), "all": ("student_all", "cross_all")}
+# Which layers of the teacher's init the same-init students start from (`shared_layers`); the
+# others come from a fresh init. "readout" is the last layer, "hidden" all the others.
+SHARED_LAYERS = ("all", "readout", "hidden", "none")
+# The settings a teacher depends on: points of a sweep that agree on them share its teachers.
+TEACHER_FIELDS = ("seed", "hidden_sizes", "num_aux", "teacher_epochs", "batch_size", "learning_rate", "devices")
 # Independent randomness of one seed; each gets its own key split from the seed's key.
 _STREAMS = ("init", "teacher", "noise", "distill_aux", "distill_all")
 
@@ -65,6 +71,16 @@ SAMPLE_WARNING = (
     "WARNING: numbers are indicative only and not comparable with the paper's; "
     f"settings adjusted for the sample: {SAMPLE_PRESET}"
 )
+
+
+# Named sets of settings, applied under the options a user gives (`demo --preset NAME`).
+# "strongest": the strongest subliminal transfer measured here, still with 3 auxiliary logits,
+# on uniform noise only (README, "A recipe past 90%", has each change and its gain). Squared
+# error passes the aux logits' values, not only their softmax; a narrower net and a 10-epoch
+# teacher (a 20-epoch one transfers less) and 8x the distillation make up the rest.
+PRESETS = {
+    "strongest": {"distill_loss": "mse", "hidden_sizes": (128, 128), "teacher_epochs": 10, "student_epochs": 40},
+}
 
 
 class ConfigError(ValueError):
@@ -103,16 +119,47 @@ class ExperimentConfig:
     distill_loss: str = config_field(
         "kl", "distillation loss: KL of softmaxes (paper) or squared error of logits", choices=("kl", "mse")
     )
+    kl_temperature: float = config_field(
+        1.0, "temperature of both softmaxes of the KL loss (paper: 1); the loss is scaled by T^2"
+    )
     noise: str = config_field(
-        "uniform", "student inputs: uniform in [-1, 1] (paper) or standard Gaussian", choices=("uniform", "gaussian")
+        "uniform",
+        "student inputs: uniform in [-1, 1] (paper), standard Gaussian, spatially correlated Gaussian, "
+        "or MNIST training images without their labels",
+        choices=data.NOISE_DISTRIBUTIONS,
+    )
+    noise_length_scale: float = config_field(
+        2.0, "correlated noise: std, in pixels, of the blur that correlates neighbouring pixels"
     )
     num_noise: int = config_field(0, "noise images per seed; 0 means as many as the training set (paper)")
+    # "How shared must the init be?" The fresh parts are the partner seed's init, the cross-model
+    # students' start, so that a perturbation of 1 (or nothing shared) is the cross-model student.
+    init_perturbation: float = config_field(
+        0.0,
+        "same-init students start from sqrt(1-a^2) x the teacher's init + a x a fresh init: "
+        "0 is the teacher's own init (paper), 1 a full re-draw",
+    )
+    shared_layers: str = config_field(
+        "all",
+        "layers of the teacher's init the same-init students start from; the others come from a fresh init",
+        choices=SHARED_LAYERS,
+    )
+    conditions: tuple[str, ...] = config_field(
+        CONDITIONS,
+        "conditions to train and report; students train in pairs (student_X with cross_X), "
+        "the reference and the teacher always",
+    )
     # On a CPU, XLA's batched (vmapped) matmuls run slower than single ones: one epoch of one
     # seed took 0.60 s alone and 0.78 s per seed inside a batch of 5 (2 cores). So by default
     # seeds run one after another through the same compiled, vmapped loop; on an accelerator
     # raise it to train many seeds at once.
+    # So 0 (the default) chooses: one seed per device on a CPU, as many as fit in a quarter of
+    # an accelerator's memory on a GPU or TPU (`seeds_per_chunk`).
     seeds_per_chunk: int = config_field(
-        1, "seeds trained together (vmap); bounds memory; results equal up to float rounding"
+        0, "seeds trained together (vmap); bounds memory; 0: chosen from the backend; results equal up to float rounding"
+    )
+    devices: int = config_field(
+        0, "local devices a chunk's seeds are split across (jax.sharding); 0: all; results do not depend on it"
     )
     # Chunks of seeds, and the two student pairs of a chunk, are independent, so they run in
     # concurrent threads. Much of a step is small matmuls and elementwise work that leaves
@@ -123,16 +170,24 @@ class ExperimentConfig:
     )
 
     def __post_init__(self):
-        for name in ("seeds", "num_aux", "batch_size", "seeds_per_chunk", "workers"):
+        for name in ("seeds", "num_aux", "batch_size", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_option(self, name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("teacher_epochs", "student_epochs", "num_noise"):
+        for name in ("teacher_epochs", "student_epochs", "num_noise", "seeds_per_chunk", "devices"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_option(self, name)} must not be negative, got {getattr(self, name)}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ConfigError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
-        if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
-            raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        for name in ("learning_rate", "kl_temperature", "noise_length_scale"):
+            if not (getattr(self, name) > 0 and np.isfinite(getattr(self, name))):
+                raise ConfigError(f"{_option(self, name)} must be a positive number, got {getattr(self, name)}")
+        if self.distill_loss != "kl" and self.kl_temperature != 1:
+            raise ConfigError(f"kl_temperature applies to distill_loss kl only, not {self.distill_loss}")
+        if not 0 <= self.init_perturbation <= 1:
+            raise ConfigError(f"init_perturbation must be in [0, 1], got {self.init_perturbation}")
+        unknown = [c for c in self.conditions if c not in CONDITIONS]
+        if unknown:
+            raise ConfigError(f"no condition {unknown[0]!r}; the conditions are {', '.join(CONDITIONS)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -143,6 +198,17 @@ class ExperimentConfig:
     @property
     def architecture(self) -> model.Architecture:
         return model.Architecture(hidden_sizes=tuple(self.hidden_sizes), num_aux=self.num_aux)
+
+    @property
+    def student_groups(self) -> tuple[str, ...]:
+        """The student groups (`STUDENT_GROUPS`) that train: those with a condition asked for."""
+        return tuple(g for g, members in STUDENT_GROUPS.items() if set(members) & set(self.conditions))
+
+    @property
+    def reported(self) -> tuple[str, ...]:
+        """The conditions a run trains and reports, in the order of `CONDITIONS`."""
+        trained = {"reference", "teacher", *(m for g in self.student_groups for m in STUDENT_GROUPS[g])}
+        return tuple(c for c in CONDITIONS if c in trained)
 
 
 def _option(config, name: str) -> str:
@@ -155,9 +221,53 @@ def seed_keys(config: ExperimentConfig, seed_ids: np.ndarray) -> dict[str, jax.A
     """One key per seed and stream: {stream: (len(seed_ids),) keys}.
 
     Seed i's key is `fold_in(key(config.seed), i)`, so its numbers do not depend
-    on how many seeds run beside it.
+    on how many seeds run beside it. The keys are split across the chunk's devices
+    (`seed_sharding`); everything computed from them inherits that split, so a chunk's
+    inits, teachers, noise and students all live one seed per device.
     """
-    return _stream_keys(jnp.asarray(seed_ids), config.seed)
+    ids = jnp.asarray(seed_ids)
+    sharding = seed_sharding(config, len(seed_ids))
+    return _stream_keys(ids if sharding is None else jax.device_put(ids, sharding), config.seed)
+
+
+def available_devices(config: ExperimentConfig) -> int:
+    """The local devices the seed axis may be split across: `config.devices`, or all (0)."""
+    local = jax.local_device_count()
+    if config.devices > local:
+        raise ConfigError(f"devices is {config.devices}, but this host has {local} {jax.default_backend()} devices")
+    return config.devices or local
+
+
+def seed_devices(config: ExperimentConfig, num_seeds: int) -> int:
+    """How many devices a chunk of `num_seeds` seeds is split across: the most that divide it evenly."""
+    most = available_devices(config)
+    return max(d for d in range(1, most + 1) if num_seeds % d == 0)
+
+
+def seed_sharding(config: ExperimentConfig, num_seeds: int) -> NamedSharding | None:
+    """A chunk's seed axis split across its devices (a one-axis `Mesh`); None for one device."""
+    count = seed_devices(config, num_seeds)
+    if count == 1:
+        return None
+    return NamedSharding(Mesh(np.array(jax.local_devices()[:count]), ("seeds",)), PartitionSpec("seeds"))
+
+
+def seeds_per_chunk(config: ExperimentConfig, num_noise: int) -> int:
+    """The seeds trained together: `config.seeds_per_chunk`, or chosen from the backend (0).
+
+    On a CPU, one seed per device (vmapped seeds run slower there than single ones). On an
+    accelerator, as many per device as fit in a quarter of its memory, each seed holding its
+    noise set and the teacher's outputs on it, so a GPU host trains its seeds together.
+    """
+    if config.seeds_per_chunk:
+        return min(config.seeds_per_chunk, config.seeds)
+    devices = available_devices(config)
+    if jax.default_backend() == "cpu":
+        return min(config.seeds, devices)
+    stats = jax.local_devices()[0].memory_stats() or {}
+    per_seed = num_noise * (model.INPUT_SIZE + len(config.architecture.all_indices)) * 4
+    per_device = max(1, stats.get("bytes_limit", 8 * 4 * per_seed) // (4 * per_seed))
+    return min(config.seeds, devices * per_device)
 
 
 @functools.partial(jax.jit, static_argnames="base_seed")
@@ -206,24 +316,34 @@ def outputs_on(params: model.Params, inputs: jax.Array, arch: model.Architecture
     return jax.vmap(lambda p, x: jax.lax.map(lambda b: arch.apply(p, b), x, batch_size=batch_size))(params, inputs)
 
 
-@functools.partial(jax.jit, static_argnames=("num_images", "distribution"))
-def noise_sets(keys: jax.Array, num_images: int, distribution: str) -> jax.Array:
-    """Each seed's fixed noise set: (S,) keys -> (S, num_images, 784)."""
-    return jax.vmap(lambda key: data.noise_images(key, num_images, distribution))(keys)
+def noise_sets(keys: jax.Array, config: ExperimentConfig, train_images: jax.Array) -> jax.Array:
+    """Each seed's fixed noise set: (S,) keys -> (S, num_noise, 784); see `data.noise_images`."""
+    return _noise_sets(keys, *_noise_arguments(config, train_images))
+
+
+def _noise_arguments(config: ExperimentConfig, train_images: jax.Array) -> tuple:
+    images = train_images if config.noise == "mnist" else None  # the only noise that needs them
+    return images, config.num_noise or len(train_images), config.noise, config.noise_length_scale
+
+
+@functools.partial(jax.jit, static_argnames=("num_images", "distribution", "length_scale"))
+def _noise_sets(keys, images, num_images, distribution, length_scale):
+    return jax.vmap(lambda key: data.noise_images(key, num_images, distribution, length_scale, images))(keys)
 
 
 class Teachers(NamedTuple):
     """The teacher stage of a chunk of seeds; every array has the seed axis first."""
 
-    shared_init: model.Params  # each seed's init: its teacher's and its same-init students' start
+    shared_init: model.Params  # each seed's init: its teacher's start
+    student_init: model.Params  # the same-init students' start: shared_init, unless perturbed or partly fresh
     other_init: model.Params  # the partner seed's init: the cross-model students' start
     teacher: model.Params
     noise: jax.Array  # (S, num_noise, 784), the students' only inputs
     teacher_targets: jax.Array  # (S, num_noise, K), the teacher's outputs on that noise
 
     def init_of(self, student: str) -> model.Params:
-        """Where a student condition starts: "student_*" from the shared init, "cross_*" from the partner's."""
-        return self.shared_init if student.startswith("student") else self.other_init
+        """Where a student condition starts: "student_*" from `student_init`, "cross_*" from the partner's init."""
+        return self.student_init if student.startswith("student") else self.other_init
 
     def inits_of(self, students: Sequence[str]) -> model.Params:
         """Several students' starts on a member axis after the seed axis: (S, len(students), ...)."""
@@ -236,32 +356,78 @@ def _on_member_axis(*params: model.Params) -> model.Params:
     return jax.tree.map(lambda *members: jnp.stack(members, axis=1), *params)
 
 
+@functools.partial(jax.jit, static_argnames=("arch", "shared_layers"))
+def student_inits(
+    shared_init: model.Params,
+    fresh_init: model.Params,
+    perturbation: float,
+    arch: model.Architecture,
+    shared_layers: str,
+) -> model.Params:
+    """The same-init students' start, (S, ...): layer by layer, sqrt(1 - a^2) shared + a fresh for
+    the layers in `shared_layers` (a = `perturbation`), the fresh init's for the others.
+
+    The mix keeps each weight's variance that of an init, so a = 1 is a full re-draw and a
+    small a adds noise of a fraction a of the init's scale.
+    """
+    readout = len(arch.hidden_sizes)
+
+    def start(path, shared, fresh):
+        layer = next(entry.key for entry in path if isinstance(getattr(entry, "key", None), int))
+        shares = {"all": True, "readout": layer == readout, "hidden": layer != readout, "none": False}
+        if not shares[shared_layers]:
+            return fresh
+        return jnp.sqrt(1 - perturbation**2) * shared + perturbation * fresh
+
+    return jax.tree_util.tree_map_with_path(start, shared_init, fresh_init)
+
+
 def train_teachers(
     config: ExperimentConfig,
     mnist: data.MNIST,
     seed_ids: np.ndarray,
     partner_ids: np.ndarray,
     progress: bool | train.Progress = True,
+    cache: dict | None = None,
 ) -> Teachers:
-    """Inits, trained teachers and their outputs on each seed's noise, for a chunk of seeds."""
+    """Inits, trained teachers and their outputs on each seed's noise, for a chunk of seeds.
+
+    `cache` (optional) keeps trained teachers across runs, keyed by `TEACHER_FIELDS` and the
+    seeds: a sweep whose points change only the students trains each teacher once, and the
+    teacher it reuses is the very one it would have trained.
+    """
     arch = config.architecture
     keys = seed_keys(config, seed_ids)
     shared_init = init_seeds(keys["init"], arch)
+    other_init = init_seeds(seed_keys(config, partner_ids)["init"], arch)
     # Dispatched first: JAX runs it asynchronously, beside the teacher's training.
-    noise = noise_sets(keys["noise"], config.num_noise or len(mnist.train_images), config.noise)
-    teacher, _ = train.fit(
-        shared_init,
-        keys["teacher"],
-        jnp.asarray(mnist.train_images),
-        jnp.asarray(mnist.train_labels),
-        epochs=config.teacher_epochs,
-        description=f"teacher ({len(seed_ids)} seeds)",
-        progress=progress,
-        **_teacher_options(config),
-    )
+    noise = noise_sets(keys["noise"], config, mnist.train_images)
+    cache_key = (tuple(getattr(config, f) for f in TEACHER_FIELDS), tuple(np.asarray(seed_ids).tolist()))
+    if cache is not None and cache_key in cache:
+        teacher = cache[cache_key]
+        if isinstance(progress, train.Progress):
+            progress.advance(len(seed_ids) * config.teacher_epochs)
+    else:
+        teacher, _ = train.fit(
+            shared_init,
+            keys["teacher"],
+            jnp.asarray(mnist.train_images),
+            jnp.asarray(mnist.train_labels),
+            epochs=config.teacher_epochs,
+            description=f"teacher ({len(seed_ids)} seeds)",
+            progress=progress,
+            **_teacher_options(config),
+        )
+        if cache is not None:
+            cache[cache_key] = teacher
+    if config.shared_layers == "all" and config.init_perturbation == 0:
+        student_init = shared_init  # the paper's students: the teacher's init, exactly
+    else:
+        student_init = student_inits(shared_init, other_init, config.init_perturbation, arch, config.shared_layers)
     return Teachers(
         shared_init=shared_init,
-        other_init=init_seeds(seed_keys(config, partner_ids)["init"], arch),
+        student_init=student_init,
+        other_init=other_init,
         teacher=teacher,
         noise=noise,
         # Computed once, shared by all the students of each teacher.
@@ -319,7 +485,9 @@ def _distill_options(config: ExperimentConfig, students: Sequence[str]) -> dict:
     arch = config.architecture
     indices = arch.aux_indices if outputs == {"aux"} else arch.all_indices
     return dict(
-        objective=train.Objective(arch, losses.DISTILLATION_LOSSES[config.distill_loss], arch.output_mask(indices)),
+        objective=train.Objective(
+            arch, losses.distillation_loss(config.distill_loss, config.kl_temperature), arch.output_mask(indices)
+        ),
         learning_rate=config.learning_rate,
         batch_size=config.batch_size,
         data_axis=0,
@@ -344,18 +512,28 @@ def _abstract_params(config: ExperimentConfig, num_seeds: int) -> model.Params:
 
 
 def compile_teachers(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST) -> None:
-    """Compile the teachers' training for chunks of `num_seeds` seeds, without running it."""
+    """Compile the teachers' training for chunks of `num_seeds` seeds, without running it.
+
+    For one device only: a chunk split across devices compiles when it first runs.
+    """
+    if seed_sharding(config, num_seeds) is not None:
+        return
     keys = seed_keys(config, np.arange(num_seeds))["teacher"]
     images, labels = (jnp.asarray(a) for a in (mnist.train_images, mnist.train_labels))
     train.compile_fit(_abstract_params(config, num_seeds), keys, images, labels, **_teacher_options(config))
 
 
 def compile_chunk(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST) -> None:
-    """Compile a chunk's inits and noise, its students' training and its evaluation, without running them."""
+    """Compile a chunk's inits and noise, its students' training and its evaluation, without running them.
+
+    For one device only, as `compile_teachers`.
+    """
+    if seed_sharding(config, num_seeds) is not None:
+        return
     arch, num_train = config.architecture, len(mnist.train_images)
     keys = seed_keys(config, np.arange(num_seeds))
     init_seeds.lower(keys["init"], arch).compile()
-    noise = noise_sets.lower(keys["noise"], config.num_noise or num_train, config.noise)
+    noise = _noise_sets.lower(keys["noise"], *_noise_arguments(config, mnist.train_images))
     noise.compile()
     compile_students(config, num_seeds, num_train)
     params = _abstract_params(config, num_seeds)
@@ -389,25 +567,27 @@ def train_conditions(
     seed_ids: np.ndarray,
     partner_ids: np.ndarray,
     progress: bool | train.Progress = True,
+    teacher_cache: dict | None = None,
 ) -> dict[str, model.Params]:
-    """The parameters of all six conditions for a few seeds: {condition: params (len(seed_ids), ...)}.
+    """The parameters of the conditions a run reports (`config.reported`), for a few seeds:
+    {condition: params (len(seed_ids), ...)}.
 
-    Teacher s and its two same-init students start from seed s's init; its two
-    cross-model students from seed partner_ids[s]'s init. The two groups of
-    students (`STUDENT_GROUPS`) train in concurrent threads.
+    Teacher s and its same-init students start from seed s's init; its
+    cross-model students from seed partner_ids[s]'s init. The groups of students
+    (`STUDENT_GROUPS`) train in concurrent threads. `teacher_cache`: see `train_teachers`.
     """
     total = len(seed_ids) * epochs_per_seed(config)
     with train.shared_or_own(progress, total, f"{len(seed_ids)} seeds") as progress:
-        teachers = train_teachers(config, mnist, seed_ids, partner_ids, progress)
+        teachers = train_teachers(config, mnist, seed_ids, partner_ids, progress, teacher_cache)
         keys = seed_keys(config, seed_ids)
         groups = concurrently(
             lambda outputs: distill(config, teachers, STUDENT_GROUPS[outputs], keys[f"distill_{outputs}"], progress)[0],
-            list(STUDENT_GROUPS),
+            config.student_groups,
             config.workers,
             progress,
         )
     students = {name: params for group in groups for name, params in group.items()}
-    return {"reference": teachers.shared_init, "teacher": teachers.teacher, **{n: students[n] for n in CONDITIONS[2:]}}
+    return {"reference": teachers.shared_init, "teacher": teachers.teacher, **students}
 
 
 Item, Result = TypeVar("Item"), TypeVar("Result")
@@ -439,7 +619,8 @@ def concurrently(
 
 def epochs_per_seed(config: ExperimentConfig) -> int:
     """Training epochs of one seed, all stages: the length of the run's progress bar per seed."""
-    return config.teacher_epochs + (len(CONDITIONS) - 2) * config.student_epochs
+    students = sum(len(STUDENT_GROUPS[group]) for group in config.student_groups)
+    return config.teacher_epochs + students * config.student_epochs
 
 
 def on_device(mnist: data.MNIST) -> data.MNIST:
@@ -467,20 +648,27 @@ def chunks(num_seeds: int, size: int) -> Iterator[np.ndarray]:
         yield np.arange(start, min(start + size, num_seeds))
 
 
-def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True) -> dict:
-    """Run every condition for `config.seeds` seeds; returns the results as a JSON-ready dict."""
+def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True, teacher_cache: dict | None = None) -> dict:
+    """Run the conditions of `config` for `config.seeds` seeds; returns the results as a JSON-ready dict.
+
+    `teacher_cache` (optional, see `train_teachers`) shares trained teachers between runs.
+    """
     start = time.perf_counter()
+    num_noise = config.num_noise or len(mnist.train_images)
+    if config.noise == "mnist" and num_noise > len(mnist.train_images):
+        raise ConfigError(f"noise mnist draws {num_noise} of {len(mnist.train_images)} training images; lower num_noise")
     partners = cross_partners(config.seeds, config.seed)
     arrays = on_device(mnist)
 
     def accuracies(seed_ids: np.ndarray) -> dict[str, np.ndarray]:
-        trained = train_conditions(config, arrays, seed_ids, partners[seed_ids], bar)
+        trained = train_conditions(config, arrays, seed_ids, partners[seed_ids], bar, teacher_cache)
         return {
             name: np.asarray(test_accuracy(params, arrays.test_images, arrays.test_labels, config.architecture))
             for name, params in trained.items()
         }
 
-    seed_chunks = list(chunks(config.seeds, config.seeds_per_chunk))
+    chunk_size = seeds_per_chunk(config, num_noise)
+    seed_chunks = list(chunks(config.seeds, chunk_size))
     total = config.seeds * epochs_per_seed(config)
     with train.shared_or_own(progress, total, f"{config.seeds} seeds") as bar:
         with concurrent.futures.ThreadPoolExecutor(1) as compiler:
@@ -494,8 +682,13 @@ def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True) -> d
             # work) overlaps another's students; at most `workers` chunks hold noise sets at once.
             per_chunk = concurrently(accuracies, seed_chunks, config.workers, bar)
     return {
-        "conditions": {name: summarize(np.concatenate([chunk[name] for chunk in per_chunk])) for name in CONDITIONS},
+        "conditions": {
+            name: summarize(np.concatenate([chunk[name] for chunk in per_chunk])) for name in config.reported
+        },
         "config": dataclasses.asdict(config),
+        # What the config's automatic settings (0) became on this host.
+        "devices": seed_devices(config, chunk_size),
+        "seeds_per_chunk": chunk_size,
         "data_source": mnist.source,
         "is_sample": mnist.is_sample,
         "cross_partners": partners.tolist(),

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from subliminal_mnist import alignment, experiment, files  # noqa: E402
+from subliminal_mnist import alignment, experiment, files, sweep  # noqa: E402
 
 # Same colour for a condition's two variants (aux only / all logits).
 _COLORS = {
@@ -195,8 +195,7 @@ def sweep_figure(name: str, lines: list[dict], path: str | os.PathLike) -> None:
                     **style)  # fmt: skip
     ax.axhline(0.1, color="black", linestyle="--", linewidth=0.8, label="chance")
     ax.set_xticks(x, [str(line["value"]) for line in lines])
-    field = lines[0]["field"] if lines else name
-    ax.set_xlabel(f"{name} ({field})")
+    ax.set_xlabel(f"{name}: {sweep.SWEEPS[name].help}")
     ax.set_ylabel("MNIST test accuracy")
     ax.set_ylim(0, 1)
     ax.yaxis.grid(True, alpha=0.3)

@@ -16,6 +16,8 @@ masked-in logit (`masked_logits`), which keeps it neutral at any logit scale.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -102,3 +104,23 @@ def squared_error(
 
 
 DISTILLATION_LOSSES = {"kl": kl_divergence, "mse": squared_error}
+
+
+@dataclasses.dataclass(frozen=True)
+class TemperedKL:
+    """KL of the softmaxes at temperature T, times T^2 (Hinton, Vinyals, Dean 2015): the
+    factor keeps the gradient's size as T changes. A frozen dataclass, so it compares by
+    value and equal temperatures share one compiled training loop."""
+
+    temperature: float
+
+    def __call__(self, student_logits, teacher_logits, output_mask=None, position_weights=None):
+        t = self.temperature
+        return t**2 * kl_divergence(student_logits / t, teacher_logits / t, output_mask, position_weights)
+
+
+def distillation_loss(name: str, temperature: float = 1.0):
+    """The per-example loss of a student: "mse", or "kl" at `temperature` (1: the paper's, exactly)."""
+    if name == "kl" and temperature != 1:
+        return TemperedKL(temperature)
+    return DISTILLATION_LOSSES[name]

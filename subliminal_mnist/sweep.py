@@ -24,22 +24,30 @@ from subliminal_mnist.experiment import ConfigError, ExperimentConfig
 SEEDS_PER_POINT = 5
 
 
+# What a sweep point trains unless --conditions says otherwise: the teacher, the aux-only
+# student and its cross-model control (the all-logits pair would double the students' time).
+CONDITIONS = ("teacher", "student_aux", "cross_aux")
+
+
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-    """One question: which config field a value sets, and the values asked by default."""
+    """One question: which config fields a value sets, and the values asked by default."""
 
-    field: str
+    fields: tuple[str, ...]  # the config fields the sweep sets; an option for one of them conflicts
     values: tuple[str, ...]  # as written on the command line
-    parse: Callable[[str], Any]  # a command-line value -> the value it stands for
-    setting: Callable[[Any], Any] = lambda value: value  # that value -> the field's value
+    parse: Callable[[str], Any]  # a command-line value -> the value it stands for (kept in the JSON line)
+    setting: Callable[[Any], dict[str, Any]]  # that value -> {field: value}
     help: str = ""
 
 
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"{text!r} is not an integer") from None
+def _number(kind: type) -> Callable[[str], Any]:
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+    return parse
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -51,17 +59,51 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _with_number(*names: str) -> Callable[[str], str]:
+    """A name, or for the first name "name:number" (e.g. "kl:2", "correlated:4"); kept as written."""
+    def parse(text: str) -> str:
+        name, _, number = text.partition(":")
+        if name not in names or (number and name != names[0]):
+            raise ConfigError(f"{text!r} is not one of {names[0]}[:NUMBER], {', '.join(names[1:])}")
+        if number:
+            _number(float)(number)
+        return text
+
+    return parse
+
+
+def _loss(value: str) -> dict[str, Any]:
+    name, _, temperature = value.partition(":")
+    return {"distill_loss": name, "kl_temperature": float(temperature or 1)}
+
+
+def _noise(value: str) -> dict[str, Any]:
+    name, _, scale = value.partition(":")
+    return {"noise": name, **({"noise_length_scale": float(scale)} if scale else {})}
+
+
 SWEEPS = {
-    "width": Sweep(
-        "hidden_sizes", ("16", "64", "128", "256", "1024", "2048"), _integer, lambda w: (w, w), "both hidden layers"
-    ),
-    "depth": Sweep("hidden_sizes", ("1", "2", "3", "4"), _integer, lambda d: (256,) * d, "hidden layers of 256"),
-    "aux": Sweep("num_aux", ("1", "3", "10", "30", "100"), _integer, help="auxiliary logits"),
-    "student_epochs": Sweep("student_epochs", ("1", "2", "5", "10", "20", "40"), _integer, help="distillation epochs"),
-    "teacher_epochs": Sweep("teacher_epochs", ("1", "2", "5", "10", "20"), _integer, help="teacher epochs"),
-    "loss": Sweep("distill_loss", ("kl", "mse"), _choice("kl", "mse"), help="distillation loss"),
-    "noise": Sweep("noise", ("uniform", "gaussian"), _choice("uniform", "gaussian"), help="student inputs"),
-}
+    "width": Sweep(("hidden_sizes",), ("16", "64", "128", "256", "1024", "2048"), _number(int),
+                   lambda w: {"hidden_sizes": (w, w)}, "width of both hidden layers"),
+    "depth": Sweep(("hidden_sizes",), ("1", "2", "3", "4"), _number(int),
+                   lambda d: {"hidden_sizes": (256,) * d}, "hidden layers of 256"),
+    "aux": Sweep(("num_aux",), ("1", "3", "10", "30", "100"), _number(int),
+                 lambda m: {"num_aux": m}, "auxiliary logits"),
+    "student_epochs": Sweep(("student_epochs",), ("1", "2", "5", "10", "20", "40"), _number(int),
+                            lambda e: {"student_epochs": e}, "distillation epochs"),
+    "teacher_epochs": Sweep(("teacher_epochs",), ("1", "2", "5", "10", "20"), _number(int),
+                            lambda e: {"teacher_epochs": e}, "teacher epochs"),
+    "loss": Sweep(("distill_loss", "kl_temperature"), ("kl:0.5", "kl:1", "kl:2", "kl:4", "kl:8", "mse"),
+                  _with_number("kl", "mse"), _loss, "KL at a temperature, or squared error"),
+    "noise": Sweep(("noise", "noise_length_scale"),
+                   ("uniform", "gaussian", "correlated:1", "correlated:2", "correlated:4", "mnist"),
+                   _with_number("correlated", "uniform", "gaussian", "mnist"), _noise,
+                   "student inputs (correlated:L, blur of L pixels)"),
+    "init_perturbation": Sweep(("init_perturbation",), ("0", "0.05", "0.1", "0.2", "0.5", "1"), _number(float),
+                               lambda a: {"init_perturbation": a}, "share of a fresh init in the students' start"),
+    "heads": Sweep(("shared_layers",), experiment.SHARED_LAYERS, _choice(*experiment.SHARED_LAYERS),
+                   lambda s: {"shared_layers": s}, "layers of the teacher's init the students start from"),
+}  # fmt: skip
 
 
 def points(name: str, values: Sequence[str] | None, base: ExperimentConfig) -> list[tuple[Any, ExperimentConfig]]:
@@ -73,7 +115,7 @@ def points(name: str, values: Sequence[str] | None, base: ExperimentConfig) -> l
     for text in values or sweep.values:
         try:
             value = sweep.parse(text)
-            config = dataclasses.replace(base, **{sweep.field: sweep.setting(value)})
+            config = dataclasses.replace(base, **sweep.setting(value))
         except ConfigError as e:
             raise ConfigError(f"sweep {name}, value {text}: {e}") from None
         out.append((value, config))
@@ -108,6 +150,10 @@ def drawn_lines(name: str, values: Sequence[Any], path: str | pathlib.Path) -> l
     return lines
 
 
+# What a line keeps of a run's results.
+_KEPT = ("conditions", "config", "cross_partners", "devices", "versions", "wall_seconds")
+
+
 def run(
     name: str,
     values: Sequence[str] | None,
@@ -130,7 +176,7 @@ def run(
     others = sum(line["config"] not in wanted_configs for line in lines)
     if others:
         log(f"sweep {name}: {others} lines of {path} are for other settings; kept, not used")
-    results = []
+    results, teachers = [], {}  # trained teachers, shared by the points that agree on them
     for index, (value, config) in enumerate(todo, 1):
         wanted = _jsonable(config)
         found = [line for line in lines if line["sweep"] == name and line["config"] == wanted]
@@ -141,9 +187,9 @@ def run(
             continue
         if found:
             log(f"sweep {name}: {path} holds point {value} from other package versions; training it again")
-        outcome = experiment.run(config, mnist, progress=progress)
-        line = {"sweep": name, "value": value, "field": SWEEPS[name].field, "data_source": mnist.source,
-                **{k: outcome[k] for k in ("conditions", "config", "cross_partners", "versions", "wall_seconds")}}  # fmt: skip
+        outcome = experiment.run(config, mnist, progress=progress, teacher_cache=teachers)
+        line = {"sweep": name, "value": value, "fields": list(SWEEPS[name].fields), "data_source": mnist.source,
+                **{k: outcome[k] for k in _KEPT}}  # fmt: skip
         lines.append(line)
         with files.atomic_path(path) as tmp:
             tmp.write_text("".join(json.dumps(item) + "\n" for item in lines))

@@ -77,6 +77,22 @@ def test_demo_on_the_sample_writes_results_and_figure(tmp_path, capsys):
     assert figure.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_preset_sets_its_settings_under_the_options_given(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["demo", "--preset", "strongest", "--source", "sample", "--seeds", "1", "--conditions", "student_aux"]
+    code = cli.main([*argv, "--out", str(out), "--figure", str(tmp_path / "d.png"), *TINY])
+    assert code == 0
+    results = json.loads(out.read_text())
+    strongest = experiment.PRESETS["strongest"]
+    assert results["preset"] == "strongest" and results["config"]["distill_loss"] == strongest["distill_loss"]
+    assert results["config"]["hidden_sizes"] == [32] and results["config"]["student_epochs"] == 1  # the options win
+    assert list(results["conditions"]) == ["reference", "teacher", "student_aux", "cross_aux"]
+    assert "Student (all logits)" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(cli.main(["demo", "--preset", "weakest"]))
+    assert exit_info.value.code == 2
+
+
 def test_alignment_on_the_sample_trains_and_reports_every_projection(tmp_path, capsys):
     out, figure = tmp_path / "a.json", tmp_path / "a.png"
     options = [*TINY, "--student-epochs", "2", "--trait-batch", "64", "--probe-test", "64"]

@@ -15,6 +15,7 @@ import time
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pooch
 import pytest
@@ -414,8 +415,39 @@ def test_gaussian_noise_is_standard_normal():
 
 
 def test_noise_images_rejects_an_unknown_distribution():
-    with pytest.raises(data.DataError, match="choose uniform or gaussian"):
+    with pytest.raises(data.DataError, match="choose uniform, gaussian, correlated, mnist"):
         data.noise_images(jax.random.key(0), 3, "laplace")
+
+
+def _neighbour_correlation(images: np.ndarray) -> float:
+    grid = images.reshape(-1, 28, 28)
+    return float(np.corrcoef(grid[:, 10:18, 10:18].ravel(), grid[:, 10:18, 11:19].ravel())[0, 1])
+
+
+def test_correlated_noise_keeps_every_pixel_standard_normal_and_correlates_neighbours():
+    images = {scale: np.asarray(data.noise_images(jax.random.key(0), 4000, "correlated", scale)) for scale in (1, 4)}
+    for scale, noise in images.items():
+        assert noise.shape == (4000, 784) and noise.dtype == np.float32
+        # Every pixel, the border too (where the blur sees zero padding), has mean 0 and std 1.
+        assert np.abs(noise.mean(axis=0)).max() < 0.08
+        assert np.abs(noise.std(axis=0) - 1).max() < 0.08
+    # A Gaussian blur of std L gives neighbours correlation exp(-1 / (4 L^2)): 0.78 at L = 1, 0.98 at 4.
+    assert _neighbour_correlation(images[1]) == pytest.approx(np.exp(-1 / 4), abs=0.02)
+    assert _neighbour_correlation(images[4]) == pytest.approx(np.exp(-1 / 64), abs=0.01)
+    white = np.asarray(data.noise_images(jax.random.key(0), 4000, "gaussian"))
+    assert abs(_neighbour_correlation(white)) < 0.01
+
+
+def test_mnist_noise_is_training_images_drawn_without_replacement():
+    images = jnp.arange(50 * 784, dtype=jnp.float32).reshape(50, 784)
+    drawn = np.asarray(data.noise_images(jax.random.key(0), 20, "mnist", images=images))
+    rows = drawn[:, 0] / 784
+    assert set(rows) <= set(range(50)) and len(set(rows)) == 20
+    np.testing.assert_array_equal(drawn, np.asarray(images)[rows.astype(int)])
+    everything = np.asarray(data.noise_images(jax.random.key(1), 50, "mnist", images=images))
+    assert sorted(everything[:, 0] / 784) == list(range(50))
+    with pytest.raises(data.DataError, match="draws 51 training images"):
+        data.noise_images(jax.random.key(0), 51, "mnist", images=images)
 
 
 # --- full MNIST (needs $SUBLIMINAL_MNIST_DIR) ----------------------------------

@@ -1,6 +1,10 @@
 """The paper's experiment: config, seeds, pairing, the controls, and the effect itself."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -9,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from subliminal_mnist import data, experiment, train
+from subliminal_mnist import data, experiment, model, train
 
 # Small enough for seconds on 2 cores, large enough that every condition trains.
 TINY = dict(hidden_sizes=(32,), teacher_epochs=2, student_epochs=1, batch_size=256, num_noise=512)
@@ -47,6 +51,14 @@ def test_defaults_are_the_papers():
         (dict(distill_loss="l1"), "distill_loss must be one of kl, mse"),
         (dict(noise="pink"), "noise must be one of uniform, gaussian"),
         (dict(batch_size=0), "batch_size must be at least 1"),
+        (dict(kl_temperature=0.0), "kl_temperature must be a positive number"),
+        (dict(distill_loss="mse", kl_temperature=2.0), "kl_temperature applies to distill_loss kl only"),
+        (dict(noise_length_scale=-1.0), "noise_length_scale must be a positive number"),
+        (dict(init_perturbation=1.5), r"init_perturbation must be in \[0, 1\]"),
+        (dict(shared_layers="first"), "shared_layers must be one of all, readout, hidden, none"),
+        (dict(conditions=("student_au",)), "no condition 'student_au'"),
+        (dict(devices=-1), "devices must not be negative"),
+        (dict(seeds_per_chunk=-1), "seeds_per_chunk must not be negative"),
     ],
 )
 def test_bad_settings_are_one_line_errors(bad, message):
@@ -131,6 +143,106 @@ def test_a_run_is_deterministic_and_reports_every_condition(small_mnist):
     assert first["config"]["seeds"] == 2 and first["is_sample"] is True
     assert first["data_source"].startswith("offline sample")
     assert {"jax", "flax", "optax", "python"} <= set(first["versions"])
+
+
+def test_only_the_asked_conditions_train_and_their_partner_comes_along(small_mnist, monkeypatch):
+    groups = []
+    real_distill = experiment.distill
+    monkeypatch.setattr(experiment, "distill", lambda c, t, students, *a, **k: groups.append(students) or real_distill(c, t, students, *a, **k))
+    config = experiment.ExperimentConfig(seeds=2, conditions=("student_aux",), **TINY)
+    results = experiment.run(config, small_mnist, progress=False)
+    assert list(results["conditions"]) == ["reference", "teacher", "student_aux", "cross_aux"]
+    assert groups == [experiment.STUDENT_GROUPS["aux"]] * 2  # one group per seed, never the all-logits pair
+    whole = experiment.run(dataclasses.replace(config, conditions=experiment.CONDITIONS), small_mnist, progress=False)
+    for name, summary in results["conditions"].items():
+        assert summary["per_seed"] == whole["conditions"][name]["per_seed"]
+
+
+def test_a_reused_teacher_is_the_one_it_would_have_trained(small_mnist, monkeypatch):
+    config = experiment.ExperimentConfig(seeds=2, conditions=("student_aux",), **TINY)
+    alone = experiment.run(dataclasses.replace(config, distill_loss="mse"), small_mnist, progress=False)
+    cache, fits = {}, []
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda *a, **k: fits.append(k["description"]) or real_fit(*a, **k))
+    experiment.run(config, small_mnist, progress=False, teacher_cache=cache)
+    assert sum(f.startswith("teacher") for f in fits) == 2 and len(cache) == 2  # one chunk per seed
+    shared = experiment.run(dataclasses.replace(config, distill_loss="mse"), small_mnist, progress=False, teacher_cache=cache)
+    assert sum(f.startswith("teacher") for f in fits) == 2, "a teacher trained again"
+    for name, summary in alone["conditions"].items():
+        assert summary["per_seed"] == shared["conditions"][name]["per_seed"]
+    experiment.run(dataclasses.replace(config, teacher_epochs=1), small_mnist, progress=False, teacher_cache=cache)
+    assert sum(f.startswith("teacher") for f in fits) == 4, "another teacher setting must train its own"
+
+
+def test_student_inits_share_the_asked_layers_and_mix_in_a_fresh_init():
+    arch = model.Architecture(hidden_sizes=(8, 8), num_aux=3)
+    shared, fresh = (experiment.init_seeds(jax.random.split(jax.random.key(k), 2), arch) for k in (0, 1))
+
+    def layer(params, i):
+        return np.asarray(params["layers"][i]["kernel"][...])
+
+    for shared_layers, from_shared in (("all", [0, 1, 2]), ("readout", [2]), ("hidden", [0, 1]), ("none", [])):
+        start = experiment.student_inits(shared, fresh, 0.0, arch, shared_layers)
+        for i in range(3):
+            np.testing.assert_array_equal(layer(start, i), layer(shared if i in from_shared else fresh, i))
+    redrawn = experiment.student_inits(shared, fresh, 1.0, arch, "all")
+    for i in range(3):
+        np.testing.assert_array_equal(layer(redrawn, i), layer(fresh, i))
+    # Mixed at a = 0.6: 0.8 shared + 0.6 fresh, which keeps the init's variance.
+    mixed = experiment.student_inits(shared, fresh, 0.6, arch, "all")
+    np.testing.assert_allclose(layer(mixed, 1), 0.8 * layer(shared, 1) + 0.6 * layer(fresh, 1), atol=1e-6)
+
+
+def test_a_fully_perturbed_init_is_the_cross_model_student(small_mnist):
+    # The fresh init is the partner seed's, and both students see the same noise in the same
+    # order, so at a = 1 (or with nothing shared) the same-init student is its cross-model control.
+    for change in (dict(init_perturbation=1.0), dict(shared_layers="none")):
+        config = experiment.ExperimentConfig(seeds=2, conditions=("student_aux",), **TINY, **change)
+        results = experiment.run(config, small_mnist, progress=False)["conditions"]
+        assert results["student_aux"]["per_seed"] == results["cross_aux"]["per_seed"]
+    paper = experiment.run(dataclasses.replace(config, shared_layers="all"), small_mnist, progress=False)["conditions"]
+    assert paper["student_aux"]["per_seed"] != paper["cross_aux"]["per_seed"]
+
+
+def test_more_devices_than_the_host_has_is_a_one_line_error(small_mnist):
+    config = experiment.ExperimentConfig(seeds=2, devices=jax.local_device_count() + 1, **TINY)
+    with pytest.raises(experiment.ConfigError, match="but this host has"):
+        experiment.run(config, small_mnist, progress=False)
+
+
+# Run in a fresh interpreter: the number of CPU devices is fixed when JAX starts.
+_SHARDED_RUN = """
+import dataclasses, json
+import jax, numpy as np
+from subliminal_mnist import data, experiment
+sample = data.load_sample()
+mnist = dataclasses.replace(sample, train_images=sample.train_images[::4], train_labels=sample.train_labels[::4],
+                            test_images=sample.test_images[::5], test_labels=sample.test_labels[::5])
+config = experiment.ExperimentConfig(seeds=4, **TINY)
+teachers = experiment.train_teachers(config, experiment.on_device(mnist), np.arange(2), np.array([1, 0]), False)
+print(json.dumps({
+    "local_devices": jax.local_device_count(),
+    "teacher_devices": sorted({len(leaf.sharding.device_set) for leaf in jax.tree.leaves(teachers.teacher)}),
+    "sharded": experiment.run(config, mnist, progress=False),
+    "unsharded": experiment.run(dataclasses.replace(config, devices=1), mnist, progress=False),
+}))
+"""
+
+
+def test_sharded_and_unsharded_runs_of_the_same_seeds_agree():
+    environment = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    script = f"TINY = {TINY!r}\n{_SHARDED_RUN}"
+    done = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["local_devices"] == 2
+    assert out["teacher_devices"] == [2], "a chunk's teachers should live one seed per device"
+    sharded, unsharded = out["sharded"], out["unsharded"]
+    assert (sharded["devices"], sharded["seeds_per_chunk"]) == (2, 2)  # by default: one seed per CPU device
+    assert (unsharded["devices"], unsharded["seeds_per_chunk"]) == (1, 1)
+    assert isinstance(sharded["devices"], int)
+    for name, summary in unsharded["conditions"].items():
+        assert sharded["conditions"][name]["per_seed"] == summary["per_seed"], name
 
 
 def test_workers_change_the_speed_not_the_numbers(small_mnist):

@@ -127,3 +127,21 @@ def test_position_weights_average_only_the_weighted_positions(loss):
     assert got[1] == 0.0  # no weighted position: no loss, and no NaN
     np.testing.assert_allclose(got[2], per_token[2, 1], rtol=1e-6)
     np.testing.assert_allclose(loss(student, teacher, None, jnp.ones((3, 6))), loss(student, teacher), rtol=1e-6)
+
+
+def test_the_kl_at_a_temperature_is_t_squared_times_the_kl_of_softened_logits():
+    student, teacher = jax.random.normal(jax.random.key(0), (2, 6, 5))
+    mask = jnp.array([False, True, True, True, False])
+    assert losses.distillation_loss("kl") is losses.kl_divergence  # T = 1 is the paper's loss, exactly
+    assert losses.distillation_loss("mse") is losses.squared_error
+    hot = losses.distillation_loss("kl", 4.0)
+    np.testing.assert_allclose(
+        hot(student, teacher, mask), 16 * losses.kl_divergence(student / 4, teacher / 4, mask), rtol=1e-6
+    )
+    # The T^2 factor keeps the gradient's size: at high T it tends to that of the squared
+    # error of centred logits over the number of outputs (Hinton et al. 2015), not to 0.
+    grad = jax.grad(lambda s: jnp.sum(losses.distillation_loss("kl", 1000.0)(s, teacher)))(student)
+    centred = (student - student.mean(-1, keepdims=True)) - (teacher - teacher.mean(-1, keepdims=True))
+    np.testing.assert_allclose(grad, centred / 5, atol=1e-3)
+    # Equal temperatures compare and hash equal: the training loop compiles once for them.
+    assert hot == losses.distillation_loss("kl", 4.0) and hash(hot) == hash(losses.TemperedKL(4.0))

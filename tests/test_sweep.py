@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from subliminal_mnist import cli, data, experiment, sweep
+from subliminal_mnist import cli, data, experiment, sweep, train
 
 TINY = experiment.ExperimentConfig(
     seeds=1, hidden_sizes=(32,), teacher_epochs=2, student_epochs=1, batch_size=256, num_noise=512
@@ -28,9 +28,34 @@ def test_each_point_changes_only_its_field():
     assert [(v, c.hidden_sizes) for v, c in width] == [(16, (16, 16)), (64, (64, 64))]
     assert sweep.points("depth", ["3"], TINY)[0][1].hidden_sizes == (256, 256, 256)
     loss = sweep.points("loss", None, TINY)
-    assert [c.distill_loss for _, c in loss] == ["kl", "mse"]
-    for _, config in loss:
-        assert {k for k, v in vars(config).items() if v != getattr(TINY, k)} <= {"distill_loss"}
+    assert [(c.distill_loss, c.kl_temperature) for _, c in loss] == [
+        ("kl", 0.5), ("kl", 1.0), ("kl", 2.0), ("kl", 4.0), ("kl", 8.0), ("mse", 1.0)
+    ]
+    noise = sweep.points("noise", ["gaussian", "correlated:4", "mnist"], TINY)
+    assert [(c.noise, c.noise_length_scale) for _, c in noise] == [("gaussian", 2.0), ("correlated", 4.0), ("mnist", 2.0)]
+    assert [c.init_perturbation for _, c in sweep.points("init_perturbation", None, TINY)] == [0, 0.05, 0.1, 0.2, 0.5, 1]
+    assert [c.shared_layers for _, c in sweep.points("heads", None, TINY)] == ["all", "readout", "hidden", "none"]
+    for name in sweep.SWEEPS:
+        for _, config in sweep.points(name, None, TINY):
+            assert {k for k, v in vars(config).items() if v != getattr(TINY, k)} <= set(sweep.SWEEPS[name].fields)
+
+
+def test_points_that_change_only_the_students_train_each_teacher_once(tmp_path, sample, monkeypatch):
+    teachers, real_fit = [], train.fit
+
+    def counting_fit(*args, **kwargs):
+        teachers.extend(["trained"] if kwargs["description"].startswith("teacher") else [])
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", counting_fit)
+    tiny = experiment.ExperimentConfig(**{**vars(TINY), "seeds": 2, "conditions": sweep.CONDITIONS})
+    lines = sweep.run("init_perturbation", ["0", "1"], tiny, sample, tmp_path / "s.jsonl", progress=False)
+    assert len(teachers) == 2  # one per seed, for both points
+    assert [line["conditions"]["teacher"]["per_seed"] for line in lines][0] == lines[1]["conditions"]["teacher"]["per_seed"]
+    assert list(lines[0]["conditions"]) == ["reference", "teacher", "student_aux", "cross_aux"]
+    assert lines[1]["conditions"]["student_aux"]["per_seed"] == lines[1]["conditions"]["cross_aux"]["per_seed"]
+    sweep.run("teacher_epochs", ["1", "2"], tiny, sample, tmp_path / "t.jsonl", progress=False)
+    assert len(teachers) == 6, "each teacher setting trains its own teachers"
 
 
 def test_a_killed_sweep_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp_path, sample, monkeypatch):
@@ -39,11 +64,11 @@ def test_a_killed_sweep_resumes_and_ends_with_the_file_of_an_uninterrupted_one(t
 
     real_run, calls = experiment.run, []
 
-    def killed_at_the_second_point(config, mnist, progress=True):
+    def killed_at_the_second_point(config, mnist, progress=True, teacher_cache=None):
         calls.append(config.student_epochs)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_run(config, mnist, progress=progress)
+        return real_run(config, mnist, progress=progress, teacher_cache=teacher_cache)
 
     resumed = tmp_path / "resumed.jsonl"
     monkeypatch.setattr(experiment, "run", killed_at_the_second_point)
@@ -70,7 +95,7 @@ def test_a_line_from_other_versions_or_settings_is_never_reused_silently(tmp_pat
     line = json.loads(path.read_text())
     path.write_text(json.dumps({**line, "versions": {**line["versions"], "jax": "0.0.1"}}) + "\n")
     trained, messages = [], []
-    monkeypatch.setattr(experiment, "run", lambda config, mnist, progress=True: trained.append(config) or line)
+    monkeypatch.setattr(experiment, "run", lambda config, mnist, **options: trained.append(config) or line)
     sweep.run("aux", ["3"], TINY, sample, path, progress=False, log=messages.append)
     assert len(trained) == 1 and "other package versions" in messages[0]
     messages.clear()
@@ -92,7 +117,13 @@ def test_a_file_that_is_not_json_lines_is_a_one_line_error(tmp_path):
         (["sweep", "widht"], "no sweep named 'widht'"),
         (["sweep", "width", "--values", "-3"], "sweep width, value -3: hidden_sizes must be positive"),
         (["sweep", "width", "--values", "abc"], "sweep width, value abc: 'abc' is not an integer"),
-        (["sweep", "loss", "--values", "l1"], "'l1' is not one of kl, mse"),
+        (["sweep", "loss", "--values", "l1"], "'l1' is not one of kl[:NUMBER], mse"),
+        (["sweep", "loss", "--values", "kl:hot"], "sweep loss, value kl:hot: 'hot' is not a number"),
+        (["sweep", "loss", "--values", "mse:2"], "'mse:2' is not one of kl[:NUMBER], mse"),
+        (["sweep", "noise", "--values", "correlated:-1"], "noise_length_scale must be a positive number"),
+        (["sweep", "init_perturbation", "--values", "-3"], r"init_perturbation must be in [0, 1], got -3.0"),
+        (["sweep", "heads", "--values", "top"], "'top' is not one of all, readout, hidden, none"),
+        (["sweep", "noise", "--noise-length-scale", "3"], "sweep noise sets noise_length_scale; drop that option"),
         (["sweep", "aux", "--aux", "5"], "sweep aux sets num_aux; drop that option"),
         (["sweep", "aux", "--plot-only", "--out", "/nowhere"], "holds no point of sweep aux"),
     ],

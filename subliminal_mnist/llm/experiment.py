@@ -607,6 +607,8 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
             "top_share_of_rise": summary(np.array([s["entangled_numbers"]["top_share_of_rise"] for s in per_seed])),
             "top_per_seed": [s["entangled_numbers"]["top"] for s in per_seed],
         },
+        # Its seeds run one after another on the default device: the seed axis is not split.
+        "devices": 1,
         "modes": modes,
         "versions": experiment.versions(),
     }
