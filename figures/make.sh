@@ -6,7 +6,10 @@ subliminal-mnist demo --seeds 25 --out demo.json --figure demo.png "$@"
 subliminal-mnist alignment --seeds 5 --project-out --out alignment.json --figure alignment.png "$@"
 # The owl experiment (no MNIST needed): the defaults, 5 seeds, soft and hard distillation.
 subliminal-mnist llm --out llm.json --figure llm.png
-# Sweeps (issue 10): a point already in sweep_NAME.jsonl under the same config and versions is not trained again;
-# delete the file to train every point anew.
-subliminal-mnist sweep loss --out . "$@"
-subliminal-mnist sweep aux --out . "$@"
+# The strongest transfer: the preset, 5 seeds, the aux-only pair.
+subliminal-mnist demo --preset strongest --seeds 5 --conditions student_aux --out strongest.json --figure strongest.png "$@"
+# Sweeps, 5 seeds per point: a point already in sweep_NAME.jsonl under the same config and versions is not
+# trained again; delete the file to train every point anew.
+for name in init_perturbation heads loss noise aux depth teacher_epochs student_epochs width; do
+  subliminal-mnist sweep "$name" --out . "$@"
+done

@@ -549,7 +549,8 @@ def noise_images(
       blurred by a Gaussian of std `length_scale` pixels, then divided by each pixel's exact
       std, so every pixel stays N(0, 1) and only the spatial correlation changes;
     - "mnist": real digits without their labels, `num_images` of `images` (N, 784) drawn
-      without replacement (all of them, shuffled, when num_images == N).
+      without replacement (all of them, shuffled, when num_images == N), or with
+      replacement when more are asked than there are (e.g. 60,000 from the 4,000-digit sample).
     """
     shape = (num_images, _PIXELS)
     if distribution == "uniform":
@@ -564,9 +565,9 @@ def noise_images(
         std = jnp.sqrt(jnp.outer(jnp.sum(blur**2, 1), jnp.sum(blur**2, 1)))
         return (jnp.einsum("ij,njk,lk->nil", blur, white, blur) / std).reshape(shape)
     if distribution == "mnist":
-        if images is None or num_images > len(images):
-            raise DataError(f"noise mnist draws {num_images} training images; give at least that many")
-        return images[jax.random.choice(key, len(images), (num_images,), replace=False)]
+        if images is None:
+            raise DataError("noise mnist draws training images; give them")
+        return images[jax.random.choice(key, len(images), (num_images,), replace=num_images > len(images))]
     raise DataError(f"unknown noise distribution {distribution!r}: choose {', '.join(NOISE_DISTRIBUTIONS)}")
 
 

@@ -162,8 +162,12 @@ def run(
     path: str | pathlib.Path,
     progress: bool = True,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    teacher_cache: dict | None = None,
 ) -> list[dict]:
     """Every point of the sweep, trained or read back from `path`: its lines, in the order of the values.
+
+    Points that agree on the teacher's settings share its teachers (`experiment.train_teachers`),
+    through `teacher_cache` if given (e.g. one an earlier run filled), else a cache of its own.
 
     After each newly trained point the whole file is rewritten atomically with the new line
     appended, so an interruption leaves the file as it was after the last finished point.
@@ -176,7 +180,7 @@ def run(
     others = sum(line["config"] not in wanted_configs for line in lines)
     if others:
         log(f"sweep {name}: {others} lines of {path} are for other settings; kept, not used")
-    results, teachers = [], {}  # trained teachers, shared by the points that agree on them
+    results, teachers = [], {} if teacher_cache is None else teacher_cache
     for index, (value, config) in enumerate(todo, 1):
         wanted = _jsonable(config)
         found = [line for line in lines if line["sweep"] == name and line["config"] == wanted]
