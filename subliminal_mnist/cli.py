@@ -284,6 +284,9 @@ def _sweep(args: argparse.Namespace) -> int:
             base = experiment.ExperimentConfig(**{**experiment.SAMPLE_PRESET, **options})
         lines = sweep.run(args.name, args.values, base, mnist, lines_path, progress=not args.no_progress)
     figures.sweep_figure(args.name, lines, figure_path)
+    leaked = sweep.leaks(lines)
+    if leaked:
+        print(f"cross-model student above chance (a leak, not transfer) at {', '.join(map(str, leaked))}")
     print(f"wrote {figure_path} from {len(lines)} points of {lines_path}")
     return 0
 

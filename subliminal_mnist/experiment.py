@@ -150,11 +150,9 @@ class ExperimentConfig:
         "the reference and the teacher always",
     )
     # On a CPU, XLA's batched (vmapped) matmuls run slower than single ones: one epoch of one
-    # seed took 0.60 s alone and 0.78 s per seed inside a batch of 5 (2 cores). So by default
-    # seeds run one after another through the same compiled, vmapped loop; on an accelerator
-    # raise it to train many seeds at once.
-    # So 0 (the default) chooses: one seed per device on a CPU, as many as fit in a quarter of
-    # an accelerator's memory on a GPU or TPU (`seeds_per_chunk`).
+    # seed took 0.60 s alone and 0.78 s per seed inside a batch of 5 (2 cores). So 0 (the
+    # default) chooses from the backend (`seeds_per_chunk`): one seed per device on a CPU, as
+    # many as fit in a quarter of its memory on a GPU or TPU (an H100 took all 25 at once).
     seeds_per_chunk: int = config_field(
         0, "seeds trained together (vmap); bounds memory; 0: chosen from the backend; results equal up to float rounding"
     )
@@ -394,7 +392,7 @@ def train_teachers(
 
     `cache` (optional) keeps trained teachers across runs, keyed by `TEACHER_FIELDS` and the
     seeds: a sweep whose points change only the students trains each teacher once, and the
-    teacher it reuses is the very one it would have trained.
+    teacher it reuses is the very one it would have trained. A cache belongs to one data set.
     """
     arch = config.architecture
     keys = seed_keys(config, seed_ids)

@@ -194,6 +194,12 @@ def sweep_figure(name: str, lines: list[dict], path: str | os.PathLike) -> None:
         ax.errorbar(x, means, yerr=errors, color=_COLORS[condition], label=experiment.CONDITION_LABELS[condition],
                     **style)  # fmt: skip
     ax.axhline(0.1, color="black", linestyle="--", linewidth=0.8, label="chance")
+    leaked = sweep.leaks(lines)
+    for position, line in zip(x, lines):  # a cross-model student above chance is a leak, not transfer
+        if line["value"] in leaked:
+            cross = line["conditions"]["cross_aux"]
+            ax.annotate("leak", (position, cross["mean"] + cross["ci95"]), xytext=(0, 4), textcoords="offset points",
+                        ha="center", fontsize=8, color=_COLORS["cross_aux"])  # fmt: skip
     ax.set_xticks(x, [str(line["value"]) for line in lines])
     ax.set_xlabel(f"{name}: {sweep.SWEEPS[name].help}")
     ax.set_ylabel("MNIST test accuracy")

@@ -24,6 +24,11 @@ from subliminal_mnist.experiment import ConfigError, ExperimentConfig
 SEEDS_PER_POINT = 5
 
 
+# A cross-model student is "above chance" only when its whole 95% interval lies above the share of
+# MNIST's largest test class (digit 1: 1,135 of 10,000), which a constant guess already reaches.
+# A sweep point whose cross-model student is above chance shows a leak, not subliminal transfer.
+LARGEST_CLASS_SHARE = 0.1135
+
 # What a sweep point trains unless --conditions says otherwise: the teacher, the aux-only
 # student and its cross-model control (the all-logits pair would double the students' time).
 CONDITIONS = ("teacher", "student_aux", "cross_aux")
@@ -120,6 +125,15 @@ def points(name: str, values: Sequence[str] | None, base: ExperimentConfig) -> l
             raise ConfigError(f"sweep {name}, value {text}: {e}") from None
         out.append((value, config))
     return out
+
+
+def leaks(lines: Sequence[dict]) -> list[Any]:
+    """The values whose cross-model (aux-only) student is above chance (`LARGEST_CLASS_SHARE`)."""
+    return [
+        line["value"]
+        for line in lines
+        if (cross := line["conditions"]["cross_aux"])["ci95"] and cross["mean"] - cross["ci95"] > LARGEST_CLASS_SHARE
+    ]
 
 
 def _jsonable(config: ExperimentConfig) -> dict:

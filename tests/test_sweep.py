@@ -162,3 +162,13 @@ def test_the_command_trains_draws_and_redraws_without_training(tmp_path, capsys,
     assert cli.main(["sweep", "student_epochs", "--values", "1", "2", "--plot-only", "--out", str(tmp_path)]) == 0
     assert figure.read_bytes()[:4] == b"\x89PNG"
     assert "from 2 points" in capsys.readouterr().out
+
+
+def test_a_cross_model_student_above_chance_is_called_a_leak():
+    def line(value, mean, ci95):
+        return {"value": value, "conditions": {"cross_aux": {"mean": mean, "ci95": ci95}}}
+
+    lines = [line(3, 0.113, 0.022), line(30, 0.140, 0.024), line(100, 0.13, 0.01), line(1, 0.5, None)]
+    # 0.140 - 0.024 = 0.116 and 0.13 - 0.01 = 0.12 lie above 0.1135, a constant guess of the digit 1;
+    # 0.113 +- 0.022 does not, and one seed has no interval to judge by.
+    assert sweep.leaks(lines) == [30, 100]
