@@ -26,8 +26,8 @@
 # under it. The theory note beside this file, `theory/README.md`, has the full proof.
 #
 # **Colab.** Open this file in Colab (File > Open notebook > GitHub, with this repository's address, or
-# upload `theory/lesson.ipynb`). The next cell installs the package when it is missing. Set
-# `REPOSITORY` to the address you cloned the package from.
+# upload `theory/lesson.ipynb`). The next cell installs the package when it is missing: in a checkout from
+# the checkout, in Colab from `REPOSITORY`, which you set to the address you got the package from.
 
 # %%
 import importlib.util
@@ -35,11 +35,16 @@ import pathlib
 import subprocess
 import sys
 
-REPOSITORY = "git+https://github.com/subliminal-mnist/subliminal-mnist"  # where you cloned it from
+REPOSITORY = ""  # in Colab: this package's git address, e.g. "git+https://github.com/OWNER/subliminal-mnist"
 if importlib.util.find_spec("subliminal_mnist") is None:
     # From the checkout this notebook lies in, if it does; from the repository otherwise (Colab).
     checkout = pathlib.Path.cwd().parent
-    source = str(checkout) if (checkout / "pyproject.toml").exists() else REPOSITORY
+    if (checkout / "pyproject.toml").exists():
+        source = str(checkout)
+    elif REPOSITORY:
+        source = REPOSITORY
+    else:
+        raise SystemExit("set REPOSITORY above to this package's git address, then run this cell again")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{source}[llm]"], check=True)
 
 # %%
@@ -47,6 +52,10 @@ import dataclasses
 import os
 import tempfile
 import time
+import warnings
+
+# The package's progress bars are off here; without ipywidgets, tqdm would warn about them anyway.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 import jax
 import jax.numpy as jnp
