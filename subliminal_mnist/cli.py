@@ -155,16 +155,21 @@ def _table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def _for_data(mnist: data.MNIST, options: dict[str, Any]) -> dict[str, Any]:
+    """The options for this data: on the offline sample, said loudly, its preset under the options given."""
+    if not mnist.is_sample:
+        return options
+    print(experiment.SAMPLE_WARNING, file=sys.stderr)
+    return {**experiment.SAMPLE_PRESET, **options}
+
+
 def _run_experiment(args: argparse.Namespace, config_cls: type, run, draw, table) -> int:
     """Validate the options, load MNIST, run, write results and figure atomically, report."""
     preset = getattr(args, "preset", None)
     options = {**experiment.PRESETS.get(preset, {}), **explicit_options(args, config_cls)}
     config_cls(**options)  # fail on a bad option before loading any data
     mnist = data.load(args.source, args.data_dir)
-    if mnist.is_sample:
-        print(experiment.SAMPLE_WARNING, file=sys.stderr)
-        options = {**experiment.SAMPLE_PRESET, **options}
-    results = run(config_cls(**options), mnist, progress=not args.no_progress)
+    results = run(config_cls(**_for_data(mnist, options)), mnist, progress=not args.no_progress)
     if preset:
         results["preset"] = preset
     files.write_json(args.out, results)
@@ -279,9 +284,7 @@ def _sweep(args: argparse.Namespace) -> int:
         lines = sweep.drawn_lines(args.name, [value for value, _ in todo], lines_path)
     else:
         mnist = data.load(args.source, args.data_dir)
-        if mnist.is_sample:
-            print(experiment.SAMPLE_WARNING, file=sys.stderr)
-            base = experiment.ExperimentConfig(**{**experiment.SAMPLE_PRESET, **options})
+        base = experiment.ExperimentConfig(**_for_data(mnist, options))
         lines = sweep.run(args.name, args.values, base, mnist, lines_path, progress=not args.no_progress)
     figures.sweep_figure(args.name, lines, figure_path)
     leaked = sweep.leaks(lines)

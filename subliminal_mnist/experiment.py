@@ -391,8 +391,10 @@ def train_teachers(
     """Inits, trained teachers and their outputs on each seed's noise, for a chunk of seeds.
 
     `cache` (optional) keeps trained teachers across runs, keyed by `TEACHER_FIELDS` and the
-    seeds: a sweep whose points change only the students trains each teacher once, and the
-    teacher it reuses is the very one it would have trained. A cache belongs to one data set.
+    seeds, and their outputs on each noise setting: a sweep whose points change only the
+    students trains each teacher once, and evaluates it on a noise set once. What it reuses is
+    the very thing it would have computed. The noise itself (190 MB a seed at the paper's size)
+    is drawn again from its key instead of being kept. A cache belongs to one data set.
     """
     arch = config.architecture
     keys = seed_keys(config, seed_ids)
@@ -400,13 +402,13 @@ def train_teachers(
     other_init = init_seeds(seed_keys(config, partner_ids)["init"], arch)
     # Dispatched first: JAX runs it asynchronously, beside the teacher's training.
     noise = noise_sets(keys["noise"], config, mnist.train_images)
-    cache_key = (tuple(getattr(config, f) for f in TEACHER_FIELDS), tuple(np.asarray(seed_ids).tolist()))
-    if cache is not None and cache_key in cache:
-        teacher = cache[cache_key]
+    cache = {} if cache is None else cache
+    teacher_key = ("teacher", tuple(getattr(config, f) for f in TEACHER_FIELDS), tuple(np.asarray(seed_ids).tolist()))
+    if teacher_key in cache:
         if isinstance(progress, train.Progress):
             progress.advance(len(seed_ids) * config.teacher_epochs)
     else:
-        teacher, _ = train.fit(
+        cache[teacher_key], _ = train.fit(
             shared_init,
             keys["teacher"],
             jnp.asarray(mnist.train_images),
@@ -416,20 +418,20 @@ def train_teachers(
             progress=progress,
             **_teacher_options(config),
         )
-        if cache is not None:
-            cache[cache_key] = teacher
-    if config.shared_layers == "all" and config.init_perturbation == 0:
-        student_init = shared_init  # the paper's students: the teacher's init, exactly
-    else:
-        student_init = student_inits(shared_init, other_init, config.init_perturbation, arch, config.shared_layers)
+    teacher = cache[teacher_key]
+    # The teacher's outputs on the noise: computed once per teacher and noise setting, shared by
+    # all its students (a few MB a seed, so every noise setting's are kept).
+    targets_key = ("targets", *teacher_key[1:], config.noise, config.noise_length_scale, config.num_noise)
+    if targets_key not in cache:
+        cache[targets_key] = outputs_on(teacher, noise, arch, config.batch_size)
     return Teachers(
         shared_init=shared_init,
-        student_init=student_init,
+        # At perturbation 0 with every layer shared this is exactly `shared_init` (1 x + 0 y = x).
+        student_init=student_inits(shared_init, other_init, config.init_perturbation, arch, config.shared_layers),
         other_init=other_init,
         teacher=teacher,
         noise=noise,
-        # Computed once, shared by all the students of each teacher.
-        teacher_targets=outputs_on(teacher, noise, arch, config.batch_size),
+        teacher_targets=cache[targets_key],
     )
 
 

@@ -158,18 +158,27 @@ def test_only_the_asked_conditions_train_and_their_partner_comes_along(small_mni
         assert summary["per_seed"] == whole["conditions"][name]["per_seed"]
 
 
-def test_a_reused_teacher_is_the_one_it_would_have_trained(small_mnist, monkeypatch):
+def test_a_reused_teacher_and_its_outputs_are_the_ones_it_would_have_computed(small_mnist, monkeypatch):
     config = experiment.ExperimentConfig(seeds=2, conditions=("student_aux",), **TINY)
     alone = experiment.run(dataclasses.replace(config, distill_loss="mse"), small_mnist, progress=False)
-    cache, fits = {}, []
-    real_fit = train.fit
+    cache, fits, evaluations = {}, [], []
+    real_fit, real_outputs_on = train.fit, experiment.outputs_on
     monkeypatch.setattr(train, "fit", lambda *a, **k: fits.append(k["description"]) or real_fit(*a, **k))
+    monkeypatch.setattr(experiment, "outputs_on", lambda *a: evaluations.append(1) or real_outputs_on(*a))
+
+    def kept(kind):
+        return sum(key[0] == kind for key in cache)
+
     experiment.run(config, small_mnist, progress=False, teacher_cache=cache)
-    assert sum(f.startswith("teacher") for f in fits) == 2 and len(cache) == 2  # one chunk per seed
+    assert sum(f.startswith("teacher") for f in fits) == 2 and kept("teacher") == 2  # one chunk per seed
+    assert len(evaluations) == 2 and kept("targets") == 2 and len(cache) == 4
     shared = experiment.run(dataclasses.replace(config, distill_loss="mse"), small_mnist, progress=False, teacher_cache=cache)
     assert sum(f.startswith("teacher") for f in fits) == 2, "a teacher trained again"
+    assert len(evaluations) == 2, "a teacher's outputs on the same noise were computed again"
     for name, summary in alone["conditions"].items():
         assert summary["per_seed"] == shared["conditions"][name]["per_seed"]
+    experiment.run(dataclasses.replace(config, noise="gaussian"), small_mnist, progress=False, teacher_cache=cache)
+    assert sum(f.startswith("teacher") for f in fits) == 2 and len(evaluations) == 4, "new noise, same teachers"
     experiment.run(dataclasses.replace(config, teacher_epochs=1), small_mnist, progress=False, teacher_cache=cache)
     assert sum(f.startswith("teacher") for f in fits) == 4, "another teacher setting must train its own"
 
