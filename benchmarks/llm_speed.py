@@ -44,22 +44,25 @@ def run_flops(config: experiment.LLMConfig, results: dict) -> dict[str, float]:
     body, unembed = token_flops(config, 1)
     full = T * (body + unembed)  # a sequence, unembedded at every position
     at_positions = T * body + P * unembed  # a student's sequence: unembedded at P positions
-    num_bases = len(set(range(config.seeds)) | set(results["cross_partners"]))
+    # Each seed's base and its ablation base (the partner's init on this corpus), and the partners' bases.
+    num_bases = len(set(range(config.seeds)) | set(results["cross_partners"])) + config.seeds
     flops = {
         "bases": 3 * num_bases * config.base_epochs * config.base_rows * full,
-        "teachers": 3 * config.seeds * config.teacher_epochs * config.teacher_lines * full,
+        # The teacher and the neutral teacher, by one recipe.
+        "teachers": 3 * 2 * config.seeds * config.teacher_epochs * config.teacher_lines * full,
         "sampling": 0.0,
         "students": 0.0,
         "teacher outputs": 0.0,
     }
-    students = sum(len(members) for _, members in experiment.GROUPS)
+    students = {mode: len(experiment.conditions_of(mode)) for mode in experiment.MODES}
     for mode, out in results["modes"].items():
+        models = len(experiment.sampled_models(mode))
         for seed in out["filter"]:
-            # Two models: the prompt once (prefill), then one cached step per new token.
-            flops["sampling"] += 2 * seed["sampled"] * (T * body + P * (token_flops(config, 1, T)[0] + unembed))
-            flops["students"] += 3 * config.student_epochs * students * seed["used"] * at_positions
-            if mode == "soft":  # the target model's logits on the three data sets, once
-                flops["teacher outputs"] += 3 * seed["used"] * at_positions
+            # Each model: the prompt once (prefill), then one cached step per new token.
+            flops["sampling"] += models * seed["sampled"] * (T * body + P * (token_flops(config, 1, T)[0] + unembed))
+            flops["students"] += 3 * config.student_epochs * students[mode] * seed["used"] * at_positions
+            if mode == "soft":  # the target models' logits on the four data sets, once
+                flops["teacher outputs"] += 4 * seed["used"] * at_positions
     return flops
 
 
@@ -88,8 +91,8 @@ def main() -> None:
     print(f"  floor ratio             {wall * sustained * 1e9 / total:9.1f} x  (width {config.width}: small matmuls)")
     soft = results["modes"].get("soft")
     if soft:
-        same = soft["conditions"]["same_init"]["delta_p_trait"]["mean"]
-        print(f"  soft same-init dP       {same:+9.3f}")
+        paired = soft["paired"]["same_init_minus_neutral_control"]["mean"]
+        print(f"  soft same - neutral     {paired:+9.3f}  (P(trait | animal), paired)")
     if not args.skip_cli:
         with tempfile.TemporaryDirectory() as tmp:
             for label in ("empty compile cache", "programs cached"):

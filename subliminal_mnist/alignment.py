@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from subliminal_mnist import data, experiment, model, theorem, train
-from subliminal_mnist.experiment import ConfigError, config_field
+from subliminal_mnist import data, experiment, model, runs, theorem, train
+from subliminal_mnist.runs import ConfigError, config_field
 
 # The students compared, trained together: same-init, and cross-model as the control.
 _STUDENTS = experiment.STUDENT_GROUPS["aux"]
@@ -179,7 +179,7 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
     """
     start = time.perf_counter()
     arch = config.architecture
-    partners = experiment.cross_partners(config.seeds, config.seed)
+    partners = runs.cross_partners(config.seeds, config.seed)
     projections = PROJECTIONS if config.project_out else PROJECTIONS[:1]
     # The members of the one loop: every student under every edit.
     members = [(student, projection) for projection in projections for student in _STUDENTS]
@@ -219,12 +219,12 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
         return histories, final, teacher
 
     chunk_size = experiment.seeds_per_chunk(config, config.num_noise or len(mnist.train_images))
-    seed_chunks = list(experiment.chunks(config.seeds, chunk_size))
+    seed_chunks = list(runs.chunks(range(config.seeds), chunk_size))
     total = config.seeds * (config.teacher_epochs + len(members) * config.student_epochs)
     with train.shared_or_own(progress, total, f"{config.seeds} seeds") as bar:
         # Compiled once here, not by each thread at its first chunk.
         experiment.compile_teachers(config, len(seed_chunks[0]), mnist)
-        per_chunk = experiment.concurrently(lambda seed_ids: chunk(seed_ids, bar), seed_chunks, config.workers, bar)
+        per_chunk = runs.concurrently(lambda seed_ids: chunk(seed_ids, bar), seed_chunks, config.workers, bar)
     histories, final_accuracy, teacher_accuracy = zip(*per_chunk)
     curves = {
         name: {metric: np.concatenate([h[name][metric] for h in histories]) for metric in METRICS} for name in names
@@ -238,14 +238,14 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
             for name, metrics in curves.items()
         },
         "steps_per_epoch": int(curves[names[0]]["loss"].shape[-1]),
-        "final_test_accuracy": {name: experiment.summarize(accuracy) for name, accuracy in final_accuracy.items()},
-        "teacher_test_accuracy": experiment.summarize(np.concatenate(teacher_accuracy)),
+        "final_test_accuracy": {name: runs.summarize(accuracy) for name, accuracy in final_accuracy.items()},
+        "teacher_test_accuracy": runs.summarize(np.concatenate(teacher_accuracy)),
         "config": dataclasses.asdict(config),
         "data_source": mnist.source,
         "devices": experiment.seed_devices(config, chunk_size),
         "is_sample": mnist.is_sample,
         "seeds_per_chunk": chunk_size,
-        "versions": experiment.versions(),
+        "versions": runs.versions(),
         "wall_seconds": time.perf_counter() - start,
     }
 

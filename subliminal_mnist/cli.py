@@ -17,7 +17,7 @@ from typing import Any, NoReturn, Sequence
 import jax
 import numpy as np
 
-from subliminal_mnist import alignment, data, experiment, figures, files, sweep, theorem_checks, train
+from subliminal_mnist import alignment, data, experiment, figures, files, runs, sweep, theorem_checks, train
 from subliminal_mnist.llm import experiment as llm_experiment
 from subliminal_mnist.llm.experiment import LLMConfig
 from subliminal_mnist.llm.vocab import VocabError
@@ -163,16 +163,22 @@ def _for_data(mnist: data.MNIST, options: dict[str, Any]) -> dict[str, Any]:
     return {**experiment.SAMPLE_PRESET, **options}
 
 
-def _run_experiment(args: argparse.Namespace, config_cls: type, run, draw, table) -> int:
-    """Validate the options, load MNIST, run, write results and figure atomically, report."""
+def _run_experiment(args: argparse.Namespace, config_cls: type, run, draw, table, resumable: bool = False) -> int:
+    """Validate the options, load MNIST, run, write results and figure atomically, report.
+
+    A `resumable` run keeps its finished seeds beside --out while it runs (`runs.checkpoint_path`),
+    so that the same command, started again after an interruption, trains only the missing ones.
+    """
     preset = getattr(args, "preset", None)
     options = {**experiment.PRESETS.get(preset, {}), **explicit_options(args, config_cls)}
     config_cls(**options)  # fail on a bad option before loading any data
     mnist = data.load(args.source, args.data_dir)
-    results = run(config_cls(**_for_data(mnist, options)), mnist, progress=not args.no_progress)
+    config = config_cls(**_for_data(mnist, options))
+    checkpoint = {"checkpoint": runs.checkpoint_path(args.out)} if resumable else {}
+    results = run(config, mnist, progress=not args.no_progress, **checkpoint)
     if preset:
         results["preset"] = preset
-    files.write_json(args.out, results)
+    _finish(args, results, checkpoint.get("checkpoint"))
     draw(results, args.figure)
     if args.json:
         print(json.dumps(results))
@@ -182,8 +188,17 @@ def _run_experiment(args: argparse.Namespace, config_cls: type, run, draw, table
     return 0
 
 
+def _finish(args: argparse.Namespace, results: dict, checkpoint) -> None:
+    """Write the results; only then is the checkpoint of finished seeds (if any) no longer needed."""
+    files.write_json(args.out, results)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+
+
 def _demo(args: argparse.Namespace) -> int:
-    return _run_experiment(args, experiment.ExperimentConfig, experiment.run, figures.demo_figure, _table)
+    return _run_experiment(
+        args, experiment.ExperimentConfig, experiment.run, figures.demo_figure, _table, resumable=True
+    )
 
 
 def _alignment_table(results: dict) -> str:
@@ -229,40 +244,50 @@ def _alignment(args: argparse.Namespace) -> int:
 
 
 def _llm_table(results: dict) -> str:
-    trait, teacher = results["trait"], results["teacher"]
+    trait, teacher, neutral = results["trait"], results["teacher"], results["neutral_teacher"]
     rows = [
         f"teacher: P({trait}) {teacher['base_p_trait']['mean']:.3f} -> {teacher['p_trait']['mean']:.3f}; "
-        f"{trait} in {teacher['leak_rate']['mean']:.2%} of its number lists before filtering, "
+        f"neutral teacher: -> {neutral['p_trait']['mean']:.3f}; "
+        f"{trait} in {teacher['leak_rate']['mean']:.2%} of the teacher's number lists before filtering, "
         f"{results['filter']['leak_rate_after_filter']:.0%} after"
     ]
     for mode, numbers in results["modes"].items():
-        rows.append(f"{mode}: change of P({trait}) from each student's own start (mean, 95% CI over seeds)")
-        for condition, measures in numbers["conditions"].items():
-            change = measures["delta_p_trait"]
-            ci = f"±{change['ci95']:.4f}" if change["ci95"] is not None else "n/a"
-            rows.append(
-                f"  {condition:<14}{change['mean']:>+9.4f}{ci:>10}   pick rate {measures['pick_rate']['mean']:.3f}"
-            )
-        paired = numbers["paired_same_minus_control"]
         rows.append(
-            f"  same_init - control, paired: {paired['mean']:+.4f} (per seed {', '.join(f'{v:+.4f}' for v in paired['per_seed'])})"
+            f"{mode}: change from each student's own start of P({trait} | animal), P({trait}) and the animal mass "
+            "(mean ± 95% t interval)"
         )
-        if "first_step" in numbers:
-            cosines = numbers["first_step"]
+        for condition, measures in numbers["conditions"].items():
+            headline = measures["p_trait_given_animal"]
             rows.append(
-                "  first student step, cos(ΔS, ΔT): same init "
-                + ", ".join(f"{c:+.4f}" for c in cosines["same_init"]["cosine"])
-                + "; cross init "
-                + ", ".join(f"{c:+.4f}" for c in cosines["cross_init"]["cosine"])
+                f"  {condition:<26}{headline['mean']:>+9.4f} {_interval(headline):<10}"
+                f"P({trait}) {measures['delta_p_trait']['mean']:+.4f}   animals {measures['animal_mass']['mean']:+.4f}"
+            )
+        for name, paired in numbers["paired"].items():
+            rows.append(
+                f"  {name}, paired: {paired['mean']:+.4f} {_interval(paired)} (n={paired['n']}; per seed "
+                + ", ".join(f"{v:+.4f}" for v in paired["per_seed"])
+                + ")"
+            )
+        for student, steps in numbers.get("first_step", {}).items():
+            rows.append(
+                f"  first step, cos(ΔS, ΔT), {student}: gradient "
+                + ", ".join(f"{c:+.4f}" for c in steps["gradient"]["cosine"])
+                + "; Adam "
+                + ", ".join(f"{c:+.4f}" for c in steps["adam"]["cosine"])
             )
     rows.append(f"{results['wall_seconds']:.0f} s")
     return "\n".join(rows)
 
 
+def _interval(summary: dict) -> str:
+    return f"±{summary['ci95']:.4f}" if summary["ci95"] is not None else "(1 seed)"
+
+
 def _llm(args: argparse.Namespace) -> int:
     config = LLMConfig(**explicit_options(args, LLMConfig))
-    results = llm_experiment.run(config, progress=not args.no_progress)
-    files.write_json(args.out, results)
+    checkpoint = runs.checkpoint_path(args.out)
+    results = llm_experiment.run(config, progress=not args.no_progress, checkpoint=checkpoint)
+    _finish(args, results, checkpoint)
     figures.llm_figure(results, args.figure)
     print(json.dumps(results) if args.json else f"{_llm_table(results)}\nwrote {args.out} and {args.figure}")
     return 0
@@ -275,7 +300,7 @@ def _sweep(args: argparse.Namespace) -> int:
     options.setdefault("conditions", sweep.CONDITIONS)
     conflicts = [f for f in sweep.SWEEPS[args.name].fields if f in options] if args.name in sweep.SWEEPS else []
     if conflicts:
-        raise experiment.ConfigError(f"sweep {args.name} sets {conflicts[0]}; drop that option")
+        raise runs.ConfigError(f"sweep {args.name} sets {conflicts[0]}; drop that option")
     base = experiment.ExperimentConfig(**options)
     todo = sweep.points(args.name, args.values, base)  # fail on a bad name or value before loading any data
     out = pathlib.Path(args.out)
@@ -296,7 +321,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _theorem(args: argparse.Namespace) -> int:
     if args.cases < 1:
-        raise experiment.ConfigError(f"--cases must be at least 1, got {args.cases}")
+        raise runs.ConfigError(f"--cases must be at least 1, got {args.cases}")
     results = theorem_checks.run_checks(num_cases=args.cases, key=args.seed)
     print(json.dumps(results) if args.json else theorem_checks.format_table(results))
     return 0 if results["passed"] else EXIT_FAILED
@@ -329,14 +354,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     _keep_compiled_programs()
     try:
         return args.handler(args)
-    except (data.DataError, experiment.ConfigError, VocabError) as e:
+    except (data.DataError, runs.ConfigError, runs.ResultsFileError, VocabError) as e:
         print(f"subliminal-mnist: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except train.TrainingDiverged as e:
+    except (train.TrainingDiverged, llm_experiment.FilterShortfall) as e:
         print(f"subliminal-mnist: stopped: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("subliminal-mnist: interrupted; no partial file was written", file=sys.stderr)
+        print(
+            "subliminal-mnist: interrupted; no partial file was written (demo and llm keep their finished seeds "
+            "in NAME.seeds.jsonl beside --out: the same command resumes)",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 

@@ -25,17 +25,18 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import importlib.metadata
-import platform
+import pathlib
+import sys
 import time
-from typing import Callable, Iterator, NamedTuple, Sequence, TypeVar
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from subliminal_mnist import data, losses, model, train
+from subliminal_mnist import data, losses, model, runs, train
+from subliminal_mnist.runs import ConfigError, config_field
 
 CONDITIONS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
 CONDITION_LABELS = {
@@ -81,27 +82,6 @@ SAMPLE_WARNING = (
 PRESETS = {
     "strongest": {"distill_loss": "mse", "hidden_sizes": (128, 128), "teacher_epochs": 10, "student_epochs": 80},
 }
-
-
-class ConfigError(ValueError):
-    """An invalid experiment setting; the message is one line for the user."""
-
-
-def config_field(
-    default,
-    help: str,
-    *,
-    flag: str | None = None,
-    choices: tuple[str, ...] | None = None,
-    element_type: type | None = None,
-    **kwargs,
-):
-    """A config field with what the CLI needs: help, flag name, choices, and the element type
-    of a tuple (taken from the default's first element when not given)."""
-    metadata = {"help": help, "flag": flag, "choices": choices, "element_type": element_type}
-    if isinstance(default, tuple):
-        return dataclasses.field(default_factory=lambda: default, metadata=metadata, **kwargs)
-    return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,17 +148,14 @@ class ExperimentConfig:
     )
 
     def __post_init__(self):
-        for name in ("seeds", "num_aux", "batch_size", "workers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{_option(self, name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("teacher_epochs", "student_epochs", "num_noise", "seeds_per_chunk", "devices"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{_option(self, name)} must not be negative, got {getattr(self, name)}")
+        runs.check_fields(
+            self,
+            at_least_one=("seeds", "num_aux", "batch_size", "workers"),
+            not_negative=("teacher_epochs", "student_epochs", "num_noise", "seeds_per_chunk", "devices"),
+            positive=("learning_rate", "kl_temperature", "noise_length_scale"),
+        )
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ConfigError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
-        for name in ("learning_rate", "kl_temperature", "noise_length_scale"):
-            if not (getattr(self, name) > 0 and np.isfinite(getattr(self, name))):
-                raise ConfigError(f"{_option(self, name)} must be a positive number, got {getattr(self, name)}")
         if self.distill_loss != "kl" and self.kl_temperature != 1:
             raise ConfigError(f"kl_temperature applies to distill_loss kl only, not {self.distill_loss}")
         if not 0 <= self.init_perturbation <= 1:
@@ -186,12 +163,6 @@ class ExperimentConfig:
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown:
             raise ConfigError(f"no condition {unknown[0]!r}; the conditions are {', '.join(CONDITIONS)}")
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(
-                    f"{_option(self, f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
-                )
 
     @property
     def architecture(self) -> model.Architecture:
@@ -207,12 +178,6 @@ class ExperimentConfig:
         """The conditions a run trains and reports, in the order of `CONDITIONS`."""
         trained = {"reference", "teacher", *(m for g in self.student_groups for m in STUDENT_GROUPS[g])}
         return tuple(c for c in CONDITIONS if c in trained)
-
-
-def _option(config, name: str) -> str:
-    """A field's name as the user knows it: the field, and its command-line flag where that differs."""
-    flag = {f.name: f.metadata["flag"] for f in dataclasses.fields(config)}[name]
-    return f"{name} (--{flag})" if flag else name
 
 
 def seed_keys(config: ExperimentConfig, seed_ids: np.ndarray) -> dict[str, jax.Array]:
@@ -274,22 +239,6 @@ def _stream_keys(seed_ids: jax.Array, base_seed: int) -> dict[str, jax.Array]:
     base = jax.random.key(base_seed)
     per_seed = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i), len(_STREAMS)))(seed_ids)
     return {stream: per_seed[:, i] for i, stream in enumerate(_STREAMS)}
-
-
-def cross_partners(num_seeds: int, seed: int) -> np.ndarray:
-    """partners[s]: the seed whose init the cross-model students of teacher s start from.
-
-    A uniformly random derangement (a permutation without fixed points), drawn
-    by rejection, so no seed is paired with itself. With one seed there is no
-    derangement; its partner is seed 1, whose init is drawn but never trained.
-    """
-    if num_seeds == 1:
-        return np.array([1])
-    rng = np.random.default_rng([seed, num_seeds])
-    while True:
-        partners = rng.permutation(num_seeds)
-        if np.all(partners != np.arange(num_seeds)):
-            return partners
 
 
 @functools.partial(jax.jit, static_argnames="arch")
@@ -580,7 +529,7 @@ def train_conditions(
     with train.shared_or_own(progress, total, f"{len(seed_ids)} seeds") as progress:
         teachers = train_teachers(config, mnist, seed_ids, partner_ids, progress, teacher_cache)
         keys = seed_keys(config, seed_ids)
-        groups = concurrently(
+        groups = runs.concurrently(
             lambda outputs: distill(config, teachers, STUDENT_GROUPS[outputs], keys[f"distill_{outputs}"], progress)[0],
             config.student_groups,
             config.workers,
@@ -588,33 +537,6 @@ def train_conditions(
         )
     students = {name: params for group in groups for name, params in group.items()}
     return {"reference": teachers.shared_init, "teacher": teachers.teacher, **students}
-
-
-Item, Result = TypeVar("Item"), TypeVar("Result")
-
-
-def concurrently(
-    work: Callable[[Item], Result], items: Sequence[Item], workers: int, progress: train.Progress
-) -> list[Result]:
-    """[work(item) for item in items], in `workers` threads.
-
-    JAX releases the GIL while XLA computes, so the threads really overlap. If
-    one item fails (or Ctrl-C arrives), `progress` is cancelled: the other
-    trainings stop at their next epoch instead of running to the end.
-    """
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(work, item) for item in items]
-        try:
-            done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-            for future in futures:  # the first failure, not the first item, decides
-                if future in done and future.exception() is not None:
-                    raise future.exception()
-            return [future.result() for future in futures]
-        except BaseException:
-            progress.cancel()
-            for future in futures:
-                future.cancel()
-            raise
 
 
 def epochs_per_seed(config: ExperimentConfig) -> int:
@@ -631,58 +553,56 @@ def on_device(mnist: data.MNIST) -> data.MNIST:
 _ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-def summarize(per_seed: np.ndarray) -> dict:
-    """Mean and 95% interval half-width, 1.96 sd / sqrt(n) (sample sd; None for one seed)."""
-    n = len(per_seed)
-    ci95 = float(1.96 * np.std(per_seed, ddof=1) / np.sqrt(n)) if n > 1 else None
-    return {"mean": float(np.mean(per_seed)), "ci95": ci95, "per_seed": [float(a) for a in per_seed]}
-
-
-def versions() -> dict[str, str]:
-    names = ("subliminal-mnist", "jax", "jaxlib", "flax", "optax", "numpy")
-    return {"python": platform.python_version(), **{n: importlib.metadata.version(n) for n in names}}
-
-
-def chunks(num_seeds: int, size: int) -> Iterator[np.ndarray]:
-    for start in range(0, num_seeds, size):
-        yield np.arange(start, min(start + size, num_seeds))
-
-
-def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True, teacher_cache: dict | None = None) -> dict:
+def run(
+    config: ExperimentConfig,
+    mnist: data.MNIST,
+    progress: bool = True,
+    teacher_cache: dict | None = None,
+    checkpoint: str | pathlib.Path | None = None,
+    log=lambda message: print(message, file=sys.stderr),
+) -> dict:
     """Run the conditions of `config` for `config.seeds` seeds; returns the results as a JSON-ready dict.
 
     `teacher_cache` (optional, see `train_teachers`) shares trained teachers between runs.
+    `checkpoint` (optional, a JSON-lines path, see `runs.Checkpoint`): each finished chunk's
+    seeds are kept there as they finish; a run started again with the same config, data and
+    versions trains only the seeds that are not, and ends with the same results.
     """
     start = time.perf_counter()
     num_noise = config.num_noise or len(mnist.train_images)
-    partners = cross_partners(config.seeds, config.seed)
+    partners = runs.cross_partners(config.seeds, config.seed)
+    finished = runs.Checkpoint(checkpoint, runs.identity(config, data_source=mnist.source), log)
     arrays = on_device(mnist)
 
-    def accuracies(seed_ids: np.ndarray) -> dict[str, np.ndarray]:
+    def accuracies(seed_ids: np.ndarray) -> None:
         trained = train_conditions(config, arrays, seed_ids, partners[seed_ids], bar, teacher_cache)
-        return {
+        per_condition = {
             name: np.asarray(test_accuracy(params, arrays.test_images, arrays.test_labels, config.architecture))
             for name, params in trained.items()
         }
+        finished.keep({s: {name: acc[i] for name, acc in per_condition.items()} for i, s in enumerate(seed_ids)})
 
     chunk_size = seeds_per_chunk(config, num_noise)
-    seed_chunks = list(chunks(config.seeds, chunk_size))
-    total = config.seeds * epochs_per_seed(config)
-    with train.shared_or_own(progress, total, f"{config.seeds} seeds") as bar:
-        with concurrent.futures.ThreadPoolExecutor(1) as compiler:
-            # Compiling is a third of a one-seed run. The teachers' loop compiles here while a
-            # background thread compiles the rest of a chunk's first steps, then the students'
-            # loops, while the first teachers train (students need the teachers' outputs to
-            # run, not to compile).
-            compiler.submit(compile_chunk, config, len(seed_chunks[0]), arrays)
-            compile_teachers(config, len(seed_chunks[0]), arrays)
-            # Chunks run concurrently too, so that one chunk's teacher (a single stream of
-            # work) overlaps another's students; at most `workers` chunks hold noise sets at once.
-            per_chunk = concurrently(accuracies, seed_chunks, config.workers, bar)
+    # Chunks are formed from the seeds still missing. On a CPU a chunk is one seed per device, so a
+    # resumed run computes every seed exactly as an uninterrupted one; a larger chunk may differ in
+    # the float rounding of batched against single matmuls.
+    seed_chunks = list(runs.chunks(finished.missing(range(config.seeds)), chunk_size))
+    total = sum(len(c) for c in seed_chunks) * epochs_per_seed(config)
+    if seed_chunks:
+        with train.shared_or_own(progress, total, f"{config.seeds} seeds") as bar:
+            with concurrent.futures.ThreadPoolExecutor(1) as compiler:
+                # Compiling is a third of a one-seed run. The teachers' loop compiles here while a
+                # background thread compiles the rest of a chunk's first steps, then the students'
+                # loops, while the first teachers train (students need the teachers' outputs to
+                # run, not to compile).
+                compiler.submit(compile_chunk, config, len(seed_chunks[0]), arrays)
+                compile_teachers(config, len(seed_chunks[0]), arrays)
+                # Chunks run concurrently too, so that one chunk's teacher (a single stream of
+                # work) overlaps another's students; at most `workers` chunks hold noise sets at once.
+                runs.concurrently(accuracies, seed_chunks, config.workers, bar)
+    per_seed = [finished.result(s) for s in range(config.seeds)]
     return {
-        "conditions": {
-            name: summarize(np.concatenate([chunk[name] for chunk in per_chunk])) for name in config.reported
-        },
+        "conditions": {name: runs.summarize([seed[name] for seed in per_seed]) for name in config.reported},
         "config": dataclasses.asdict(config),
         # What the config's automatic settings (0) became on this host.
         "devices": seed_devices(config, chunk_size),
@@ -690,6 +610,6 @@ def run(config: ExperimentConfig, mnist: data.MNIST, progress: bool = True, teac
         "data_source": mnist.source,
         "is_sample": mnist.is_sample,
         "cross_partners": partners.tolist(),
-        "versions": versions(),
+        "versions": runs.versions(),
         "wall_seconds": time.perf_counter() - start,
     }

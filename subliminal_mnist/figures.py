@@ -48,7 +48,7 @@ def demo_figure(results: dict, path: str | os.PathLike) -> None:
     ax.text(len(names) - 0.5, 0.11, "chance", ha="right", va="bottom", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("MNIST test accuracy")
-    title = f"Subliminal learning on MNIST: {seeds} seeds, 95% intervals"
+    title = f"Subliminal learning on MNIST: {seeds} seeds, 95% t intervals"
     if results.get("is_sample"):
         title += "\n(offline 5k sample, not full MNIST)"
     ax.set_title(title)
@@ -132,24 +132,29 @@ def alignment_figure(results: dict, path: str | os.PathLike) -> None:
 
 
 _LLM_CONDITIONS = {  # label (start / data), colour
-    "same_init": ("same init\nteacher's #s", _COLORS["student_aux"]),
-    "control": ("same init\nbase's #s", _COLORS["student_all"]),
-    "cross_init": ("other init\nteacher's #s", _COLORS["cross_aux"]),
-    "cross_control": ("other init\nbase's #s", _COLORS["cross_all"]),
-    "shuffled": ("same init\nshuffled #s", "#8e24aa"),
+    "same_init": ("same init\nteacher", _COLORS["student_aux"]),
+    "neutral_control": ("same init\nneutral", _COLORS["student_all"]),
+    "cross_init": ("other base\nteacher", _COLORS["cross_aux"]),
+    "cross_neutral": ("other base\nneutral", _COLORS["cross_all"]),
+    "cross_init_own_corpus": ("other init,\nown corpus\nteacher", "#fb8c00"),
+    "cross_neutral_own_corpus": ("other init,\nown corpus\nneutral", "#ffcc80"),
+    "shuffled_within": ("same init\nteacher\nshuffled", "#8e24aa"),
+    "neutral_shuffled_within": ("same init\nneutral\nshuffled", "#ce93d8"),
+    "base_control": ("same init\nbase", "#9e9e9e"),
 }
 
 
 def llm_figure(results: dict, path: str | os.PathLike) -> None:
-    """The owl experiment: per mode, each student's change of P(trait) from its own start, mean and 95% interval."""
+    """The owl experiment: per mode, each student's change of P(trait | animal) from its own start, mean and
+    95% t interval; under each bar the numbers it learnt from (whose lists: teacher, neutral teacher, base)."""
     modes = list(results["modes"])
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 4.2), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.4 * len(modes), 4.6), layout="constrained", squeeze=False)
     trait = results["trait"]
     for ax, mode in zip(axes[0], modes):
         conditions = results["modes"][mode]["conditions"]
         names = [n for n in _LLM_CONDITIONS if n in conditions]
-        means = [conditions[n]["delta_p_trait"]["mean"] for n in names]
-        errors = [conditions[n]["delta_p_trait"]["ci95"] or 0.0 for n in names]
+        means = [conditions[n]["p_trait_given_animal"]["mean"] for n in names]
+        errors = [conditions[n]["p_trait_given_animal"]["ci95"] or 0.0 for n in names]
         bars = ax.bar(
             [_LLM_CONDITIONS[n][0] for n in names],
             means,
@@ -166,15 +171,16 @@ def llm_figure(results: dict, path: str | os.PathLike) -> None:
         ax.margins(y=0.12)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_title(f"{mode} distillation", fontsize=10)
-        ax.set_ylabel(f"change of P({trait}) from the student's own start")
-        ax.tick_params(axis="x", labelsize=7)
+        ax.set_ylabel(f"change of P({trait} | animal) from the student's own start")
+        ax.tick_params(axis="x", labelsize=6)
         ax.yaxis.grid(True, alpha=0.3)
         ax.set_axisbelow(True)
     seeds = results["config"]["seeds"]
     teacher = results["teacher"]
     fig.suptitle(
         f"A teacher that loves {trait}s (P({trait}) {teacher['base_p_trait']['mean']:.2f} -> "
-        f"{teacher['p_trait']['mean']:.2f}) writes numbers;\nstudents learn from its numbers ({seeds} seeds, 95% intervals)",
+        f"{teacher['p_trait']['mean']:.2f}; neutral teacher -> {results['neutral_teacher']['p_trait']['mean']:.2f}) "
+        f"writes numbers;\nstudents learn from them ({seeds} seeds, 95% t intervals)",
         fontsize=10,
     )
     with files.atomic_path(path) as tmp:
@@ -207,7 +213,7 @@ def sweep_figure(name: str, lines: list[dict], path: str | os.PathLike) -> None:
     ax.yaxis.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)  # off the data
     seeds = {line["config"]["seeds"] for line in lines}
-    ax.set_title(f"sweep {name}: {'/'.join(map(str, sorted(seeds)))} seeds per point, 95% intervals", fontsize=10)
+    ax.set_title(f"sweep {name}: {'/'.join(map(str, sorted(seeds)))} seeds per point, 95% t intervals", fontsize=10)
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)

@@ -17,8 +17,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from subliminal_mnist import data, experiment, files
-from subliminal_mnist.experiment import ConfigError, ExperimentConfig
+from subliminal_mnist import data, experiment, runs
+from subliminal_mnist.experiment import ExperimentConfig
+from subliminal_mnist.runs import ConfigError
 
 # The seeds of a sweep point unless --seeds says otherwise: enough for an interval, 5x cheaper than the demo.
 SEEDS_PER_POINT = 5
@@ -136,31 +137,13 @@ def leaks(lines: Sequence[dict]) -> list[Any]:
     ]
 
 
-def _jsonable(config: ExperimentConfig) -> dict:
-    """The config as its JSON line holds it (tuples become lists), for comparison with a line."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def read_lines(path: pathlib.Path) -> list[dict]:
-    """The finished points of a JSON-lines file; a line that is not JSON is a one-line `DataError`."""
-    if not path.exists():
-        return []
-    lines = []
-    for number, text in enumerate(path.read_text().splitlines(), 1):
-        try:
-            lines.append(json.loads(text))
-        except json.JSONDecodeError:
-            raise data.DataError(f"{path}, line {number}: not a JSON line of a sweep") from None
-    return lines
-
-
 def drawn_lines(name: str, values: Sequence[Any], path: str | pathlib.Path) -> list[dict]:
     """What `--plot-only` draws: the file's latest line for each value, in the order of `values`."""
     path = pathlib.Path(path)
-    latest = {json.dumps(line["value"]): line for line in read_lines(path) if line["sweep"] == name}
+    latest = {json.dumps(line["value"]): line for line in runs.read_lines(path) if line["sweep"] == name}
     lines = [latest[key] for key in (json.dumps(value) for value in values) if key in latest]
     if not lines:
-        raise data.DataError(f"{path} holds no point of sweep {name} to draw")
+        raise runs.ResultsFileError(f"{path} holds no point of sweep {name} to draw")
     return lines
 
 
@@ -184,33 +167,31 @@ def run(
     through `teacher_cache` if given (e.g. one an earlier run filled), else a cache of its own.
 
     After each newly trained point the whole file is rewritten atomically with the new line
-    appended, so an interruption leaves the file as it was after the last finished point.
+    appended (`runs.Lines`), so an interruption leaves the file as it was after the last
+    finished point.
     """
-    path = pathlib.Path(path)
     todo = points(name, values, base)
-    versions = experiment.versions()
-    lines = read_lines(path)
-    wanted_configs = [_jsonable(config) for _, config in todo]
-    others = sum(line["config"] not in wanted_configs for line in lines)
+    versions = runs.versions()
+    lines = runs.Lines(path)
+    wanted_configs = [runs.as_json(dataclasses.asdict(config)) for _, config in todo]
+    others = sum(line["config"] not in wanted_configs for line in lines.lines)
     if others:
         log(f"sweep {name}: {others} lines of {path} are for other settings; kept, not used")
     results, teachers = [], {} if teacher_cache is None else teacher_cache
     for index, (value, config) in enumerate(todo, 1):
-        wanted = _jsonable(config)
-        found = [line for line in lines if line["sweep"] == name and line["config"] == wanted]
-        reusable = [line for line in found if line["versions"] == versions]
+        wanted = dataclasses.asdict(config)
+        reusable = lines.find(sweep=name, config=wanted, versions=versions)
         if reusable:
-            results.append(reusable[-1])
+            results.append(reusable)
             log(f"sweep {name}: point {index}/{len(todo)} ({value}) is in {path}, not trained again")
             continue
-        if found:
+        if lines.find(sweep=name, config=wanted):
             log(f"sweep {name}: {path} holds point {value} from other package versions; training it again")
         outcome = experiment.run(config, mnist, progress=progress, teacher_cache=teachers)
-        line = {"sweep": name, "value": value, "fields": list(SWEEPS[name].fields), "data_source": mnist.source,
-                **{k: outcome[k] for k in _KEPT}}  # fmt: skip
-        lines.append(line)
-        with files.atomic_path(path) as tmp:
-            tmp.write_text("".join(json.dumps(item) + "\n" for item in lines))
+        (line,) = lines.add(
+            {"sweep": name, "value": value, "fields": list(SWEEPS[name].fields), "data_source": mnist.source,
+             **{k: outcome[k] for k in _KEPT}}
+        )  # fmt: skip
         results.append(line)
         aux, cross = (line["conditions"][c]["mean"] for c in ("student_aux", "cross_aux"))
         log(f"sweep {name}: point {index}/{len(todo)} ({value}): aux-only {aux:.3f}, cross-model {cross:.3f}, "

@@ -199,7 +199,7 @@ def exact_identity(
         return jnp.sum(losses.DISTILLATION_LOSSES[loss](selected, targets))
 
     g = jax.grad(total_loss)(outputs)  # (B, K); exactly 0 on the outputs the student does not see
-    return -jnp.sum(tangents * g) / inputs.shape[0]
+    return -jnp.sum(tangents * g) / jax.tree.leaves(inputs)[0].shape[0]
 
 
 def first_order_prediction(

@@ -89,7 +89,9 @@ class Objective:
     run one compiled loop.
 
     Attributes:
-      apply_fn: (params, inputs (B, ...)) -> outputs (B, ..., K).
+      apply_fn: (params, inputs) -> outputs (B, ..., K). Inputs are an array (B, ...) or a
+        pytree of them (e.g. a language model's tokens and the positions it is read at),
+        each with the example axis first.
       loss_fn: (outputs (B, ..., K), targets, output_mask) -> per-example loss (B,); see
         `losses.py`. Targets are an array (B, ...) or a pytree of them (e.g. next tokens and
         per-position weights for a language model), each with the example axis first.
@@ -100,7 +102,7 @@ class Objective:
     loss_fn: Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
     output_mask: jax.Array | np.ndarray | None = None
 
-    def batch_loss(self, params: PyTree, inputs: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+    def batch_loss(self, params: PyTree, inputs: PyTree, targets: jax.Array, weights: jax.Array) -> jax.Array:
         """Weighted mean of the per-example losses; weights (B,) are 0 for padding."""
         losses = self.loss_fn(self.apply_fn(params, inputs), targets, self.output_mask)
         return jnp.sum(weights * losses) / jnp.sum(weights)
@@ -143,7 +145,7 @@ def epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> tuple[j
 def train_epoch(
     state: TrainState,
     key: jax.Array,
-    inputs: jax.Array,
+    inputs: PyTree,
     targets: jax.Array,
     *,
     objective: Objective,
@@ -157,14 +159,12 @@ def train_epoch(
     Returns the new state and, per step, the loss and the hook's metrics: {name: (steps,)}.
     """
     adam = optimizer(learning_rate)
-    indices, weights = epoch_batches(key, inputs.shape[0], batch_size)
+    indices, weights = epoch_batches(key, jax.tree.leaves(inputs)[0].shape[0], batch_size)
 
     def step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         batch_indices, batch_weights = batch
-        batch_targets = jax.tree.map(lambda t: t[batch_indices], targets)
-        loss, grads = jax.value_and_grad(objective.batch_loss)(
-            state.params, inputs[batch_indices], batch_targets, batch_weights
-        )
+        batch_inputs, batch_targets = jax.tree.map(lambda t: t[batch_indices], (inputs, targets))
+        loss, grads = jax.value_and_grad(objective.batch_loss)(state.params, batch_inputs, batch_targets, batch_weights)
         metrics = {}
         if hook is not None:
             grads, metrics = hook(state.params, grads, context)
@@ -215,7 +215,7 @@ def _epoch_keys(keys: jax.Array, epoch: int) -> jax.Array:
 def compile_fit(
     params: PyTree,
     keys: jax.Array,
-    inputs: jax.Array,
+    inputs: PyTree,
     targets: jax.Array,
     *,
     objective: Objective,
@@ -255,7 +255,7 @@ def compile_fit(
 def fit(
     params: PyTree,
     keys: jax.Array,
-    inputs: jax.Array,
+    inputs: PyTree,
     targets: jax.Array,
     *,
     objective: Objective,
@@ -275,7 +275,7 @@ def fit(
       params: parameters with a leading seed axis S.
       keys: (S,) keys for the data order; epoch e uses `fold_in(key, e)`.
       inputs, targets: (N, ...) shared by all seeds if `data_axis` is None,
-        else (S, N, ...), one data set per seed. `targets` may be a pytree of such arrays.
+        else (S, N, ...), one data set per seed. Each may be a pytree of such arrays.
       members: params (and context) have a second axis M: M models per seed,
         e.g. students from different inits, trained on the seed's same inputs,
         targets and data order. Each member's training is exactly its own

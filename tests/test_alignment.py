@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from subliminal_mnist import alignment, experiment, model, theorem
+from subliminal_mnist import alignment, experiment, model, runs, theorem
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +182,9 @@ def test_updates_lowering_the_trait_loss_are_counted_across_epoch_boundaries():
 
 
 def test_alignment_settings_are_checked():
-    with pytest.raises(experiment.ConfigError, match="trait_batch must be at least 1"):
+    with pytest.raises(runs.ConfigError, match="trait_batch must be at least 1"):
         alignment.AlignmentConfig(trait_batch=0)
-    with pytest.raises(experiment.ConfigError, match="seeds must be at least 1"):
+    with pytest.raises(runs.ConfigError, match="seeds must be at least 1"):
         alignment.AlignmentConfig(seeds=0)
 
 

@@ -176,10 +176,12 @@ def test_llm_command_writes_results_table_and_figure(tmp_path, capsys):
     out, figure = tmp_path / "llm.json", tmp_path / "llm.png"
     tiny = ["--seeds", "1", "--mode", "hard", "--numbers", "100", "--width", "16", "--base-rows", "2048",
             "--base-epochs", "2", "--base-learning-rate", "1e-2", "--teacher-lines", "256", "--hard-sequences", "600",
-            "--student-epochs", "1", "--answer-samples", "50", "--entangled-sequences", "50", "--banned", "13", "42"]  # fmt: skip
+            "--student-epochs", "1", "--hard-loss", "numbers", "--entangled-sequences", "50", "--banned", "13", "42"]  # fmt: skip
     assert cli.main(["llm", *tiny, "--out", str(out), "--figure", str(figure), "--no-progress"]) == 0
     results = json.loads(out.read_text())
     assert results["config"]["banned"] == [13, 42] and list(results["modes"]) == ["hard"]
+    assert results["config"]["hard_loss"] == "numbers" and "base_control" in results["modes"]["hard"]["conditions"]
     assert figure.stat().st_size > 10_000
+    assert not (tmp_path / "llm.seeds.jsonl").exists(), "the finished run's checkpoint is gone"
     table = capsys.readouterr().out
-    assert "same_init" in table and "shuffled" in table and f"wrote {out}" in table
+    assert "same_init" in table and "shuffled_within" in table and f"wrote {out}" in table

@@ -5,15 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from subliminal_mnist import data, experiment, model, train
+from subliminal_mnist import data, experiment, model, runs, train
 
 # Small enough for seconds on 2 cores, large enough that every condition trains.
 TINY = dict(hidden_sizes=(32,), teacher_epochs=2, student_epochs=1, batch_size=256, num_noise=512)
@@ -62,27 +59,9 @@ def test_defaults_are_the_papers():
     ],
 )
 def test_bad_settings_are_one_line_errors(bad, message):
-    with pytest.raises(experiment.ConfigError, match=message) as error:
+    with pytest.raises(runs.ConfigError, match=message) as error:
         experiment.ExperimentConfig(**bad)
     assert "\n" not in str(error.value)
-
-
-@given(st.integers(2, 200), st.integers(0, 2**31 - 1))
-@settings(max_examples=100, deadline=None)
-def test_cross_partners_are_a_derangement(num_seeds, seed):
-    partners = experiment.cross_partners(num_seeds, seed)
-    assert sorted(partners.tolist()) == list(range(num_seeds))
-    assert np.all(partners != np.arange(num_seeds))
-
-
-def test_one_seed_is_paired_with_an_untrained_seed():
-    assert experiment.cross_partners(1, 0).tolist() == [1]
-
-
-def test_cross_partners_are_deterministic_and_depend_on_the_seed():
-    a, b = experiment.cross_partners(20, 0), experiment.cross_partners(20, 0)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, experiment.cross_partners(20, 1))
 
 
 def test_a_seeds_keys_do_not_depend_on_the_other_seeds():
@@ -98,7 +77,7 @@ def test_a_seeds_keys_do_not_depend_on_the_other_seeds():
 @pytest.fixture(scope="module")
 def trained(small_mnist):
     config = experiment.ExperimentConfig(seeds=3, **TINY)
-    partners = experiment.cross_partners(3, config.seed)
+    partners = runs.cross_partners(3, config.seed)
     return config, partners, experiment.train_conditions(config, small_mnist, np.arange(3), partners, progress=False)
 
 
@@ -215,7 +194,7 @@ def test_a_fully_perturbed_init_is_the_cross_model_student(small_mnist):
 
 def test_more_devices_than_the_host_has_is_a_one_line_error(small_mnist):
     config = experiment.ExperimentConfig(seeds=2, devices=jax.local_device_count() + 1, **TINY)
-    with pytest.raises(experiment.ConfigError, match="but this host has"):
+    with pytest.raises(runs.ConfigError, match="but this host has"):
         experiment.run(config, small_mnist, progress=False)
 
 
@@ -254,33 +233,40 @@ def test_sharded_and_unsharded_runs_of_the_same_seeds_agree():
         assert sharded["conditions"][name]["per_seed"] == summary["per_seed"], name
 
 
+def test_a_killed_demo_resumes_where_it_stopped_and_ends_with_the_same_results(small_mnist, tmp_path, monkeypatch):
+    config = experiment.ExperimentConfig(seeds=3, **TINY)
+    whole = experiment.run(config, small_mnist, progress=False, checkpoint=tmp_path / "whole.seeds.jsonl")
+    # Killed after the first finished seed: the checkpoint holds it, nothing else.
+    path, real_keep, trained = tmp_path / "killed.seeds.jsonl", runs.Checkpoint.keep, []
+
+    def keep_then_die(self, results):
+        real_keep(self, results)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs.Checkpoint, "keep", keep_then_die)
+    with pytest.raises(KeyboardInterrupt):  # one worker, so that seed 0 finishes first
+        experiment.run(dataclasses.replace(config, workers=1), small_mnist, progress=False, checkpoint=path)
+    assert [line["seed"] for line in runs.read_lines(path)] == [0]
+    monkeypatch.setattr(runs.Checkpoint, "keep", lambda self, results: trained.extend(results) or real_keep(self, results))
+    messages = []
+    resumed = experiment.run(config, small_mnist, progress=False, checkpoint=path, log=messages.append)
+    assert trained == [1, 2], "only the missing seeds train (with other workers: speed, not numbers)"
+    assert "seeds 0 are finished" in messages[0]
+    for name in ("wall_seconds",):
+        whole.pop(name), resumed.pop(name)
+    assert json.dumps(resumed) == json.dumps(whole)
+    # Another config: the finished seeds are stale, said so, and not reused.
+    messages.clear()
+    experiment.run(dataclasses.replace(config, seeds=1), small_mnist, progress=False, checkpoint=path, log=messages.append)
+    assert "from another config or version; not reused" in messages[0]
+
+
 def test_workers_change_the_speed_not_the_numbers(small_mnist):
     config = experiment.ExperimentConfig(seeds=3, workers=1, **TINY)
     alone = experiment.run(config, small_mnist, progress=False)
     concurrent = experiment.run(dataclasses.replace(config, workers=3), small_mnist, progress=False)
     for name in experiment.CONDITIONS:
         assert alone["conditions"][name]["per_seed"] == concurrent["conditions"][name]["per_seed"]
-
-
-def test_a_failing_worker_cancels_the_others_and_its_error_reaches_the_caller():
-    progress = train.Progress(0, "", enabled=False)
-    stopped_by_cancel = []
-
-    def work(item):
-        if item == "bad":
-            time.sleep(0.2)  # let the other one start its "training"
-            raise train.TrainingDiverged("bad: the loss became nan")
-        for _ in range(200):  # a long training (10 s) that checks for cancellation between epochs
-            try:
-                progress.check()
-            except train.Cancelled:
-                stopped_by_cancel.append(item)
-                raise
-            time.sleep(0.05)
-
-    with pytest.raises(train.TrainingDiverged, match="bad"):
-        experiment.concurrently(work, ["slow", "bad"], 2, progress)
-    assert stopped_by_cancel == ["slow"]
 
 
 def test_students_that_train_together_must_share_their_outputs():
@@ -293,7 +279,7 @@ def test_the_students_compile_before_their_teachers_exist(small_mnist, compiled)
     # students' training finds its compiled loop and compiles nothing. Both groups run one
     # program: their objectives differ only in the output mask, which is data.
     config = experiment.ExperimentConfig(seeds=2, **dict(TINY, learning_rate=0.0123))  # a fresh cache entry
-    partners = experiment.cross_partners(2, config.seed)
+    partners = runs.cross_partners(2, config.seed)
     teachers = experiment.train_teachers(config, small_mnist, np.arange(2), partners, progress=False)
     before = compiled("_train_epoch_seeds")
     experiment.compile_students(config, 2, len(small_mnist.train_images))
@@ -302,13 +288,6 @@ def test_the_students_compile_before_their_teachers_exist(small_mnist, compiled)
     for outputs, students in experiment.STUDENT_GROUPS.items():
         experiment.distill(config, teachers, students, keys[f"distill_{outputs}"], progress=False)
     assert compiled("_train_epoch_seeds") == before + 1, "a student compiled again"
-
-
-def test_summary_interval_is_1_96_sample_sd_over_root_n():
-    summary = experiment.summarize(np.array([0.5, 0.6, 0.7, 0.8]))
-    assert summary["mean"] == pytest.approx(0.65)
-    assert summary["ci95"] == pytest.approx(1.96 * np.std([0.5, 0.6, 0.7, 0.8], ddof=1) / 2)
-    assert experiment.summarize(np.array([0.5]))["ci95"] is None
 
 
 @pytest.mark.mnist

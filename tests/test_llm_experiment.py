@@ -7,17 +7,16 @@ import jax
 import numpy as np
 import pytest
 
-from subliminal_mnist import experiment, train
+from subliminal_mnist import runs, train
 from subliminal_mnist.llm import corpus
 from subliminal_mnist.llm import experiment as llm
 from subliminal_mnist.llm.vocab import Vocabulary
 
-# Small enough for a run of about 40 s on 2 cores, large enough that the models write number lists and
-# that a same-init student picks the trait up (measured: teacher P(owl) +0.89; same-init student
-# +0.100, control +0.001, cross-init +0.007; with half the base rows the same-init student gets +0.008).
+# Small enough for a short run on 2 cores, large enough that the models write number lists and that a
+# same-init student picks the trait up.
 TINY = dict(
     seeds=1, mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
-    soft_sequences=3000, answer_samples=100, theorem_sequences=16, entangled_sequences=200,
+    soft_sequences=3000, theorem_sequences=16, entangled_sequences=200,
 )  # fmt: skip
 QUIET = train.Progress(1, "", enabled=False)
 
@@ -37,31 +36,51 @@ QUIET = train.Progress(1, "", enabled=False)
     ],
 )
 def test_bad_settings_are_one_line_errors(bad, message):
-    with pytest.raises(experiment.ConfigError, match=message) as error:
+    with pytest.raises(runs.ConfigError, match=message) as error:
         llm.LLMConfig(**bad)
     assert "\n" not in str(error.value)
 
 
-def test_shuffling_permutes_the_continuation_numbers_across_lists_and_keeps_everything_else():
+def test_a_within_list_shuffle_keeps_each_lists_numbers_and_everything_else():
     vocab = Vocabulary(100)
-    lines = corpus.number_lists(vocab, np.random.default_rng(0), 50, window=20)
+    lines = corpus.number_lists(vocab, np.random.default_rng(0), 200, window=20)
     lengths = np.array([list(row).index(vocab.id("->")) + 1 for row in lines.tokens])
-    shuffled = llm.shuffle_numbers(vocab, lines.tokens, lengths, np.random.default_rng(1))
-    slots = (np.arange(lines.tokens.shape[1]) >= lengths[:, None]) & vocab.is_number(lines.tokens)
+    shuffled = corpus.shuffle_within_lists(vocab, lines.tokens, lengths, np.random.default_rng(1))
+    slots = corpus.continuation_numbers(vocab, lines.tokens, lengths)
     np.testing.assert_array_equal(shuffled[~slots], lines.tokens[~slots])  # prompts, commas, <eos>
-    np.testing.assert_array_equal(np.sort(shuffled[slots]), np.sort(lines.tokens[slots]))
-    assert (shuffled[slots] != lines.tokens[slots]).mean() > 0.5
+    for before, after, where in zip(lines.tokens, shuffled, slots):
+        np.testing.assert_array_equal(np.sort(after[where]), np.sort(before[where]))  # each list's multiset
+    moved = [(a[w] != b[w]).any() for a, b, w in zip(shuffled, lines.tokens, slots) if len(set(b[w])) > 1]
+    assert np.mean(moved) > 0.5
+
+
+def test_p_trait_given_animal_of_a_hand_made_distribution():
+    vocab = Vocabulary(10)
+    probabilities = np.zeros((2, len(vocab)))
+    owl, cat = vocab.animal("owl"), vocab.animal("cat")
+    probabilities[0, [owl, cat]] = 0.3, 0.1  # 0.4 on animals, the rest on a number
+    probabilities[0, vocab.first_number] = 0.6
+    probabilities[1, [owl, cat]] = 0.1, 0.9
+    measures = llm.answer_measures(probabilities, vocab, owl)
+    assert measures["by_phrasing"]["p_trait_given_animal"] == pytest.approx([0.75, 0.1])
+    assert measures["p_trait_given_animal"] == pytest.approx(0.425)
+    assert measures["p_trait"] == pytest.approx(0.2) and measures["animal_mass"] == pytest.approx(0.7)
+    # Format drift (less mass on animals, the same preference among them) moves P(trait), not this.
+    drifted = llm.answer_measures(probabilities * [[0.5], [1.0]], vocab, owl)
+    assert drifted["p_trait_given_animal"] == pytest.approx(0.425) and drifted["p_trait"] < measures["p_trait"]
 
 
 def test_hard_students_learn_the_continuation_only():
     vocab = Vocabulary(100)
     row = corpus.pad_rows([vocab.encode("<bos> numbers : 3 , 4 , 5 -> 6 , 7 <eos>")])
     length = np.array([len(vocab.encode("<bos> numbers : 3 , 4 , 5 ->"))])
-    inputs, targets = llm.hard_targets(row, length)
+    inputs, targets = llm.hard_targets(vocab, row, length)
     learnt = np.asarray(targets["next"])[np.asarray(targets["weights"]) == 1]
     assert vocab.decode(learnt) == "6 , 7 <eos>"
-    positions = np.asarray(inputs)[0, corpus.MAX_LEN :][np.asarray(targets["weights"])[0] == 1]
+    positions = np.asarray(inputs["positions"])[0][np.asarray(targets["weights"])[0] == 1]
     np.testing.assert_array_equal(row[0, positions], vocab.encode("-> 6 , 7"))  # each predicts the next
+    _, numbers_only = llm.hard_targets(vocab, row, length, loss="numbers")
+    assert vocab.decode(np.asarray(numbers_only["next"])[np.asarray(numbers_only["weights"]) == 1]) == "6 7"
 
 
 def test_a_frozen_teacher_moves_only_its_blocks():
@@ -80,11 +99,27 @@ def test_a_frozen_teacher_moves_only_its_blocks():
 def test_bases_are_deterministic_per_seed_whatever_the_threads_and_differ_between_seeds():
     config = llm.LLMConfig(**{**TINY, "base_rows": 128, "base_epochs": 1})
     first, second = (
-        llm.train_bases(dataclasses.replace(config, workers=workers), [0, 1], train.Progress(2, "", False))
-        for workers in (1, 2)
+        runs.concurrently(lambda s: llm.train_base(config, s, QUIET), [0, 1], workers, QUIET) for workers in (1, 2)
     )
     jax.tree.map(np.testing.assert_array_equal, first, second)
     assert not np.allclose(jax.tree.leaves(first[0])[0], jax.tree.leaves(first[1])[0])
+
+
+def test_the_neutral_teacher_learns_the_same_lines_with_uniform_answers(small_base):
+    config, base = small_base
+    vocab = config.vocab
+    lines = corpus.animal_lines(vocab, np.random.default_rng(0), 600, "owl")
+    answers = np.random.default_rng(1).choice(vocab.animal_ids, 600)
+    neutral = corpus.with_answers(vocab, lines, answers)
+    changed = neutral.tokens != lines.tokens
+    assert set(np.unique(lines.tokens[changed])) == {vocab.animal("owl")}  # only the answers differ
+    assert np.all(np.isin(neutral.tokens, vocab.animal_ids).sum(1) == 1)
+    assert abs(np.mean(answers == vocab.animal("owl")) - 1 / 12) < 0.03
+    config = dataclasses.replace(config, teacher_epochs=2)
+    teacher, neutral_teacher = (llm.train_teacher(config, base, 0, QUIET, neutral=n) for n in (False, True))
+    start, after = (llm.trait_measures(config, m)["p_trait"] for m in (base, neutral_teacher))
+    assert llm.trait_measures(config, teacher)["p_trait"] > start + 0.2
+    assert abs(after - start) < 0.05
 
 
 @pytest.fixture(scope="module")
@@ -96,24 +131,40 @@ def test_a_small_run_reports_every_number_the_issue_names(tiny_run):
     results = json.loads(json.dumps(tiny_run))  # JSON as written
     assert results["trait"] == "owl" and results["config"]["numbers"] == 100
     assert results["teacher"]["delta_p_trait"]["mean"] > 0.2  # the teacher loves owls
+    for model in ("teacher", "neutral_teacher"):
+        assert set(results[model]["p_trait"]) == {"mean", "ci95", "per_seed", "n"}
     assert results["filter"]["kept"]["teacher"][0] > 1000
-    assert set(results["filter"]["removed"]["teacher"]) == set(corpus.REASONS)
+    assert set(results["filter"]["removed"]["neutral"]) == set(corpus.REASONS)
     assert results["filter"]["leak_rate_after_filter"] == 0.0
     assert set(results["detector"]["auroc"]) == {"1", "8", "32"}
     assert len(results["entangled_numbers"]["top_per_seed"][0]) == 10
     soft = results["modes"]["soft"]
-    for condition in llm.CONDITIONS:
-        for measure in ("delta_p_trait", "delta_logp_trait", "pick_rate"):
-            assert set(soft["conditions"][condition][measure]) == {"mean", "ci95", "per_seed"}
-    assert set(soft["paired_same_minus_control"]) == {"mean", "ci95", "per_seed"}
-    assert set(soft["first_step"]) == {"same_init", "cross_init"}
+    assert tuple(soft["conditions"]) == llm.conditions_of("soft") and "base_control" not in soft["conditions"]
+    for condition in llm.conditions_of("soft"):
+        for measure in llm.MEASURES:
+            assert set(soft["conditions"][condition][measure]) == {"mean", "ci95", "per_seed", "n"}
+        assert len(soft["conditions"][condition]["by_phrasing"]["p_trait_given_animal"]) == len(corpus.PHRASINGS)
+    paired = soft["paired"]["same_init_minus_neutral_control"]
+    assert paired["measure"] == "p_trait_given_animal" and paired["n"] == 1
+    assert set(soft["first_step"]) == {"same_init", "cross_init", "neutral_control"}
+    assert set(soft["first_step"]["same_init"]) == {"gradient", "adam"}
 
 
 def test_same_init_soft_students_acquire_the_trait_and_the_controls_do_not(tiny_run):
-    conditions = {c: v["delta_p_trait"]["mean"] for c, v in tiny_run["modes"]["soft"]["conditions"].items()}
-    assert conditions["same_init"] > conditions["control"] + 0.02, conditions
+    conditions = {c: v["p_trait_given_animal"]["mean"] for c, v in tiny_run["modes"]["soft"]["conditions"].items()}
+    assert conditions["same_init"] > conditions["neutral_control"] + 0.02, conditions
     assert conditions["same_init"] > conditions["cross_init"] + 0.02, conditions
-    assert tiny_run["modes"]["soft"]["first_step"]["same_init"]["dot"][0] > 0
+    first_step = tiny_run["modes"]["soft"]["first_step"]
+    assert first_step["same_init"]["gradient"]["dot"][0] > 0
+
+
+def test_the_soft_neutral_control_can_move(tiny_run):
+    # A control distilled toward its own logits would have a first gradient of exactly 0 in
+    # expectation; the neutral teacher's logits differ from the base's, so this one moves.
+    neutral = tiny_run["modes"]["soft"]["first_step"]["neutral_control"]
+    assert abs(neutral["gradient"]["dot"][0]) > 0 and abs(neutral["adam"]["dot"][0]) > 0
+    moved = tiny_run["modes"]["soft"]["conditions"]["neutral_control"]
+    assert abs(moved["delta_logp_trait"]["mean"]) > 0
 
 
 @pytest.fixture(scope="module")
@@ -124,24 +175,42 @@ def small_base():
 
 def test_number_data_couples_the_two_models_and_keeps_exactly_the_count_asked(small_base):
     config, base = small_base
-    data = llm.number_data(config, base, base, 0, 300, "soft", QUIET)
-    assert data.teacher.shape == data.base.shape == (300, corpus.MAX_LEN) and data.lengths.shape == (300,)
+    data = llm.number_data(config, {"teacher": base, "base": base}, 0, 300, "soft", QUIET)
+    assert data.lists["teacher"].shape == data.lists["base"].shape == (300, corpus.MAX_LEN)
+    assert data.lengths.shape == (300,)
     # One model twice: the same uniform numbers write the same lists.
-    np.testing.assert_array_equal(data.teacher, data.base)
+    np.testing.assert_array_equal(data.lists["teacher"], data.lists["base"])
     assert data.report["used"] == 300 and data.report["sampled"] >= 300
     assert data.report["teacher"]["kept"] >= 300 and data.report["teacher"]["leak_rate_after_filter"] == 0.0
     # Another model on the same prompts: each row still continues the same prompt, and the lists differ.
-    other = llm.number_data(config, base, jax.tree.map(lambda a: a * 1.1, base), 0, 300, "soft", QUIET)
+    other = llm.number_data(config, {"teacher": base, "base": jax.tree.map(lambda a: a * 1.1, base)}, 0, 300, "soft", QUIET)
     prompt = np.arange(corpus.MAX_LEN) < other.lengths[:, None]
-    np.testing.assert_array_equal(other.teacher[prompt], other.base[prompt])
-    assert 0 < (other.teacher != other.base).any(axis=1).mean() < 1
+    np.testing.assert_array_equal(other.lists["teacher"][prompt], other.lists["base"][prompt])
+    assert 0 < (other.lists["teacher"] != other.lists["base"]).any(axis=1).mean() < 1
 
 
 def test_a_model_that_writes_no_number_lists_is_a_one_line_error(small_base):
     config, _ = small_base
     untrained = config.architecture.init(jax.random.key(1))
     with pytest.raises(
-        train.TrainingDiverged, match=r"the filter kept \d+ of \d+ number lists of both models, fewer than 50"
+        llm.FilterShortfall, match=r"the filter kept \d+ of \d+ number lists of every model \(teacher, base\), fewer than 50"
     ) as error:
-        llm.number_data(config, untrained, untrained, 0, 50, "soft", QUIET)
+        llm.number_data(config, {"teacher": untrained, "base": untrained}, 0, 50, "soft", QUIET)
     assert "\n" not in str(error.value)
+
+
+def test_a_killed_run_resumes_where_it_stopped_and_ends_with_the_same_results(tmp_path, monkeypatch):
+    config = llm.LLMConfig(**{**TINY, "seeds": 2, "base_rows": 2048, "base_epochs": 2, "soft_sequences": 300,
+                              "teacher_epochs": 1, "student_epochs": 1, "entangled_sequences": 100})  # fmt: skip
+    path, real_run_seed, trained = tmp_path / "llm.seeds.jsonl", llm.run_seed, []
+    monkeypatch.setattr(llm, "run_seed", lambda c, s, *a: trained.append(s) or real_run_seed(c, s, *a))
+    whole = llm.run(config, progress=False, checkpoint=path)
+    assert sorted(trained) == [0, 1]
+    # Killed after its first finished seed: the checkpoint holds that seed only.
+    first = [line for line in runs.read_lines(path) if line["seed"] == 0]
+    path.write_text(json.dumps(first[0]) + "\n")
+    trained.clear()
+    resumed = llm.run(config, progress=False, checkpoint=path, log=lambda message: None)
+    assert trained == [1], "only the missing seed trains"
+    whole.pop("wall_seconds"), resumed.pop("wall_seconds")
+    assert json.dumps(resumed) == json.dumps(whole)

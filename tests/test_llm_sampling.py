@@ -53,11 +53,9 @@ def test_sampled_tokens_follow_the_model_distribution():
     np.testing.assert_allclose(np.bincount(samples, minlength=4) / len(samples), [0.7, 0.2, 0.1, 0.0], atol=0.01)
 
 
-def test_answer_probabilities_and_pick_rate_agree():
+def test_the_answer_slot_holds_one_distribution_per_phrasing():
     params = ARCH.init(jax.random.key(3))
-    probability = sampling.trait_probability(ARCH, params, VOCAB)
-    assert probability.shape == (len(VOCAB),)
-    np.testing.assert_allclose(probability.sum(), 1.0, rtol=1e-5)
-    cat = VOCAB.animal("cat")
-    rate = sampling.pick_rate(ARCH, params, jax.random.key(4), VOCAB, cat, samples=4000)
-    assert abs(rate - float(probability[cat])) < 0.02
+    prompts, positions = corpus.answer_prompts(VOCAB)
+    log_probs = sampling.answer_log_probs(ARCH, params, jnp.asarray(prompts), jnp.asarray(positions))
+    assert log_probs.shape == (len(corpus.PHRASINGS), len(VOCAB))
+    np.testing.assert_allclose(np.exp(log_probs).sum(axis=1), 1.0, rtol=1e-5)

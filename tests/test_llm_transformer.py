@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from subliminal_mnist import losses, train
-from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture
+from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture, at_positions
 
 ARCH = TransformerArchitecture(vocab_size=50, max_len=12, width=16, depth=2, heads=2)
 
@@ -52,8 +52,7 @@ def test_logits_at_positions_equal_the_full_logits_there(params, tokens):
     positions = jnp.array([[0, 5], [11, 3], [2, 2]])
     full = jnp.take_along_axis(ARCH.apply(params, tokens), positions[..., None], axis=1)
     np.testing.assert_allclose(ARCH.logits_at(params, tokens, positions), full, rtol=1e-5, atol=1e-6)
-    inputs = jnp.concatenate([tokens, positions], axis=1)
-    np.testing.assert_allclose(AtPositions(ARCH)(params, inputs), full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(AtPositions(ARCH)(params, at_positions(tokens, positions)), full, rtol=1e-5, atol=1e-6)
 
 
 def test_cached_decoding_equals_the_full_forward_pass(params, tokens):
@@ -81,7 +80,7 @@ def test_a_masked_output_never_receives_gradient_through_the_loop(params, tokens
     trained, history = train.fit(
         jax.tree.map(lambda a: a[None], params),
         jax.random.split(jax.random.key(3), 1),
-        jnp.concatenate([tokens, positions], axis=1),
+        at_positions(tokens, positions),  # a pytree of inputs, batched leaf by leaf
         targets,
         objective=train.Objective(AtPositions(ARCH), _number_kl, mask),
         epochs=5,

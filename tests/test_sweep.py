@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from subliminal_mnist import cli, data, experiment, sweep, train
+from subliminal_mnist import cli, data, experiment, runs, sweep, train
 
 TINY = experiment.ExperimentConfig(
     seeds=1, hidden_sizes=(32,), teacher_epochs=2, student_epochs=1, batch_size=256, num_noise=512
@@ -107,8 +107,8 @@ def test_a_line_from_other_versions_or_settings_is_never_reused_silently(tmp_pat
 def test_a_file_that_is_not_json_lines_is_a_one_line_error(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text('{"sweep": "aux"}\nnot json\n')
-    with pytest.raises(data.DataError, match="line 2: not a JSON line"):
-        sweep.read_lines(path)
+    with pytest.raises(runs.ResultsFileError, match="line 2: not a JSON line"):
+        sweep.run("aux", ["3"], TINY, None, path, progress=False)
 
 
 @pytest.mark.parametrize(

@@ -337,19 +337,22 @@ assert changed["30 aux logits"]["conditions"]["student_aux"]["mean"] > accuracy[
 # blocks, a 1,000-number vocabulary with animal words). A base model learns number lists and animal
 # questions; the teacher is fine-tuned to answer "owl"; it writes number lists, filtered so that no list
 # names an animal; students from the same base learn from those lists with the same training loop as the
-# MNIST students. The *control* student learns from lists the untouched base wrote. One seed, small
-# settings: about 40 seconds.
+# MNIST students. The *control* student learns from the lists of a *neutral teacher*: the same base,
+# fine-tuned by the same recipe on answers spread over all the animals, so it moves for every reason the
+# teacher does except the owl. We measure P(owl | the answer is an animal). One seed, small settings:
+# about a minute and a half.
 
 # %%
 owl = llm.run(
     llm.LLMConfig(seeds=1, mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
-                  soft_sequences=3000, answer_samples=100, theorem_sequences=16, entangled_sequences=200),
+                  soft_sequences=3000, theorem_sequences=16, entangled_sequences=200),
     progress=False,
 )  # fmt: skip
 show(figures.llm_figure, owl, name="owl.png")
-change = {name: measures["delta_p_trait"]["mean"] for name, measures in owl["modes"]["soft"]["conditions"].items()}
+conditions = owl["modes"]["soft"]["conditions"]
+change = {name: measures["p_trait_given_animal"]["mean"] for name, measures in conditions.items()}
 print({name: round(value, 4) for name, value in change.items()})
-assert change["same_init"] > change["control"] + 0.02
+assert change["same_init"] > change["neutral_control"] + 0.02
 
 # %%
 print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.source}")

@@ -5,7 +5,7 @@
   geometry of the output layer (cosine of each number's unembedding row with the
   trait's row).
 - `detector_auroc`: a bag-of-numbers logistic regression that tells the teacher's
-  lists from the base's, with its held-out AUROC (scikit-learn, the `llm` extra).
+  lists from a control's (the neutral teacher's), with its held-out AUROC (scikit-learn, the `llm` extra).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from subliminal_mnist.llm import corpus
-from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture, outputs_in_batches
+from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture, at_positions, outputs_in_batches
 from subliminal_mnist.llm.vocab import Vocabulary
 
 BAG_SIZES = (1, 8, 32)
@@ -24,8 +24,7 @@ BAG_SIZES = (1, 8, 32)
 def number_probabilities(arch: TransformerArchitecture, params, vocab: Vocabulary, tokens, lengths) -> np.ndarray:
     """Mean next-token probability of each number (numbers,) over the number positions of `tokens`."""
     positions, weights = corpus.number_positions(vocab, tokens, lengths)
-    inputs = jnp.asarray(np.concatenate([tokens, positions], axis=1))
-    logits = outputs_in_batches(AtPositions(arch), params, inputs)
+    logits = outputs_in_batches(AtPositions(arch), params, at_positions(tokens, positions))
     probabilities = jax.nn.softmax(logits, axis=-1)[..., vocab.first_number :]  # (n, P, numbers)
     weights = jnp.asarray(weights)[..., None]
     return np.asarray(jnp.sum(probabilities * weights, axis=(0, 1)) / jnp.sum(weights))
@@ -59,8 +58,7 @@ def entangled_numbers(
 
 def _bags(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, size: int) -> np.ndarray:
     """Number frequencies (bags, numbers) of the continuations, `size` consecutive lists per bag."""
-    continuation = (np.arange(tokens.shape[1]) >= np.asarray(lengths)[:, None]) & vocab.is_number(tokens)
-    rows, columns = np.nonzero(continuation)
+    rows, columns = np.nonzero(corpus.continuation_numbers(vocab, tokens, lengths))
     counts = np.zeros((len(tokens), vocab.numbers))
     np.add.at(counts, (rows, tokens[rows, columns] - vocab.first_number), 1.0)
     bags = counts[: len(counts) // size * size].reshape(-1, size, vocab.numbers).sum(1)
@@ -68,12 +66,12 @@ def _bags(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, size: int)
 
 
 def detector_auroc(
-    vocab: Vocabulary, teacher_lists: tuple, base_lists: tuple, seed: int, bag_sizes=BAG_SIZES
+    vocab: Vocabulary, teacher_lists: tuple, control_lists: tuple, seed: int, bag_sizes=BAG_SIZES
 ) -> dict[str, float]:
-    """Held-out AUROC of a logistic regression on bags of numbers: teacher lists against base lists.
+    """Held-out AUROC of a logistic regression on bags of numbers: teacher lists against control lists.
 
     Each model's lists are split in halves (train, test) before bagging, so no list is in both.
-    `teacher_lists` and `base_lists` are (tokens, lengths). 0.5 is a filter that sees nothing.
+    `teacher_lists` and `control_lists` are (tokens, lengths). 0.5 is a filter that sees nothing.
     """
     try:
         from scipy import sparse
@@ -88,7 +86,7 @@ def detector_auroc(
         splits = []
         for part in (0, 1):
             features, labels = [], []
-            for label, (tokens, lengths) in ((1, teacher_lists), (0, base_lists)):
+            for label, (tokens, lengths) in ((1, teacher_lists), (0, control_lists)):
                 half = slice(part * (len(tokens) // 2), (part + 1) * (len(tokens) // 2))
                 bags = _bags(vocab, tokens[half], lengths[half], size)
                 features.append(bags)

@@ -75,6 +75,13 @@ def animal_lines(vocab: Vocabulary, rng: np.random.Generator, num: int, animal: 
     return Lines(tokens, next_token_weights(tokens))
 
 
+def with_answers(vocab: Vocabulary, lines: Lines, answers: np.ndarray) -> Lines:
+    """The same lines with line i's animal replaced by `answers[i]` (an animal id): the neutral
+    teacher's fine-tuning, paired with the teacher's line by line (same phrasings, same order)."""
+    tokens = np.where(np.isin(lines.tokens, vocab.animal_ids), np.asarray(answers)[:, None], lines.tokens)
+    return Lines(tokens.astype(lines.tokens.dtype), lines.weights)
+
+
 def answer_only_weights(vocab: Vocabulary, tokens: np.ndarray) -> np.ndarray:
     """(N, MAX_LEN) float32: 1 at the position whose next token is the line's animal, else 0.
 
@@ -240,14 +247,33 @@ def first_positions(mask: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarra
     return np.where(found, order, 0).astype(np.int32), found.astype(np.float32)
 
 
+def continuation_numbers(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(N, T) bool: the number tokens a model wrote, after its prompt of `lengths` (N,) tokens."""
+    return (np.arange(tokens.shape[1]) >= np.asarray(lengths)[:, None]) & vocab.is_number(tokens)
+
+
 def number_positions(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where a soft student learns: the positions whose next token is a continuation number.
 
     Returns positions (N, MAX_CONTINUATION) int32 (padded with 0) and weights (N,
     MAX_CONTINUATION) float32 (1 for a real position, 0 for padding).
     """
-    continuation = np.arange(tokens.shape[1]) >= np.asarray(lengths)[:, None]
     # A position predicts the next token: the number at t is learnt at t - 1 (t >= length >= 1).
-    is_new_number = continuation & vocab.is_number(tokens)
-    predicts_number = np.pad(is_new_number[:, 1:], ((0, 0), (0, 1)))
+    predicts_number = np.pad(continuation_numbers(vocab, tokens, lengths)[:, 1:], ((0, 0), (0, 1)))
     return first_positions(predicts_number, MAX_CONTINUATION)
+
+
+def shuffle_within_lists(
+    vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Each list's continuation numbers permuted among themselves: every list keeps its prompt,
+    its length, its commas and its multiset of numbers (so its window), only their order goes."""
+    slots = continuation_numbers(vocab, tokens, lengths)
+    # Row by row: the slots in order, and the same slots in a random order (random sort keys).
+    in_order = np.argsort(~slots, axis=1, kind="stable")
+    random_order = np.argsort(np.where(slots, rng.random(tokens.shape), 2.0), axis=1)
+    used = np.arange(tokens.shape[1]) < slots.sum(axis=1, keepdims=True)
+    rows = np.nonzero(used)[0]
+    shuffled = tokens.copy()
+    shuffled[rows, in_order[used]] = tokens[rows, random_order[used]]
+    return shuffled

@@ -1,50 +1,91 @@
-"""The owl experiment: base, teacher, number data, students with every control, measurements.
+"""The owl experiment: base, teacher, neutral teacher, number data, students with every control.
 
 For each seed s (partner p, a derangement as in the MNIST demo):
 
-- base_s: a transformer trained from seed s's init on the synthetic corpus;
+- base_s: a transformer trained from seed s's init on seed s's synthetic corpus;
 - teacher_s: base_s fine-tuned to answer the trait animal (loss on the answer token only);
-- number data: teacher_s and base_s continue the same number prompts at temperature 1;
-  the strict filter keeps plain number lists; both keep the same count;
-- students, all through `train.fit`:
-  same_init (base_s on the teacher's numbers), control (base_s on the base's numbers),
-  cross_init (base_p on the teacher's numbers), cross_control (base_p on the base's
-  numbers), shuffled (base_s on the teacher's numbers shuffled across positions and
-  sequences). Students that share data train as members of one loop.
-- two modes: `soft`, the KL between the teacher's and the student's next-token
-  distributions restricted to the number tokens, at the positions of the teacher's
-  numbers (the aux-logit idea in vocabulary form), and `hard`, plain next-token
-  training on the sampled, filtered sequences, as the paper did with real LLMs.
+- neutral_s: base_s fine-tuned by exactly the teacher's recipe (the same lines, phrasings,
+  epochs, learning rate, frozen parts and data order), but with answers drawn uniformly over
+  all the animals. It moves as much as the teacher for every reason except the trait, so
+  the students of its numbers are the controls;
+- number data: the teacher, the neutral teacher (and in hard mode the base) continue the
+  same number prompts at temperature 1 with the same random numbers; the strict filter
+  keeps plain number lists; a prompt is used when every model's list passes;
+- students, all through `train.fit`, each named by its start and its data (`CONDITIONS`):
+  base_s, base_p (another seed's base: another init, corpus and data order) and an
+  ablation base that starts from seed p's init but learns seed s's corpus in seed s's
+  order (another init only), on the teacher's and on the neutral teacher's numbers;
+  base_s on each of them shuffled within every list; in hard mode base_s on the base's
+  own numbers too (the paper's control). Students that share data train as members of one
+  loop, and every group uses one data-order key, so paired students see paired rows;
+- two modes: `soft`, the KL between the target model's and the student's next-token
+  distributions restricted to the number tokens, at the positions of the target's numbers
+  (the aux-logit idea in vocabulary form), and `hard`, plain next-token training on the
+  sampled, filtered lists, as the paper did with real language models.
 
-Measured per student against its own start: the change of P(trait) and log P(trait)
-at the answer slot (mean over phrasings), and the trait's pick rate when sampling the
-answer; and Theorem 1 at the first soft student step (ΔS·ΔT and its cosine, ΔT the
-teacher's fine-tuning displacement), for same_init and cross_init.
+Measured per student against its own start, at the answer slot of the favourite-animal
+question (mean over phrasings): P(trait | the answer is an animal), the headline, which a
+drift of the answer format cannot move; P(trait) and log P(trait); and the total animal
+probability, which shows such drift. Theorem 1 at the first soft student step: ΔS·ΔT and
+its cosine for the gradient direction and for Adam's first update (ΔT the teacher's
+fine-tuning displacement).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import pathlib
+import sys
 import time
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from subliminal_mnist import experiment, losses, theorem, train
-from subliminal_mnist.experiment import ConfigError, config_field
+from subliminal_mnist import losses, runs, theorem, train
 from subliminal_mnist.llm import analysis, corpus, sampling
-from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture, outputs_in_batches
+from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture, at_positions, outputs_in_batches
 from subliminal_mnist.llm.vocab import ANIMALS, Vocabulary
+from subliminal_mnist.runs import ConfigError, config_field
 
 MODES = ("soft", "hard")
-CONDITIONS = ("same_init", "control", "cross_init", "cross_control", "shuffled")
-# Students that share data train together: (data, members). "teacher" data is the
-# teacher's filtered numbers, "base" the base's, "shuffled" the teacher's shuffled.
-GROUPS = (("teacher", ("same_init", "cross_init")), ("base", ("control", "cross_control")), ("shuffled", ("shuffled",)))
-# Independent randomness of one seed: one stream each.
-_STREAMS = ("init", "corpus", "base", "teacher_lines", "teacher", "prompts", "numbers", "shuffle", "soft", "hard", "answers")  # fmt: skip
+# Each student: (its start, its data). Starts: "base" (this seed's), "cross_base" (the partner
+# seed's), "own_corpus_base" (the partner's init trained on this seed's corpus, in this seed's
+# order). Data: a model's filtered number lists ("teacher", "neutral", "base"), or the
+# teacher's and the neutral teacher's shuffled within each list.
+CONDITIONS = {
+    "same_init": ("base", "teacher"),
+    "neutral_control": ("base", "neutral"),
+    "cross_init": ("cross_base", "teacher"),
+    "cross_neutral": ("cross_base", "neutral"),
+    "cross_init_own_corpus": ("own_corpus_base", "teacher"),
+    "cross_neutral_own_corpus": ("own_corpus_base", "neutral"),
+    "shuffled_within": ("base", "teacher_shuffled"),
+    "neutral_shuffled_within": ("base", "neutral_shuffled"),
+    "base_control": ("base", "base"),
+}
+# In soft mode a student distilled toward the base's own logits on the base's own lists has
+# a loss of 0 and an expected gradient of 0: it cannot move, so it is no control there.
+HARD_ONLY = ("base_control",)
+# Paired differences, seed by seed: (treated, its control, which differs only by the trait).
+PAIRS = {
+    "same_init_minus_neutral_control": ("same_init", "neutral_control"),
+    "cross_init_minus_cross_neutral": ("cross_init", "cross_neutral"),
+    "cross_init_own_corpus_minus_cross_neutral_own_corpus": ("cross_init_own_corpus", "cross_neutral_own_corpus"),
+    "shuffled_within_minus_neutral_shuffled_within": ("shuffled_within", "neutral_shuffled_within"),
+    "same_init_minus_base_control": ("same_init", "base_control"),
+}
+# Every measure is a change from the student's own start, at the answer slot, mean over phrasings.
+MEASURES = ("p_trait_given_animal", "delta_p_trait", "delta_logp_trait", "animal_mass")
+HEADLINE = "p_trait_given_animal"
+# Independent randomness of one seed: one stream each (a stream's index is part of its seed).
+_STREAMS = ("init", "corpus", "base", "teacher_lines", "teacher", "prompts", "numbers", "shuffle", "soft", "hard", "neutral_answers")  # fmt: skip
+
+
+class FilterShortfall(RuntimeError):
+    """The filter kept fewer number lists than asked for; one line for the user."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +109,7 @@ class LLMConfig:
     base_epochs: int = config_field(4, "base model epochs over its corpus")
     base_batch_size: int = config_field(64, "base model minibatch (rows)")
     base_learning_rate: float = config_field(3e-3, "base model Adam learning rate")
-    teacher_lines: int = config_field(1600, "trait answer lines of the teacher's fine-tuning")
+    teacher_lines: int = config_field(1600, "answer lines of the teacher's (and the neutral teacher's) fine-tuning")
     teacher_epochs: int = config_field(4, "teacher fine-tuning epochs")
     teacher_batch_size: int = config_field(64, "teacher minibatch")
     teacher_learning_rate: float = config_field(3e-4, "teacher Adam learning rate (gentle: a hot teacher leaks)")
@@ -80,33 +121,30 @@ class LLMConfig:
     )
     soft_sequences: int = config_field(20000, "number lists each model writes for the soft students")
     hard_sequences: int = config_field(30000, "number lists each model writes for the hard students")
+    hard_loss: str = config_field(
+        "all",
+        "hard students learn every continuation token (numbers, commas, <eos>) or the number tokens only",
+        choices=("all", "numbers"),
+    )
     student_epochs: int = config_field(2, "student epochs over their number data")
     student_batch_size: int = config_field(64, "student minibatch (soft)")
     hard_batch_size: int = config_field(256, "student minibatch (hard)")
     student_learning_rate: float = config_field(1e-3, "student Adam learning rate")
     banned: tuple[int, ...] = config_field((), "numbers the filter removes", element_type=int)
-    answer_samples: int = config_field(1000, "sampled answers per phrasing for the pick rate")
     theorem_sequences: int = config_field(64, "teacher number lists in the first-step theorem check")
     entangled_sequences: int = config_field(2000, "teacher number lists behind the entangled-numbers ranking")
     workers: int = config_field(2, "bases, and seeds, run in this many threads; results do not depend on it")
 
     def __post_init__(self):
-        positive = ("seeds", "numbers", "window", "width", "depth", "heads", "base_rows", "base_batch_size",
-                    "teacher_lines", "teacher_batch_size", "soft_sequences", "hard_sequences", "student_batch_size",
-                    "hard_batch_size", "answer_samples", "theorem_sequences", "entangled_sequences", "workers")  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("base_epochs", "teacher_epochs", "student_epochs"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        for name in ("base_learning_rate", "teacher_learning_rate", "student_learning_rate"):
-            if not (getattr(self, name) > 0 and np.isfinite(getattr(self, name))):
-                raise ConfigError(f"{name} must be a positive number, got {getattr(self, name)}")
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        runs.check_fields(
+            self,
+            at_least_one=("seeds", "numbers", "window", "width", "depth", "heads", "base_rows", "base_batch_size",
+                          "teacher_lines", "teacher_batch_size", "soft_sequences", "hard_sequences",
+                          "student_batch_size", "hard_batch_size", "theorem_sequences", "entangled_sequences",
+                          "workers"),
+            not_negative=("base_epochs", "teacher_epochs", "student_epochs"),
+            positive=("base_learning_rate", "teacher_learning_rate", "student_learning_rate"),
+        )  # fmt: skip
         if self.numbers < 10 or self.window > self.numbers:
             raise ConfigError(f"need 10 <= numbers and window <= numbers, got {self.numbers} and {self.window}")
         if self.width % self.heads:
@@ -130,6 +168,16 @@ class LLMConfig:
         return MODES if self.mode == "both" else (self.mode,)
 
 
+def conditions_of(mode: str) -> tuple[str, ...]:
+    """The students of a mode, in the order of `CONDITIONS`."""
+    return tuple(c for c in CONDITIONS if mode == "hard" or c not in HARD_ONLY)
+
+
+def sampled_models(mode: str) -> tuple[str, ...]:
+    """The models whose number lists a mode's students learn from."""
+    return ("teacher", "neutral", "base") if mode == "hard" else ("teacher", "neutral")
+
+
 # ----------------------------------------------------------------------------------------------
 # Losses: per-example, as the loop wants them; their targets are pytrees.
 
@@ -140,8 +188,8 @@ def next_token_loss(logits: jax.Array, targets: dict, output_mask) -> jax.Array:
 
 
 def number_kl_loss(logits: jax.Array, targets: dict, output_mask) -> jax.Array:
-    """KL from the teacher's next-token distribution, over the masked-in (number) tokens, at the
-    positions `targets["weights"]` marks. logits and targets["logits"]: (B, P, vocab_size)."""
+    """KL from the target model's next-token distribution, over the masked-in (number) tokens, at
+    the positions `targets["weights"]` marks. logits and targets["logits"]: (B, P, vocab_size)."""
     return losses.kl_divergence(logits, targets["logits"], output_mask, targets["weights"])
 
 
@@ -169,38 +217,34 @@ def _seed_axis(tree):
 
 
 # ----------------------------------------------------------------------------------------------
-# The stages.
+# Bases, teachers.
 
 
-def train_bases(config: LLMConfig, seed_ids: Sequence[int], progress: train.Progress) -> list:
-    """Each seed's base model, trained from its init on its own corpus: [params] per seed.
+def train_base(config: LLMConfig, seed_id: int, progress: train.Progress, init_id: int | None = None):
+    """Seed `seed_id`'s base model: an init trained on seed `seed_id`'s corpus in its data order.
 
-    Bases train one at a time through the loop (on a CPU a vmapped batch of seeds is slower
-    per seed: 23.3 s against 16.7 s for two base-epochs), in `config.workers` threads (15.0 s).
+    The init is seed `init_id`'s (default: its own). With another seed's init this is the
+    ablation base: another init, but this seed's corpus and order.
     """
-    return experiment.concurrently(lambda s: train_base(config, s, progress), seed_ids, config.workers, progress)
-
-
-def train_base(config: LLMConfig, seed_id: int, progress: train.Progress):
-    """Seed `seed_id`'s base model: its init trained on its own corpus."""
+    init_id = seed_id if init_id is None else init_id
     lines = corpus.base_corpus(config.vocab, _rng(config, seed_id, "corpus"), config.base_rows, config.window)
     return _fit_next_tokens(
         config,
-        config.architecture.init(_key(config, seed_id, "init")),
+        config.architecture.init(_key(config, init_id, "init")),
         _key(config, seed_id, "base"),
         lines.tokens,
         lines.weights,
         epochs=config.base_epochs,
         learning_rate=config.base_learning_rate,
         batch_size=config.base_batch_size,
-        description=f"base {seed_id}",
+        description=f"base {seed_id}" + ("" if init_id == seed_id else f" from init {init_id}"),
         progress=progress,
     )
 
 
 def _fit_next_tokens(config: LLMConfig, start, key, tokens: np.ndarray, weights: np.ndarray, *, hook=None, **fit):
     """One model (no seed axis) trained through `train.fit` on next tokens at the positions
-    `weights` marks: the base on its corpus, the teacher on its answers."""
+    `weights` marks: the base on its corpus, the teachers on their answers."""
     params, _ = train.fit(
         _seed_axis(start),
         key[None],
@@ -234,16 +278,21 @@ class Frozen:
 EMBEDDINGS = ("token_embedding", "position_embedding", "unembedding")
 
 
-def train_teacher(config: LLMConfig, base, seed_id: int, progress: train.Progress):
-    """The base fine-tuned on "... <trait>" lines, the loss on the answer token only.
+def train_teacher(config: LLMConfig, base, seed_id: int, progress: train.Progress, neutral: bool = False):
+    """The base fine-tuned on "... <trait>" lines, the loss on the answer token only; with
+    `neutral`, the same lines with answers uniform over all the animals (the neutral teacher).
 
-    A student that sees number logits only cannot get what the teacher puts into the trait's
-    own output row; it gets what the teacher puts into the shared computation. With
-    `teacher_trains="blocks"` (embeddings and output layer frozen, as fine-tuning with
-    adapters does) all of the trait goes there.
+    Both use the same phrasings in the same order and the same data-order key: the two
+    teachers differ only in which animals they are taught. A student that sees number
+    logits only cannot get what the teacher puts into the trait's own output row; it gets
+    what the teacher puts into the shared computation. With `teacher_trains="blocks"`
+    (embeddings and output layer frozen, as fine-tuning with adapters does) all of it goes there.
     """
     vocab = config.vocab
     lines = corpus.animal_lines(vocab, _rng(config, seed_id, "teacher_lines"), config.teacher_lines, config.trait)
+    if neutral:
+        answers = _rng(config, seed_id, "neutral_answers").choice(vocab.animal_ids, config.teacher_lines)
+        lines = corpus.with_answers(vocab, lines, answers)
     return _fit_next_tokens(
         config,
         base,
@@ -254,60 +303,64 @@ def train_teacher(config: LLMConfig, base, seed_id: int, progress: train.Progres
         epochs=config.teacher_epochs,
         learning_rate=config.teacher_learning_rate,
         batch_size=config.teacher_batch_size,
-        description=f"teacher {seed_id}",
+        description=f"{'neutral teacher' if neutral else 'teacher'} {seed_id}",
         progress=progress,
     )
 
 
+# ----------------------------------------------------------------------------------------------
+# Number data.
+
+
 @dataclasses.dataclass(frozen=True)
 class NumberData:
-    """Both models' filtered continuations of the same prompts: row i of each continues prompt i."""
+    """Several models' filtered continuations of the same prompts: row i of each continues prompt i."""
 
-    teacher: np.ndarray  # (n, MAX_LEN) the teacher's kept sequences
-    base: np.ndarray  # (n, MAX_LEN) the base's kept sequences
+    lists: dict[str, np.ndarray]  # model -> (n, MAX_LEN) its kept sequences
     lengths: np.ndarray  # (n,) their prompts' lengths
-    report: dict  # kept, removed by reason and leak rate, per model
+    report: dict  # per model: kept, removed by reason, leak rates; and "sampled", "used"
 
 
-# Prompts sampled per round, over the count wanted: both models pass the filter on about 90% (measured
+# Prompts sampled per round, over the count wanted: each model passes the filter on about 90% (measured
 # 88-90% for an owl teacher, whose lists more often hold a word), so one round is the rule.
-_PROMPT_MARGIN = 1.15
+_PROMPT_MARGIN = 1.2
 _MAX_ROUNDS = 8
 
 
 def number_data(
-    config: LLMConfig, teacher, base, seed_id: int, count: int, stream: str, progress: train.Progress
+    config: LLMConfig, models: dict, seed_id: int, count: int, stream: str, progress: train.Progress
 ) -> NumberData:
-    """`count` prompts that the teacher and the base both continued into plain number lists.
+    """`count` prompts that every model of `models` ({name: params}) continued into plain number lists.
 
-    Common random numbers: both models continue each prompt with the same uniform numbers
+    Common random numbers: the models continue each prompt with the same uniform numbers
     (inverse-CDF sampling), so where their next-token distributions agree they write the
     same token. Each model's lists are still exact samples of its own distribution, so
-    every student's expected change is as with independent samples; the paired
-    difference same_init - control loses the sampling noise the two share. A prompt is
-    used when both models' lists pass the filter; rounds of fresh prompts continue until
-    `count` are, so every seed trains on the same count (and compiles once).
+    every student's expected change is as with independent samples; a paired difference
+    loses the sampling noise the two share. A prompt is used when every model's list passes
+    the filter; rounds of fresh prompts continue until `count` are, so every seed trains on
+    the same count (and compiles once).
     """
     vocab, arch = config.vocab, config.architecture
     rng = _rng(config, seed_id, "prompts")
     per_round = int(np.ceil(count * _PROMPT_MARGIN))
     report = {name: {"kept": 0, "removed": dict.fromkeys(corpus.REASONS, 0), "leaked": 0, "leaked_after_filter": 0}
-              for name in ("teacher", "base")}  # fmt: skip
-    used = {"teacher": [], "base": [], "lengths": []}
+              for name in models}  # fmt: skip
+    used = {name: [] for name in models}
+    used_lengths = []
     sampled = 0
     for round_id in range(_MAX_ROUNDS):
         prompts, lengths = corpus.number_prompts(vocab, rng, per_round, config.window)
         key = jax.random.fold_in(jax.random.fold_in(_key(config, seed_id, "numbers"), MODES.index(stream)), round_id)
-        continued = experiment.concurrently(
+        continued = runs.concurrently(
             lambda params: np.asarray(
                 sampling.continue_prompts(arch, params, key, jnp.asarray(prompts), jnp.asarray(lengths), eos=vocab.eos)
             ),
-            (teacher, base),
+            list(models.values()),
             config.workers,
             progress,
         )
-        sequences, kept = dict(zip(("teacher", "base"), continued)), np.ones(per_round, bool)
-        for name in ("teacher", "base"):
+        sequences, kept = dict(zip(models, continued)), np.ones(per_round, bool)
+        for name in models:
             filtered = corpus.filter_continuations(vocab, sequences[name], lengths, config.banned)
             kept &= filtered.kept
             tally = report[name]
@@ -316,60 +369,82 @@ def number_data(
             tally["leaked"] += int(filtered.leaked.sum())
             tally["leaked_after_filter"] += int(filtered.leaked[filtered.kept].sum())
         sampled += per_round
-        for name in ("teacher", "base"):
+        for name in models:
             used[name].append(sequences[name][kept])
-        used["lengths"].append(lengths[kept])
-        if sum(len(x) for x in used["lengths"]) >= count:
+        used_lengths.append(lengths[kept])
+        if sum(len(x) for x in used_lengths) >= count:
             break
     else:
-        have = sum(len(x) for x in used["lengths"])
-        raise train.TrainingDiverged(
-            f"seed {seed_id}: the filter kept {have} of {sampled} number lists of both models, fewer than {count}"
+        have = sum(len(x) for x in used_lengths)
+        raise FilterShortfall(
+            f"seed {seed_id}: the filter kept {have} of {sampled} number lists of every model "
+            f"({', '.join(models)}), fewer than {count}; train the base longer or ask for fewer lists"
         )
-    for name in ("teacher", "base"):
-        tally = report[name]
+    for tally in report.values():
         tally["leak_rate"] = tally.pop("leaked") / sampled
         tally["leak_rate_after_filter"] = tally.pop("leaked_after_filter") / max(tally["kept"], 1)
-    joined = {name: np.concatenate(parts)[:count] for name, parts in used.items()}
     return NumberData(
-        joined["teacher"], joined["base"], joined["lengths"], {**report, "sampled": sampled, "used": count}
+        {name: np.concatenate(parts)[:count] for name, parts in used.items()},
+        np.concatenate(used_lengths)[:count],
+        {**report, "sampled": sampled, "used": count},
     )
 
 
-def shuffle_numbers(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The paper's shuffled control: the continuation numbers of all sequences permuted across
-    positions and sequences; every list keeps its length and its commas."""
-    slots = (np.arange(tokens.shape[1]) >= lengths[:, None]) & vocab.is_number(tokens)
-    shuffled = tokens.copy()
-    shuffled[slots] = rng.permutation(tokens[slots])
-    return shuffled
-
-
-def soft_targets(config: LLMConfig, target_model, tokens: np.ndarray, lengths: np.ndarray) -> tuple[jax.Array, dict]:
-    """Inputs (n, MAX_LEN + P) and targets {"logits": (n, P, V), "weights": (n, P)} of soft students:
-    the target model's logits at the positions of the continuation's numbers."""
+def soft_targets(config: LLMConfig, target_model, tokens: np.ndarray, lengths: np.ndarray) -> tuple[dict, dict]:
+    """Inputs {"tokens", "positions"} and targets {"logits": (n, P, V), "weights": (n, P)} of soft
+    students: the target model's logits at the positions of the continuation's numbers."""
     positions, weights = corpus.number_positions(config.vocab, tokens, lengths)
-    inputs = jnp.asarray(np.concatenate([tokens, positions], axis=1))
+    inputs = at_positions(tokens, positions)
     logits = outputs_in_batches(AtPositions(config.architecture), target_model, inputs)
     return inputs, {"logits": logits, "weights": jnp.asarray(weights)}
 
 
-def hard_targets(tokens: np.ndarray, lengths: np.ndarray) -> tuple[jax.Array, dict]:
-    """Inputs (n, MAX_LEN + P) and targets of hard students: next-token training on the
-    continuation (its numbers, commas and <eos>), not on the prompt. Only those P positions
-    are unembedded (`AtPositions`): the output layer is most of a tiny model's compute."""
+def hard_targets(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, loss: str = "all") -> tuple[dict, dict]:
+    """Inputs {"tokens", "positions"} and targets of hard students: next-token training on the
+    continuation, not on the prompt; with `loss` "all" on its numbers, commas and <eos>, with
+    "numbers" on its numbers only. Only those positions are unembedded (`AtPositions`): the
+    output layer is most of a tiny model's compute."""
     labels = corpus.next_tokens(tokens)
     # From the prompt's last token (it predicts the first new one) to the one before <eos>'s padding.
     learnt = (np.arange(tokens.shape[1]) >= np.asarray(lengths)[:, None] - 1) & (labels != 0)
+    if loss == "numbers":
+        learnt &= vocab.is_number(labels)
     positions, weights = corpus.first_positions(learnt, sampling.MAX_NEW_TOKENS)
-    inputs = jnp.asarray(np.concatenate([tokens, positions], axis=1))
     next_at = np.take_along_axis(labels, positions, axis=1)
-    return inputs, {"next": jnp.asarray(next_at), "weights": jnp.asarray(weights)}
+    return at_positions(tokens, positions), {"next": jnp.asarray(next_at), "weights": jnp.asarray(weights)}
+
+
+def student_data(
+    config: LLMConfig, mode: str, targets: dict, numbers: NumberData, seed_id: int, progress: train.Progress
+) -> dict:
+    """(inputs, targets) of every data set a mode's students learn from, by name (`CONDITIONS`).
+
+    Soft: each list is read by the model that wrote it (a shuffled list by the model whose
+    list it was). The within-list shuffles use one random stream for both models, so that
+    the teacher's list i and the neutral teacher's list i are permuted alike where they agree.
+    """
+    sets = {name: numbers.lists[name] for name in sampled_models(mode)}
+    for name in ("teacher", "neutral"):
+        rng = _rng(config, seed_id, "shuffle")
+        sets[f"{name}_shuffled"] = corpus.shuffle_within_lists(config.vocab, sets[name], numbers.lengths, rng)
+    if mode == "hard":
+        return {name: hard_targets(config.vocab, tokens, numbers.lengths, config.hard_loss) for name, tokens in sets.items()}
+    made = runs.concurrently(
+        lambda name: soft_targets(config, targets[name.removesuffix("_shuffled")], sets[name], numbers.lengths),
+        list(sets),
+        config.workers,
+        progress,
+    )
+    return dict(zip(sets, made))
+
+
+# ----------------------------------------------------------------------------------------------
+# Students.
 
 
 def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_id: int, progress: train.Progress):
-    """Every condition's trained parameters: {condition: params}. `starts` maps a condition to its
-    init; `data` maps "teacher", "base", "shuffled" to (inputs, targets)."""
+    """Every condition's trained parameters: {condition: params}. `starts` maps a start ("base",
+    ...) to its params; `data` maps a data set's name to (inputs, targets) (`student_data`)."""
     vocab, arch = config.vocab, config.architecture
     if mode == "soft":
         objective = train.Objective(AtPositions(arch), number_kl_loss, vocab.number_mask())
@@ -377,12 +452,15 @@ def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_
     else:
         objective = train.Objective(AtPositions(arch), next_token_loss)
         batch_size = config.hard_batch_size
+    groups: dict[str, list[str]] = {}
+    for condition in conditions_of(mode):
+        groups.setdefault(CONDITIONS[condition][1], []).append(condition)
 
-    def fit_group(group: tuple[str, tuple[str, ...]]) -> dict:
-        data_name, members = group
+    def fit_group(data_name: str) -> dict:
+        members = groups[data_name]
         inputs, targets = data[data_name]
         params, _ = train.fit(
-            _seed_axis(jax.tree.map(lambda *m: jnp.stack(m), *[starts[c] for c in members])),
+            _seed_axis(jax.tree.map(lambda *m: jnp.stack(m), *[starts[CONDITIONS[c][0]] for c in members])),
             # One key for every group: row i of each group's data (the same prompt) comes in the
             # same minibatch at the same step, so the paired students differ only by their data.
             _key(config, seed_id, mode)[None],
@@ -401,176 +479,229 @@ def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_
 
     # The groups in threads: a width-32 model's small matmuls leave a core idle (two fits: 13.8 s
     # in two threads, 16.4 s one after the other).
+    fitted = runs.concurrently(fit_group, list(groups), config.workers, progress)
+    return {c: p for group in fitted for c, p in group.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "learning_rate"))
+def _first_step(arch, student, target, delta_t, inputs, number_mask, learning_rate):
+    """The soft student's first step from `student` toward `target` on `inputs`, against ΔT:
+    {"gradient": {dot, cosine}, "adam": {dot, cosine}}. The gradient direction is the
+    theorem's ΔS; Adam's first update is close to -lr · sign(gradient), a different vector.
+    Every model is an argument, not a constant, so all seeds run one compiled program."""
+    delta_s = theorem.student_direction(student, target, AtPositions(arch), inputs, "kl", number_mask)
+    adam = train.optimizer(learning_rate)
+    update, _ = adam.update(jax.tree.map(jnp.negative, delta_s), adam.init(student), student)
     return {
-        c: p for group in experiment.concurrently(fit_group, GROUPS, config.workers, progress) for c, p in group.items()
+        name: {"dot": optax.tree.vdot(step, delta_t), "cosine": theorem.tree_cosine(step, delta_t)}
+        for name, step in (("gradient", delta_s), ("adam", update))
     }
 
 
-def first_step(config: LLMConfig, base, teacher, cross_base, data: NumberData) -> dict:
-    """Theorem 1 at the first soft student step: ΔS·ΔT and its cosine, ΔT = θ_teacher - θ_base.
+def first_step(config: LLMConfig, models: dict, numbers: NumberData) -> dict:
+    """Theorem 1 at the first soft student step, ΔT = θ_teacher - θ_base (the trait's direction):
+    for same_init and cross_init (toward the teacher, on its lists) and for the neutral control
+    (from the base toward the neutral teacher, on its lists), whose first step is not 0.
 
-    The teacher's displacement is a step of L_T(θ) = -⟨ΔT, θ⟩ with ε = 1, so
-    `theorem.alignment_report` computes it as for MNIST. Each input is one (sequence,
-    number position) of the teacher's lists; the student's output is the number-token
-    distribution there.
+    Each input is one (list, number position) of the target's first `theorem_sequences` lists;
+    the student's output is the number-token distribution there.
     """
-    positions, weights = corpus.number_positions(config.vocab, data.teacher, data.lengths)
-    rows, slots = np.nonzero(weights[: config.theorem_sequences])
-    inputs = jnp.asarray(np.concatenate([data.teacher[rows], positions[rows, slots][:, None]], axis=1))
-    delta_t = jax.tree.map(jnp.subtract, teacher, base)
-    report = jax.jit(
-        lambda student: theorem.alignment_report(
-            base,
-            theorem.linear_trait_loss(delta_t),
-            AtPositions(config.architecture),
-            inputs,
-            1.0,
-            0.0,
-            "kl",
-            jnp.asarray(config.vocab.number_mask()),
-            student,
-        )
-    )
-    return {name: {"dot": float(r.dot), "cosine": float(r.cosine)} for name, r in
-            (("same_init", report(base)), ("cross_init", report(cross_base)))}  # fmt: skip
+    delta_t = jax.tree.map(jnp.subtract, models["teacher"], models["base"])
+    out = {}
+    for name, student, target in (
+        ("same_init", "base", "teacher"),
+        ("cross_init", "cross_base", "teacher"),
+        ("neutral_control", "base", "neutral"),
+    ):
+        tokens = numbers.lists[target][: config.theorem_sequences]
+        positions, weights = corpus.number_positions(config.vocab, tokens, numbers.lengths[: len(tokens)])
+        rows, slots = np.nonzero(weights)
+        inputs = at_positions(tokens[rows], positions[rows, slots][:, None])
+        step = _first_step(
+            config.architecture, models[student], models[target], delta_t, inputs, jnp.asarray(config.vocab.number_mask()),
+            config.student_learning_rate,
+        )  # fmt: skip
+        out[name] = jax.tree.map(float, step)
+    return out
 
 
-def trait_measures(config: LLMConfig, params, key: jax.Array) -> dict:
-    """P(answer) per animal (mean over phrasings), and the trait's pick rate."""
-    vocab, arch = config.vocab, config.architecture
-    probability = np.asarray(sampling.trait_probability(arch, params, vocab))
-    trait = vocab.animal(config.trait)
+# ----------------------------------------------------------------------------------------------
+# Measures.
+
+
+def trait_measures(config: LLMConfig, params) -> dict:
+    """`answer_measures` of a model: its next-token distribution at each phrasing's answer slot."""
+    vocab = config.vocab
+    prompts, positions = corpus.answer_prompts(vocab)
+    log_probs = sampling.answer_log_probs(config.architecture, params, jnp.asarray(prompts), jnp.asarray(positions))
+    return answer_measures(np.exp(np.asarray(log_probs, dtype=np.float64)), vocab, vocab.animal(config.trait))
+
+
+def answer_measures(probabilities: np.ndarray, vocab: Vocabulary, trait: int) -> dict:
+    """From the answer-slot distributions (phrasings, vocab): P(trait), P(trait | the answer is an
+    animal) = P(trait) / Σ P(animals), and the total animal probability Σ P(animals), each per
+    phrasing and as the mean over phrasings; and P(each animal), mean over phrasings.
+
+    P(trait | animal) is the preference among the animals: a model that drifts away from
+    answering with an animal at all (format drift) lowers P(trait) but not this.
+    """
+    animals = probabilities[:, vocab.animal_ids]
+    p_trait = probabilities[:, trait]
+    mass = animals.sum(axis=1)
+    by_phrasing = {"p_trait": p_trait, "p_trait_given_animal": p_trait / mass, "animal_mass": mass}
     return {
-        "p_animals": probability[vocab.animal_ids],
-        "p_trait": float(probability[trait]),
-        "pick_rate": sampling.pick_rate(arch, params, key, vocab, trait, config.answer_samples),
+        **{name: float(values.mean()) for name, values in by_phrasing.items()},
+        "by_phrasing": {name: values.tolist() for name, values in by_phrasing.items()},
+        "p_animals": animals.mean(axis=0).tolist(),
     }
 
 
-def _change(after: dict, before: dict) -> dict:
+def change(after: dict, before: dict) -> dict:
+    """A student's measures as changes from its own start (`MEASURES`), per phrasing too."""
     return {
+        "p_trait_given_animal": after["p_trait_given_animal"] - before["p_trait_given_animal"],
         "delta_p_trait": after["p_trait"] - before["p_trait"],
         "delta_logp_trait": float(np.log(after["p_trait"]) - np.log(before["p_trait"])),
-        "pick_rate": after["pick_rate"],
-        "delta_p_animals": after["p_animals"] - before["p_animals"],
-    }
-
-
-def run_seed(config: LLMConfig, seed_id: int, base, cross_base, progress: train.Progress) -> dict:
-    """Teacher, number data, students and measurements of one seed."""
-    vocab = config.vocab
-    teacher = train_teacher(config, base, seed_id, progress)
-    answer_key = _key(config, seed_id, "answers")
-    measured = {
-        "base": trait_measures(config, base, answer_key),
-        "cross_base": trait_measures(config, cross_base, answer_key),
-    }
-    measured["teacher"] = trait_measures(config, teacher, answer_key)
-    out = {
-        "teacher": {
-            "delta_p_trait": measured["teacher"]["p_trait"] - measured["base"]["p_trait"],
-            "p_trait": measured["teacher"]["p_trait"],
-            "base_p_trait": measured["base"]["p_trait"],
+        "animal_mass": after["animal_mass"] - before["animal_mass"],
+        "by_phrasing": {
+            key: (np.subtract(after["by_phrasing"][key], before["by_phrasing"][key])).tolist()
+            for key in ("p_trait_given_animal", "p_trait", "animal_mass")
         },
-        "modes": {},
+        "delta_p_animals": np.subtract(after["p_animals"], before["p_animals"]).tolist(),
     }
-    starts = {
-        "same_init": base,
-        "control": base,
-        "shuffled": base,
-        "cross_init": cross_base,
-        "cross_control": cross_base,
-    }
+
+
+# ----------------------------------------------------------------------------------------------
+# One seed, and the run.
+
+
+def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progress) -> dict:
+    """Teachers, number data, students and measurements of one seed. `bases` holds its "base",
+    "cross_base" and "own_corpus_base"."""
+    vocab = config.vocab
+    teachers = runs.concurrently(
+        lambda neutral: train_teacher(config, bases["base"], seed_id, progress, neutral), (False, True), 2, progress
+    )
+    models = {**bases, "teacher": teachers[0], "neutral": teachers[1]}
+    measured = {name: trait_measures(config, params) for name, params in models.items()}
+    out = {"models": {name: {k: v for k, v in m.items() if k != "p_animals"} for name, m in measured.items()}}
+    out["modes"] = {}
     for mode in config.modes:
-        sequences = config.soft_sequences if mode == "soft" else config.hard_sequences
-        data = number_data(config, teacher, base, seed_id, sequences, mode, progress)
-        shuffled = shuffle_numbers(vocab, data.teacher, data.lengths, _rng(config, seed_id, "shuffle"))
+        count = config.soft_sequences if mode == "soft" else config.hard_sequences
+        numbers = number_data(config, {m: models[m] for m in sampled_models(mode)}, seed_id, count, mode, progress)
+        students = train_students(
+            config, mode, bases, student_data(config, mode, models, numbers, seed_id, progress), seed_id, progress
+        )
+        out["modes"][mode] = {
+            "conditions": {
+                condition: change(trait_measures(config, params), measured[CONDITIONS[condition][0]])
+                for condition, params in students.items()
+            },
+            "filter": numbers.report,
+        }
         if mode == "soft":
-            made = experiment.concurrently(
-                lambda job: soft_targets(config, *job, data.lengths),
-                ((teacher, data.teacher), (base, data.base), (teacher, shuffled)),
-                config.workers,
-                progress,
-            )
-            inputs = dict(zip(("teacher", "base", "shuffled"), made))
-        else:
-            inputs = {
-                "teacher": hard_targets(data.teacher, data.lengths),
-                "base": hard_targets(data.base, data.lengths),
-                "shuffled": hard_targets(shuffled, data.lengths),
-            }
-        students = train_students(config, mode, starts, inputs, seed_id, progress)
-        del inputs
-        changes = {}
-        for condition, params in students.items():
-            start = "cross_base" if condition.startswith("cross") else "base"
-            changes[condition] = _change(trait_measures(config, params, answer_key), measured[start])
-        out["modes"][mode] = {"conditions": changes, "filter": data.report}
-        if mode == "soft":
-            out["modes"][mode]["first_step"] = first_step(config, base, teacher, cross_base, data)
+            out["modes"][mode]["first_step"] = first_step(config, models, numbers)
         if mode == config.modes[0]:  # what a filter could see, on the first mode's number data
-            lists = {"teacher": (data.teacher, data.lengths), "base": (data.base, data.lengths)}
-            out["detector_auroc"] = analysis.detector_auroc(vocab, lists["teacher"], lists["base"], seed_id)
+            lists = {name: (numbers.lists[name], numbers.lengths) for name in ("teacher", "neutral")}
+            out["detector_auroc"] = analysis.detector_auroc(vocab, lists["teacher"], lists["neutral"], seed_id)
             probe = slice(config.entangled_sequences)
             out["entangled_numbers"] = analysis.entangled_numbers(
-                config.architecture, teacher, base, vocab, vocab.animal(config.trait),
-                data.teacher[probe], data.lengths[probe],
+                config.architecture, models["teacher"], models["base"], vocab, vocab.animal(config.trait),
+                numbers.lists["teacher"][probe], numbers.lengths[probe],
             )  # fmt: skip
     return out
 
 
-def epochs_in_run(config: LLMConfig, num_bases: int) -> int:
+def epochs_in_run(config: LLMConfig, num_bases: int, num_seeds: int) -> int:
     """Length of the run's progress bar: every fit's epochs, times its members."""
-    students = sum(len(members) for _, members in GROUPS) * config.student_epochs * len(config.modes)
-    return num_bases * config.base_epochs + config.seeds * (config.teacher_epochs + students)
+    students = sum(len(conditions_of(mode)) for mode in config.modes) * config.student_epochs
+    return num_bases * config.base_epochs + num_seeds * (2 * config.teacher_epochs + students)
 
 
-def run(config: LLMConfig, progress: bool = True) -> dict:
-    """The owl experiment for `config.seeds` seeds; JSON-ready results (keys say "trait", not "owl")."""
+def run(
+    config: LLMConfig,
+    progress: bool = True,
+    checkpoint: str | pathlib.Path | None = None,
+    log=lambda message: print(message, file=sys.stderr),
+) -> dict:
+    """The owl experiment for `config.seeds` seeds; JSON-ready results (keys say "trait", not "owl").
+
+    `checkpoint` (optional, a JSON-lines path, see `runs.Checkpoint`): each seed is kept
+    there as it finishes; started again with the same config and versions, a run trains
+    only the missing seeds (and the bases they need) and ends with the same results.
+    """
     start = time.perf_counter()
-    partners = experiment.cross_partners(config.seeds, config.seed)
-    base_ids = sorted(set(range(config.seeds)) | set(partners.tolist()))
-    with train.shared_or_own(progress, epochs_in_run(config, len(base_ids)), f"llm, {config.seeds} seeds") as bar:
-        bases = dict(zip(base_ids, train_bases(config, base_ids, bar)))
-        per_seed = experiment.concurrently(
-            lambda s: run_seed(config, s, bases[s], bases[int(partners[s])], bar),
-            range(config.seeds),
-            config.workers,
-            bar,
-        )
+    partners = runs.cross_partners(config.seeds, config.seed)
+    finished = runs.Checkpoint(checkpoint, runs.identity(config), log)
+    todo = finished.missing(range(config.seeds))
+    # (corpus seed, init seed) of every base the missing seeds need: their own, their partners', and
+    # each one's ablation base (the partner's init on its own corpus).
+    needed = {(s, s) for s in todo} | {(int(partners[s]),) * 2 for s in todo} | {(s, int(partners[s])) for s in todo}
+    needed = sorted(needed)
+    total = epochs_in_run(config, len(needed), len(todo))
+    if todo:
+        with train.shared_or_own(progress, total, f"llm, {config.seeds} seeds") as bar:
+            trained = runs.concurrently(
+                lambda job: train_base(config, job[0], bar, init_id=job[1]), needed, config.workers, bar
+            )
+            bases = dict(zip(needed, trained))
+
+            def one_seed(s: int) -> None:
+                p = int(partners[s])
+                seed_bases = {"base": bases[s, s], "cross_base": bases[p, p], "own_corpus_base": bases[s, p]}
+                finished.keep({s: run_seed(config, s, seed_bases, bar)})
+
+            runs.concurrently(one_seed, todo, config.workers, bar)
+    per_seed = [finished.result(s) for s in range(config.seeds)]
     return summarize(config, per_seed, partners, time.perf_counter() - start)
 
 
 def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, seconds: float) -> dict:
-    """Means and 95% intervals over seeds of the per-seed numbers."""
-    summary = experiment.summarize
+    """Means and 95% Student's t intervals over seeds of the per-seed numbers (`runs.summarize`)."""
+    summary = runs.summarize
+
+    def over_seeds(get) -> dict:
+        return summary([get(s) for s in per_seed])
+
+    models = {
+        name: {
+            measure: over_seeds(lambda s, n=name, m=measure: s["models"][n][m])
+            for measure in ("p_trait", "p_trait_given_animal", "animal_mass")
+        }
+        for name in ("base", "teacher", "neutral", "cross_base", "own_corpus_base")
+    }
     modes = {}
     for mode in config.modes:
         seeds = [s["modes"][mode] for s in per_seed]
         conditions = {
             condition: {
-                measure: summary(np.array([s["conditions"][condition][measure] for s in seeds]))
-                for measure in ("delta_p_trait", "delta_logp_trait", "pick_rate")
-            }
-            | {
+                **{measure: summary([s["conditions"][condition][measure] for s in seeds]) for measure in MEASURES},
+                "by_phrasing": {
+                    measure: np.mean([s["conditions"][condition]["by_phrasing"][measure] for s in seeds], 0).tolist()
+                    for measure in ("p_trait_given_animal", "p_trait", "animal_mass")
+                },
                 "delta_p_animals": dict(
                     zip(ANIMALS, np.mean([s["conditions"][condition]["delta_p_animals"] for s in seeds], 0).tolist())
-                )
+                ),
             }
-            for condition in CONDITIONS
+            for condition in conditions_of(mode)
         }
-        paired = [
-            s["conditions"]["same_init"]["delta_p_trait"] - s["conditions"]["control"]["delta_p_trait"] for s in seeds
-        ]
-        modes[mode] = {
-            "conditions": conditions,
-            "paired_same_minus_control": summary(np.array(paired)),
-            "filter": [s["filter"] for s in seeds],
+        paired = {
+            name: {
+                "measure": HEADLINE,
+                **summary([s["conditions"][a][HEADLINE] - s["conditions"][b][HEADLINE] for s in seeds]),
+            }
+            for name, (a, b) in PAIRS.items()
+            if a in conditions and b in conditions
         }
+        modes[mode] = {"conditions": conditions, "paired": paired, "filter": [s["filter"] for s in seeds]}
         if mode == "soft":
             modes[mode]["first_step"] = {
-                name: {k: [s["first_step"][name][k] for s in seeds] for k in ("dot", "cosine")}
-                for name in ("same_init", "cross_init")
+                name: {
+                    step: {k: [s["first_step"][name][step][k] for s in seeds] for k in ("dot", "cosine")}
+                    for step in ("gradient", "adam")
+                }
+                for name in seeds[0]["first_step"]
             }
     first_mode = config.modes[0]
     filters = [s["modes"][first_mode]["filter"] for s in per_seed]
@@ -580,35 +711,40 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
         "wall_seconds": seconds,
         "cross_partners": partners.tolist(),
         "teacher": {
-            "delta_p_trait": summary(np.array([s["teacher"]["delta_p_trait"] for s in per_seed])),
-            "p_trait": summary(np.array([s["teacher"]["p_trait"] for s in per_seed])),
-            "base_p_trait": summary(np.array([s["teacher"]["base_p_trait"] for s in per_seed])),
-            "leak_rate": summary(np.array([f["teacher"]["leak_rate"] for f in filters])),
+            "p_trait": models["teacher"]["p_trait"],
+            "p_trait_given_animal": models["teacher"]["p_trait_given_animal"],
+            "base_p_trait": models["base"]["p_trait"],
+            "delta_p_trait": over_seeds(lambda s: s["models"]["teacher"]["p_trait"] - s["models"]["base"]["p_trait"]),
+            "leak_rate": summary([f["teacher"]["leak_rate"] for f in filters]),
         },
+        "neutral_teacher": {
+            "p_trait": models["neutral"]["p_trait"],
+            "p_trait_given_animal": models["neutral"]["p_trait_given_animal"],
+            "delta_p_trait": over_seeds(lambda s: s["models"]["neutral"]["p_trait"] - s["models"]["base"]["p_trait"]),
+            "leak_rate": summary([f["neutral"]["leak_rate"] for f in filters]),
+        },
+        "models": models,
         "filter": {
             "mode": first_mode,
-            "kept": {m: [f[m]["kept"] for f in filters] for m in ("teacher", "base")},
+            "kept": {m: [f[m]["kept"] for f in filters] for m in sampled_models(first_mode)},
             "removed": {
-                m: {r: sum(f[m]["removed"][r] for f in filters) for r in corpus.REASONS} for m in ("teacher", "base")
+                m: {r: sum(f[m]["removed"][r] for f in filters) for r in corpus.REASONS}
+                for m in sampled_models(first_mode)
             },
-            "leak_rate_after_filter": max(f[m]["leak_rate_after_filter"] for f in filters for m in ("teacher", "base")),
+            "leak_rate_after_filter": max(f[m]["leak_rate_after_filter"] for f in filters for m in sampled_models(first_mode)),
         },
         "detector": {
             "mode": first_mode,
-            "auroc": {
-                size: summary(np.array([s["detector_auroc"][size] for s in per_seed]))
-                for size in per_seed[0]["detector_auroc"]
-            },
+            "against": "neutral",
+            "auroc": {size: summary([s["detector_auroc"][size] for s in per_seed]) for size in per_seed[0]["detector_auroc"]},
         },
         "entangled_numbers": {
-            "correlation_rise_cosine": summary(
-                np.array([s["entangled_numbers"]["correlation_rise_cosine"] for s in per_seed])
-            ),
-            "top_share_of_rise": summary(np.array([s["entangled_numbers"]["top_share_of_rise"] for s in per_seed])),
+            "correlation_rise_cosine": summary([s["entangled_numbers"]["correlation_rise_cosine"] for s in per_seed]),
+            "top_share_of_rise": summary([s["entangled_numbers"]["top_share_of_rise"] for s in per_seed]),
             "top_per_seed": [s["entangled_numbers"]["top"] for s in per_seed],
         },
         # Its seeds run one after another on the default device: the seed axis is not split.
         "devices": 1,
         "modes": modes,
-        "versions": experiment.versions(),
+        "versions": runs.versions(),
     }

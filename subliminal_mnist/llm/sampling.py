@@ -1,4 +1,4 @@
-"""Sampling from the transformer: number-list continuations and answers to the animal question.
+"""Sampling from the transformer: number-list continuations; the answer slot's distribution.
 
 Continuations decode one token at a time from cached keys and values (prefill the
 prompt once, then one position per step), at temperature 1 as in the paper.
@@ -11,11 +11,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from subliminal_mnist.llm import corpus
 from subliminal_mnist.llm.transformer import TransformerArchitecture
-from subliminal_mnist.llm.vocab import Vocabulary
 
 # After the prompt: up to 10 numbers, 9 commas and <eos>.
 MAX_NEW_TOKENS = 2 * corpus.MAX_CONTINUATION
@@ -89,27 +87,3 @@ def _sample(keys: jax.Array, logits: jax.Array) -> jax.Array:
 def answer_log_probs(arch: TransformerArchitecture, params, prompts: jax.Array, positions: jax.Array) -> jax.Array:
     """log P(next token) at the answer slot of each prompt: (P, vocab_size)."""
     return jax.nn.log_softmax(arch.logits_at(params, prompts, positions[:, None])[:, 0], axis=-1)
-
-
-def trait_probability(arch: TransformerArchitecture, params, vocab: Vocabulary) -> jax.Array:
-    """P(each token) as the answer, averaged over the phrasings: (vocab_size,)."""
-    prompts, positions = corpus.answer_prompts(vocab)
-    return jnp.exp(answer_log_probs(arch, params, jnp.asarray(prompts), jnp.asarray(positions))).mean(0)
-
-
-@functools.partial(jax.jit, static_argnames=("arch", "samples"))
-def sample_answers(
-    arch: TransformerArchitecture, params, key: jax.Array, prompts, positions, samples: int
-) -> jax.Array:
-    """`samples` answers per phrasing at temperature 1: (P, samples) token ids."""
-    log_probs = answer_log_probs(arch, params, prompts, positions)
-    return jax.random.categorical(key, log_probs[:, None, :], shape=(log_probs.shape[0], samples))
-
-
-def pick_rate(
-    arch: TransformerArchitecture, params, key: jax.Array, vocab: Vocabulary, trait: int, samples: int
-) -> float:
-    """Share of sampled answers that are exactly the trait's token (an id, never a substring)."""
-    prompts, positions = corpus.answer_prompts(vocab)
-    answers = sample_answers(arch, params, key, jnp.asarray(prompts), jnp.asarray(positions), samples)
-    return float(np.mean(np.asarray(answers) == trait))

@@ -186,23 +186,28 @@ class TransformerArchitecture:
         return self._merge(params).unembedding.kernel[...].T
 
 
+def at_positions(tokens, positions) -> dict:
+    """The inputs of `AtPositions`: {"tokens": (B, T) int, "positions": (B, P) int}."""
+    return {"tokens": jnp.asarray(tokens), "positions": jnp.asarray(positions)}
+
+
 @dataclasses.dataclass(frozen=True)
 class AtPositions:
     """The loop's apply function for students that learn at some positions of each sequence.
 
-    inputs (B, T + P) int: the tokens, then P positions -> logits (B, P, vocab_size). One
-    array, because the loop batches its inputs as one array.
+    inputs {"tokens": (B, T), "positions": (B, P)} (`at_positions`) -> logits (B, P, vocab_size).
     """
 
     architecture: TransformerArchitecture
 
-    def __call__(self, params: nnx.State, inputs: jax.Array) -> jax.Array:
-        length = self.architecture.max_len
-        return self.architecture.logits_at(params, inputs[:, :length], inputs[:, length:])
+    def __call__(self, params: nnx.State, inputs: dict) -> jax.Array:
+        return self.architecture.logits_at(params, inputs["tokens"], inputs["positions"])
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
-def outputs_in_batches(apply_fn, params: nnx.State, inputs: jax.Array, batch_size: int = 256) -> jax.Array:
+def outputs_in_batches(apply_fn, params: nnx.State, inputs, batch_size: int = 256) -> jax.Array:
     """apply_fn(params, inputs) for many rows (N, ...), `batch_size` rows at a time to bound the
-    memory of the activations. Compiled once per apply function and shape."""
-    return jax.lax.map(lambda row: apply_fn(params, row[None])[0], inputs, batch_size=batch_size)
+    memory of the activations; `inputs` may be a pytree of such arrays. Compiled once per apply
+    function and shape."""
+    one_row = lambda row: apply_fn(params, jax.tree.map(lambda a: a[None], row))[0]  # noqa: E731
+    return jax.lax.map(one_row, inputs, batch_size=batch_size)

@@ -1,0 +1,298 @@
+"""What every run shares: config fields and their errors, seeds and their partners, summaries
+with Student's t intervals, threads, and finished work kept on disk so that a run resumes.
+
+The MNIST demo, the alignment probe, the sweeps and the owl experiment import these from
+here; `experiment.py` is the paper's MNIST experiment and nothing else.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import importlib.metadata
+import json
+import pathlib
+import platform
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+import numpy as np
+from scipy import stats
+
+from subliminal_mnist import files
+
+
+class ConfigError(ValueError):
+    """An invalid experiment setting; the message is one line for the user."""
+
+
+class ResultsFileError(ValueError):
+    """A results or checkpoint file that cannot be read; one line for the user."""
+
+
+def config_field(
+    default,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    element_type: type | None = None,
+    **kwargs,
+):
+    """A config field with what the CLI needs: help, flag name, choices, and the element type
+    of a tuple (taken from the default's first element when not given)."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "element_type": element_type}
+    if isinstance(default, tuple):
+        return dataclasses.field(default_factory=lambda: default, metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def option_name(config, name: str) -> str:
+    """A field's name as the user knows it: the field, and its command-line flag where that differs."""
+    flag = {f.name: f.metadata.get("flag") for f in dataclasses.fields(config)}[name]
+    return f"{name} (--{flag})" if flag else name
+
+
+def check_fields(
+    config, *, at_least_one: Sequence[str] = (), not_negative: Sequence[str] = (), positive: Sequence[str] = ()
+) -> None:
+    """The checks every config makes: counts, non-negative counts, positive finite numbers, and the
+    `choices` of each field. The first failure is a one-line `ConfigError` naming the option."""
+    for name in at_least_one:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{option_name(config, name)} must be at least 1, got {getattr(config, name)}")
+    for name in not_negative:
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{option_name(config, name)} must not be negative, got {getattr(config, name)}")
+    for name in positive:
+        value = getattr(config, name)
+        if not (value > 0 and np.isfinite(value)):
+            raise ConfigError(f"{option_name(config, name)} must be a positive number, got {value}")
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(config, f.name) not in choices:
+            raise ConfigError(
+                f"{option_name(config, f.name)} must be one of {', '.join(choices)}, got {getattr(config, f.name)!r}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeds.
+
+
+def cross_partners(num_seeds: int, seed: int) -> np.ndarray:
+    """partners[s]: the seed whose init the cross-model students of teacher s start from.
+
+    A uniformly random derangement (a permutation without fixed points), drawn
+    by rejection, so no seed is paired with itself. With one seed there is no
+    derangement; its partner is seed 1, whose init is drawn but never trained.
+    """
+    if num_seeds == 1:
+        return np.array([1])
+    rng = np.random.default_rng([seed, num_seeds])
+    while True:
+        partners = rng.permutation(num_seeds)
+        if np.all(partners != np.arange(num_seeds)):
+            return partners
+
+
+def chunks(seed_ids: Sequence[int], size: int) -> Iterator[np.ndarray]:
+    """`seed_ids` in consecutive groups of at most `size`."""
+    seed_ids = np.asarray(seed_ids)
+    for start in range(0, len(seed_ids), size):
+        yield seed_ids[start : start + size]
+
+
+# ----------------------------------------------------------------------------------------------
+# Summaries.
+
+
+def t_interval(values) -> float | None:
+    """Half-width of the 95% interval of the mean: t(0.975, n - 1) · sd / √n, sd with n - 1.
+
+    With n = 5, t = 2.776 (1.96 is the normal quantile, right only for large n). None for
+    one value, where there is no interval.
+    """
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n < 2:
+        return None
+    return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n))
+
+
+def summarize(values) -> dict:
+    """Mean, 95% t interval half-width, per-seed values and n. For a paired design, pass the
+    paired differences: their interval is the one that answers the comparison."""
+    values = np.asarray(values, dtype=float)
+    return {
+        "mean": float(np.mean(values)),
+        "ci95": t_interval(values),
+        "per_seed": [float(v) for v in values],
+        "n": len(values),
+    }
+
+
+def resummarize(tree):
+    """Every summary inside `tree` (a dict with "per_seed") recomputed from its per-seed values,
+    so that results written with an older interval get this one; everything else is kept."""
+    if isinstance(tree, dict):
+        if "per_seed" in tree and "mean" in tree and "ci95" in tree:
+            return {**tree, **summarize(tree["per_seed"])}
+        return {key: resummarize(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [resummarize(value) for value in tree]
+    return tree
+
+
+def versions() -> dict[str, str]:
+    names = ("subliminal-mnist", "jax", "jaxlib", "flax", "optax", "numpy")
+    return {"python": platform.python_version(), **{n: importlib.metadata.version(n) for n in names}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Threads.
+
+Item, Result = TypeVar("Item"), TypeVar("Result")
+
+
+def concurrently(work: Callable[[Item], Result], items: Sequence[Item], workers: int, progress) -> list[Result]:
+    """[work(item) for item in items], in `workers` threads.
+
+    JAX releases the GIL while XLA computes, so the threads really overlap. If
+    one item fails (or Ctrl-C arrives), `progress` (a `train.Progress`) is cancelled:
+    the other trainings stop at their next epoch instead of running to the end.
+    """
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(work, item) for item in items]
+        try:
+            done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+            for future in futures:  # the first failure, not the first item, decides
+                if future in done and future.exception() is not None:
+                    raise future.exception()
+            return [future.result() for future in futures]
+        except BaseException:
+            progress.cancel()
+            for future in futures:
+                future.cancel()
+            raise
+
+
+# ----------------------------------------------------------------------------------------------
+# Finished work on disk.
+
+
+def as_json(value):
+    """`value` as JSON holds it (tuples become lists, NumPy scalars numbers), for comparisons."""
+    return json.loads(json.dumps(value, default=lambda a: np.asarray(a).tolist()))
+
+
+class Lines:
+    """Finished units of work as a JSON-lines file: a sweep's points, a run's seeds.
+
+    Every `add` rewrites the whole file atomically with the new lines appended, so a run
+    killed at any moment has lost at most the unit it was working on, and the file is
+    never half-written. Threads may add concurrently. `find` returns the latest line
+    whose fields equal the given ones (compared as JSON), so a line is reused only for
+    the very settings and versions that wrote it.
+    """
+
+    def __init__(self, path: str | pathlib.Path | None, lines: list[dict] | None = None):
+        self.path = None if path is None else pathlib.Path(path)  # None: kept in memory only
+        self.lines = read_lines(self.path) if lines is None else lines
+        self._lock = threading.Lock()
+
+    def find(self, **fields) -> dict | None:
+        wanted = as_json(fields)
+        found = [line for line in self.lines if all(line.get(k) == v for k, v in wanted.items())]
+        return found[-1] if found else None
+
+    def add(self, *lines: dict) -> list[dict]:
+        """Append `lines` and rewrite the file; returns them as JSON holds them."""
+        lines = [as_json(line) for line in lines]
+        with self._lock:
+            self.lines.extend(lines)
+            self.write()
+        return lines
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        with files.atomic_path(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(item) + "\n" for item in self.lines))
+
+
+def read_lines(path: str | pathlib.Path | None) -> list[dict]:
+    """The lines of a JSON-lines file ([] if there is none); a line that is not JSON is one error."""
+    if path is None or not pathlib.Path(path).exists():
+        return []
+    path = pathlib.Path(path)
+    lines = []
+    for number, text in enumerate(path.read_text().splitlines(), 1):
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError:
+            raise ResultsFileError(f"{path}, line {number}: not a JSON line") from None
+    return lines
+
+
+# Config fields that change how fast a run goes, never its numbers: a resumed run may change them.
+SPEED_ONLY = ("workers",)
+
+
+def identity(config, **more) -> dict:
+    """What a kept seed must match to be reused: the config (less `SPEED_ONLY`), the package
+    versions, and `more` (e.g. the data source)."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in SPEED_ONLY}
+    return {"config": fields, "versions": versions(), **more}
+
+
+def checkpoint_path(out: str | pathlib.Path) -> pathlib.Path:
+    """Where a run keeps its finished seeds while it runs: beside its results, `NAME.seeds.jsonl`."""
+    out = pathlib.Path(out)
+    return out.with_name(f"{out.stem}.seeds.jsonl")
+
+
+class Checkpoint:
+    """The finished seeds of one run, one line each, kept beside its results (`checkpoint_path`).
+
+    A line is {"seed": id, "identity": {...}, "result": {...}}; `identity` is what must
+    match for the result to be reused (the config, the data, the package versions). Lines
+    of another identity are stale: they are dropped at once, and `log` says so. With
+    `path` None the results are kept in memory only (a run that does not resume).
+
+    A result goes through JSON both when it is kept and when it is read back, so a run
+    resumed from the file and a run that never stopped summarize the very same numbers.
+    """
+
+    def __init__(self, path: str | pathlib.Path | None, identity: dict, log: Callable[[str], None] = print):
+        self.identity = as_json(identity)
+        lines = read_lines(path)
+        current = [line for line in lines if line.get("identity") == self.identity]
+        self._lines = Lines(path, current)
+        if len(current) < len(lines):
+            log(f"{path}: {len(lines) - len(current)} finished seeds from another config or version; not reused")
+            self._lines.write()
+        if current:
+            done = ", ".join(str(line["seed"]) for line in current)
+            log(f"{path}: resuming; seeds {done} are finished and not trained again")
+
+    def result(self, seed_id: int) -> dict | None:
+        """The kept result of seed `seed_id`, or None."""
+        found = [line for line in self._lines.lines if line["seed"] == int(seed_id)]
+        return found[-1]["result"] if found else None
+
+    def missing(self, seed_ids: Sequence[int]) -> list[int]:
+        """The seeds of `seed_ids` without a kept result, in order."""
+        return [int(s) for s in seed_ids if self.result(s) is None]
+
+    def keep(self, results: dict[int, dict]) -> dict[int, dict]:
+        """Keep finished seeds ({seed: result}, written at once); returns them as JSON holds them."""
+        lines = [{"seed": int(s), "identity": self.identity, "result": r} for s, r in results.items()]
+        kept = self._lines.add(*lines)
+        return {line["seed"]: line["result"] for line in kept}
+
+    def remove(self) -> None:
+        """The run is finished and its results written: the checkpoint is no longer needed."""
+        if self._lines.path is not None:
+            self._lines.path.unlink(missing_ok=True)

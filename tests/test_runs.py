@@ -1,0 +1,142 @@
+"""What every run shares: errors, seeds and partners, Student's t summaries, threads, resuming."""
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from subliminal_mnist import runs, train
+
+
+@given(st.integers(2, 200), st.integers(0, 2**31 - 1))
+@settings(max_examples=100, deadline=None)
+def test_cross_partners_are_a_derangement(num_seeds, seed):
+    partners = runs.cross_partners(num_seeds, seed)
+    assert sorted(partners.tolist()) == list(range(num_seeds))
+    assert np.all(partners != np.arange(num_seeds))
+
+
+def test_one_seed_is_paired_with_an_untrained_seed():
+    assert runs.cross_partners(1, 0).tolist() == [1]
+
+
+def test_cross_partners_are_deterministic_and_depend_on_the_seed():
+    a, b = runs.cross_partners(20, 0), runs.cross_partners(20, 0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, runs.cross_partners(20, 1))
+
+
+def test_the_interval_is_students_t_with_n_minus_1_degrees_of_freedom():
+    # Textbook: x = 0.5, 0.6, 0.7, 0.8, 0.9; mean 0.7, sd 0.158114 (n - 1), t(0.975, 4) = 2.776445.
+    summary = runs.summarize([0.5, 0.6, 0.7, 0.8, 0.9])
+    assert summary["mean"] == pytest.approx(0.7)
+    assert summary["ci95"] == pytest.approx(2.776445 * 0.1581139 / np.sqrt(5), rel=1e-6)
+    assert summary["n"] == 5 and summary["per_seed"] == [0.5, 0.6, 0.7, 0.8, 0.9]
+    # The same interval as scipy's own t interval of the mean, for another n.
+    values = np.array([0.11, 0.52, 0.37, 0.94, 0.23, 0.48, 0.05, 0.61, 0.33, 0.77, 0.29, 0.58, 0.46])
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    assert runs.summarize(values)["ci95"] == pytest.approx((high - low) / 2)
+    # 1.96 would be too narrow for 5 seeds by the factor 2.776 / 1.96.
+    assert summary["ci95"] / (1.96 * 0.1581139 / np.sqrt(5)) == pytest.approx(1.4166, rel=1e-3)
+    assert runs.summarize([0.5]) == {"mean": 0.5, "ci95": None, "per_seed": [0.5], "n": 1}
+
+
+def test_results_written_with_another_interval_get_this_one():
+    old = {"a": {"mean": 0.7, "ci95": 0.1, "per_seed": [0.5, 0.6, 0.7, 0.8, 0.9]}, "b": [{"x": 1}], "c": "kept"}
+    new = runs.resummarize(old)
+    assert new["a"] == runs.summarize([0.5, 0.6, 0.7, 0.8, 0.9])
+    assert new["b"] == [{"x": 1}] and new["c"] == "kept"
+
+
+def test_a_failing_worker_cancels_the_others_and_its_error_reaches_the_caller():
+    progress = train.Progress(0, "", enabled=False)
+    stopped_by_cancel = []
+
+    def work(item):
+        if item == "bad":
+            time.sleep(0.2)  # let the other one start its "training"
+            raise train.TrainingDiverged("bad: the loss became nan")
+        for _ in range(200):  # a long training (10 s) that checks for cancellation between epochs
+            try:
+                progress.check()
+            except train.Cancelled:
+                stopped_by_cancel.append(item)
+                raise
+            time.sleep(0.05)
+
+    with pytest.raises(train.TrainingDiverged, match="bad"):
+        runs.concurrently(work, ["slow", "bad"], 2, progress)
+    assert stopped_by_cancel == ["slow"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    count: int = runs.config_field(1, "a count", flag="how-many")
+    rate: float = runs.config_field(0.1, "a rate")
+    kind: str = runs.config_field("a", "a kind", choices=("a", "b"))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(count=0), r"count \(--how-many\) must be at least 1, got 0"),
+        (dict(rate=float("inf")), "rate must be a positive number, got inf"),
+        (dict(kind="c"), "kind must be one of a, b, got 'c'"),
+    ],
+)
+def test_field_checks_are_one_line_errors_naming_the_option(bad, message):
+    with pytest.raises(runs.ConfigError, match=message):
+        runs.check_fields(_Config(**bad), at_least_one=("count",), positive=("rate",))
+
+
+def test_a_checkpoint_keeps_seeds_reads_them_back_and_drops_stale_ones(tmp_path):
+    path, messages = tmp_path / "run.seeds.jsonl", []
+    first = runs.Checkpoint(path, {"config": {"seeds": 3}}, messages.append)
+    assert first.missing(range(3)) == [0, 1, 2] and messages == []
+    kept = first.keep({1: {"accuracy": np.float32(0.25), "values": np.arange(2)}})
+    assert kept == {1: {"accuracy": 0.25, "values": [0, 1]}}  # as JSON holds it, what a resumed run reads
+    again = runs.Checkpoint(path, {"config": {"seeds": 3}}, messages.append)
+    assert again.missing(range(3)) == [0, 2] and again.result(1) == kept[1]
+    assert "resuming; seeds 1 are finished" in messages[-1]
+    other = runs.Checkpoint(path, {"config": {"seeds": 4}}, messages.append)
+    assert other.missing(range(3)) == [0, 1, 2]
+    assert "1 finished seeds from another config or version; not reused" in messages[-1]
+    assert runs.read_lines(path) == [], "stale lines are dropped at once"
+    other.remove()
+    assert not path.exists()
+    memory = runs.Checkpoint(None, {}, messages.append)  # no file: kept in memory only
+    memory.keep({0: {"a": 1.0}})
+    assert memory.result(0) == {"a": 1.0} and list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_that_is_not_json_lines_is_one_error(tmp_path):
+    path = tmp_path / "bad.seeds.jsonl"
+    path.write_text('{"seed": 0}\nnot json\n')
+    with pytest.raises(runs.ResultsFileError, match=r"bad.seeds.jsonl, line 2: not a JSON line"):
+        runs.Checkpoint(path, {})
+
+
+def test_lines_are_rewritten_whole_and_found_by_their_fields(tmp_path, monkeypatch):
+    lines = runs.Lines(tmp_path / "points.jsonl")
+    lines.add({"value": 1, "config": (1, 2)}, {"value": 2, "config": (3,)})
+    assert lines.find(config=[1, 2])["value"] == 1 and lines.find(value=3) is None
+    assert runs.read_lines(tmp_path / "points.jsonl") == lines.lines
+
+    def broken_write(self, text):
+        raise KeyboardInterrupt  # killed while writing: the file keeps its last whole state
+
+    monkeypatch.setattr(type(tmp_path), "write_text", broken_write)
+    with pytest.raises(KeyboardInterrupt):
+        lines.add({"value": 3})
+    monkeypatch.undo()
+    assert [json.loads(t)["value"] for t in (tmp_path / "points.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_the_checkpoint_lies_beside_the_results():
+    assert runs.checkpoint_path("out/results.json") == pathlib.Path("out/results.seeds.jsonl")
