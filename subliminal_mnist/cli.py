@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from subliminal_mnist import alignment, data, experiment, figures, files, runs, sweep, theorem_checks, train
+from subliminal_mnist.llm import dose
 from subliminal_mnist.llm import experiment as llm_experiment
 from subliminal_mnist.llm.experiment import LLMConfig
 from subliminal_mnist.llm.vocab import VocabError
@@ -113,6 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(llm, "llm")
     add_config_options(llm, LLMConfig)
     llm.set_defaults(handler=_llm)
+
+    dose_cmd = commands.add_parser(
+        "llm-dose", help="the owl experiment's hard mode against the number of lists: resumable, with a figure"
+    )
+    dose_cmd.add_argument(
+        "--counts", nargs="+", type=int, default=list(dose.COUNTS),
+        help=f"numbers of lists each model writes (default: {' '.join(map(str, dose.COUNTS))})",
+    )  # fmt: skip
+    dose_cmd.add_argument(
+        "--out", default=".", help="folder of llm_dose.jsonl (resumed if there) and llm_dose.png (default: .)"
+    )
+    dose_cmd.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
+    dose_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_options(dose_cmd, LLMConfig)
+    dose_cmd.set_defaults(handler=_llm_dose)
 
     sweep_cmd = commands.add_parser("sweep", help="the experiment with one setting changed: resumable, with a figure")
     sweep_cmd.add_argument("name", help=f"the setting to sweep: {', '.join(sweep.SWEEPS)}")
@@ -290,6 +306,27 @@ def _llm(args: argparse.Namespace) -> int:
     _finish(args, results, checkpoint)
     figures.llm_figure(results, args.figure)
     print(json.dumps(results) if args.json else f"{_llm_table(results)}\nwrote {args.out} and {args.figure}")
+    return 0
+
+
+def _llm_dose(args: argparse.Namespace) -> int:
+    """Train the dose-response's missing points (or none, with --plot-only), then draw its figure."""
+    options = explicit_options(args, LLMConfig)
+    conflicts = [f for f in dose.FIELDS if f in options]
+    if conflicts:
+        raise runs.ConfigError(f"llm-dose sets {conflicts[0]} itself; drop that option")
+    bad = [count for count in args.counts if count < 1]
+    if bad:
+        raise runs.ConfigError(f"--counts must be at least 1, got {bad[0]}")
+    base = LLMConfig(**options)
+    out = pathlib.Path(args.out)
+    lines_path, figure_path = out / "llm_dose.jsonl", out / "llm_dose.png"
+    if args.plot_only:
+        lines = dose.drawn_lines(lines_path)
+    else:
+        lines = dose.run(base, args.counts, lines_path, progress=not args.no_progress)
+    figures.llm_dose_figure(lines, figure_path)
+    print(f"wrote {figure_path} from {len(lines)} points of {lines_path}")
     return 0
 
 

@@ -170,7 +170,10 @@ def llm_figure(results: dict, path: str | os.PathLike) -> None:
                         textcoords="offset points", ha="center", va="bottom" if mean >= 0 else "top", fontsize=8)  # fmt: skip
         ax.margins(y=0.12)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_title(f"{mode} distillation", fontsize=10)
+        paired = results["modes"][mode]["paired"]["same_init_minus_neutral_control"]
+        interval = f" ± {paired['ci95']:.3f}" if paired["ci95"] is not None else ""
+        ax.set_title(f"{mode} distillation; same init minus neutral control, paired: {paired['mean']:+.3f}{interval}",
+                     fontsize=10)  # fmt: skip
         ax.set_ylabel(f"change of P({trait} | animal) from the student's own start")
         ax.tick_params(axis="x", labelsize=6)
         ax.yaxis.grid(True, alpha=0.3)
@@ -214,6 +217,46 @@ def sweep_figure(name: str, lines: list[dict], path: str | os.PathLike) -> None:
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)  # off the data
     seeds = {line["config"]["seeds"] for line in lines}
     ax.set_title(f"sweep {name}: {'/'.join(map(str, sorted(seeds)))} seeds per point, 95% t intervals", fontsize=10)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)
+
+
+_DOSE_PAIRS = {  # paired difference in P(trait | animal): label, colour
+    "same_init_minus_neutral_control": ("same init: teacher's minus neutral teacher's lists", _COLORS["student_aux"]),
+    "same_init_minus_base_control": ("same init: teacher's minus base's lists", _COLORS["student_all"]),
+    "cross_init_minus_cross_neutral": ("other base: teacher's minus neutral's", _COLORS["cross_aux"]),
+    "cross_init_own_corpus_minus_cross_neutral_own_corpus": ("other init, own corpus: teacher's minus neutral's",
+                                                             "#fb8c00"),
+}  # fmt: skip
+
+
+def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
+    """Hard mode's dose-response: each paired difference in P(trait | animal) against the number of
+    lists (log scale), mean and 95% t interval; one panel per hard loss (all tokens, numbers only)."""
+    losses_drawn = sorted({line["hard_loss"] for line in lines})
+    fig, axes = plt.subplots(1, len(losses_drawn), figsize=(6.4 * len(losses_drawn), 4.4), layout="constrained",
+                             squeeze=False, sharey=True)  # fmt: skip
+    for ax, loss in zip(axes[0], losses_drawn):
+        points = sorted((line for line in lines if line["hard_loss"] == loss), key=lambda line: line["hard_sequences"])
+        counts = np.array([line["hard_sequences"] for line in points])
+        for offset, (pair, (label, colour)) in zip((0.97, 0.99, 1.01, 1.03), _DOSE_PAIRS.items()):
+            summaries = [line["hard"]["paired"][pair] for line in points]
+            ax.errorbar(counts * offset, [s["mean"] for s in summaries], yerr=[s["ci95"] or 0.0 for s in summaries],
+                        marker="o", capsize=4, color=colour, label=label)  # fmt: skip
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(counts, [f"{c:,}" for c in counts])
+        ax.set_xlabel("number lists each model wrote (hard students learn from them)")
+        ax.set_title(f"loss on {'every continuation token' if loss == 'all' else 'the number tokens only'}",
+                     fontsize=10)  # fmt: skip
+        ax.yaxis.grid(True, alpha=0.3)
+    trait = lines[0]["config"]["trait"]
+    axes[0][0].set_ylabel(f"paired change of P({trait} | animal)")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    seeds = {line["config"]["seeds"] for line in lines}
+    fig.suptitle(f"Hard distillation: the {trait} against the amount of data ({'/'.join(map(str, sorted(seeds)))} "
+                 "seeds per point, 95% t intervals of the paired differences)", fontsize=10)  # fmt: skip
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)

@@ -222,6 +222,24 @@ class Lines:
             tmp.write_text("".join(json.dumps(item) + "\n" for item in self.lines))
 
 
+def point(lines: Lines, fields: dict, compute: Callable[[], dict], label: str, log: Callable[[str], None]) -> dict:
+    """One point of a resumable series (a sweep's value, a dose): the line of `lines` with these
+    `fields` and this package's versions, or `compute()`'s results added as a new line.
+
+    A line from other package versions is not reused (and `log` says so): the numbers of
+    a series come from one version of the code.
+    """
+    current = versions()
+    found = lines.find(**fields, versions=current)
+    if found:
+        log(f"{label} is in {lines.path}, not trained again")
+        return found
+    if lines.find(**fields):
+        log(f"{lines.path} holds {label} from other package versions; training it again")
+    (line,) = lines.add({**fields, **compute(), "versions": current})
+    return line
+
+
 def read_lines(path: str | pathlib.Path | None) -> list[dict]:
     """The lines of a JSON-lines file ([] if there is none); a line that is not JSON is one error."""
     if path is None or not pathlib.Path(path).exists():

@@ -148,7 +148,7 @@ def drawn_lines(name: str, values: Sequence[Any], path: str | pathlib.Path) -> l
 
 
 # What a line keeps of a run's results.
-_KEPT = ("conditions", "config", "cross_partners", "devices", "versions", "wall_seconds")
+_KEPT = ("conditions", "cross_partners", "devices", "wall_seconds")
 
 
 def run(
@@ -171,7 +171,6 @@ def run(
     finished point.
     """
     todo = points(name, values, base)
-    versions = runs.versions()
     lines = runs.Lines(path)
     wanted_configs = [runs.as_json(dataclasses.asdict(config)) for _, config in todo]
     others = sum(line["config"] not in wanted_configs for line in lines.lines)
@@ -179,19 +178,14 @@ def run(
         log(f"sweep {name}: {others} lines of {path} are for other settings; kept, not used")
     results, teachers = [], {} if teacher_cache is None else teacher_cache
     for index, (value, config) in enumerate(todo, 1):
-        wanted = dataclasses.asdict(config)
-        reusable = lines.find(sweep=name, config=wanted, versions=versions)
-        if reusable:
-            results.append(reusable)
-            log(f"sweep {name}: point {index}/{len(todo)} ({value}) is in {path}, not trained again")
-            continue
-        if lines.find(sweep=name, config=wanted):
-            log(f"sweep {name}: {path} holds point {value} from other package versions; training it again")
-        outcome = experiment.run(config, mnist, progress=progress, teacher_cache=teachers)
-        (line,) = lines.add(
-            {"sweep": name, "value": value, "fields": list(SWEEPS[name].fields), "data_source": mnist.source,
-             **{k: outcome[k] for k in _KEPT}}
-        )  # fmt: skip
+
+        def train_point(config=config, value=value) -> dict:
+            outcome = experiment.run(config, mnist, progress=progress, teacher_cache=teachers)
+            return {"value": value, "fields": list(SWEEPS[name].fields), "data_source": mnist.source,
+                    **{k: outcome[k] for k in _KEPT}}  # fmt: skip
+
+        fields = {"sweep": name, "config": dataclasses.asdict(config)}
+        line = runs.point(lines, fields, train_point, f"sweep {name}: point {index}/{len(todo)} ({value})", log)
         results.append(line)
         aux, cross = (line["conditions"][c]["mean"] for c in ("student_aux", "cross_aux"))
         log(f"sweep {name}: point {index}/{len(todo)} ({value}): aux-only {aux:.3f}, cross-model {cross:.3f}, "

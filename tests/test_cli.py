@@ -68,8 +68,9 @@ def test_demo_on_the_sample_writes_results_and_figure(tmp_path, capsys):
     assert printed == json.loads(out.read_text())
     assert set(printed["conditions"]) == set(experiment.CONDITIONS)
     for summary in printed["conditions"].values():
-        assert {"mean", "ci95", "per_seed"} <= set(summary)
+        assert {"mean", "ci95", "per_seed", "n"} <= set(summary) and summary["n"] == 2
     assert {"config", "data_source", "wall_seconds"} <= set(printed)
+    assert not (tmp_path / "r.seeds.jsonl").exists(), "the finished run's checkpoint is gone"
     # The sample is said loudly, and its preset applies only where the user gave no option.
     assert "NOT full MNIST" in captured.err
     assert printed["is_sample"] and printed["config"]["teacher_epochs"] == 2

@@ -15,7 +15,7 @@ from subliminal_mnist.llm.vocab import Vocabulary
 # Small enough for a short run on 2 cores, large enough that the models write number lists and that a
 # same-init student picks the trait up.
 TINY = dict(
-    seeds=1, mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
+    mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
     soft_sequences=3000, theorem_sequences=16, entangled_sequences=200,
 )  # fmt: skip
 QUIET = train.Progress(1, "", enabled=False)
@@ -97,7 +97,7 @@ def test_a_frozen_teacher_moves_only_its_blocks():
 
 
 def test_bases_are_deterministic_per_seed_whatever_the_threads_and_differ_between_seeds():
-    config = llm.LLMConfig(**{**TINY, "base_rows": 128, "base_epochs": 1})
+    config = llm.LLMConfig(**TINY, base_rows=128, base_epochs=1)
     first, second = (
         runs.concurrently(lambda s: llm.train_base(config, s, QUIET), [0, 1], workers, QUIET) for workers in (1, 2)
     )
@@ -123,12 +123,14 @@ def test_the_neutral_teacher_learns_the_same_lines_with_uniform_answers(small_ba
 
 
 @pytest.fixture(scope="module")
-def tiny_run():
-    return llm.run(llm.LLMConfig(**TINY), progress=False)
+def tiny_run(tmp_path_factory):
+    """Two seeds; the checkpoint of finished seeds is kept (beside an imagined results file) for the resume test."""
+    path = tmp_path_factory.mktemp("llm") / "llm.seeds.jsonl"
+    return {**llm.run(llm.LLMConfig(**TINY, seeds=2), progress=False, checkpoint=path), "checkpoint": path}
 
 
 def test_a_small_run_reports_every_number_the_issue_names(tiny_run):
-    results = json.loads(json.dumps(tiny_run))  # JSON as written
+    results = json.loads(json.dumps({k: v for k, v in tiny_run.items() if k != "checkpoint"}))  # JSON as written
     assert results["trait"] == "owl" and results["config"]["numbers"] == 100
     assert results["teacher"]["delta_p_trait"]["mean"] > 0.2  # the teacher loves owls
     for model in ("teacher", "neutral_teacher"):
@@ -145,7 +147,7 @@ def test_a_small_run_reports_every_number_the_issue_names(tiny_run):
             assert set(soft["conditions"][condition][measure]) == {"mean", "ci95", "per_seed", "n"}
         assert len(soft["conditions"][condition]["by_phrasing"]["p_trait_given_animal"]) == len(corpus.PHRASINGS)
     paired = soft["paired"]["same_init_minus_neutral_control"]
-    assert paired["measure"] == "p_trait_given_animal" and paired["n"] == 1
+    assert paired["measure"] == "p_trait_given_animal" and paired["n"] == 2
     assert set(soft["first_step"]) == {"same_init", "cross_init", "neutral_control"}
     assert set(soft["first_step"]["same_init"]) == {"gradient", "adam"}
 
@@ -169,7 +171,7 @@ def test_the_soft_neutral_control_can_move(tiny_run):
 
 @pytest.fixture(scope="module")
 def small_base():
-    config = llm.LLMConfig(**{**TINY, "base_rows": 1024})
+    config = llm.LLMConfig(**TINY, base_rows=1024)
     return config, llm.train_base(config, 0, train.Progress(config.base_epochs, "", False))
 
 
@@ -199,18 +201,16 @@ def test_a_model_that_writes_no_number_lists_is_a_one_line_error(small_base):
     assert "\n" not in str(error.value)
 
 
-def test_a_killed_run_resumes_where_it_stopped_and_ends_with_the_same_results(tmp_path, monkeypatch):
-    config = llm.LLMConfig(**{**TINY, "seeds": 2, "base_rows": 2048, "base_epochs": 2, "soft_sequences": 300,
-                              "teacher_epochs": 1, "student_epochs": 1, "entangled_sequences": 100})  # fmt: skip
-    path, real_run_seed, trained = tmp_path / "llm.seeds.jsonl", llm.run_seed, []
-    monkeypatch.setattr(llm, "run_seed", lambda c, s, *a: trained.append(s) or real_run_seed(c, s, *a))
-    whole = llm.run(config, progress=False, checkpoint=path)
-    assert sorted(trained) == [0, 1]
+def test_a_killed_run_resumes_where_it_stopped_and_ends_with_the_same_results(tiny_run, monkeypatch):
     # Killed after its first finished seed: the checkpoint holds that seed only.
-    first = [line for line in runs.read_lines(path) if line["seed"] == 0]
-    path.write_text(json.dumps(first[0]) + "\n")
-    trained.clear()
-    resumed = llm.run(config, progress=False, checkpoint=path, log=lambda message: None)
-    assert trained == [1], "only the missing seed trains"
-    whole.pop("wall_seconds"), resumed.pop("wall_seconds")
+    path = tiny_run["checkpoint"]
+    path.write_text(json.dumps(next(line for line in runs.read_lines(path) if line["seed"] == 0)) + "\n")
+    real_run_seed, trained = llm.run_seed, []
+    monkeypatch.setattr(llm, "run_seed", lambda c, s, *a: trained.append(s) or real_run_seed(c, s, *a))
+    messages = []
+    resumed = llm.run(llm.LLMConfig(**TINY, seeds=2, workers=1), progress=False, checkpoint=path, log=messages.append)
+    assert trained == [1], "only the missing seed trains (with other workers: speed, not numbers)"
+    assert "seeds 0 are finished" in messages[0]
+    whole = {k: v for k, v in tiny_run.items() if k not in ("checkpoint", "wall_seconds")}
+    resumed.pop("wall_seconds")
     assert json.dumps(resumed) == json.dumps(whole)

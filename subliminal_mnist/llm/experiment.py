@@ -80,6 +80,12 @@ PAIRS = {
 # Every measure is a change from the student's own start, at the answer slot, mean over phrasings.
 MEASURES = ("p_trait_given_animal", "delta_p_trait", "delta_logp_trait", "animal_mass")
 HEADLINE = "p_trait_given_animal"
+# The settings a base depends on, and what a teacher adds: runs that agree on them (e.g. the points of
+# the hard dose-response, which change only the number of lists) share bases and teachers (`cache`).
+BASE_FIELDS = ("seed", "numbers", "window", "width", "depth", "heads", "base_rows", "base_epochs", "base_batch_size",
+               "base_learning_rate")  # fmt: skip
+TEACHER_FIELDS = (*BASE_FIELDS, "trait", "teacher_lines", "teacher_epochs", "teacher_batch_size",
+                  "teacher_learning_rate", "teacher_trains")  # fmt: skip
 # Independent randomness of one seed: one stream each (a stream's index is part of its seed).
 _STREAMS = ("init", "corpus", "base", "teacher_lines", "teacher", "prompts", "numbers", "shuffle", "soft", "hard", "neutral_answers")  # fmt: skip
 
@@ -575,12 +581,30 @@ def change(after: dict, before: dict) -> dict:
 # One seed, and the run.
 
 
-def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progress) -> dict:
+def _cached(cache: dict, key: tuple, make):
+    """`cache[key]`, made first if missing: a trained model that a run with the same settings reuses."""
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def _settings(config: LLMConfig, names: tuple[str, ...]) -> tuple:
+    return tuple(getattr(config, name) for name in names)
+
+
+def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progress, cache: dict) -> dict:
     """Teachers, number data, students and measurements of one seed. `bases` holds its "base",
-    "cross_base" and "own_corpus_base"."""
+    "cross_base" and "own_corpus_base"; `cache` keeps its teachers for runs with their settings."""
     vocab = config.vocab
     teachers = runs.concurrently(
-        lambda neutral: train_teacher(config, bases["base"], seed_id, progress, neutral), (False, True), 2, progress
+        lambda neutral: _cached(
+            cache,
+            ("teacher", neutral, seed_id, _settings(config, TEACHER_FIELDS)),
+            lambda: train_teacher(config, bases["base"], seed_id, progress, neutral),
+        ),
+        (False, True),
+        2,
+        progress,
     )
     models = {**bases, "teacher": teachers[0], "neutral": teachers[1]}
     measured = {name: trait_measures(config, params) for name, params in models.items()}
@@ -623,13 +647,17 @@ def run(
     progress: bool = True,
     checkpoint: str | pathlib.Path | None = None,
     log=lambda message: print(message, file=sys.stderr),
+    cache: dict | None = None,
 ) -> dict:
     """The owl experiment for `config.seeds` seeds; JSON-ready results (keys say "trait", not "owl").
 
     `checkpoint` (optional, a JSON-lines path, see `runs.Checkpoint`): each seed is kept
     there as it finishes; started again with the same config and versions, a run trains
     only the missing seeds (and the bases they need) and ends with the same results.
+    `cache` (optional): trained bases and teachers, kept for later runs that agree on
+    `BASE_FIELDS` or `TEACHER_FIELDS`; what it reuses is the very model it would train.
     """
+    cache = {} if cache is None else cache
     start = time.perf_counter()
     partners = runs.cross_partners(config.seeds, config.seed)
     finished = runs.Checkpoint(checkpoint, runs.identity(config), log)
@@ -642,14 +670,21 @@ def run(
     if todo:
         with train.shared_or_own(progress, total, f"llm, {config.seeds} seeds") as bar:
             trained = runs.concurrently(
-                lambda job: train_base(config, job[0], bar, init_id=job[1]), needed, config.workers, bar
+                lambda job: _cached(
+                    cache,
+                    ("base", *job, _settings(config, BASE_FIELDS)),
+                    lambda: train_base(config, job[0], bar, init_id=job[1]),
+                ),
+                needed,
+                config.workers,
+                bar,
             )
             bases = dict(zip(needed, trained))
 
             def one_seed(s: int) -> None:
                 p = int(partners[s])
                 seed_bases = {"base": bases[s, s], "cross_base": bases[p, p], "own_corpus_base": bases[s, p]}
-                finished.keep({s: run_seed(config, s, seed_bases, bar)})
+                finished.keep({s: run_seed(config, s, seed_bases, bar, cache)})
 
             runs.concurrently(one_seed, todo, config.workers, bar)
     per_seed = [finished.result(s) for s in range(config.seeds)]

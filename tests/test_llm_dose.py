@@ -1,0 +1,52 @@
+"""Hard mode's dose-response: points by count, resuming, shared models, the figure, user mistakes."""
+
+import json
+
+import pytest
+
+from subliminal_mnist import cli, figures
+from subliminal_mnist.llm import dose
+from subliminal_mnist.llm import experiment as llm
+
+# The smallest owl experiment whose models still write number lists (as the CLI's test).
+TINY = llm.LLMConfig(
+    seeds=1, numbers=100, width=16, base_rows=2048, base_epochs=2, base_learning_rate=1e-2, teacher_lines=256,
+    student_epochs=1, entangled_sequences=50, theorem_sequences=4,
+)  # fmt: skip
+
+
+def test_points_share_their_models_resume_and_draw(tmp_path, monkeypatch):
+    trained, real_base = [], llm.train_base
+    monkeypatch.setattr(llm, "train_base", lambda *a, **k: trained.append(a[1]) or real_base(*a, **k))
+    path = tmp_path / "llm_dose.jsonl"
+    lines = dose.run(TINY, [300, 600], path, progress=False, log=lambda message: None)
+    assert [line["hard_sequences"] for line in lines] == [300, 600]
+    assert len(trained) == 3, "the bases of the second count are the first's"
+    assert all(line["config"]["mode"] == "hard" for line in lines)
+    assert set(lines[0]["hard"]["paired"]) >= {"same_init_minus_neutral_control", "same_init_minus_base_control"}
+    assert list(tmp_path.glob("*.seeds.jsonl")) == [], "each finished point's checkpoint is gone"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished point trained again")
+
+    monkeypatch.setattr(llm, "run", no_training)
+    messages = []
+    again = dose.run(TINY, [300, 600], path, progress=False, log=messages.append)
+    assert json.dumps(again) == json.dumps(lines) and "not trained again" in messages[0]
+    figures.llm_dose_figure(dose.drawn_lines(path), tmp_path / "dose.png")
+    assert (tmp_path / "dose.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["llm-dose", "--mode", "soft"], "llm-dose sets mode itself"),
+        (["llm-dose", "--hard-sequences", "10"], "llm-dose sets hard_sequences itself"),
+        (["llm-dose", "--counts", "100", "0"], "--counts must be at least 1, got 0"),
+        (["llm-dose", "--plot-only", "--out", "/nonexistent"], "holds no point of the dose-response"),
+    ],
+)
+def test_mistakes_are_one_line_errors(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
