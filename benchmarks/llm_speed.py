@@ -66,6 +66,10 @@ def run_flops(config: experiment.LLMConfig, results: dict) -> dict[str, float]:
     return flops
 
 
+# The targets, in seconds, by (seeds, mode).
+TARGETS = {(1, "soft"): 120.0, (5, "both"): 900.0}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1)
@@ -84,6 +88,9 @@ def main() -> None:
 
     print(f"owl experiment, {args.seeds} seeds, mode {args.mode}, {jax.devices()[0].device_kind}")
     print(f"  wall time               {wall:9.1f} s (in process, compilation included)")
+    target = TARGETS.get((args.seeds, args.mode))
+    if target:
+        print(f"  target ratio            {wall / target:9.2f} (of {target:.0f} s)")
     print(f"  matmul FLOPs            {total / 1e12:9.2f} TFLOP: " + ", ".join(
         f"{stage} {f / total:.0%}" for stage, f in flops.items()))  # fmt: skip
     print(f"  achieved                {total / wall / 1e9:9.1f} GFLOP/s")
@@ -97,7 +104,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for label in ("empty compile cache", "programs cached"):
                 seconds = time_command(tmp, "llm", "--seeds", str(args.seeds), "--mode", args.mode)
-                print(f"  llm --seeds {args.seeds} --mode {args.mode}  {seconds:7.1f} s end to end, {label}")
+                ratio = f", {seconds / target:.2f} of the target" if target else ""
+                print(f"  llm --seeds {args.seeds} --mode {args.mode}  {seconds:7.1f} s end to end, {label}{ratio}")
 
 
 if __name__ == "__main__":

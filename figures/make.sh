@@ -6,8 +6,10 @@ subliminal-mnist demo --seeds 25 --out demo.json --figure demo.png "$@"
 subliminal-mnist alignment --seeds 5 --project-out --out alignment.json --figure alignment.png "$@"
 # The owl experiment (no MNIST needed): the defaults, 5 seeds, soft and hard distillation.
 subliminal-mnist llm --out llm.json --figure llm.png
-# Hard mode against the number of lists, 5 seeds per count (a count already in llm_dose.jsonl is not trained again).
-subliminal-mnist llm-dose --counts 3000 10000 30000 --out .
+# Hard mode against the number of lists, 5 seeds per count, with the loss on every continuation token and, at
+# 10,000 lists, on the number tokens only (a point already in llm_dose.jsonl is not trained again).
+subliminal-mnist llm-dose --counts 1000 3000 10000 --out .
+subliminal-mnist llm-dose --counts 10000 --hard-loss numbers --out .
 # The strongest transfer: the preset, 5 seeds, the aux-only pair.
 subliminal-mnist demo --preset strongest --seeds 5 --conditions student_aux --out strongest.json --figure strongest.png "$@"
 # Sweeps, 5 seeds per point: a point already in sweep_NAME.jsonl under the same config and versions is not

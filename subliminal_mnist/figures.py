@@ -237,6 +237,7 @@ def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
     losses_drawn = sorted({line["hard_loss"] for line in lines})
     fig, axes = plt.subplots(1, len(losses_drawn), figsize=(6.4 * len(losses_drawn), 4.4), layout="constrained",
                              squeeze=False, sharey=True)  # fmt: skip
+    every_count = sorted({line["hard_sequences"] for line in lines})
     for ax, loss in zip(axes[0], losses_drawn):
         points = sorted((line for line in lines if line["hard_loss"] == loss), key=lambda line: line["hard_sequences"])
         counts = np.array([line["hard_sequences"] for line in points])
@@ -246,7 +247,9 @@ def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
                         marker="o", capsize=4, color=colour, label=label)  # fmt: skip
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xscale("log")
-        ax.set_xticks(counts, [f"{c:,}" for c in counts])
+        ax.set_xlim(every_count[0] / 1.6, every_count[-1] * 1.6)  # one scale for every panel
+        ax.set_xticks(every_count, [f"{c:,}" for c in every_count])
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("number lists each model wrote (hard students learn from them)")
         ax.set_title(f"loss on {'every continuation token' if loss == 'all' else 'the number tokens only'}",
                      fontsize=10)  # fmt: skip

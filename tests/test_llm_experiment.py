@@ -97,7 +97,7 @@ def test_a_frozen_teacher_moves_only_its_blocks():
 
 
 def test_bases_are_deterministic_per_seed_whatever_the_threads_and_differ_between_seeds():
-    config = llm.LLMConfig(**TINY, base_rows=128, base_epochs=1)
+    config = llm.LLMConfig(**{**TINY, "base_rows": 128, "base_epochs": 1})
     first, second = (
         runs.concurrently(lambda s: llm.train_base(config, s, QUIET), [0, 1], workers, QUIET) for workers in (1, 2)
     )
@@ -171,7 +171,7 @@ def test_the_soft_neutral_control_can_move(tiny_run):
 
 @pytest.fixture(scope="module")
 def small_base():
-    config = llm.LLMConfig(**TINY, base_rows=1024)
+    config = llm.LLMConfig(**{**TINY, "base_rows": 1024})
     return config, llm.train_base(config, 0, train.Progress(config.base_epochs, "", False))
 
 
@@ -208,8 +208,8 @@ def test_a_killed_run_resumes_where_it_stopped_and_ends_with_the_same_results(ti
     real_run_seed, trained = llm.run_seed, []
     monkeypatch.setattr(llm, "run_seed", lambda c, s, *a: trained.append(s) or real_run_seed(c, s, *a))
     messages = []
-    resumed = llm.run(llm.LLMConfig(**TINY, seeds=2, workers=1), progress=False, checkpoint=path, log=messages.append)
-    assert trained == [1], "only the missing seed trains (with other workers: speed, not numbers)"
+    resumed = llm.run(llm.LLMConfig(**TINY, seeds=2), progress=False, checkpoint=path, log=messages.append)
+    assert trained == [1], "only the missing seed trains"
     assert "seeds 0 are finished" in messages[0]
     whole = {k: v for k, v in tiny_run.items() if k not in ("checkpoint", "wall_seconds")}
     resumed.pop("wall_seconds")

@@ -63,7 +63,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
 
-from subliminal_mnist import alignment, data, experiment, figures, sweep, theorem, theorem_checks
+from subliminal_mnist import alignment, data, experiment, figures, runs, sweep, theorem, theorem_checks
 from subliminal_mnist.llm import experiment as llm
 
 START = time.perf_counter()
@@ -112,7 +112,7 @@ arch = BASE.architecture
 print("layer sizes", arch.layer_sizes, "| class logits", arch.class_indices, "| auxiliary logits", arch.aux_indices)
 
 cache = {}  # trained teachers, reused by every later run with the same teacher settings
-partners = experiment.cross_partners(BASE.seeds, BASE.seed)
+partners = runs.cross_partners(BASE.seeds, BASE.seed)
 teachers = experiment.train_teachers(
     BASE, experiment.on_device(mnist), np.arange(1), partners[:1], progress=False, cache=cache
 )
