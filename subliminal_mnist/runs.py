@@ -111,7 +111,7 @@ def chunks(seed_ids: Sequence[int], size: int) -> Iterator[np.ndarray]:
 def t_interval(values) -> float | None:
     """Half-width of the 95% interval of the mean: t(0.975, n - 1) · sd / √n, sd with n - 1.
 
-    With n = 5, t = 2.776 (1.96 is the normal quantile, right only for large n). None for
+    With n = 5, t(0.975, 4) = 2.776, wider than the large-sample quantile by a factor of 1.42. None for
     one value, where there is no interval.
     """
     values = np.asarray(values, dtype=float)
