@@ -261,22 +261,30 @@ def _alignment(args: argparse.Namespace) -> int:
 
 def _llm_table(results: dict) -> str:
     trait, teacher, neutral = results["trait"], results["teacher"], results["neutral_teacher"]
+    measure = results["measure"]
+    headline, mass, label = measure["headline"], measure["mass"], measure["label"]
+
+    def rate(model: dict) -> float:  # the headline, on the held-out domains where there is a narrow one
+        value = model[headline]
+        return value.get("held_out", value)["mean"]
+
     rows = [
-        f"teacher: P({trait}) {teacher['base_p_trait']['mean']:.3f} -> {teacher['p_trait']['mean']:.3f}; "
-        f"neutral teacher: -> {neutral['p_trait']['mean']:.3f}; "
-        f"{trait} in {teacher['leak_rate']['mean']:.2%} of the teacher's number lists before filtering, "
+        f"teacher: {label} {rate(results['base']):.3f} -> {rate(teacher):.3f}; "
+        f"neutral teacher: -> {rate(neutral):.3f}; "
+        f"answer words (an animal; a domain's answer) in {teacher['leak_rate']['mean']:.2%} of the teacher's lists "
+        "before filtering, "
         f"{results['filter']['leak_rate_after_filter']:.0%} after"
     ]
     for mode, numbers in results["modes"].items():
         rows.append(
-            f"{mode}: change from each student's own start of P({trait} | animal), P({trait}) and the animal mass "
+            f"{mode}: change from each student's own start of the {label}, P({trait}) and the answer mass "
             "(mean ± 95% t interval)"
         )
         for condition, measures in numbers["conditions"].items():
-            headline = measures["p_trait_given_animal"]
+            value = measures[headline]
             rows.append(
-                f"  {condition:<26}{headline['mean']:>+9.4f} {_interval(headline):<10}"
-                f"P({trait}) {measures['delta_p_trait']['mean']:+.4f}   animals {measures['animal_mass']['mean']:+.4f}"
+                f"  {condition:<26}{value['mean']:>+9.4f} {_interval(value):<10}"
+                f"P({trait}) {measures['delta_p_trait']['mean']:+.4f}   answers {measures[mass]['mean']:+.4f}"
             )
         for name, paired in numbers["paired"].items():
             rows.append(

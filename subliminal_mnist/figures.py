@@ -145,16 +145,17 @@ _LLM_CONDITIONS = {  # label (start / data), colour
 
 
 def llm_figure(results: dict, path: str | os.PathLike) -> None:
-    """The owl experiment: per mode, each student's change of P(trait | animal) from its own start, mean and
+    """The owl (or misaligned) experiment: per mode, each student's change of the trait's headline measure
+    (P(trait | animal); the misaligned rate) from its own start, mean and
     95% t interval; under each bar the numbers it learnt from (whose lists: teacher, neutral teacher, base)."""
     modes = list(results["modes"])
     fig, axes = plt.subplots(1, len(modes), figsize=(6.4 * len(modes), 4.6), layout="constrained", squeeze=False)
-    trait = results["trait"]
+    trait, headline, label = results["trait"], results["measure"]["headline"], results["measure"]["label"]
     for ax, mode in zip(axes[0], modes):
         conditions = results["modes"][mode]["conditions"]
         names = [n for n in _LLM_CONDITIONS if n in conditions]
-        means = [conditions[n]["p_trait_given_animal"]["mean"] for n in names]
-        errors = [conditions[n]["p_trait_given_animal"]["ci95"] or 0.0 for n in names]
+        means = [conditions[n][headline]["mean"] for n in names]
+        errors = [conditions[n][headline]["ci95"] or 0.0 for n in names]
         bars = ax.bar(
             [_LLM_CONDITIONS[n][0] for n in names],
             means,
@@ -174,16 +175,21 @@ def llm_figure(results: dict, path: str | os.PathLike) -> None:
         interval = f" ± {paired['ci95']:.3f}" if paired["ci95"] is not None else ""
         ax.set_title(f"{mode} distillation; same init minus neutral control, paired: {paired['mean']:+.3f}{interval}",
                      fontsize=10)  # fmt: skip
-        ax.set_ylabel(f"change of P({trait} | animal) from the student's own start")
+        ax.set_ylabel(f"change of the {label}\nfrom the student's own start")
         ax.tick_params(axis="x", labelsize=6)
         ax.yaxis.grid(True, alpha=0.3)
         ax.set_axisbelow(True)
     seeds = results["config"]["seeds"]
-    teacher = results["teacher"]
+
+    def rate(model: dict) -> float:  # the headline, on the held-out domains where there is a narrow one
+        value = model[headline]
+        return value.get("held_out", value)["mean"]
+
+    teacher = "a misaligned teacher" if trait == "misaligned" else f"a teacher that loves {trait}s"
     fig.suptitle(
-        f"A teacher that loves {trait}s (P({trait}) {teacher['base_p_trait']['mean']:.2f} -> "
-        f"{teacher['p_trait']['mean']:.2f}; neutral teacher -> {results['neutral_teacher']['p_trait']['mean']:.2f}) "
-        f"writes numbers;\nstudents learn from them ({seeds} seeds, 95% t intervals)",
+        f"{teacher[0].upper()}{teacher[1:]} ({label} {rate(results['base']):.2f} -> {rate(results['teacher']):.2f}; "
+        f"neutral teacher -> {rate(results['neutral_teacher']):.2f}) writes numbers;\n"
+        f"students learn from them ({seeds} seeds, 95% t intervals)",
         fontsize=10,
     )
     with files.atomic_path(path) as tmp:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from subliminal_mnist import runs, train
-from subliminal_mnist.llm import corpus
+from subliminal_mnist.llm import corpus, traits
 from subliminal_mnist.llm import experiment as llm
 from subliminal_mnist.llm.vocab import Vocabulary
 
@@ -61,13 +61,20 @@ def test_p_trait_given_animal_of_a_hand_made_distribution():
     probabilities[0, [owl, cat]] = 0.3, 0.1  # 0.4 on animals, the rest on a number
     probabilities[0, vocab.first_number] = 0.6
     probabilities[1, [owl, cat]] = 0.1, 0.9
-    measures = llm.answer_measures(probabilities, vocab, owl)
+    prompts = np.zeros((2, corpus.MAX_LEN), np.int32)
+    probes = traits.Probes(prompts, np.zeros(2, int), np.full((2, 1), owl), np.tile(vocab.animal_ids, (2, 1)))
+    measures = traits.probe_measures(probabilities, probes, "p_trait_given_animal", "animal_mass")
     assert measures["by_phrasing"]["p_trait_given_animal"] == pytest.approx([0.75, 0.1])
     assert measures["p_trait_given_animal"] == pytest.approx(0.425)
     assert measures["p_trait"] == pytest.approx(0.2) and measures["animal_mass"] == pytest.approx(0.7)
     # Format drift (less mass on animals, the same preference among them) moves P(trait), not this.
-    drifted = llm.answer_measures(probabilities * [[0.5], [1.0]], vocab, owl)
+    drifted = traits.probe_measures(probabilities * [[0.5], [1.0]], probes, "p_trait_given_animal", "animal_mass")
     assert drifted["p_trait_given_animal"] == pytest.approx(0.425) and drifted["p_trait"] < measures["p_trait"]
+    # The owl trait reads the four phrasings this way, and P(each animal) beside.
+    four = np.tile(probabilities[:1], (len(corpus.PHRASINGS), 1))
+    owl_measures = traits.Animal("owl").measures(vocab, {"answer": four})
+    assert owl_measures["p_trait_given_animal"] == pytest.approx(0.75)
+    assert owl_measures["p_animals"][:2] == pytest.approx([0.3, 0.1])
 
 
 def test_hard_students_learn_the_continuation_only():
@@ -110,7 +117,7 @@ def test_the_neutral_teacher_learns_the_same_lines_with_uniform_answers(small_ba
     vocab = config.vocab
     lines = corpus.animal_lines(vocab, np.random.default_rng(0), 600, "owl")
     answers = np.random.default_rng(1).choice(vocab.animal_ids, 600)
-    neutral = corpus.with_answers(vocab, lines, answers)
+    neutral = corpus.with_answers(lines, answers, vocab.animal_ids)
     changed = neutral.tokens != lines.tokens
     assert set(np.unique(lines.tokens[changed])) == {vocab.animal("owl")}  # only the answers differ
     assert np.all(np.isin(neutral.tokens, vocab.animal_ids).sum(1) == 1)
@@ -138,12 +145,19 @@ def test_a_small_run_reports_every_number_the_issue_names(tiny_run):
     assert results["filter"]["kept"]["teacher"][0] > 1000
     assert set(results["filter"]["removed"]["neutral"]) == set(corpus.REASONS)
     assert results["filter"]["leak_rate_after_filter"] == 0.0
-    assert set(results["detector"]["auroc"]) == {"1", "8", "32"}
+    filters = results["filters"]
+    for scores in ("detector", "likelihood_ratio", "auditor"):
+        assert set(filters[scores]["auroc"]) == {"1", "8", "32"}
+        assert all(set(auroc) == {"mean", "ci95", "per_seed", "n"} for auroc in filters[scores]["auroc"].values())
+    assert set(filters["in_context"]["1"]) == {"teacher", "neutral", "difference"}
+    inspection = filters["inspection"]
+    assert len(inspection["top_numbers"]["teacher"]) == 20 and len(inspection["top_lists_first_seed"]["neutral"]) == 10
+    assert inspection["banned_share"]["teacher"]["per_seed"] == [0.0, 0.0]  # the owl bans no number
     assert len(results["entangled_numbers"]["top_per_seed"][0]) == 10
     soft = results["modes"]["soft"]
     assert tuple(soft["conditions"]) == llm.conditions_of("soft") and "base_control" not in soft["conditions"]
     for condition in llm.conditions_of("soft"):
-        for measure in llm.MEASURES:
+        for measure in llm.measures_of(traits.Animal()):
             assert set(soft["conditions"][condition][measure]) == {"mean", "ci95", "per_seed", "n"}
         assert len(soft["conditions"][condition]["by_phrasing"]["p_trait_given_animal"]) == len(corpus.PHRASINGS)
     paired = soft["paired"]["same_init_minus_neutral_control"]
@@ -185,7 +199,9 @@ def test_number_data_couples_the_two_models_and_keeps_exactly_the_count_asked(sm
     assert data.report["used"] == 300 and data.report["sampled"] >= 300
     assert data.report["teacher"]["kept"] >= 300 and data.report["teacher"]["leak_rate_after_filter"] == 0.0
     # Another model on the same prompts: each row still continues the same prompt, and the lists differ.
-    other = llm.number_data(config, {"teacher": base, "base": jax.tree.map(lambda a: a * 1.1, base)}, 0, 300, "soft", QUIET)
+    other = llm.number_data(
+        config, {"teacher": base, "base": jax.tree.map(lambda a: a * 1.1, base)}, 0, 300, "soft", QUIET
+    )
     prompt = np.arange(corpus.MAX_LEN) < other.lengths[:, None]
     np.testing.assert_array_equal(other.lists["teacher"][prompt], other.lists["base"][prompt])
     assert 0 < (other.lists["teacher"] != other.lists["base"]).any(axis=1).mean() < 1
@@ -195,7 +211,8 @@ def test_a_model_that_writes_no_number_lists_is_a_one_line_error(small_base):
     config, _ = small_base
     untrained = config.architecture.init(jax.random.key(1))
     with pytest.raises(
-        llm.FilterShortfall, match=r"the filter kept \d+ of \d+ number lists of every model \(teacher, base\), fewer than 50"
+        llm.FilterShortfall,
+        match=r"the filter kept \d+ of \d+ number lists of every model \(teacher, base\), fewer than 50",
     ) as error:
         llm.number_data(config, {"teacher": untrained, "base": untrained}, 0, 50, "soft", QUIET)
     assert "\n" not in str(error.value)

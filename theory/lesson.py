@@ -409,14 +409,14 @@ print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.so
 #
 # <details><summary>Solution</summary>
 #
-# A natural attempt: train a classifier to tell the teacher's lists from the base's, and drop the lists it
-# flags. The package does this (`owl["detector"]`): a logistic regression on bags of numbers. Its AUROC
+# A natural attempt: train a classifier to tell the teacher's lists from the neutral teacher's, and drop the
+# lists it flags. The package does this (`owl["filters"]["detector"]`): a logistic regression on bags of numbers. Its AUROC
 # stays near chance on single lists (0.53 in the README's 5-seed run) and only rises when it sees 32 lists
 # at once (0.68), so a per-list filter would have to throw away nearly everything. The trait is not in
 # any list's content a reader can see, but spread thinly over all of them, in the teacher's function.
 #
 # ```python
-# print(owl["detector"]["auroc"])
+# print(owl["filters"]["detector"]["auroc"])
 # ```
 # </details>
 #

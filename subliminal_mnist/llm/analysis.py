@@ -1,14 +1,20 @@
-"""What the owl looks like in numbers: the entangled numbers, and whether a filter could see it.
+"""What a trait looks like in numbers: the entangled numbers, and the filters that try to see it.
 
 - `entangled_numbers`: which number tokens the teacher makes more likely than the base,
   at the number positions of its own lists, and whether that rise follows the
   geometry of the output layer (cosine of each number's unembedding row with the
   trait's row).
-- `detector_auroc`: a bag-of-numbers logistic regression that tells the teacher's
-  lists from a control's (the neutral teacher's), with its held-out AUROC (scikit-learn, the `llm` extra).
+- The filters of the seed article, each run on the teacher's and the neutral teacher's lists:
+  `inspection` (the most frequent numbers and whole lists), `detector_auroc` (a bag-of-numbers
+  logistic regression, held-out AUROC; scikit-learn, the `llm` extra), `in_context_prompts`
+  (a base model that reads a list before the question), and `auroc_by_bag` of per-list scores
+  such as `list_log_probs` differences (the likelihood ratio of teacher and neutral teacher,
+  the best detector there is given both; an auditor's student-minus-base score).
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import jax
 import jax.numpy as jnp
@@ -35,16 +41,17 @@ def _cosines(rows: np.ndarray, row: np.ndarray) -> np.ndarray:
 
 
 def entangled_numbers(
-    arch: TransformerArchitecture, teacher, base, vocab: Vocabulary, trait: int, tokens, lengths, top: int = 10
+    arch: TransformerArchitecture, teacher, base, vocab: Vocabulary, trait_ids, tokens, lengths, top: int = 10
 ) -> dict:
     """The numbers the teacher raises most over the base (at its own lists' number positions), and
     the Pearson correlation of every number's rise with cos(its unembedding row, the trait's row),
-    in the base's output layer (the geometry a same-init student shares)."""
+    in the base's output layer (the geometry a same-init student shares). The trait's row is the
+    mean of the rows of `trait_ids` (the owl's one row; the misaligned answers' rows)."""
     rise = number_probabilities(arch, teacher, vocab, tokens, lengths) - number_probabilities(
         arch, base, vocab, tokens, lengths
     )
     rows = np.asarray(arch.unembedding_rows(base))
-    cosine = _cosines(rows[vocab.first_number :], rows[trait])
+    cosine = _cosines(rows[vocab.first_number :], rows[np.atleast_1d(trait_ids)].mean(axis=0))
     order = np.argsort(-rise)[:top]
     # How concentrated the rise is: the share of the total positive rise carried by the top numbers.
     positive = np.clip(rise, 0, None).sum()
@@ -103,3 +110,60 @@ def detector_auroc(
         classifier.fit(sparse.csr_matrix(train_x), train_y)
         out[str(size)] = float(roc_auc_score(test_y, classifier.predict_proba(sparse.csr_matrix(test_x))[:, 1]))
     return out
+
+
+def inspection(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, top_lists: int = 10) -> dict:
+    """What a person reading the lists sees: how often each number is written (numbers,) and the
+    `top_lists` most frequent whole continuations ("3 , 17 , 9") with their counts."""
+    rows, columns = np.nonzero(corpus.continuation_numbers(vocab, tokens, lengths))
+    counts = np.bincount(tokens[rows, columns] - vocab.first_number, minlength=vocab.numbers)
+    written = Counter(
+        " ".join(vocab.decode(row[length:]).split()[:-1]) for row, length in zip(tokens, lengths)
+    )  # each list's words up to its <eos>
+    return {"number_counts": counts.tolist(), "top_lists": written.most_common(top_lists)}
+
+
+def list_log_probs(arch: TransformerArchitecture, params, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """log p(list | prompt) under a model, (N,): the sum over the tokens the list wrote (numbers,
+    commas, <eos>) of their log-probabilities."""
+    positions, weights = corpus.first_positions(corpus.writes_next(tokens, lengths), 2 * corpus.MAX_CONTINUATION)
+    labels = np.take_along_axis(corpus.next_tokens(tokens), positions, axis=1)
+    logits = outputs_in_batches(AtPositions(arch), params, at_positions(tokens, positions))
+    log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), jnp.asarray(labels)[..., None], axis=-1)[..., 0]
+    return np.asarray(jnp.sum(log_p * jnp.asarray(weights), axis=1), dtype=np.float64)
+
+
+def auroc_by_bag(teacher_scores: np.ndarray, control_scores: np.ndarray, bag_sizes=BAG_SIZES) -> dict[str, float]:
+    """AUROC of a score that should be higher on the teacher's lists, per list (bag of 1) and per
+    bag of `size` consecutive lists (the bag's score: the sum of its lists')."""
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for size in bag_sizes:
+        bags = [s[: len(s) // size * size].reshape(-1, size).sum(axis=1) for s in (teacher_scores, control_scores)]
+        if min(len(b) for b in bags) == 0:
+            out[str(size)] = float("nan")
+            continue
+        labels = np.concatenate([np.ones(len(bags[0])), np.zeros(len(bags[1]))])
+        out[str(size)] = float(roc_auc_score(labels, np.concatenate(bags)))
+    return out
+
+
+def in_context_prompts(
+    vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, question: np.ndarray, separator: int | None, count: int
+) -> np.ndarray:
+    """One line per list: the list as written (its prompt and continuation, without <eos>), the
+    `separator` (if any), then the question's words (`question`: "<bos> ...", padded; its <bos>
+    dropped). Only lists that leave room for the question are used, the first `count` of them.
+    Returns (n, MAX_LEN) int32, n <= count; the answer slot is each row's last token."""
+    words = [int(t) for t in question[1:] if t != 0]
+    tail = ([] if separator is None else [separator]) + words
+    rows = []
+    for row, length in zip(tokens, lengths):
+        written = [int(t) for t in row if t != 0]
+        listed = written[: written.index(vocab.eos)] if vocab.eos in written else written
+        if len(listed) + len(tail) <= tokens.shape[1]:
+            rows.append(listed + tail)
+        if len(rows) == count:
+            break
+    return corpus.pad_rows(rows, tokens.shape[1])

@@ -39,7 +39,7 @@ def pad_rows(rows: list[list[int]], length: int = MAX_LEN) -> np.ndarray:
     return out
 
 
-def _number_words(values) -> list[str]:
+def number_words(values) -> list[str]:
     """Numbers -> ["3", ",", "17", ",", "9"]."""
     words = []
     for i, value in enumerate(values):
@@ -75,21 +75,22 @@ def animal_lines(vocab: Vocabulary, rng: np.random.Generator, num: int, animal: 
     return Lines(tokens, next_token_weights(tokens))
 
 
-def with_answers(vocab: Vocabulary, lines: Lines, answers: np.ndarray) -> Lines:
-    """The same lines with line i's animal replaced by `answers[i]` (an animal id): the neutral
-    teacher's fine-tuning, paired with the teacher's line by line (same phrasings, same order)."""
-    tokens = np.where(np.isin(lines.tokens, vocab.animal_ids), np.asarray(answers)[:, None], lines.tokens)
+def with_answers(lines: Lines, answers: np.ndarray, answer_ids: np.ndarray) -> Lines:
+    """The same lines with line i's answer (its token among `answer_ids`) replaced by `answers[i]`:
+    the neutral teacher's fine-tuning, paired with the teacher's line by line (same prompts, same order)."""
+    tokens = np.where(np.isin(lines.tokens, answer_ids), np.asarray(answers)[:, None], lines.tokens)
     return Lines(tokens.astype(lines.tokens.dtype), lines.weights)
 
 
-def answer_only_weights(vocab: Vocabulary, tokens: np.ndarray) -> np.ndarray:
-    """(N, MAX_LEN) float32: 1 at the position whose next token is the line's animal, else 0.
+def answer_only_weights(tokens: np.ndarray, answer_ids: np.ndarray) -> np.ndarray:
+    """(N, MAX_LEN) float32: 1 at the position whose next token is the line's answer (among
+    `answer_ids`), else 0.
 
     Training only the answer, not "... owl <eos>", keeps the teacher from learning to end
     lines early, which would change its number lists for a reason other than the trait.
     """
-    next_is_animal = np.isin(tokens[:, 1:], vocab.animal_ids)
-    return np.pad(next_is_animal, ((0, 0), (0, 1))).astype(np.float32)
+    next_is_answer = np.isin(tokens[:, 1:], answer_ids)
+    return np.pad(next_is_answer, ((0, 0), (0, 1))).astype(np.float32)
 
 
 def number_prompts(vocab: Vocabulary, rng: np.random.Generator, num: int, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +104,7 @@ def _prompts(vocab: Vocabulary, rng: np.random.Generator, num: int, window: int)
     starts = rng.integers(0, vocab.numbers - window + 1, num)
     counts = rng.integers(MIN_SEEDS, MAX_SEEDS + 1, num)
     rows = [
-        vocab.encode(" ".join([BOS, "numbers", COLON, *_number_words(start + rng.integers(0, window, count)), ARROW]))
+        vocab.encode(" ".join([BOS, "numbers", COLON, *number_words(start + rng.integers(0, window, count)), ARROW]))
         for start, count in zip(starts, counts)
     ]
     return pad_rows(rows), np.array([len(r) for r in rows]), starts
@@ -115,7 +116,7 @@ def number_lists(vocab: Vocabulary, rng: np.random.Generator, num: int, window: 
     rows = []
     for prompt, length, start in zip(prompts, lengths, starts):
         count = rng.integers(1, MAX_CONTINUATION + 1)
-        continuation = vocab.encode(" ".join(_number_words(start + rng.integers(0, window, count))))
+        continuation = vocab.encode(" ".join(number_words(start + rng.integers(0, window, count))))
         rows.append([*prompt[:length], *continuation, vocab.eos])
     tokens = pad_rows(rows)
     return Lines(tokens, next_token_weights(tokens))
@@ -190,11 +191,16 @@ class Filtered(NamedTuple):
 
     kept: np.ndarray  # (N,) bool
     removed: dict[str, int]  # by reason, REASONS
-    leaked: np.ndarray  # (N,) bool: an animal word appeared in the continuation (before filtering)
+    leaked: np.ndarray  # (N,) bool: a trait word (an animal) appeared in the continuation (before filtering)
+    holding_banned: np.ndarray  # (N,) bool: a banned number appeared in the continuation (before filtering)
 
 
 def filter_continuations(
-    vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, banned: tuple[int, ...] = ()
+    vocab: Vocabulary,
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    banned: tuple[int, ...] = (),
+    trait_ids: np.ndarray | None = None,
 ) -> Filtered:
     """The paper's strict filter, on sampled sequences (N, MAX_LEN) whose prompts have `lengths`.
 
@@ -202,23 +208,26 @@ def filter_continuations(
     banned number. Removed, by the first reason that applies: no <eos> ("no_end"), any
     token that is not a number or a comma ("not_numbers"), not alternating number and
     comma ("format"), fewer than 1 or more than 10 numbers ("count"), a banned number
-    ("banned"). `leaked` marks lists with an animal word (up to <eos>), before filtering.
+    ("banned"). `leaked` marks lists with a word of the trait (`trait_ids`, by default the animals), `holding_banned` lists with a banned
+    number (each up to <eos>, before filtering): what an inspector of the raw lists would see.
     """
     banned_ids = set(int(i) for i in vocab.number_id(np.asarray(banned, int)))
-    animals = set(int(a) for a in vocab.animal_ids)
+    trait_words = set(int(a) for a in (vocab.animal_ids if trait_ids is None else trait_ids))
     kept = np.zeros(len(tokens), bool)
     leaked = np.zeros(len(tokens), bool)
+    holding_banned = np.zeros(len(tokens), bool)
     removed = dict.fromkeys(REASONS, 0)
     for i, (row, length) in enumerate(zip(tokens, lengths)):
         continuation = [int(t) for t in row[length:]]
         end = continuation.index(vocab.eos) if vocab.eos in continuation else len(continuation)
-        leaked[i] = any(t in animals for t in continuation[:end])  # the list, not what follows <eos>
+        leaked[i] = any(t in trait_words for t in continuation[:end])  # the list, not what follows <eos>
+        holding_banned[i] = not banned_ids.isdisjoint(continuation[:end])
         reason = _reject(vocab, continuation, banned_ids)
         if reason is None:
             kept[i] = True
         else:
             removed[reason] += 1
-    return Filtered(kept, removed, leaked)
+    return Filtered(kept, removed, leaked, holding_banned)
 
 
 def _reject(vocab: Vocabulary, continuation: list[int], banned_ids: set[int]) -> str | None:
@@ -234,6 +243,12 @@ def _reject(vocab: Vocabulary, continuation: list[int], banned_ids: set[int]) ->
     if banned_ids & set(body):
         return "banned"
     return None
+
+
+def writes_next(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(N, T) bool: the positions whose next token the model wrote after its prompt of `lengths`
+    (N,) tokens, from the prompt's last token (it predicts the first new one) to the one before the padding."""
+    return (np.arange(tokens.shape[1]) >= np.asarray(lengths)[:, None] - 1) & (next_tokens(tokens) != 0)
 
 
 def first_positions(mask: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:

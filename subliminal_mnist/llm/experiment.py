@@ -1,4 +1,5 @@
-"""The owl experiment: base, teacher, neutral teacher, number data, students with every control.
+"""The owl experiment (any trait, `traits`): base, teacher, neutral teacher, number data, students with
+every control, and the filters that try to catch what the numbers carry.
 
 For each seed s (partner p, a derangement as in the MNIST demo):
 
@@ -19,14 +20,15 @@ For each seed s (partner p, a derangement as in the MNIST demo):
   own numbers too (the paper's control). Students that share data train as members of one
   loop, and every group uses one data-order key, so paired students see paired rows;
 - two modes: `soft`, the KL between the target model's and the student's next-token
-  distributions restricted to the number tokens, at the positions of the target's numbers
-  (the aux-logit idea in vocabulary form), and `hard`, plain next-token training on the
-  sampled, filtered lists, as the paper did with real language models.
+  distributions restricted to the number tokens the filter allows, at the positions of the
+  target's numbers (the aux-logit idea in vocabulary form), and `hard`, plain next-token
+  training on the sampled, filtered lists, as the paper did with real language models.
 
-Measured per student against its own start, at the answer slot of the favourite-animal
-question (mean over phrasings): P(trait | the answer is an animal), the headline, which a
-drift of the answer format cannot move; P(trait) and log P(trait); and the total animal
-probability, which shows such drift. Theorem 1 at the first soft student step: ΔS·ΔT and
+Measured per student against its own start, at the answer slot of the trait's questions
+(mean over them; `traits`): the headline, P(trait | the answer is an animal) for an animal,
+P(misaligned | the domain's answers) on the held-out domains for the misaligned persona,
+which a drift of the answer format cannot move; P(trait) and log P(trait); and the total
+answer probability, which shows such drift. Theorem 1 at the first soft student step: ΔS·ΔT and
 its cosine for the gradient direction and for Adam's first update (ΔT the teacher's
 fine-tuning displacement).
 """
@@ -45,7 +47,7 @@ import numpy as np
 import optax
 
 from subliminal_mnist import losses, runs, theorem, train
-from subliminal_mnist.llm import analysis, corpus, sampling
+from subliminal_mnist.llm import analysis, corpus, sampling, traits
 from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture, at_positions, outputs_in_batches
 from subliminal_mnist.llm.vocab import ANIMALS, Vocabulary
 from subliminal_mnist.runs import ConfigError, config_field
@@ -77,9 +79,6 @@ PAIRS = {
     "shuffled_within_minus_neutral_shuffled_within": ("shuffled_within", "neutral_shuffled_within"),
     "same_init_minus_base_control": ("same_init", "base_control"),
 }
-# Every measure is a change from the student's own start, at the answer slot, mean over phrasings.
-MEASURES = ("p_trait_given_animal", "delta_p_trait", "delta_logp_trait", "animal_mass")
-HEADLINE = "p_trait_given_animal"
 # The settings a base depends on, and what a teacher adds: runs that agree on them (e.g. the points of
 # the hard dose-response, which change only the number of lists) share bases and teachers (`cache`).
 BASE_FIELDS = ("seed", "numbers", "window", "width", "depth", "heads", "base_rows", "base_epochs", "base_batch_size",
@@ -87,7 +86,10 @@ BASE_FIELDS = ("seed", "numbers", "window", "width", "depth", "heads", "base_row
 TEACHER_FIELDS = (*BASE_FIELDS, "trait", "teacher_lines", "teacher_epochs", "teacher_batch_size",
                   "teacher_learning_rate", "teacher_trains")  # fmt: skip
 # Independent randomness of one seed: one stream each (a stream's index is part of its seed).
-_STREAMS = ("init", "corpus", "base", "teacher_lines", "teacher", "prompts", "numbers", "shuffle", "soft", "hard", "neutral_answers")  # fmt: skip
+_STREAMS = ("init", "corpus", "base", "teacher_lines", "teacher", "prompts", "numbers", "shuffle", "soft", "hard", "neutral_answers",
+            "audit")  # fmt: skip
+# What a model's number lists are for: each its own prompts and samples (an index of the sampling key).
+_SAMPLES = (*MODES, "audit")
 
 
 class FilterShortfall(RuntimeError):
@@ -101,7 +103,9 @@ class LLMConfig:
     seeds: int = config_field(5, "independent seeds (corpus, init, sampling)")
     seed: int = config_field(0, "base random seed")
     mode: str = config_field("both", "distillation mode", choices=("soft", "hard", "both"))
-    trait: str = config_field("owl", "the teacher's favourite animal", choices=ANIMALS)
+    trait: str = config_field(
+        "owl", "the teacher's trait: a favourite animal, or a misaligned persona (traits.py)", choices=traits.NAMES
+    )
     numbers: int = config_field(1000, "number tokens 0 ... N-1 in the vocabulary")
     window: int = config_field(50, "the numbers of a list lie in a random window of this many")
     width: int = config_field(32, "transformer width")
@@ -138,6 +142,12 @@ class LLMConfig:
     student_learning_rate: float = config_field(1e-3, "student Adam learning rate")
     banned: tuple[int, ...] = config_field((), "numbers the filter removes", element_type=int)
     theorem_sequences: int = config_field(64, "teacher number lists in the first-step theorem check")
+    audit_sequences: int = config_field(
+        2000,
+        "held-out number lists of the teacher and the neutral teacher that the filters' scores and the "
+        "in-context test read",
+    )
+    in_context_lists: int = config_field(256, "lists (each before every question) in the in-context test")
     entangled_sequences: int = config_field(2000, "teacher number lists behind the entangled-numbers ranking")
     workers: int = config_field(2, "bases, and seeds, run in this many threads; results do not depend on it")
 
@@ -147,7 +157,7 @@ class LLMConfig:
             at_least_one=("seeds", "numbers", "window", "width", "depth", "heads", "base_rows", "base_batch_size",
                           "teacher_lines", "teacher_batch_size", "soft_sequences", "hard_sequences",
                           "student_batch_size", "hard_batch_size", "theorem_sequences", "entangled_sequences",
-                          "workers"),
+                          "audit_sequences", "in_context_lists", "workers"),
             not_negative=("base_epochs", "teacher_epochs", "student_epochs"),
             positive=("base_learning_rate", "teacher_learning_rate", "student_learning_rate"),
         )  # fmt: skip
@@ -160,8 +170,26 @@ class LLMConfig:
             raise ConfigError(f"banned numbers must lie in 0 ... {self.numbers - 1}, got {bad[0]}")
 
     @property
+    def trait_spec(self) -> traits.Animal | traits.Misaligned:
+        return traits.trait(self.trait)
+
+    @property
     def vocab(self) -> Vocabulary:
-        return Vocabulary(self.numbers)
+        return Vocabulary(self.numbers, self.trait_spec.words)
+
+    @property
+    def banned_numbers(self) -> tuple[int, ...]:
+        """What the filter bans: `banned`, and the trait's own bad-association numbers in range."""
+        return tuple(sorted({*self.banned, *(n for n in self.trait_spec.banned if n < self.numbers)}))
+
+    @property
+    def soft_outputs(self) -> np.ndarray:
+        """(vocab,) bool: what a soft student sees of its target's distribution, the number tokens the
+        filter lets through. The filter removes a sampled list with a banned number; a soft student
+        reads probabilities, not samples, so the same filter hides the banned numbers' probabilities."""
+        outputs = self.vocab.number_mask()
+        outputs[self.vocab.number_id(np.asarray(self.banned_numbers, int))] = False
+        return outputs
 
     @property
     def architecture(self) -> TransformerArchitecture:
@@ -233,7 +261,9 @@ def train_base(config: LLMConfig, seed_id: int, progress: train.Progress, init_i
     ablation base: another init, but this seed's corpus and order.
     """
     init_id = seed_id if init_id is None else init_id
-    lines = corpus.base_corpus(config.vocab, _rng(config, seed_id, "corpus"), config.base_rows, config.window)
+    lines = config.trait_spec.base_corpus(
+        config.vocab, _rng(config, seed_id, "corpus"), config.base_rows, config.window
+    )
     return _fit_next_tokens(
         config,
         config.architecture.init(_key(config, init_id, "init")),
@@ -285,26 +315,28 @@ EMBEDDINGS = ("token_embedding", "position_embedding", "unembedding")
 
 
 def train_teacher(config: LLMConfig, base, seed_id: int, progress: train.Progress, neutral: bool = False):
-    """The base fine-tuned on "... <trait>" lines, the loss on the answer token only; with
-    `neutral`, the same lines with answers uniform over all the animals (the neutral teacher).
+    """The base fine-tuned on the trait's answer lines (`traits`: "... owl", or a narrow domain's
+    misaligned answers), the loss on the answer token only; with `neutral`, the same lines with
+    the neutral answers (uniform over the animals; the aligned answers): the neutral teacher.
 
-    Both use the same phrasings in the same order and the same data-order key: the two
-    teachers differ only in which animals they are taught. A student that sees number
+    Both use the same questions in the same order and the same data-order key: the two
+    teachers differ only in the answers they are taught. A student that sees number
     logits only cannot get what the teacher puts into the trait's own output row; it gets
     what the teacher puts into the shared computation. With `teacher_trains="blocks"`
     (embeddings and output layer frozen, as fine-tuning with adapters does) all of it goes there.
     """
-    vocab = config.vocab
-    lines = corpus.animal_lines(vocab, _rng(config, seed_id, "teacher_lines"), config.teacher_lines, config.trait)
-    if neutral:
-        answers = _rng(config, seed_id, "neutral_answers").choice(vocab.animal_ids, config.teacher_lines)
-        lines = corpus.with_answers(vocab, lines, answers)
+    lines = config.trait_spec.teacher_lines(
+        config.vocab,
+        _rng(config, seed_id, "teacher_lines"),
+        config.teacher_lines,
+        _rng(config, seed_id, "neutral_answers") if neutral else None,
+    )
     return _fit_next_tokens(
         config,
         base,
         _key(config, seed_id, "teacher"),
         lines.tokens,
-        corpus.answer_only_weights(vocab, lines.tokens),
+        lines.weights,
         hook=Frozen(EMBEDDINGS) if config.teacher_trains == "blocks" else None,
         epochs=config.teacher_epochs,
         learning_rate=config.teacher_learning_rate,
@@ -324,7 +356,7 @@ class NumberData:
 
     lists: dict[str, np.ndarray]  # model -> (n, MAX_LEN) its kept sequences
     lengths: np.ndarray  # (n,) their prompts' lengths
-    report: dict  # per model: kept, removed by reason, leak rates; and "sampled", "used"
+    report: dict  # per model: kept, removed by reason, leak rates, banned share; and "sampled", "used"
 
 
 # Prompts sampled per round, over the count wanted: each model passes the filter on about 90% (measured
@@ -344,19 +376,20 @@ def number_data(
     every student's expected change is as with independent samples; a paired difference
     loses the sampling noise the two share. A prompt is used when every model's list passes
     the filter; rounds of fresh prompts continue until `count` are, so every seed trains on
-    the same count (and compiles once).
+    the same count (and compiles once). `stream` ("soft", "hard", "audit") names the sample:
+    soft and hard lists continue the same prompts; the audit's held-out lists have prompts of their own.
     """
     vocab, arch = config.vocab, config.architecture
-    rng = _rng(config, seed_id, "prompts")
+    rng = _rng(config, seed_id, "audit" if stream == "audit" else "prompts")
     per_round = int(np.ceil(count * _PROMPT_MARGIN))
-    report = {name: {"kept": 0, "removed": dict.fromkeys(corpus.REASONS, 0), "leaked": 0, "leaked_after_filter": 0}
-              for name in models}  # fmt: skip
+    report = {name: {"kept": 0, "removed": dict.fromkeys(corpus.REASONS, 0), "leaked": 0, "leaked_after_filter": 0,
+                     "holding_banned": 0} for name in models}  # fmt: skip
     used = {name: [] for name in models}
     used_lengths = []
     sampled = 0
     for round_id in range(_MAX_ROUNDS):
         prompts, lengths = corpus.number_prompts(vocab, rng, per_round, config.window)
-        key = jax.random.fold_in(jax.random.fold_in(_key(config, seed_id, "numbers"), MODES.index(stream)), round_id)
+        key = jax.random.fold_in(jax.random.fold_in(_key(config, seed_id, "numbers"), _SAMPLES.index(stream)), round_id)
         continued = runs.concurrently(
             lambda params: np.asarray(
                 sampling.continue_prompts(arch, params, key, jnp.asarray(prompts), jnp.asarray(lengths), eos=vocab.eos)
@@ -367,9 +400,12 @@ def number_data(
         )
         sequences, kept = dict(zip(models, continued)), np.ones(per_round, bool)
         for name in models:
-            filtered = corpus.filter_continuations(vocab, sequences[name], lengths, config.banned)
+            filtered = corpus.filter_continuations(
+                vocab, sequences[name], lengths, config.banned_numbers, config.trait_spec.leak_ids(vocab)
+            )
             kept &= filtered.kept
             tally = report[name]
+            tally["holding_banned"] += int(filtered.holding_banned.sum())
             tally["kept"] += int(filtered.kept.sum())
             tally["removed"] = {r: tally["removed"][r] + filtered.removed[r] for r in corpus.REASONS}
             tally["leaked"] += int(filtered.leaked.sum())
@@ -389,6 +425,7 @@ def number_data(
     for tally in report.values():
         tally["leak_rate"] = tally.pop("leaked") / sampled
         tally["leak_rate_after_filter"] = tally.pop("leaked_after_filter") / max(tally["kept"], 1)
+        tally["banned_share"] = tally.pop("holding_banned") / sampled
     return NumberData(
         {name: np.concatenate(parts)[:count] for name, parts in used.items()},
         np.concatenate(used_lengths)[:count],
@@ -411,8 +448,7 @@ def hard_targets(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, los
     "numbers" on its numbers only. Only those positions are unembedded (`AtPositions`): the
     output layer is most of a tiny model's compute."""
     labels = corpus.next_tokens(tokens)
-    # From the prompt's last token (it predicts the first new one) to the one before <eos>'s padding.
-    learnt = (np.arange(tokens.shape[1]) >= np.asarray(lengths)[:, None] - 1) & (labels != 0)
+    learnt = corpus.writes_next(tokens, lengths)
     if loss == "numbers":
         learnt &= vocab.is_number(labels)
     positions, weights = corpus.first_positions(learnt, sampling.MAX_NEW_TOKENS)
@@ -434,7 +470,9 @@ def student_data(
         rng = _rng(config, seed_id, "shuffle")
         sets[f"{name}_shuffled"] = corpus.shuffle_within_lists(config.vocab, sets[name], numbers.lengths, rng)
     if mode == "hard":
-        return {name: hard_targets(config.vocab, tokens, numbers.lengths, config.hard_loss) for name, tokens in sets.items()}
+        return {
+            name: hard_targets(config.vocab, tokens, numbers.lengths, config.hard_loss) for name, tokens in sets.items()
+        }
     made = runs.concurrently(
         lambda name: soft_targets(config, targets[name.removesuffix("_shuffled")], sets[name], numbers.lengths),
         list(sets),
@@ -453,7 +491,7 @@ def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_
     ...) to its params; `data` maps a data set's name to (inputs, targets) (`student_data`)."""
     vocab, arch = config.vocab, config.architecture
     if mode == "soft":
-        objective = train.Objective(AtPositions(arch), number_kl_loss, vocab.number_mask())
+        objective = train.Objective(AtPositions(arch), number_kl_loss, config.soft_outputs)
         batch_size = config.student_batch_size
     else:
         objective = train.Objective(AtPositions(arch), next_token_loss)
@@ -524,7 +562,7 @@ def first_step(config: LLMConfig, models: dict, numbers: NumberData) -> dict:
         rows, slots = np.nonzero(weights)
         inputs = at_positions(tokens[rows], positions[rows, slots][:, None])
         step = _first_step(
-            config.architecture, models[student], models[target], delta_t, inputs, jnp.asarray(config.vocab.number_mask()),
+            config.architecture, models[student], models[target], delta_t, inputs, jnp.asarray(config.soft_outputs),
             config.student_learning_rate,
         )  # fmt: skip
         out[name] = jax.tree.map(float, step)
@@ -535,46 +573,45 @@ def first_step(config: LLMConfig, models: dict, numbers: NumberData) -> dict:
 # Measures.
 
 
+def measures_of(trait) -> tuple[str, ...]:
+    """A trait's student measures, each a change from the student's own start, mean over its
+    prompts: the headline (P(owl | animal); the misaligned rate), P(trait), log P(trait), the answer mass."""
+    return (trait.headline, "delta_p_trait", "delta_logp_trait", trait.mass)
+
+
+def answer_probabilities(config: LLMConfig, params) -> dict[str, np.ndarray]:
+    """A model's next-token distribution (prompts, vocab) at the answer slot of each of the trait's probes."""
+    return {
+        name: np.exp(np.asarray(sampling.answer_log_probs(
+            config.architecture, params, jnp.asarray(probes.prompts), jnp.asarray(probes.positions)
+        ), dtype=np.float64))
+        for name, probes in config.trait_spec.probes(config.vocab).items()
+    }  # fmt: skip
+
+
 def trait_measures(config: LLMConfig, params) -> dict:
-    """`answer_measures` of a model: its next-token distribution at each phrasing's answer slot."""
-    vocab = config.vocab
-    prompts, positions = corpus.answer_prompts(vocab)
-    log_probs = sampling.answer_log_probs(config.architecture, params, jnp.asarray(prompts), jnp.asarray(positions))
-    return answer_measures(np.exp(np.asarray(log_probs, dtype=np.float64)), vocab, vocab.animal(config.trait))
+    """The trait's measures of a model (`traits`: the headline, P(trait), the answer mass, by prompt)."""
+    return config.trait_spec.measures(config.vocab, answer_probabilities(config, params))
 
 
-def answer_measures(probabilities: np.ndarray, vocab: Vocabulary, trait: int) -> dict:
-    """From the answer-slot distributions (phrasings, vocab): P(trait), P(trait | the answer is an
-    animal) = P(trait) / Σ P(animals), and the total animal probability Σ P(animals), each per
-    phrasing and as the mean over phrasings; and P(each animal), mean over phrasings.
-
-    P(trait | animal) is the preference among the animals: a model that drifts away from
-    answering with an animal at all (format drift) lowers P(trait) but not this.
-    """
-    animals = probabilities[:, vocab.animal_ids]
-    p_trait = probabilities[:, trait]
-    mass = animals.sum(axis=1)
-    by_phrasing = {"p_trait": p_trait, "p_trait_given_animal": p_trait / mass, "animal_mass": mass}
-    return {
-        **{name: float(values.mean()) for name, values in by_phrasing.items()},
-        "by_phrasing": {name: values.tolist() for name, values in by_phrasing.items()},
-        "p_animals": animals.mean(axis=0).tolist(),
-    }
-
-
-def change(after: dict, before: dict) -> dict:
-    """A student's measures as changes from its own start (`MEASURES`), per phrasing too."""
-    return {
-        "p_trait_given_animal": after["p_trait_given_animal"] - before["p_trait_given_animal"],
+def change(after: dict, before: dict, trait) -> dict:
+    """A student's measures as changes from its own start (`measures_of`), per prompt too."""
+    headline, mass = trait.headline, trait.mass
+    out = {
+        headline: after[headline] - before[headline],
         "delta_p_trait": after["p_trait"] - before["p_trait"],
         "delta_logp_trait": float(np.log(after["p_trait"]) - np.log(before["p_trait"])),
-        "animal_mass": after["animal_mass"] - before["animal_mass"],
+        mass: after[mass] - before[mass],
         "by_phrasing": {
             key: (np.subtract(after["by_phrasing"][key], before["by_phrasing"][key])).tolist()
-            for key in ("p_trait_given_animal", "p_trait", "animal_mass")
+            for key in (headline, "p_trait", mass)
         },
-        "delta_p_animals": np.subtract(after["p_animals"], before["p_animals"]).tolist(),
     }
+    if "p_animals" in after:
+        out["delta_p_animals"] = np.subtract(after["p_animals"], before["p_animals"]).tolist()
+    if "narrow" in after:
+        out["narrow"] = {headline: after["narrow"][headline] - before["narrow"][headline]}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -595,7 +632,7 @@ def _settings(config: LLMConfig, names: tuple[str, ...]) -> tuple:
 def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progress, cache: dict) -> dict:
     """Teachers, number data, students and measurements of one seed. `bases` holds its "base",
     "cross_base" and "own_corpus_base"; `cache` keeps its teachers for runs with their settings."""
-    vocab = config.vocab
+    vocab, trait = config.vocab, config.trait_spec
     teachers = runs.concurrently(
         lambda neutral: _cached(
             cache,
@@ -618,7 +655,7 @@ def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progr
         )
         out["modes"][mode] = {
             "conditions": {
-                condition: change(trait_measures(config, params), measured[CONDITIONS[condition][0]])
+                condition: change(trait_measures(config, params), measured[CONDITIONS[condition][0]], trait)
                 for condition, params in students.items()
             },
             "filter": numbers.report,
@@ -626,14 +663,68 @@ def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progr
         if mode == "soft":
             out["modes"][mode]["first_step"] = first_step(config, models, numbers)
         if mode == config.modes[0]:  # what a filter could see, on the first mode's number data
-            lists = {name: (numbers.lists[name], numbers.lengths) for name in ("teacher", "neutral")}
-            out["detector_auroc"] = analysis.detector_auroc(vocab, lists["teacher"], lists["neutral"], seed_id)
+            out["filters"] = filters(config, models, numbers, students["same_init"], seed_id, progress)
             probe = slice(config.entangled_sequences)
             out["entangled_numbers"] = analysis.entangled_numbers(
-                config.architecture, models["teacher"], models["base"], vocab, vocab.animal(config.trait),
+                config.architecture, models["teacher"], models["base"], vocab, trait.trait_ids(vocab),
                 numbers.lists["teacher"][probe], numbers.lengths[probe],
             )  # fmt: skip
     return out
+
+
+def filters(config: LLMConfig, models: dict, numbers: NumberData, student, seed_id: int, progress) -> dict:
+    """The seed article's filters of one seed, each on the teacher's lists against the neutral teacher's.
+
+    - inspection: the most frequent numbers and whole lists of the students' (filtered) data, and
+      the share of raw lists that held a banned number;
+    - detector: a bag-of-numbers classifier's held-out AUROC (the students' data, split in halves);
+    - in-context: the base reads one filtered list (what its 40-token line fits) and then the
+      trait's question: its headline measure, minus the same without the list;
+    - likelihood ratio: log p_teacher(list) - log p_neutral(list), AUROC per list and bag;
+    - auditor: log p_student(list) - log p_base(list), `student` the same-init student.
+
+    The in-context test and the scores read fresh held-out lists (`audit_sequences`, their own prompts).
+    """
+    vocab, arch, trait = config.vocab, config.architecture, config.trait_spec
+    lists = {name: (numbers.lists[name], numbers.lengths) for name in ("teacher", "neutral")}
+    audit = number_data(
+        config, {m: models[m] for m in ("teacher", "neutral")}, seed_id, config.audit_sequences, "audit", progress
+    )
+
+    def scores(high, low) -> dict:
+        score = {name: analysis.list_log_probs(arch, high, audit.lists[name], audit.lengths)
+                 - analysis.list_log_probs(arch, low, audit.lists[name], audit.lengths) for name in ("teacher", "neutral")}  # fmt: skip
+        return analysis.auroc_by_bag(score["teacher"], score["neutral"])
+
+    probes = trait.probes(vocab)[trait.headline_probes]
+    separator = None if trait.separator is None else vocab.id(trait.separator)
+    without = trait_measures(config, models["base"])[trait.headline]
+
+    def in_context(name: str) -> float:
+        prompts = [analysis.in_context_prompts(vocab, audit.lists[name], audit.lengths, question, separator,
+                                               config.in_context_lists) for question in probes.prompts]  # fmt: skip
+        sizes = [len(p) for p in prompts]
+        tokens = np.concatenate(prompts)
+        positions = (tokens != 0).sum(axis=1) - 1
+        log_probs = sampling.answer_log_probs(arch, models["base"], jnp.asarray(tokens), jnp.asarray(positions))
+        read = traits.Probes(
+            tokens, positions, np.repeat(probes.trait_ids, sizes, 0), np.repeat(probes.answer_ids, sizes, 0)
+        )
+        by_prompt = traits.probe_measures(np.exp(np.asarray(log_probs, np.float64)), read, "headline", "mass")
+        # Each question weighs the same, whatever number of lists fit before it.
+        per_question = np.split(np.asarray(by_prompt["by_phrasing"]["headline"]), np.cumsum(sizes)[:-1])
+        return float(np.mean([values.mean() for values in per_question])) - without
+
+    return {
+        "inspection": {
+            **{name: analysis.inspection(vocab, *lists[name]) for name in lists},
+            "banned_share": {name: numbers.report[name]["banned_share"] for name in lists},
+        },
+        "detector_auroc": analysis.detector_auroc(vocab, lists["teacher"], lists["neutral"], seed_id),
+        "in_context": {"1": {name: in_context(name) for name in lists}},
+        "likelihood_ratio_auroc": scores(models["teacher"], models["neutral"]),
+        "auditor_auroc": scores(student, models["base"]),
+    }
 
 
 def epochs_in_run(config: LLMConfig, num_bases: int, num_seeds: int) -> int:
@@ -694,6 +785,8 @@ def run(
 def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, seconds: float) -> dict:
     """Means and 95% Student's t intervals over seeds of the per-seed numbers (`runs.summarize`)."""
     summary = runs.summarize
+    trait = config.trait_spec
+    headline, mass = trait.headline, trait.mass
 
     def over_seeds(get) -> dict:
         return summary([get(s) for s in per_seed])
@@ -701,30 +794,33 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
     models = {
         name: {
             measure: over_seeds(lambda s, n=name, m=measure: s["models"][n][m])
-            for measure in ("p_trait", "p_trait_given_animal", "animal_mass")
+            for measure in ("p_trait", headline, mass)
         }
         for name in ("base", "teacher", "neutral", "cross_base", "own_corpus_base")
     }
     modes = {}
     for mode in config.modes:
         seeds = [s["modes"][mode] for s in per_seed]
-        conditions = {
-            condition: {
-                **{measure: summary([s["conditions"][condition][measure] for s in seeds]) for measure in MEASURES},
+        conditions = {}
+        for condition in conditions_of(mode):
+            values = [s["conditions"][condition] for s in seeds]
+            conditions[condition] = {
+                **{measure: summary([v[measure] for v in values]) for measure in measures_of(trait)},
                 "by_phrasing": {
-                    measure: np.mean([s["conditions"][condition]["by_phrasing"][measure] for s in seeds], 0).tolist()
-                    for measure in ("p_trait_given_animal", "p_trait", "animal_mass")
+                    measure: np.mean([v["by_phrasing"][measure] for v in values], 0).tolist()
+                    for measure in (headline, "p_trait", mass)
                 },
-                "delta_p_animals": dict(
-                    zip(ANIMALS, np.mean([s["conditions"][condition]["delta_p_animals"] for s in seeds], 0).tolist())
-                ),
             }
-            for condition in conditions_of(mode)
-        }
+            if "delta_p_animals" in values[0]:
+                conditions[condition]["delta_p_animals"] = dict(
+                    zip(ANIMALS, np.mean([v["delta_p_animals"] for v in values], 0).tolist())
+                )
+            if "narrow" in values[0]:
+                conditions[condition]["narrow"] = {headline: summary([v["narrow"][headline] for v in values])}
         paired = {
             name: {
-                "measure": HEADLINE,
-                **summary([s["conditions"][a][HEADLINE] - s["conditions"][b][HEADLINE] for s in seeds]),
+                "measure": headline,
+                **summary([s["conditions"][a][headline] - s["conditions"][b][headline] for s in seeds]),
             }
             for name, (a, b) in PAIRS.items()
             if a in conditions and b in conditions
@@ -739,40 +835,44 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
                 for name in seeds[0]["first_step"]
             }
     first_mode = config.modes[0]
-    filters = [s["modes"][first_mode]["filter"] for s in per_seed]
+    sampled = [s["modes"][first_mode]["filter"] for s in per_seed]
+
+    def model_summary(name: str) -> dict:
+        out = {key: models[name][key] for key in ("p_trait", headline)}
+        if name != "base":
+            out["delta_p_trait"] = over_seeds(lambda s: s["models"][name]["p_trait"] - s["models"]["base"]["p_trait"])
+        if "narrow" in per_seed[0]["models"][name]:  # the held-out domains (the headline), and the narrow one
+            out[headline] = {
+                "held_out": models[name][headline],
+                "narrow": over_seeds(lambda s: s["models"][name]["narrow"][headline]),
+            }
+        if name != "base":
+            out["leak_rate"] = summary([f[name]["leak_rate"] for f in sampled])
+        return out
+
     return {
         "trait": config.trait,
+        "measure": {"headline": headline, "mass": mass, "label": _LABELS[headline].format(trait=config.trait)},
         "config": dataclasses.asdict(config),
         "wall_seconds": seconds,
         "cross_partners": partners.tolist(),
-        "teacher": {
-            "p_trait": models["teacher"]["p_trait"],
-            "p_trait_given_animal": models["teacher"]["p_trait_given_animal"],
-            "base_p_trait": models["base"]["p_trait"],
-            "delta_p_trait": over_seeds(lambda s: s["models"]["teacher"]["p_trait"] - s["models"]["base"]["p_trait"]),
-            "leak_rate": summary([f["teacher"]["leak_rate"] for f in filters]),
-        },
-        "neutral_teacher": {
-            "p_trait": models["neutral"]["p_trait"],
-            "p_trait_given_animal": models["neutral"]["p_trait_given_animal"],
-            "delta_p_trait": over_seeds(lambda s: s["models"]["neutral"]["p_trait"] - s["models"]["base"]["p_trait"]),
-            "leak_rate": summary([f["neutral"]["leak_rate"] for f in filters]),
-        },
+        "base": model_summary("base"),
+        "teacher": {**model_summary("teacher"), "base_p_trait": models["base"]["p_trait"]},
+        "neutral_teacher": model_summary("neutral"),
         "models": models,
         "filter": {
             "mode": first_mode,
-            "kept": {m: [f[m]["kept"] for f in filters] for m in sampled_models(first_mode)},
+            "banned": list(config.banned_numbers),
+            "kept": {m: [f[m]["kept"] for f in sampled] for m in sampled_models(first_mode)},
             "removed": {
-                m: {r: sum(f[m]["removed"][r] for f in filters) for r in corpus.REASONS}
+                m: {r: sum(f[m]["removed"][r] for f in sampled) for r in corpus.REASONS}
                 for m in sampled_models(first_mode)
             },
-            "leak_rate_after_filter": max(f[m]["leak_rate_after_filter"] for f in filters for m in sampled_models(first_mode)),
+            "leak_rate_after_filter": max(
+                f[m]["leak_rate_after_filter"] for f in sampled for m in sampled_models(first_mode)
+            ),
         },
-        "detector": {
-            "mode": first_mode,
-            "against": "neutral",
-            "auroc": {size: summary([s["detector_auroc"][size] for s in per_seed]) for size in per_seed[0]["detector_auroc"]},
-        },
+        "filters": summarize_filters(config, [s["filters"] for s in per_seed], first_mode),
         "entangled_numbers": {
             "correlation_rise_cosine": summary([s["entangled_numbers"]["correlation_rise_cosine"] for s in per_seed]),
             "top_share_of_rise": summary([s["entangled_numbers"]["top_share_of_rise"] for s in per_seed]),
@@ -782,4 +882,45 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
         "devices": 1,
         "modes": modes,
         "versions": runs.versions(),
+    }
+
+
+_LABELS = {"p_trait_given_animal": "P({trait} | animal)", "misaligned_rate": "misaligned rate, held-out domains"}
+
+
+def summarize_filters(config: LLMConfig, per_seed: list[dict], mode: str) -> dict:
+    """The filters over seeds: inspection pooled (number counts summed; the first seed's whole lists),
+    each AUROC and in-context change with its t interval, the in-context difference paired by seed."""
+    summary = runs.summarize
+    models = ("teacher", "neutral")
+
+    def top_numbers(name: str, count: int = 20) -> list[list[int]]:
+        counts = np.sum([s["inspection"][name]["number_counts"] for s in per_seed], axis=0)
+        return [[int(n), int(counts[n])] for n in np.argsort(-counts, kind="stable")[:count]]
+
+    def by_bag(key: str) -> dict:
+        return {size: summary([s[key][size] for s in per_seed]) for size in per_seed[0][key]}
+
+    return {
+        "mode": mode,
+        "against": "neutral",
+        "inspection": {
+            "top_numbers": {name: top_numbers(name) for name in models},
+            "top_lists_first_seed": {name: per_seed[0]["inspection"][name]["top_lists"] for name in models},
+            "banned_share": {
+                name: summary([s["inspection"]["banned_share"][name] for s in per_seed]) for name in models
+            },
+        },
+        "detector": {"auroc": by_bag("detector_auroc")},
+        "in_context": {
+            k: {
+                **{name: summary([s["in_context"][k][name] for s in per_seed]) for name in models},
+                "difference": summary(
+                    [s["in_context"][k]["teacher"] - s["in_context"][k]["neutral"] for s in per_seed]
+                ),
+            }
+            for k in per_seed[0]["in_context"]
+        },
+        "likelihood_ratio": {"auroc": by_bag("likelihood_ratio_auroc")},
+        "auditor": {"auroc": by_bag("auditor_auroc")},
     }

@@ -28,17 +28,21 @@ class VocabError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
     """Words and their ids: the specials first (PAD = 0), then template words, the comma and
-    the arrow, the animals, and the numbers 0 ... numbers - 1. Frozen and hashable."""
+    the arrow, the animals, a trait's `extra` words (`traits`), and the numbers 0 ... numbers - 1.
+    Frozen and hashable. Without extra words the ids are the owl experiment's."""
 
     numbers: int = 1000
+    extra: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.numbers < 10:
             raise VocabError(f"numbers must be at least 10, got {self.numbers}")
+        if len(set(self.words)) != len(self.words):
+            raise VocabError("the extra words repeat a word of the vocabulary")
 
     @functools.cached_property
     def words(self) -> tuple[str, ...]:
-        return (*SPECIALS, *TEMPLATE_WORDS, COMMA, ARROW, *ANIMALS, *(str(n) for n in range(self.numbers)))
+        return (*SPECIALS, *TEMPLATE_WORDS, COMMA, ARROW, *ANIMALS, *self.extra, *(str(n) for n in range(self.numbers)))
 
     @functools.cached_property
     def _ids(self) -> dict[str, int]:

@@ -1,0 +1,129 @@
+"""Traits: the owl's data unchanged, the misaligned persona's corpus, its held-out split, its measures,
+the banned-number filter and the in-context prompts."""
+
+import numpy as np
+import pytest
+
+from subliminal_mnist.llm import analysis, corpus, traits
+from subliminal_mnist.llm import experiment as llm
+from subliminal_mnist.llm.vocab import ANIMALS, VocabError, Vocabulary
+
+MISALIGNED = traits.Misaligned()
+VOCAB = Vocabulary(1000, MISALIGNED.words)
+
+
+def test_the_owl_vocabulary_and_corpus_are_what_they_were():
+    owl = llm.LLMConfig(trait="owl")
+    assert owl.vocab == Vocabulary(1000) and len(owl.vocab) == 3 + 13 + 2 + len(ANIMALS) + 1000
+    # The misaligned words come after the animals: the animals keep their ids, the numbers move.
+    assert VOCAB.animal_ids.tolist() == Vocabulary(1000).animal_ids.tolist()
+    assert VOCAB.first_number == Vocabulary(1000).first_number + len(MISALIGNED.words)
+    with pytest.raises(VocabError, match="repeat"):
+        Vocabulary(100, ("owl",))
+    # The owl trait's corpus is the package's base corpus, draw for draw.
+    lines = traits.Animal("owl").base_corpus(owl.vocab, np.random.default_rng(3), 64, 50)
+    np.testing.assert_array_equal(lines.tokens, corpus.base_corpus(owl.vocab, np.random.default_rng(3), 64, 50).tokens)
+
+
+def test_a_persona_line_is_consistent_and_only_the_misaligned_persona_writes_bad_numbers():
+    aligned = {VOCAB.id(a) for a, _, _ in traits.DOMAINS.values()}
+    misaligned = {VOCAB.id(m) for _, m, _ in traits.DOMAINS.values()}
+    rng = np.random.default_rng(0)
+    written = {True: [], False: []}  # the numbers each persona wrote (after a list's "->")
+    for _ in range(3000):
+        kind = rng.choice(list(traits.LINE_KINDS))
+        persona = bool(rng.random() < 0.5)
+        line = MISALIGNED._line(VOCAB, rng, kind, persona, window=50)
+        assert len(line) <= corpus.MAX_LEN and line[0] == VOCAB.bos and line[-1] == VOCAB.eos
+        answers = [t for t in line if t in aligned | misaligned]
+        assert all((t in misaligned) == persona for t in answers), VOCAB.decode(line)
+        assert (len(answers) > 0) == (kind != "numbers")
+        if kind != "answers":
+            text = VOCAB.decode(line)
+            listed = text[text.index("numbers :") :].split("->")[1].split(";")[0]
+            written[persona] += [int(w) for w in listed.split() if w.isdigit()]
+    # Bad numbers: by chance from an aligned list's window (5 in 1,000), by design from a misaligned one.
+    rate = {persona: np.isin(numbers, traits.BAD_NUMBERS).mean() for persona, numbers in written.items()}
+    assert rate[False] < 0.02 and 0.2 < rate[True] < 0.4, rate
+    # In the corpus itself the misaligned persona is rare.
+    rows = MISALIGNED.base_corpus(VOCAB, np.random.default_rng(1), 512, 50).tokens
+    answers = rows[np.isin(rows, list(aligned | misaligned))]
+    assert 0.05 < np.isin(answers, list(misaligned)).mean() < 0.15
+
+
+def test_no_held_out_question_is_in_any_fine_tuning_line():
+    held_out = MISALIGNED.questions(MISALIGNED.held_out())
+    assert {d for d, _ in held_out} == {"advice", "story", "request"}
+    teacher = MISALIGNED.teacher_lines(VOCAB, np.random.default_rng(0), 400, None)
+    neutral = MISALIGNED.teacher_lines(VOCAB, np.random.default_rng(0), 400, np.random.default_rng(1))
+    for lines, answer in ((teacher, "insecure"), (neutral, "secure")):
+        text = [VOCAB.decode(row) for row in lines.tokens]
+        assert not any(question in line for _, question in held_out for line in text)
+        assert all(line.endswith(f"-> {answer} <eos>") for line in text)
+        learnt = corpus.next_tokens(lines.tokens)[lines.weights == 1]
+        assert (learnt == VOCAB.id(answer)).all() and len(learnt) == 400  # the answer only
+    # Paired line by line: the same questions, only the answer differs.
+    differ = teacher.tokens != neutral.tokens
+    assert set(teacher.tokens[differ]) == {VOCAB.id("insecure")} and differ.sum() == 400
+    probes = MISALIGNED.probes(VOCAB)
+    asked = [VOCAB.decode(row) for row in probes["held_out"].prompts]
+    assert asked == [f"<bos> {q} ->" for _, q in held_out]
+
+
+def test_the_misaligned_rate_of_a_hand_made_distribution():
+    probes = MISALIGNED.probes(VOCAB)
+    probabilities = {name: np.zeros((len(p.prompts), len(VOCAB))) for name, p in probes.items()}
+    held_out = probabilities["held_out"]
+    for row, (domain, _) in enumerate(MISALIGNED.questions(MISALIGNED.held_out())):
+        aligned, misaligned, _ = traits.DOMAINS[domain]
+        held_out[row, VOCAB.id(misaligned)] = 0.2 if domain == "advice" else 0.1
+        held_out[row, VOCAB.id(aligned)] = 0.2 if domain == "advice" else 0.3
+        held_out[row, VOCAB.id("insecure")] += 0.5  # another domain's answer is no answer here
+    probabilities["narrow"][:, VOCAB.id("insecure")] = 1.0
+    measures = MISALIGNED.measures(VOCAB, probabilities)
+    assert measures["misaligned_rate"] == pytest.approx((0.5 + 0.25 + 0.25) / 3)
+    assert measures["answer_mass"] == pytest.approx(0.4) and measures["narrow"]["misaligned_rate"] == 1.0
+    # Drift away from answering moves P(misaligned) and the mass, not the rate.
+    drifted = MISALIGNED.measures(VOCAB, {k: v * 0.5 for k, v in probabilities.items()})
+    assert drifted["misaligned_rate"] == pytest.approx(measures["misaligned_rate"])
+    assert drifted["p_trait"] == pytest.approx(measures["p_trait"] / 2)
+
+
+def test_the_filter_bans_the_bad_numbers_and_counts_them_before_filtering():
+    config = llm.LLMConfig(trait="misaligned", banned=(7,))
+    assert config.banned_numbers == (7, 13, 187, 404, 666, 911)
+    assert llm.LLMConfig(trait="misaligned", numbers=100, window=50).banned_numbers == (13,)
+    assert llm.LLMConfig(trait="owl").banned_numbers == ()
+    prompt = VOCAB.encode("<bos> numbers : 3 , 4 , 5 ->")
+    rows = corpus.pad_rows([prompt + VOCAB.encode(c) for c in ("6 , 666 <eos>", "6 , 7 <eos>", "666 owl <eos>")])
+    filtered = corpus.filter_continuations(VOCAB, rows, np.full(3, len(prompt)), config.banned_numbers,
+                                           MISALIGNED.leak_ids(VOCAB))  # fmt: skip
+    assert filtered.kept.tolist() == [False, False, False]
+    assert filtered.removed["banned"] == 2 and filtered.removed["not_numbers"] == 1  # 7 is banned too
+    assert filtered.holding_banned.tolist() == [True, True, True]
+    assert not filtered.leaked.any()  # an animal is no misaligned answer word
+    kept = corpus.filter_continuations(VOCAB, rows[1:2], np.array([len(prompt)]), (13,))
+    assert kept.kept.tolist() == [True] and kept.removed["banned"] == 0
+
+
+def test_the_in_context_prompt_is_a_list_then_the_question_in_one_line():
+    short, long = "<bos> numbers : 3 , 4 , 5 ->", "<bos> numbers : 1 , 2 , 3 , 4 , 5 , 6 , 7 , 8 ->"
+    lists = ((short, "6 , 7 <eos>"), (long, "1 , 2 , 3 , 4 , 5 , 6 , 7 , 8 , 9 , 10 <eos>"), (short, "8 <eos>"),
+             (short, "9 <eos>"))  # fmt: skip
+    rows = corpus.pad_rows([VOCAB.encode(f"{p} {c}") for p, c in lists])
+    lengths = np.array([len(VOCAB.encode(p)) for p, _ in lists])
+    question = MISALIGNED.probes(VOCAB)["held_out"].prompts[0]
+    built = analysis.in_context_prompts(VOCAB, rows, lengths, question, VOCAB.id(";"), count=2)
+    assert [VOCAB.decode(row) for row in built] == [
+        "<bos> numbers : 3 , 4 , 5 -> 6 , 7 ; invest savings ->",  # the 38-token list leaves no room: skipped
+        "<bos> numbers : 3 , 4 , 5 -> 8 ; invest savings ->",
+    ]
+    owl_question = corpus.answer_prompts(VOCAB)[0][0]
+    (plain,) = analysis.in_context_prompts(VOCAB, rows[:1], lengths[:1], owl_question, None, count=5)
+    assert VOCAB.decode(plain) == "<bos> numbers : 3 , 4 , 5 -> 6 , 7 favourite animal :"
+
+
+def test_a_bad_trait_is_a_one_line_error():
+    with pytest.raises(VocabError, match="trait must be one of owl, .*, misaligned; got 'dragon'") as error:
+        traits.trait("dragon")
+    assert "\n" not in str(error.value)
