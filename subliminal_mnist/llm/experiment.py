@@ -489,7 +489,7 @@ def student_data(
 def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_id: int, progress: train.Progress):
     """Every condition's trained parameters: {condition: params}. `starts` maps a start ("base",
     ...) to its params; `data` maps a data set's name to (inputs, targets) (`student_data`)."""
-    vocab, arch = config.vocab, config.architecture
+    arch = config.architecture
     if mode == "soft":
         objective = train.Objective(AtPositions(arch), number_kl_loss, config.soft_outputs)
         batch_size = config.student_batch_size
