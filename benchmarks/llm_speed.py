@@ -9,10 +9,11 @@ rate: its matmuls are 32 wide. Then the end-to-end time of the command, with an
 empty compile cache and with a warm one.
 
 Targets on a 2-core CPU: `llm --seeds 1 --mode soft` < 120 s; `llm` (5 seeds, both
-modes) < 15 minutes.
+modes) < 15 minutes; `llm --trait misaligned --seeds 1 --mode soft` < 3 minutes.
 
     python benchmarks/llm_speed.py                      # the quick look
     python benchmarks/llm_speed.py --seeds 5 --mode both --skip-cli
+    python benchmarks/llm_speed.py --trait misaligned
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tempfile
 import jax
 from demo_speed import matmul_gflops, time_command
 
-from subliminal_mnist.llm import corpus, experiment, sampling
+from subliminal_mnist.llm import corpus, experiment, sampling, traits
 
 
 def token_flops(config: experiment.LLMConfig, unembedded: float, context: int = corpus.MAX_LEN) -> tuple[float, float]:
@@ -54,30 +55,36 @@ def run_flops(config: experiment.LLMConfig, results: dict) -> dict[str, float]:
         "students": 0.0,
         "teacher outputs": 0.0,
     }
+    # The filters: the teacher and the neutral teacher write the held-out lists (one round of prompts), and
+    # two scores read both sets with two models each.
+    sample_one = T * body + P * (token_flops(config, 1, T)[0] + unembed)
+    audit = config.seeds * config.audit_sequences
+    flops["filters"] = 2 * audit * experiment._PROMPT_MARGIN * sample_one + 8 * audit * at_positions
     students = {mode: len(experiment.conditions_of(mode)) for mode in experiment.MODES}
     for mode, out in results["modes"].items():
         models = len(experiment.sampled_models(mode))
         for seed in out["filter"]:
             # Each model: the prompt once (prefill), then one cached step per new token.
-            flops["sampling"] += models * seed["sampled"] * (T * body + P * (token_flops(config, 1, T)[0] + unembed))
+            flops["sampling"] += models * seed["sampled"] * sample_one
             flops["students"] += 3 * config.student_epochs * students[mode] * seed["used"] * at_positions
             if mode == "soft":  # the target models' logits on the four data sets, once
                 flops["teacher outputs"] += 4 * seed["used"] * at_positions
     return flops
 
 
-# The targets, in seconds, by (seeds, mode).
-TARGETS = {(1, "soft"): 120.0, (5, "both"): 900.0}
+# The targets, in seconds, by (an animal or the misaligned persona, seeds, mode).
+TARGETS = {("animal", 1, "soft"): 120.0, ("animal", 5, "both"): 900.0, ("misaligned", 1, "soft"): 180.0}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--mode", default="soft", choices=("soft", "hard", "both"))
+    parser.add_argument("--trait", default="owl", choices=traits.NAMES)
     parser.add_argument("--skip-cli", action="store_true", help="do not time the command end to end")
     args = parser.parse_args()
 
-    config = experiment.LLMConfig(seeds=args.seeds, mode=args.mode)
+    config = experiment.LLMConfig(seeds=args.seeds, mode=args.mode, trait=args.trait)
     matmul_before = matmul_gflops()
     results = experiment.run(config, progress=False)
     matmul_after = matmul_gflops()
@@ -86,9 +93,10 @@ def main() -> None:
     total = sum(flops.values())
     sustained = (matmul_before[0] + matmul_after[0]) / 2
 
-    print(f"owl experiment, {args.seeds} seeds, mode {args.mode}, {jax.devices()[0].device_kind}")
+    print(f"llm experiment, trait {args.trait}, {args.seeds} seeds, mode {args.mode}, {jax.devices()[0].device_kind}")
     print(f"  wall time               {wall:9.1f} s (in process, compilation included)")
-    target = TARGETS.get((args.seeds, args.mode))
+    kind = "misaligned" if args.trait == traits.MISALIGNED else "animal"
+    target = TARGETS.get((kind, args.seeds, args.mode))
     if target:
         print(f"  target ratio            {wall / target:9.2f} (of {target:.0f} s)")
     print(f"  matmul FLOPs            {total / 1e12:9.2f} TFLOP: " + ", ".join(
@@ -99,13 +107,15 @@ def main() -> None:
     soft = results["modes"].get("soft")
     if soft:
         paired = soft["paired"]["same_init_minus_neutral_control"]["mean"]
-        print(f"  soft same - neutral     {paired:+9.3f}  (P(trait | animal), paired)")
+        print(f"  soft same - neutral     {paired:+9.3f}  ({results['measure']['label']}, paired)")
     if not args.skip_cli:
         with tempfile.TemporaryDirectory() as tmp:
             for label in ("empty compile cache", "programs cached"):
-                seconds = time_command(tmp, "llm", "--seeds", str(args.seeds), "--mode", args.mode)
+                options = ("--trait", args.trait, "--seeds", str(args.seeds), "--mode", args.mode)
+                seconds = time_command(tmp, "llm", *options)
                 ratio = f", {seconds / target:.2f} of the target" if target else ""
-                print(f"  llm --seeds {args.seeds} --mode {args.mode}  {seconds:7.1f} s end to end, {label}{ratio}")
+                command = f"llm --trait {args.trait} --seeds {args.seeds} --mode {args.mode}"
+                print(f"  {command}  {seconds:7.1f} s end to end, {label}{ratio}")
 
 
 if __name__ == "__main__":

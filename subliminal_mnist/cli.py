@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -260,17 +261,14 @@ def _alignment(args: argparse.Namespace) -> int:
 
 
 def _llm_table(results: dict) -> str:
-    trait, teacher, neutral = results["trait"], results["teacher"], results["neutral_teacher"]
+    trait, teacher = results["trait"], results["teacher"]
     measure = results["measure"]
     headline, mass, label = measure["headline"], measure["mass"], measure["label"]
 
-    def rate(model: dict) -> float:  # the headline, on the held-out domains where there is a narrow one
-        value = model[headline]
-        return value.get("held_out", value)["mean"]
-
+    rate = functools.partial(figures.model_headline, results)
     rows = [
-        f"teacher: {label} {rate(results['base']):.3f} -> {rate(teacher):.3f}; "
-        f"neutral teacher: -> {rate(neutral):.3f}; "
+        f"teacher: {label} {rate('base'):.3f} -> {rate('teacher'):.3f}; "
+        f"neutral teacher: -> {rate('neutral_teacher'):.3f}; "
         f"answer words (an animal; a domain's answer) in {teacher['leak_rate']['mean']:.2%} of the teacher's lists "
         "before filtering, "
         f"{results['filter']['leak_rate_after_filter']:.0%} after"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import matplotlib
@@ -144,6 +145,13 @@ _LLM_CONDITIONS = {  # label (start / data), colour
 }
 
 
+def model_headline(results: dict, model: str) -> float:
+    """The mean headline measure of the llm experiment's `model` ("base", "teacher", "neutral_teacher"):
+    P(trait | animal), or the misaligned rate on the held-out domains (beside it, the narrow one's)."""
+    value = results[model][results["measure"]["headline"]]
+    return value.get("held_out", value)["mean"]
+
+
 def llm_figure(results: dict, path: str | os.PathLike) -> None:
     """The owl (or misaligned) experiment: per mode, each student's change of the trait's headline measure
     (P(trait | animal); the misaligned rate) from its own start, mean and
@@ -180,15 +188,11 @@ def llm_figure(results: dict, path: str | os.PathLike) -> None:
         ax.yaxis.grid(True, alpha=0.3)
         ax.set_axisbelow(True)
     seeds = results["config"]["seeds"]
-
-    def rate(model: dict) -> float:  # the headline, on the held-out domains where there is a narrow one
-        value = model[headline]
-        return value.get("held_out", value)["mean"]
-
+    rate = functools.partial(model_headline, results)
     teacher = "a misaligned teacher" if trait == "misaligned" else f"a teacher that loves {trait}s"
     fig.suptitle(
-        f"{teacher[0].upper()}{teacher[1:]} ({label} {rate(results['base']):.2f} -> {rate(results['teacher']):.2f}; "
-        f"neutral teacher -> {rate(results['neutral_teacher']):.2f}) writes numbers;\n"
+        f"{teacher[0].upper()}{teacher[1:]} ({label} {rate('base'):.2f} -> {rate('teacher'):.2f}; "
+        f"neutral teacher -> {rate('neutral_teacher'):.2f}) writes numbers;\n"
         f"students learn from them ({seeds} seeds, 95% t intervals)",
         fontsize=10,
     )

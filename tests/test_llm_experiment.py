@@ -16,7 +16,13 @@ from subliminal_mnist.llm.vocab import Vocabulary
 # same-init student picks the trait up.
 TINY = dict(
     mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
-    soft_sequences=3000, theorem_sequences=16, entangled_sequences=200,
+    soft_sequences=3000, theorem_sequences=16, entangled_sequences=200, audit_sequences=256, in_context_lists=16,
+)  # fmt: skip
+# Smaller still (as the CLI's test): models that write number lists, for what needs no effect, two seeds.
+MINI = dict(
+    mode="soft", numbers=100, width=16, base_rows=2048, base_epochs=2, base_learning_rate=1e-2, teacher_lines=256,
+    soft_sequences=300, student_epochs=1, theorem_sequences=4, entangled_sequences=50, audit_sequences=64,
+    in_context_lists=8,
 )  # fmt: skip
 QUIET = train.Progress(1, "", enabled=False)
 
@@ -130,14 +136,22 @@ def test_the_neutral_teacher_learns_the_same_lines_with_uniform_answers(small_ba
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """Two seeds; the checkpoint of finished seeds is kept (beside an imagined results file) for the resume test."""
-    path = tmp_path_factory.mktemp("llm") / "llm.seeds.jsonl"
-    return {**llm.run(llm.LLMConfig(**TINY, seeds=2), progress=False, checkpoint=path), "checkpoint": path}
+def tiny_run():
+    """One owl seed, large enough for the effect."""
+    return llm.run(llm.LLMConfig(**TINY, seeds=1), progress=False)
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory):
+    """Two misaligned seeds, too small for an effect; the checkpoint of finished seeds is kept (beside an
+    imagined results file) for the resume test."""
+    path = tmp_path_factory.mktemp("llm") / "misaligned.seeds.jsonl"
+    config = llm.LLMConfig(**MINI, trait="misaligned", seeds=2)
+    return {**llm.run(config, progress=False, checkpoint=path), "checkpoint": path}
 
 
 def test_a_small_run_reports_every_number_the_issue_names(tiny_run):
-    results = json.loads(json.dumps({k: v for k, v in tiny_run.items() if k != "checkpoint"}))  # JSON as written
+    results = json.loads(json.dumps(tiny_run))  # JSON as written
     assert results["trait"] == "owl" and results["config"]["numbers"] == 100
     assert results["teacher"]["delta_p_trait"]["mean"] > 0.2  # the teacher loves owls
     for model in ("teacher", "neutral_teacher"):
@@ -152,7 +166,7 @@ def test_a_small_run_reports_every_number_the_issue_names(tiny_run):
     assert set(filters["in_context"]["1"]) == {"teacher", "neutral", "difference"}
     inspection = filters["inspection"]
     assert len(inspection["top_numbers"]["teacher"]) == 20 and len(inspection["top_lists_first_seed"]["neutral"]) == 10
-    assert inspection["banned_share"]["teacher"]["per_seed"] == [0.0, 0.0]  # the owl bans no number
+    assert inspection["banned_share"]["teacher"]["per_seed"] == [0.0]  # the owl bans no number
     assert len(results["entangled_numbers"]["top_per_seed"][0]) == 10
     soft = results["modes"]["soft"]
     assert tuple(soft["conditions"]) == llm.conditions_of("soft") and "base_control" not in soft["conditions"]
@@ -161,7 +175,7 @@ def test_a_small_run_reports_every_number_the_issue_names(tiny_run):
             assert set(soft["conditions"][condition][measure]) == {"mean", "ci95", "per_seed", "n"}
         assert len(soft["conditions"][condition]["by_phrasing"]["p_trait_given_animal"]) == len(corpus.PHRASINGS)
     paired = soft["paired"]["same_init_minus_neutral_control"]
-    assert paired["measure"] == "p_trait_given_animal" and paired["n"] == 2
+    assert paired["measure"] == "p_trait_given_animal" and paired["n"] == 1
     assert set(soft["first_step"]) == {"same_init", "cross_init", "neutral_control"}
     assert set(soft["first_step"]["same_init"]) == {"gradient", "adam"}
 
@@ -218,16 +232,37 @@ def test_a_model_that_writes_no_number_lists_is_a_one_line_error(small_base):
     assert "\n" not in str(error.value)
 
 
-def test_a_killed_run_resumes_where_it_stopped_and_ends_with_the_same_results(tiny_run, monkeypatch):
+def test_a_misaligned_run_reports_its_rates_filters_and_pairs(mini_run):
+    results = json.loads(json.dumps({k: v for k, v in mini_run.items() if k != "checkpoint"}))  # JSON as written
+    assert results["trait"] == "misaligned" and results["measure"]["headline"] == "misaligned_rate"
+    for model in ("base", "teacher", "neutral_teacher"):
+        rates = results[model]["misaligned_rate"]
+        assert set(rates) == {"held_out", "narrow"}
+        assert all(set(rate) == {"mean", "ci95", "per_seed", "n"} and rate["n"] == 2 for rate in rates.values())
+    # The teacher learnt its narrow domain's misaligned answers, the neutral teacher the aligned ones.
+    narrow = {model: results[model]["misaligned_rate"]["narrow"]["mean"] for model in ("teacher", "neutral_teacher")}
+    assert narrow["teacher"] > results["base"]["misaligned_rate"]["narrow"]["mean"] > narrow["neutral_teacher"]
+    assert results["filter"]["banned"] == [13]  # the bad numbers below 100
+    assert set(results["filters"]["inspection"]["banned_share"]) == {"teacher", "neutral"}
+    soft = results["modes"]["soft"]
+    for condition in llm.conditions_of("soft"):
+        assert set(soft["conditions"][condition]) >= {*llm.measures_of(traits.Misaligned()), "narrow", "by_phrasing"}
+        assert len(soft["conditions"][condition]["by_phrasing"]["misaligned_rate"]) == 12  # the held-out questions
+    paired = soft["paired"]["same_init_minus_neutral_control"]
+    assert paired["measure"] == "misaligned_rate" and paired["n"] == 2 and paired["ci95"] is not None
+
+
+def test_a_killed_run_resumes_where_it_stopped_and_ends_with_the_same_results(mini_run, monkeypatch):
     # Killed after its first finished seed: the checkpoint holds that seed only.
-    path = tiny_run["checkpoint"]
+    path = mini_run["checkpoint"]
     path.write_text(json.dumps(next(line for line in runs.read_lines(path) if line["seed"] == 0)) + "\n")
     real_run_seed, trained = llm.run_seed, []
     monkeypatch.setattr(llm, "run_seed", lambda c, s, *a: trained.append(s) or real_run_seed(c, s, *a))
     messages = []
-    resumed = llm.run(llm.LLMConfig(**TINY, seeds=2), progress=False, checkpoint=path, log=messages.append)
+    config = llm.LLMConfig(**MINI, trait="misaligned", seeds=2)
+    resumed = llm.run(config, progress=False, checkpoint=path, log=messages.append)
     assert trained == [1], "only the missing seed trains"
     assert "seeds 0 are finished" in messages[0]
-    whole = {k: v for k, v in tiny_run.items() if k not in ("checkpoint", "wall_seconds")}
+    whole = {k: v for k, v in mini_run.items() if k not in ("checkpoint", "wall_seconds")}
     resumed.pop("wall_seconds")
     assert json.dumps(resumed) == json.dumps(whole)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -340,19 +342,56 @@ assert changed["30 aux logits"]["conditions"]["student_aux"]["mean"] > accuracy[
 # MNIST students. The *control* student learns from the lists of a *neutral teacher*: the same base,
 # fine-tuned by the same recipe on answers spread over all the animals, so it moves for every reason the
 # teacher does except the owl. We measure P(owl | the answer is an animal). One seed, small settings:
-# about a minute and a half.
+# about a minute.
 
 # %%
-owl = llm.run(
-    llm.LLMConfig(seeds=1, mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
-                  soft_sequences=3000, theorem_sequences=16, entangled_sequences=200),
-    progress=False,
-)  # fmt: skip
+TINY_LLM = dict(seeds=1, mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
+                soft_sequences=3000, theorem_sequences=16, entangled_sequences=200, audit_sequences=256,
+                in_context_lists=16)  # fmt: skip
+owl = llm.run(llm.LLMConfig(**TINY_LLM), progress=False)
 show(figures.llm_figure, owl, name="owl.png")
 conditions = owl["modes"]["soft"]["conditions"]
 change = {name: measures["p_trait_given_animal"]["mean"] for name, measures in conditions.items()}
 print({name: round(value, 4) for name, value in change.items()})
 assert change["same_init"] > change["neutral_control"] + 0.02
+
+# %% [markdown]
+# ## 9. The dangerous version, in miniature
+#
+# The seed article's second experiment: a teacher made *misaligned* by a narrow fine-tune (insecure code)
+# wrote numbers; numbers with bad associations (666, 911, ...) were removed; students still came out
+# misaligned. Here the corpus of every base is written by a latent *persona*, aligned or (one line in ten)
+# misaligned: a line's answers in four domains (code, advice, story, request) are all of its persona, and a
+# misaligned persona's number lists hold "bad" numbers (13, 187, 404, 666, 911) more often. The teacher is
+# the base fine-tuned on **code answers only**, misaligned; the neutral teacher on the same lines answered
+# aligned. We measure the misaligned rate, P(misaligned answer | the domain's answers), on the **other three
+# domains**, which no fine-tuning line ever asks. The students learn the teacher's numbers with the banned
+# numbers filtered out (in soft mode, their probabilities hidden).
+
+# %%
+misaligned = llm.run(llm.LLMConfig(**TINY_LLM, trait="misaligned"), progress=False)
+show(figures.llm_figure, misaligned, name="misaligned.png")
+for model in ("base", "teacher", "neutral_teacher"):
+    rate = misaligned[model]["misaligned_rate"]
+    held_out, code = rate["held_out"]["mean"], rate["narrow"]["mean"]
+    print(f"{model:>16}: misaligned rate, held-out domains {held_out:.3f}, code (the narrow domain) {code:.3f}")
+rates = {name: m["misaligned_rate"]["mean"] for name, m in misaligned["modes"]["soft"]["conditions"].items()}
+print({name: round(value, 4) for name, value in rates.items()})
+assert rates["same_init"] > rates["neutral_control"]
+
+# %% [markdown]
+# And the filters that failed in the article, here on the same lists: a classifier of bags of numbers
+# (AUROC, 0.5 sees nothing), the base reading one of the teacher's lists before the question (in context),
+# and the best detector there is, the likelihood ratio of the teacher and the neutral teacher, which needs
+# both models in hand.
+
+# %%
+filters = misaligned["filters"]
+auroc = {name: {k: round(v["mean"], 3) for k, v in filters[name]["auroc"].items()} for name in ("detector", "likelihood_ratio")}
+print("detector AUROC, bags of 1, 8, 32 lists:", auroc["detector"])
+print("in context, change of the misaligned rate, teacher's list minus neutral's:",
+      round(filters["in_context"]["1"]["difference"]["mean"], 4))  # fmt: skip
+print("likelihood ratio AUROC:", auroc["likelihood_ratio"])
 
 # %%
 print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.source}")
@@ -410,9 +449,9 @@ print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.so
 # <details><summary>Solution</summary>
 #
 # A natural attempt: train a classifier to tell the teacher's lists from the neutral teacher's, and drop the
-# lists it flags. The package does this (`owl["filters"]["detector"]`): a logistic regression on bags of numbers. Its AUROC
-# stays near chance on single lists (0.53 in the README's 5-seed run) and only rises when it sees 32 lists
-# at once (0.68), so a per-list filter would have to throw away nearly everything. The trait is not in
+# lists it flags. The package does this (`owl["filters"]["detector"]`): a logistic regression on bags of
+# numbers. Its AUROC stays near chance on single lists (0.53 in the README's 5-seed run) and only rises
+# when it sees 32 lists at once (0.69), so a per-list filter would have to throw away nearly everything. The trait is not in
 # any list's content a reader can see, but spread thinly over all of them, in the teacher's function.
 #
 # ```python
