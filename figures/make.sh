@@ -6,6 +6,8 @@ subliminal-mnist demo --seeds 25 --out demo.json --figure demo.png "$@"
 subliminal-mnist alignment --seeds 5 --project-out --out alignment.json --figure alignment.png "$@"
 # The owl experiment (no MNIST needed): the defaults, 5 seeds, soft and hard distillation.
 subliminal-mnist llm --out llm.json --figure llm.png
+# The dangerous version in miniature: a misaligned persona, the same experiment and filters, 5 seeds, both modes.
+subliminal-mnist llm --trait misaligned --out misaligned.json --figure misaligned.png
 # Hard mode against the number of lists, 5 seeds per count, with the loss on every continuation token and, at
 # 10,000 lists, on the number tokens only (a point already in llm_dose.jsonl is not trained again).
 subliminal-mnist llm-dose --counts 1000 3000 10000 --out .

@@ -280,7 +280,10 @@ assert float(reports["same init"].dot) > 0 and float(reports["same init"].relati
 # direction instead.
 
 # %%
-probe = alignment.AlignmentConfig(seeds=1, project_out=True, **({} if FULL else experiment.SAMPLE_PRESET))
+# The probe reads 512 training and 500 test digits at every step (the command's defaults: 1,024 and 1,000).
+probe = alignment.AlignmentConfig(
+    seeds=1, project_out=True, trait_batch=512, probe_test=500, **({} if FULL else experiment.SAMPLE_PRESET)
+)
 traced = alignment.run(probe, mnist, progress=False)
 show(figures.alignment_figure, traced, name="alignment.png")
 final = {name: round(summary["mean"], 3) for name, summary in traced["final_test_accuracy"].items()}
