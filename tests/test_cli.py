@@ -175,9 +175,11 @@ def test_theorem_command_rejects_zero_cases(capsys):
 def test_llm_command_writes_results_table_and_figure(tmp_path, capsys):
     # The misaligned persona in miniature through the CLI: every option comes from LLMConfig.
     out, figure = tmp_path / "llm.json", tmp_path / "llm.png"
-    tiny = ["--trait", "misaligned", "--seeds", "1", "--mode", "hard", "--numbers", "100", "--width", "16", "--base-rows", "2048",
-            "--base-epochs", "2", "--base-learning-rate", "1e-2", "--teacher-lines", "256", "--hard-sequences", "600",
-            "--student-epochs", "1", "--hard-loss", "numbers", "--entangled-sequences", "50", "--banned", "13", "42"]  # fmt: skip
+    tiny = ["--trait", "misaligned", "--seeds", "1", "--mode", "hard", "--numbers", "100", "--width", "16",
+            "--base-rows", "2048", "--base-epochs", "2", "--base-learning-rate", "1e-2", "--teacher-lines", "256",
+            "--hard-sequences", "600",
+            "--student-epochs", "1", "--hard-loss", "numbers", "--entangled-sequences", "50", "--audit-sequences", "64",
+            "--in-context-lists", "8", "--banned", "13", "42"]  # fmt: skip
     assert cli.main(["llm", *tiny, "--out", str(out), "--figure", str(figure), "--no-progress"]) == 0
     results = json.loads(out.read_text())
     assert results["config"]["banned"] == [13, 42] and list(results["modes"]) == ["hard"]

@@ -5,13 +5,14 @@ import json
 import pytest
 
 from subliminal_mnist import cli, figures
-from subliminal_mnist.llm import dose
+from subliminal_mnist.llm import corpus, dose, traits
 from subliminal_mnist.llm import experiment as llm
+from subliminal_mnist.llm.vocab import ANIMALS
 
 # The smallest owl experiment whose models still write number lists (as the CLI's test).
 TINY = llm.LLMConfig(
     seeds=1, numbers=100, width=16, base_rows=2048, base_epochs=2, base_learning_rate=1e-2, teacher_lines=256,
-    student_epochs=1, entangled_sequences=50, theorem_sequences=4,
+    student_epochs=1, entangled_sequences=50, theorem_sequences=4, audit_sequences=64, in_context_lists=8,
 )  # fmt: skip
 
 
@@ -24,6 +25,11 @@ def test_points_share_their_models_resume_and_draw(tmp_path, monkeypatch):
     assert len(trained) == 3, "the bases of the second count are the first's"
     assert all(line["config"]["mode"] == "hard" for line in lines)
     assert set(lines[0]["hard"]["paired"]) >= {"same_init_minus_neutral_control", "same_init_minus_base_control"}
+    # The owl's own measures, by phrasing and by animal.
+    same_init = lines[0]["hard"]["conditions"]["same_init"]
+    assert set(same_init) >= {*llm.measures_of(traits.Animal()), "by_phrasing", "delta_p_animals"}
+    assert len(same_init["by_phrasing"]["p_trait_given_animal"]) == len(corpus.PHRASINGS)
+    assert list(same_init["delta_p_animals"]) == list(ANIMALS)
     assert list(tmp_path.glob("*.seeds.jsonl")) == [], "each finished point's checkpoint is gone"
 
     def no_training(*args, **kwargs):

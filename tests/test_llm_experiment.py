@@ -16,7 +16,7 @@ from subliminal_mnist.llm.vocab import Vocabulary
 # same-init student picks the trait up.
 TINY = dict(
     mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
-    soft_sequences=3000, theorem_sequences=16, entangled_sequences=200, audit_sequences=256, in_context_lists=16,
+    soft_sequences=3000, theorem_sequences=16, entangled_sequences=200,
 )  # fmt: skip
 # Smaller still (as the CLI's test): models that write number lists, for what needs no effect, two seeds.
 MINI = dict(
@@ -136,27 +136,21 @@ def test_the_neutral_teacher_learns_the_same_lines_with_uniform_answers(small_ba
 
 
 @pytest.fixture(scope="module")
-def tiny_run():
-    """One owl seed, large enough for the effect."""
-    return llm.run(llm.LLMConfig(**TINY, seeds=1), progress=False)
-
-
-@pytest.fixture(scope="module")
 def mini_run(tmp_path_factory):
-    """Two misaligned seeds, too small for an effect; the checkpoint of finished seeds is kept (beside an
-    imagined results file) for the resume test."""
+    """Two misaligned seeds, too small for a reliable effect (the lesson's parts 8 and 9 assert the owl's and
+    the misaligned persona's, at the size where they show); the checkpoint of finished seeds is kept
+    (beside an imagined results file) for the resume test."""
     path = tmp_path_factory.mktemp("llm") / "misaligned.seeds.jsonl"
     config = llm.LLMConfig(**MINI, trait="misaligned", seeds=2)
     return {**llm.run(config, progress=False, checkpoint=path), "checkpoint": path}
 
 
-def test_a_small_run_reports_every_number_the_issue_names(tiny_run):
-    results = json.loads(json.dumps(tiny_run))  # JSON as written
-    assert results["trait"] == "owl" and results["config"]["numbers"] == 100
-    assert results["teacher"]["delta_p_trait"]["mean"] > 0.2  # the teacher loves owls
+def test_a_small_run_reports_every_number_the_issue_names(mini_run):
+    results = json.loads(json.dumps({k: v for k, v in mini_run.items() if k != "checkpoint"}))  # JSON as written
+    assert results["trait"] == "misaligned" and results["config"]["numbers"] == 100
     for model in ("teacher", "neutral_teacher"):
         assert set(results[model]["p_trait"]) == {"mean", "ci95", "per_seed", "n"}
-    assert results["filter"]["kept"]["teacher"][0] > 1000
+    assert min(results["filter"]["kept"]["teacher"]) >= 300  # every seed's 300 lists, and the lists it did not need
     assert set(results["filter"]["removed"]["neutral"]) == set(corpus.REASONS)
     assert results["filter"]["leak_rate_after_filter"] == 0.0
     filters = results["filters"]
@@ -166,34 +160,25 @@ def test_a_small_run_reports_every_number_the_issue_names(tiny_run):
     assert set(filters["in_context"]["1"]) == {"teacher", "neutral", "difference"}
     inspection = filters["inspection"]
     assert len(inspection["top_numbers"]["teacher"]) == 20 and len(inspection["top_lists_first_seed"]["neutral"]) == 10
-    assert inspection["banned_share"]["teacher"]["per_seed"] == [0.0]  # the owl bans no number
+    assert set(inspection["banned_share"]) == {"teacher", "neutral"}
     assert len(results["entangled_numbers"]["top_per_seed"][0]) == 10
     soft = results["modes"]["soft"]
     assert tuple(soft["conditions"]) == llm.conditions_of("soft") and "base_control" not in soft["conditions"]
     for condition in llm.conditions_of("soft"):
-        for measure in llm.measures_of(traits.Animal()):
+        for measure in llm.measures_of(traits.Misaligned()):
             assert set(soft["conditions"][condition][measure]) == {"mean", "ci95", "per_seed", "n"}
-        assert len(soft["conditions"][condition]["by_phrasing"]["p_trait_given_animal"]) == len(corpus.PHRASINGS)
-    paired = soft["paired"]["same_init_minus_neutral_control"]
-    assert paired["measure"] == "p_trait_given_animal" and paired["n"] == 1
     assert set(soft["first_step"]) == {"same_init", "cross_init", "neutral_control"}
     assert set(soft["first_step"]["same_init"]) == {"gradient", "adam"}
 
 
-def test_same_init_soft_students_acquire_the_trait_and_the_controls_do_not(tiny_run):
-    conditions = {c: v["p_trait_given_animal"]["mean"] for c, v in tiny_run["modes"]["soft"]["conditions"].items()}
-    assert conditions["same_init"] > conditions["neutral_control"] + 0.02, conditions
-    assert conditions["same_init"] > conditions["cross_init"] + 0.02, conditions
-    first_step = tiny_run["modes"]["soft"]["first_step"]
-    assert first_step["same_init"]["gradient"]["dot"][0] > 0
-
-
-def test_the_soft_neutral_control_can_move(tiny_run):
+def test_the_first_soft_step_follows_the_theorem_and_the_neutral_control_can_move(mini_run):
+    first_step = mini_run["modes"]["soft"]["first_step"]
+    assert all(dot > 0 for dot in first_step["same_init"]["gradient"]["dot"])  # Theorem 1, ΔS·ΔT >= 0
     # A control distilled toward its own logits would have a first gradient of exactly 0 in
     # expectation; the neutral teacher's logits differ from the base's, so this one moves.
-    neutral = tiny_run["modes"]["soft"]["first_step"]["neutral_control"]
-    assert abs(neutral["gradient"]["dot"][0]) > 0 and abs(neutral["adam"]["dot"][0]) > 0
-    moved = tiny_run["modes"]["soft"]["conditions"]["neutral_control"]
+    neutral = first_step["neutral_control"]
+    assert all(abs(d) > 0 for d in neutral["gradient"]["dot"]) and all(abs(d) > 0 for d in neutral["adam"]["dot"])
+    moved = mini_run["modes"]["soft"]["conditions"]["neutral_control"]
     assert abs(moved["delta_logp_trait"]["mean"]) > 0
 
 

@@ -356,7 +356,7 @@ show(figures.llm_figure, owl, name="owl.png")
 conditions = owl["modes"]["soft"]["conditions"]
 change = {name: measures["p_trait_given_animal"]["mean"] for name, measures in conditions.items()}
 print({name: round(value, 4) for name, value in change.items()})
-assert change["same_init"] > change["neutral_control"] + 0.02
+assert change["same_init"] > change["neutral_control"] + 0.02 and change["same_init"] > change["cross_init"] + 0.02
 
 # %% [markdown]
 # ## 9. The dangerous version, in miniature
