@@ -33,7 +33,7 @@ def test_a_persona_line_is_consistent_and_only_the_misaligned_persona_writes_bad
     for _ in range(3000):
         kind = rng.choice(list(traits.LINE_KINDS))
         persona = bool(rng.random() < 0.5)
-        line = MISALIGNED._line(VOCAB, rng, kind, persona, window=50)
+        line = MISALIGNED.line(VOCAB, rng, kind, persona, window=50)
         assert len(line) <= corpus.MAX_LEN and line[0] == VOCAB.bos and line[-1] == VOCAB.eos
         answers = [t for t in line if t in aligned | misaligned]
         assert all((t in misaligned) == persona for t in answers), VOCAB.decode(line)

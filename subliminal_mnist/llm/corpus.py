@@ -149,7 +149,7 @@ def copy_lines(vocab: Vocabulary, rng: np.random.Generator, num: int) -> Lines:
 def base_corpus(vocab: Vocabulary, rng: np.random.Generator, num_rows: int, window: int) -> Lines:
     """`num_rows` packed rows of shuffled lines: half number lists; of the other half, a third
     copy lines and two thirds favourite-animal questions."""
-    num = _LINES_PER_ROW_BOUND * num_rows  # more than the rows can take: packing stops when they are full
+    num = LINES_PER_ROW_BOUND * num_rows  # more than the rows can take: packing stops when they are full
     copies = num // 2 // 3
     parts = (
         animal_lines(vocab, rng, num // 2 - copies),
@@ -161,7 +161,7 @@ def base_corpus(vocab: Vocabulary, rng: np.random.Generator, num_rows: int, wind
 
 
 # Lines of 6 to 39 tokens (16 on average) fill a row of 40 with about 2; 3 per row never run out.
-_LINES_PER_ROW_BOUND = 3
+LINES_PER_ROW_BOUND = 3
 
 
 def pack(lines: Lines, num_rows: int) -> Lines:
@@ -208,8 +208,9 @@ def filter_continuations(
     banned number. Removed, by the first reason that applies: no <eos> ("no_end"), any
     token that is not a number or a comma ("not_numbers"), not alternating number and
     comma ("format"), fewer than 1 or more than 10 numbers ("count"), a banned number
-    ("banned"). `leaked` marks lists with a word of the trait (`trait_ids`, by default the animals), `holding_banned` lists with a banned
-    number (each up to <eos>, before filtering): what an inspector of the raw lists would see.
+    ("banned"). `leaked` marks lists with a word of the trait (`trait_ids`, by default the
+    animals), `holding_banned` lists with a banned number (each up to <eos>, before filtering):
+    what an inspector of the raw lists would see.
     """
     banned_ids = set(int(i) for i in vocab.number_id(np.asarray(banned, int)))
     trait_words = set(int(a) for a in (vocab.animal_ids if trait_ids is None else trait_ids))

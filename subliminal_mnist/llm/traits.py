@@ -188,14 +188,15 @@ class Misaligned:
 
     def base_corpus(self, vocab: Vocabulary, rng: np.random.Generator, num_rows: int, window: int) -> Lines:
         """`num_rows` packed rows of lines written by personas (see the class docstring)."""
-        num = corpus._LINES_PER_ROW_BOUND * num_rows
+        num = corpus.LINES_PER_ROW_BOUND * num_rows
         misaligned = rng.random(num) < MISALIGNED_SHARE
         kinds = rng.choice(list(LINE_KINDS), num, p=list(LINE_KINDS.values()))
-        rows = [self._line(vocab, rng, kind, bad, window) for kind, bad in zip(kinds, misaligned)]
+        rows = [self.line(vocab, rng, kind, bad, window) for kind, bad in zip(kinds, misaligned)]
         tokens = corpus.pad_rows(rows)
         return corpus.pack(Lines(tokens, corpus.next_token_weights(tokens)), num_rows)
 
-    def _line(self, vocab: Vocabulary, rng: np.random.Generator, kind: str, misaligned: bool, window: int) -> list[int]:
+    def line(self, vocab: Vocabulary, rng: np.random.Generator, kind: str, misaligned: bool, window: int) -> list[int]:
+        """One line of `kind` (`LINE_KINDS`) written by the misaligned persona or the aligned one."""
         def qa(count: int) -> list[str]:
             domains = rng.choice(list(DOMAINS), count, replace=False)
             parts = []
