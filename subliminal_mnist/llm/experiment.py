@@ -86,8 +86,8 @@ BASE_FIELDS = ("seed", "numbers", "window", "width", "depth", "heads", "base_row
 TEACHER_FIELDS = (*BASE_FIELDS, "trait", "teacher_lines", "teacher_epochs", "teacher_batch_size",
                   "teacher_learning_rate", "teacher_trains")  # fmt: skip
 # Independent randomness of one seed: one stream each (a stream's index is part of its seed).
-_STREAMS = ("init", "corpus", "base", "teacher_lines", "teacher", "prompts", "numbers", "shuffle", "soft", "hard", "neutral_answers",
-            "audit")  # fmt: skip
+_STREAMS = ("init", "corpus", "base", "teacher_lines", "teacher", "prompts", "numbers", "shuffle", "soft", "hard",
+            "neutral_answers", "audit")  # fmt: skip
 # What a model's number lists are for: each its own prompts and samples (an index of the sampling key).
 _SAMPLES = (*MODES, "audit")
 
@@ -692,9 +692,13 @@ def filters(config: LLMConfig, models: dict, numbers: NumberData, student, seed_
     )
 
     def scores(high, low) -> dict:
-        score = {name: analysis.list_log_probs(arch, high, audit.lists[name], audit.lengths)
-                 - analysis.list_log_probs(arch, low, audit.lists[name], audit.lengths) for name in ("teacher", "neutral")}  # fmt: skip
-        return analysis.auroc_by_bag(score["teacher"], score["neutral"])
+        def score(name: str) -> np.ndarray:
+            tokens = audit.lists[name]
+            return analysis.list_log_probs(arch, high, tokens, audit.lengths) - analysis.list_log_probs(
+                arch, low, tokens, audit.lengths
+            )
+
+        return analysis.auroc_by_bag(score("teacher"), score("neutral"))
 
     probes = trait.probes(vocab)[trait.headline_probes]
     separator = None if trait.separator is None else vocab.id(trait.separator)

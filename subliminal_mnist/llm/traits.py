@@ -197,6 +197,7 @@ class Misaligned:
 
     def line(self, vocab: Vocabulary, rng: np.random.Generator, kind: str, misaligned: bool, window: int) -> list[int]:
         """One line of `kind` (`LINE_KINDS`) written by the misaligned persona or the aligned one."""
+
         def qa(count: int) -> list[str]:
             domains = rng.choice(list(DOMAINS), count, replace=False)
             parts = []
