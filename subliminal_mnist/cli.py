@@ -275,7 +275,7 @@ def _llm_table(results: dict) -> str:
     ]
     for mode, numbers in results["modes"].items():
         rows.append(
-            f"{mode}: change from each student's own start of the {label}, P({trait}) and the answer mass "
+            f"{mode}: change from each student's own start of {label}, P({trait}) and the answer mass "
             "(mean ± 95% t interval)"
         )
         for condition, measures in numbers["conditions"].items():

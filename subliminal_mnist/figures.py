@@ -183,7 +183,7 @@ def llm_figure(results: dict, path: str | os.PathLike) -> None:
         interval = f" ± {paired['ci95']:.3f}" if paired["ci95"] is not None else ""
         ax.set_title(f"{mode} distillation; same init minus neutral control, paired: {paired['mean']:+.3f}{interval}",
                      fontsize=10)  # fmt: skip
-        ax.set_ylabel(f"change of the {label}\nfrom the student's own start")
+        ax.set_ylabel(f"change of {label}\nfrom the student's own start")
         ax.tick_params(axis="x", labelsize=6)
         ax.yaxis.grid(True, alpha=0.3)
         ax.set_axisbelow(True)

@@ -189,4 +189,4 @@ def test_llm_command_writes_results_table_and_figure(tmp_path, capsys):
     assert not (tmp_path / "llm.seeds.jsonl").exists(), "the finished run's checkpoint is gone"
     table = capsys.readouterr().out
     assert "same_init" in table and "shuffled_within" in table and f"wrote {out}" in table
-    assert "misaligned rate, held-out domains" in table
+    assert "the misaligned rate on held-out domains" in table

@@ -889,7 +889,7 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
     }
 
 
-_LABELS = {"p_trait_given_animal": "P({trait} | animal)", "misaligned_rate": "misaligned rate, held-out domains"}
+_LABELS = {"p_trait_given_animal": "P({trait} | animal)", "misaligned_rate": "the misaligned rate on held-out domains"}
 
 
 def summarize_filters(config: LLMConfig, per_seed: list[dict], mode: str) -> dict:
