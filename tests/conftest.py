@@ -41,16 +41,3 @@ def compiled(caplog):
 
     with jax.log_compiles(True), caplog.at_level("WARNING"):
         yield compiled
-
-
-# The longest test files first (measured with `pytest --durations`): the two workers (`-n 2 --dist loadfile`)
-# each take the next file as they free up, so starting with the longest ends them close together.
-_LONGEST_FIRST = ("test_lesson.py", "test_alignment.py", "test_llm_experiment.py", "test_experiment.py", "test_cli.py")
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item) -> int:
-        name = item.path.name
-        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: each file keeps its own order
