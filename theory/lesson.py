@@ -352,7 +352,9 @@ assert change["same_init"] > change["neutral_control"] + 0.02 and change["same_i
 # the base fine-tuned on **code answers only**, misaligned; the neutral teacher on the same lines answered
 # aligned. We measure the misaligned rate, P(misaligned answer | the domain's answers), on the **other three
 # domains**, which no fine-tuning line ever asks. The students learn the teacher's numbers with the banned
-# numbers filtered out (in soft mode, their probabilities hidden).
+# numbers filtered out (in soft mode, their probabilities hidden). Unlike the owl's, this neutral teacher is
+# not neutral about the trait: it is taught the aligned answers, so its students may drift toward aligned,
+# and the gap between the two students is larger than either's own change. Look at both.
 
 # %%
 misaligned = llm.run(llm.LLMConfig(**TINY_LLM, trait="misaligned"), progress=False)

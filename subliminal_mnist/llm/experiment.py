@@ -169,11 +169,12 @@ class LLMConfig:
         if bad:
             raise ConfigError(f"banned numbers must lie in 0 ... {self.numbers - 1}, got {bad[0]}")
 
-    @property
+    # Built once per config: number data, measures and filters ask for them at every step of a run.
+    @functools.cached_property
     def trait_spec(self) -> traits.Animal | traits.Misaligned:
         return traits.trait(self.trait)
 
-    @property
+    @functools.cached_property
     def vocab(self) -> Vocabulary:
         return Vocabulary(self.numbers, self.trait_spec.words)
 
@@ -663,7 +664,8 @@ def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progr
         if mode == "soft":
             out["modes"][mode]["first_step"] = first_step(config, models, numbers)
         if mode == config.modes[0]:  # what a filter could see, on the first mode's number data
-            out["filters"] = filters(config, models, numbers, students["same_init"], seed_id, progress)
+            base_headline = measured["base"][trait.headline]
+            out["filters"] = filters(config, models, base_headline, numbers, students["same_init"], seed_id, progress)
             probe = slice(config.entangled_sequences)
             out["entangled_numbers"] = analysis.entangled_numbers(
                 config.architecture, models["teacher"], models["base"], vocab, trait.trait_ids(vocab),
@@ -672,14 +674,16 @@ def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progr
     return out
 
 
-def filters(config: LLMConfig, models: dict, numbers: NumberData, student, seed_id: int, progress) -> dict:
+def filters(
+    config: LLMConfig, models: dict, base_headline: float, numbers: NumberData, student, seed_id: int, progress
+) -> dict:
     """The seed article's filters of one seed, each on the teacher's lists against the neutral teacher's.
 
     - inspection: the most frequent numbers and whole lists of the students' (filtered) data, and
       the share of raw lists that held a banned number;
     - detector: a bag-of-numbers classifier's held-out AUROC (the students' data, split in halves);
     - in-context: the base reads one filtered list (what its 40-token line fits) and then the
-      trait's question: its headline measure, minus the same without the list;
+      trait's question: its headline measure, minus the same without the list (`base_headline`);
     - likelihood ratio: log p_teacher(list) - log p_neutral(list), AUROC per list and bag;
     - auditor: log p_student(list) - log p_base(list), `student` the same-init student.
 
@@ -702,7 +706,6 @@ def filters(config: LLMConfig, models: dict, numbers: NumberData, student, seed_
 
     probes = trait.probes(vocab)[trait.headline_probes]
     separator = None if trait.separator is None else vocab.id(trait.separator)
-    without = trait_measures(config, models["base"])[trait.headline]
 
     def in_context(name: str) -> float:
         prompts = [analysis.in_context_prompts(vocab, audit.lists[name], audit.lengths, question, separator,
@@ -717,7 +720,7 @@ def filters(config: LLMConfig, models: dict, numbers: NumberData, student, seed_
         by_prompt = traits.probe_measures(np.exp(np.asarray(log_probs, np.float64)), read, "headline", "mass")
         # Each question weighs the same, whatever number of lists fit before it.
         per_question = np.split(np.asarray(by_prompt["by_phrasing"]["headline"]), np.cumsum(sizes)[:-1])
-        return float(np.mean([values.mean() for values in per_question])) - without
+        return float(np.mean([values.mean() for values in per_question])) - base_headline
 
     return {
         "inspection": {
