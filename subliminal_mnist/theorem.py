@@ -138,10 +138,21 @@ def distillation_loss(
     inputs: jax.Array,
     loss: str = "kl",
     output_indices: OutputSelection = None,
+    weights: jax.Array | None = None,
 ) -> jax.Array:
-    """E_x L_S(selected f_θ(x), targets): the student's objective; targets are the teacher's outputs."""
+    """E_x L_S(selected f_θ(x), targets): the student's objective; targets are the teacher's outputs.
+
+    `weights` ((B,), or (B, P) for outputs (B, P, K) at P positions of a sequence) makes the expectation
+    the weighted mean over every output: 0 marks padding, so inputs of any count fit one compiled shape.
+    """
     student = _select(apply_fn(params, inputs), output_indices, loss)
-    return jnp.mean(losses.DISTILLATION_LOSSES[loss](student, targets))
+    if weights is None:
+        return jnp.mean(losses.DISTILLATION_LOSSES[loss](student, targets))
+    # The loss averages an example's positions by their weights; weighting each example by its
+    # total weight then makes every weighted output count once.
+    per_example = losses.DISTILLATION_LOSSES[loss](student, targets, position_weights=weights)
+    totals = weights.reshape(weights.shape[0], -1).sum(axis=-1)
+    return jnp.sum(totals * per_example) / jnp.sum(totals)
 
 
 def student_direction(
@@ -151,6 +162,7 @@ def student_direction(
     inputs: jax.Array,
     loss: str = "kl",
     output_indices: OutputSelection = None,
+    weights: jax.Array | None = None,
 ) -> PyTree:
     """ΔS = -∇_θ E_x L_S(selected f_θ(x), selected f_θT(x)) at θ = `params`.
 
@@ -162,10 +174,11 @@ def student_direction(
       loss: "kl" (KL(teacher || student) of the softmaxes, i.e. soft cross-entropy) or "mse"
         (sum of squares), the per-example losses of `losses.py`.
       output_indices: the outputs the student imitates (see `OutputSelection`).
+      weights: optional weights of the expectation (`distillation_loss`); 0 for padding.
     Returns ΔS, shaped like `params`.
     """
     targets = _select(apply_fn(teacher_params, inputs), output_indices, loss)
-    grad = jax.grad(distillation_loss)(params, targets, apply_fn, inputs, loss, output_indices)
+    grad = jax.grad(distillation_loss)(params, targets, apply_fn, inputs, loss, output_indices, weights)
     return jax.tree.map(jnp.negative, grad)
 
 

@@ -174,7 +174,9 @@ def train_epoch(
     return jax.lax.scan(step, state, (indices, weights))
 
 
-@functools.partial(jax.jit, static_argnames=("learning_rate", "batch_size", "data_axis", "members", "hook"))
+# The learning rate is traced, not static: trainings that differ only in it (a base and its
+# fine-tunes) share one compiled epoch, which on a CPU takes longer to compile than to run.
+@functools.partial(jax.jit, static_argnames=("batch_size", "data_axis", "members", "hook"))
 def _train_epoch_seeds(
     states, keys, inputs, targets, context, *, objective, learning_rate, batch_size, data_axis, members, hook
 ):
@@ -201,9 +203,10 @@ def _train_epoch_seeds(
 
 # The two small steps around the epochs are jitted too: run eagerly, each of their
 # primitives would compile a program of its own, on the critical path of a short run.
-@functools.partial(jax.jit, static_argnames=("learning_rate", "members"))
-def _initial_states(params: PyTree, learning_rate: float, members: bool) -> TrainState:
-    init = jax.vmap(lambda p: TrainState(p, optimizer(learning_rate).init(p)))
+@functools.partial(jax.jit, static_argnames=("members",))
+def _initial_states(params: PyTree, members: bool) -> TrainState:
+    # Adam's state does not depend on the learning rate.
+    init = jax.vmap(lambda p: TrainState(p, optimizer(0.0).init(p)))
     return jax.vmap(init)(params) if members else init(params)
 
 
@@ -233,7 +236,7 @@ def compile_fit(
     whose outputs it distills) is still training. The compiled epoch lands in
     `jit`'s cache, where `fit` finds it.
     """
-    initial_states = _initial_states.lower(params, learning_rate=learning_rate, members=members)
+    initial_states = _initial_states.lower(params, members=members)
     initial_states.compile()
     epoch_keys = _epoch_keys.lower(keys, 0)
     epoch_keys.compile()
@@ -244,7 +247,7 @@ def compile_fit(
         targets,
         context,
         objective=objective,
-        learning_rate=learning_rate,
+        learning_rate=np.float32(learning_rate),
         batch_size=batch_size,
         data_axis=data_axis,
         members=members,
@@ -291,7 +294,7 @@ def fit(
       TrainingDiverged: at the end of the first epoch whose loss is not finite.
       Cancelled: before an epoch, if the shared `progress` was cancelled.
     """
-    states = _initial_states(params, learning_rate=learning_rate, members=members)
+    states = _initial_states(params, members=members)
     models = jax.tree.leaves(params)[0].shape[1] if members else 1  # per seed
     history = []
     with shared_or_own(progress, epochs * models, description) as progress:
@@ -305,7 +308,7 @@ def fit(
                 targets,
                 context,
                 objective=objective,
-                learning_rate=learning_rate,
+                learning_rate=np.float32(learning_rate),
                 batch_size=batch_size,
                 data_axis=data_axis,
                 members=members,

@@ -278,7 +278,7 @@ def test_the_students_compile_before_their_teachers_exist(small_mnist, compiled)
     # What `run` does in the background while the first teacher trains: afterwards the
     # students' training finds its compiled loop and compiles nothing. Both groups run one
     # program: their objectives differ only in the output mask, which is data.
-    config = experiment.ExperimentConfig(seeds=2, **dict(TINY, learning_rate=0.0123))  # a fresh cache entry
+    config = experiment.ExperimentConfig(seeds=2, **dict(TINY, batch_size=250))  # a fresh cache entry
     partners = runs.cross_partners(2, config.seed)
     teachers = experiment.train_teachers(config, small_mnist, np.arange(2), partners, progress=False)
     before = compiled("_train_epoch_seeds")

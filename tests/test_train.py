@@ -240,12 +240,20 @@ def test_members_train_exactly_as_each_alone_on_the_seeds_data(mlp_setup):
 def test_compile_fit_compiles_what_fit_runs(mlp_setup, compiled):
     params, keys, x, y, run = mlp_setup
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-    # A learning rate no other test uses: a fresh entry in the loop's jit cache.
-    settings = dict(objective=run.keywords["objective"], learning_rate=0.123, batch_size=32, data_axis=None)
+    # A batch size no other test uses: a fresh entry in the loop's jit cache.
+    settings = dict(objective=run.keywords["objective"], learning_rate=0.123, batch_size=29, data_axis=None)
     train.compile_fit(abstract, keys, x, y, **settings)
     assert compiled("_train_epoch_seeds") == 1
     train.fit(params, keys, x, y, epochs=2, progress=False, **settings)
     assert compiled("_train_epoch_seeds") == 1, "fit compiled again"
+    # The learning rate is an input of the compiled epoch, not a constant of it: a fine-tune
+    # that differs from its base only in the learning rate does not compile again, and still
+    # takes its own steps.
+    slower, _ = train.fit(params, keys, x, y, epochs=2, progress=False, **{**settings, "learning_rate": 0.01})
+    assert compiled("_train_epoch_seeds") == 1, "a new learning rate compiled again"
+    faster, _ = train.fit(params, keys, x, y, epochs=2, progress=False, **settings)
+    moved = lambda trained: optax.tree.norm(jax.tree.map(jnp.subtract, trained, params))  # noqa: E731
+    assert moved(faster) > 2 * moved(slower)
 
 
 def test_a_cancelled_progress_stops_the_loop_before_its_next_epoch():

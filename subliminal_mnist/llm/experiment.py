@@ -529,12 +529,13 @@ def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "learning_rate"))
-def _first_step(arch, student, target, delta_t, inputs, number_mask, learning_rate):
-    """The soft student's first step from `student` toward `target` on `inputs`, against ΔT:
-    {"gradient": {dot, cosine}, "adam": {dot, cosine}}. The gradient direction is the
-    theorem's ΔS; Adam's first update is close to -lr · sign(gradient), a different vector.
-    Every model is an argument, not a constant, so all seeds run one compiled program."""
-    delta_s = theorem.student_direction(student, target, AtPositions(arch), inputs, "kl", number_mask)
+def _first_step(arch, student, target, delta_t, inputs, weights, number_mask, learning_rate):
+    """The soft student's first step from `student` toward `target` on `inputs` (`at_positions`,
+    `weights` (B, P) 0 for padding), against ΔT: {"gradient": {dot, cosine}, "adam": {dot, cosine}}.
+    The gradient direction is the theorem's ΔS; Adam's first update is close to -lr · sign(gradient),
+    a different vector. Every model is an argument, not a constant, and the positions are padded
+    to one shape, so all seeds and conditions run one compiled program."""
+    delta_s = theorem.student_direction(student, target, AtPositions(arch), inputs, "kl", number_mask, weights)
     adam = train.optimizer(learning_rate)
     update, _ = adam.update(jax.tree.map(jnp.negative, delta_s), adam.init(student), student)
     return {
@@ -548,7 +549,7 @@ def first_step(config: LLMConfig, models: dict, numbers: NumberData) -> dict:
     for same_init and cross_init (toward the teacher, on its lists) and for the neutral control
     (from the base toward the neutral teacher, on its lists), whose first step is not 0.
 
-    Each input is one (list, number position) of the target's first `theorem_sequences` lists;
+    The expectation is over the number positions of the target's first `theorem_sequences` lists;
     the student's output is the number-token distribution there.
     """
     delta_t = jax.tree.map(jnp.subtract, models["teacher"], models["base"])
@@ -560,11 +561,9 @@ def first_step(config: LLMConfig, models: dict, numbers: NumberData) -> dict:
     ):
         tokens = numbers.lists[target][: config.theorem_sequences]
         positions, weights = corpus.number_positions(config.vocab, tokens, numbers.lengths[: len(tokens)])
-        rows, slots = np.nonzero(weights)
-        inputs = at_positions(tokens[rows], positions[rows, slots][:, None])
         step = _first_step(
-            config.architecture, models[student], models[target], delta_t, inputs, jnp.asarray(config.soft_outputs),
-            config.student_learning_rate,
+            config.architecture, models[student], models[target], delta_t, at_positions(tokens, positions),
+            jnp.asarray(weights), jnp.asarray(config.soft_outputs), config.student_learning_rate,
         )  # fmt: skip
         out[name] = jax.tree.map(float, step)
     return out
