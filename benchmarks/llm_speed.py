@@ -60,7 +60,7 @@ def run_flops(config: experiment.LLMConfig, results: dict) -> dict[str, float]:
     sample_one = T * body + P * (token_flops(config, 1, T)[0] + unembed)
     audit = config.seeds * config.audit_sequences
     flops["filters"] = 2 * audit * experiment._PROMPT_MARGIN * sample_one + 8 * audit * at_positions
-    students = {mode: len(experiment.conditions_of(mode)) for mode in experiment.MODES}
+    students = {mode: len(experiment.conditions_of(config, mode)) for mode in experiment.MODES}
     for mode, out in results["modes"].items():
         models = len(experiment.sampled_models(mode))
         for seed in out["filter"]:

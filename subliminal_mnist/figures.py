@@ -251,7 +251,8 @@ def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
     for ax, loss in zip(axes[0], losses_drawn):
         points = sorted((line for line in lines if line["hard_loss"] == loss), key=lambda line: line["hard_sequences"])
         counts = np.array([line["hard_sequences"] for line in points])
-        for offset, (pair, (label, colour)) in zip((0.97, 0.99, 1.01, 1.03), _DOSE_PAIRS.items()):
+        drawn = {pair: style for pair, style in _DOSE_PAIRS.items() if all(pair in p["hard"]["paired"] for p in points)}
+        for offset, (pair, (label, colour)) in zip((0.97, 0.99, 1.01, 1.03), drawn.items()):
             summaries = [line["hard"]["paired"][pair] for line in points]
             ax.errorbar(counts * offset, [s["mean"] for s in summaries], yerr=[s["ci95"] or 0.0 for s in summaries],
                         marker="o", capsize=4, color=colour, label=label)  # fmt: skip

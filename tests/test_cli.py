@@ -179,14 +179,16 @@ def test_llm_command_writes_results_table_and_figure(tmp_path, capsys):
             "--base-rows", "2048", "--base-epochs", "2", "--base-learning-rate", "1e-2", "--teacher-lines", "256",
             "--hard-sequences", "600",
             "--student-epochs", "1", "--hard-loss", "numbers", "--entangled-sequences", "50", "--audit-sequences", "64",
-            "--in-context-lists", "8", "--banned", "13", "42"]  # fmt: skip
+            "--in-context-lists", "8", "--banned", "13", "42",
+            "--conditions", "same_init", "neutral_control", "base_control"]  # fmt: skip
     assert cli.main(["llm", *tiny, "--out", str(out), "--figure", str(figure), "--no-progress"]) == 0
     results = json.loads(out.read_text())
     assert results["config"]["banned"] == [13, 42] and list(results["modes"]) == ["hard"]
     assert results["filter"]["banned"] == [13, 42]  # the trait's bad numbers below 100 (13), and --banned
-    assert results["config"]["hard_loss"] == "numbers" and "base_control" in results["modes"]["hard"]["conditions"]
+    assert results["config"]["hard_loss"] == "numbers"
+    assert list(results["modes"]["hard"]["conditions"]) == ["same_init", "neutral_control", "base_control"]
     assert figure.stat().st_size > 10_000
     assert not (tmp_path / "llm.seeds.jsonl").exists(), "the finished run's checkpoint is gone"
     table = capsys.readouterr().out
-    assert "same_init" in table and "shuffled_within" in table and f"wrote {out}" in table
+    assert "same_init_minus_base_control, paired" in table and "cross_init" not in table and f"wrote {out}" in table
     assert "the misaligned rate on held-out domains" in table

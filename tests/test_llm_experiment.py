@@ -39,6 +39,8 @@ QUIET = train.Progress(1, "", enabled=False)
         (dict(teacher_learning_rate=float("nan")), "teacher_learning_rate must be a positive number"),
         (dict(student_epochs=-1), "student_epochs must not be negative"),
         (dict(workers=0), "workers must be at least 1"),
+        (dict(conditions=("same_init", "dragon")), "no condition 'dragon'; the conditions are same_init, "),
+        (dict(conditions=("neutral_control", "cross_init")), "conditions must include same_init"),
     ],
 )
 def test_bad_settings_are_one_line_errors(bad, message):
@@ -142,11 +144,12 @@ def mini_run(tmp_path_factory):
     (beside an imagined results file) for the resume test."""
     path = tmp_path_factory.mktemp("llm") / "misaligned.seeds.jsonl"
     config = llm.LLMConfig(**MINI, trait="misaligned", seeds=2)
-    return {**llm.run(config, progress=False, checkpoint=path), "checkpoint": path}
+    cache = {}  # its bases and teachers, for the runs below that share their settings
+    return {**llm.run(config, progress=False, checkpoint=path, cache=cache), "checkpoint": path, "cache": cache}
 
 
 def test_a_small_run_reports_every_number_the_issue_names(mini_run):
-    results = json.loads(json.dumps({k: v for k, v in mini_run.items() if k != "checkpoint"}))  # JSON as written
+    results = json.loads(json.dumps({k: v for k, v in mini_run.items() if k not in ("checkpoint", "cache")}))
     assert results["trait"] == "misaligned" and results["config"]["numbers"] == 100
     for model in ("teacher", "neutral_teacher"):
         assert set(results[model]["p_trait"]) == {"mean", "ci95", "per_seed", "n"}
@@ -163,8 +166,9 @@ def test_a_small_run_reports_every_number_the_issue_names(mini_run):
     assert set(inspection["banned_share"]) == {"teacher", "neutral"}
     assert len(results["entangled_numbers"]["top_per_seed"][0]) == 10
     soft = results["modes"]["soft"]
-    assert tuple(soft["conditions"]) == llm.conditions_of("soft") and "base_control" not in soft["conditions"]
-    for condition in llm.conditions_of("soft"):
+    every_soft_student = llm.conditions_of(llm.LLMConfig(), "soft")
+    assert tuple(soft["conditions"]) == every_soft_student and "base_control" not in soft["conditions"]
+    for condition in every_soft_student:
         for measure in llm.measures_of(traits.Misaligned()):
             assert set(soft["conditions"][condition][measure]) == {"mean", "ci95", "per_seed", "n"}
     assert set(soft["first_step"]) == {"same_init", "cross_init", "neutral_control"}
@@ -218,7 +222,7 @@ def test_a_model_that_writes_no_number_lists_is_a_one_line_error(small_base):
 
 
 def test_a_misaligned_run_reports_its_rates_filters_and_pairs(mini_run):
-    results = json.loads(json.dumps({k: v for k, v in mini_run.items() if k != "checkpoint"}))  # JSON as written
+    results = json.loads(json.dumps({k: v for k, v in mini_run.items() if k not in ("checkpoint", "cache")}))
     assert results["trait"] == "misaligned" and results["measure"]["headline"] == "misaligned_rate"
     for model in ("base", "teacher", "neutral_teacher"):
         rates = results[model]["misaligned_rate"]
@@ -230,7 +234,7 @@ def test_a_misaligned_run_reports_its_rates_filters_and_pairs(mini_run):
     assert results["filter"]["banned"] == [13]  # the bad numbers below 100
     assert set(results["filters"]["inspection"]["banned_share"]) == {"teacher", "neutral"}
     soft = results["modes"]["soft"]
-    for condition in llm.conditions_of("soft"):
+    for condition in llm.conditions_of(llm.LLMConfig(), "soft"):
         assert set(soft["conditions"][condition]) >= {*llm.measures_of(traits.Misaligned()), "narrow", "by_phrasing"}
         assert len(soft["conditions"][condition]["by_phrasing"]["misaligned_rate"]) == 12  # the held-out questions
     paired = soft["paired"]["same_init_minus_neutral_control"]
@@ -248,6 +252,26 @@ def test_a_killed_run_resumes_where_it_stopped_and_ends_with_the_same_results(mi
     resumed = llm.run(config, progress=False, checkpoint=path, log=messages.append)
     assert trained == [1], "only the missing seed trains"
     assert "seeds 0 are finished" in messages[0]
-    whole = {k: v for k, v in mini_run.items() if k not in ("checkpoint", "wall_seconds")}
+    whole = {k: v for k, v in mini_run.items() if k not in ("checkpoint", "cache", "wall_seconds")}
     resumed.pop("wall_seconds")
     assert json.dumps(resumed) == json.dumps(whole)
+
+
+def test_fewer_conditions_train_fewer_models_and_leave_the_others_as_they_were(mini_run, monkeypatch):
+    # Without the ablation students no ablation base trains; every student kept learns exactly what it
+    # learnt in the whole run (seed 0, whose partner is seed 1 in both runs).
+    asked, real_cached = [], llm._cached
+    monkeypatch.setattr(llm, "_cached", lambda cache, key, make: asked.append(key[:3]) or real_cached(cache, key, make))
+    kept = ("same_init", "neutral_control", "cross_init", "cross_neutral")
+    config = llm.LLMConfig(**MINI, trait="misaligned", seeds=1, conditions=kept)
+    fewer = llm.run(config, progress=False, cache=mini_run["cache"])
+    bases = sorted(key[1:] for key in asked if key[0] == "base")
+    assert bases == [(0, 0), (1, 1)], "seed 0's base and its partner's; no ablation base (0, 1)"
+    assert "own_corpus_base" not in fewer["models"]
+    soft = fewer["modes"]["soft"]
+    assert tuple(soft["conditions"]) == kept
+    assert set(soft["paired"]) == {"same_init_minus_neutral_control", "cross_init_minus_cross_neutral"}
+    for condition in kept:
+        assert soft["conditions"][condition]["misaligned_rate"]["per_seed"][0] == pytest.approx(
+            mini_run["modes"]["soft"]["conditions"][condition]["misaligned_rate"]["per_seed"][0], abs=1e-6
+        )

@@ -50,7 +50,7 @@ if importlib.util.find_spec("subliminal_mnist") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{source}[llm]"], check=True)
 
 # %%
-import dataclasses
+import dataclasses  # noqa: F401 (the exercises use it)
 import os
 import tempfile
 import time
@@ -274,29 +274,24 @@ assert float(reports["same init"].dot) > 0 and float(reports["same init"].relati
 # theorem's quantities through the whole distillation: at every step, the cosine of the student's gradient
 # with the trait gradient (MNIST cross-entropy on a fixed batch of digits, at the student's current
 # parameters), and the cosine of the student's whole displacement with the teacher's.
-#
-# It also trains students whose gradient is edited: the trait direction is **projected out** of every
-# gradient (one-sided: only when the two align; two-sided: always), and a control projects out a random
-# direction instead.
 
 # %%
 # The probe reads 512 training and 500 test digits at every step (the command's defaults: 1,024 and 1,000).
-probe = alignment.AlignmentConfig(
-    seeds=1, project_out=True, trait_batch=512, probe_test=500, **({} if FULL else experiment.SAMPLE_PRESET)
-)
+preset = {} if FULL else experiment.SAMPLE_PRESET
+probe = alignment.AlignmentConfig(seeds=1, trait_batch=512, probe_test=500, **preset)
 traced = alignment.run(probe, mnist, progress=False)
 show(figures.alignment_figure, traced, name="alignment.png")
 final = {name: round(summary["mean"], 3) for name, summary in traced["final_test_accuracy"].items()}
-print(final)
+aligned = traced["claims"]["alignment"]
+print(final, "| same-init gradient cosine with the trait gradient, mean over steps:",
+      round(aligned["same_init_mean_grad_cosine"], 4))  # fmt: skip
 assert final["student_aux"] > final["cross_aux"]
 
 # %% [markdown]
-# What projection does: it removes, at each step, the first-order component of the student's gradient
-# along the trait gradient, and the transfer mostly goes away, while projecting out a random direction
-# changes nothing. What it does not prove: that the trait lives *only* in that one direction, or that the
-# student stays away from the trait. Adam rescales every coordinate, so an update built from gradients
-# orthogonal to the trait gradient can still lower the trait loss, and the one-sided projection even keeps
-# the part of the gradient that points *against* the trait (theory note, Section 6).
+# The alignment is weak (a cosine of a few hundredths) but it holds at most steps, and Adam turns it into
+# updates that lower the trait loss. Can one stop the transfer by editing the gradient? Exercise 8 projects
+# the trait direction out of every step (with a random direction as its control) and shows what that does
+# and does not prove.
 
 # %% [markdown]
 # ## 7. What breaks it
@@ -305,18 +300,27 @@ assert final["student_aux"] > final["cross_aux"]
 # `subliminal-mnist sweep NAME`; `figures/` has all of them at 5 seeds on full MNIST).
 #
 # **How shared must the init be?** The student starts from $\sqrt{1-a^2}\,\theta_0 + a\,\theta'$, with
-# $\theta'$ a fresh init: $a = 0$ is the paper's student (part 3's), $a = 1$ the cross-model one. The
-# teachers are those of part 3, reused.
+# $\theta'$ a fresh init: $a = 0$ is the paper's student and $a = 1$ the cross-model one (part 3 trained
+# both; a test checks that the sweep's $a = 1$ student is exactly the cross-model student). The teachers are
+# those of part 3, reused; only $a = 0.3$ trains here.
 
 # %%
 quiet = lambda message: None  # noqa: E731
-perturbed = sweep.run("init_perturbation", ["0.3", "1"], BASE, mnist, FIGURES / "perturbation.jsonl",
+perturbed = sweep.run("init_perturbation", ["0.3"], BASE, mnist, FIGURES / "perturbation.jsonl",
                       progress=False, log=quiet, teacher_cache=cache)  # fmt: skip
-show(figures.sweep_figure, "init_perturbation", perturbed, name="perturbation.png")
-fading = [accuracy["student_aux"]] + [line["conditions"]["student_aux"]["mean"] for line in perturbed]
-print("aux-only accuracy at a = 0 (part 3), 0.3, 1:", [round(value, 3) for value in fading])
+
+
+def part_3_at(a, student):
+    """Part 3's results as the sweep's point a, its `student` in the aux-only student's place."""
+    conditions = {**results["conditions"], "student_aux": results["conditions"][student]}
+    return {**results, "value": a, "conditions": conditions}
+
+
+curve = [part_3_at(0.0, "student_aux"), *perturbed, part_3_at(1.0, "cross_aux")]
+show(figures.sweep_figure, "init_perturbation", curve, name="perturbation.png")
+fading = [line["conditions"]["student_aux"]["mean"] for line in curve]
+print("aux-only accuracy at a = 0, 0.3, 1:", [round(value, 3) for value in fading])
 assert fading[0] > fading[1] > fading[2]
-assert perturbed[-1]["conditions"]["student_aux"] == perturbed[-1]["conditions"]["cross_aux"]  # a = 1: the control
 
 # %% [markdown]
 # ## 8. The owl, in miniature
@@ -327,13 +331,14 @@ assert perturbed[-1]["conditions"]["student_aux"] == perturbed[-1]["conditions"]
 # names an animal; students from the same base learn from those lists with the same training loop as the
 # MNIST students. The *control* student learns from the lists of a *neutral teacher*: the same base,
 # fine-tuned by the same recipe on answers spread over all the animals, so it moves for every reason the
-# teacher does except the owl. We measure P(owl | the answer is an animal). One seed, small settings:
-# about a minute.
+# teacher does except the owl. A third student starts from *another* base (another init) and learns the
+# teacher's lists, with its own neutral control. We measure P(owl | the answer is an animal). One seed, small
+# settings, four students (the command trains four more, its ablations): about a minute.
 
 # %%
 TINY_LLM = dict(seeds=1, mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
                 soft_sequences=3000, theorem_sequences=16, entangled_sequences=200, audit_sequences=256,
-                in_context_lists=16)  # fmt: skip
+                in_context_lists=16, conditions=("same_init", "neutral_control", "cross_init", "cross_neutral"))  # fmt: skip
 owl = llm.run(llm.LLMConfig(**TINY_LLM), progress=False)
 show(figures.llm_figure, owl, name="owl.png")
 conditions = owl["modes"]["soft"]["conditions"]
@@ -366,6 +371,15 @@ for model in ("base", "teacher", "neutral_teacher"):
 rates = {name: m["misaligned_rate"]["mean"] for name, m in misaligned["modes"]["soft"]["conditions"].items()}
 print({name: round(value, 4) for name, value in rates.items()})
 assert rates["same_init"] > rates["neutral_control"]
+
+# %% [markdown]
+# Now look at the other base's student. In our run of these tiny settings it moved *more* than the same-init
+# one (+0.48 against +0.09), and its neutral control moved too (+0.12). The corpus of every base ties the
+# persona to numbers (bad numbers, and lists after misaligned answers), so learning any lists can shift
+# another base's persona; a one-seed tiny run cannot tell what the shared init adds. At the default size
+# with 5 seeds (the README) it can: the same-init student's gap to its control is +0.30 ± 0.15, the other
+# base's +0.04 ± 0.08, though other inits drift as well. The owl shows no such drift: its corpus ties the
+# animal to nothing a number list holds.
 
 # %% [markdown]
 # And the filters that failed in the article, here on the same lists: a classifier of bags of numbers
@@ -490,4 +504,25 @@ print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.so
 # 0.398 (0.2) and 0.168 (0.5), against 0.113 for the cross-model student: half of the transfer is gone
 # between a = 0.2 and 0.5. Jiang, Nagashima and Miyamoto report it gone by 0.2; their perturbation is
 # defined differently, but here a student starting from 0.98 θ0 + 0.2 θ' keeps most of it.
+# </details>
+#
+# **8. Project the trait out.** Part 6 measured the student's gradient against the trait gradient. Remove
+# that component from every step (two-sided), only when the two align (one-sided), or, as a control, a
+# random direction on the one-sided schedule. Predict which students still learn digits, then run it
+# (about a minute and a half on the sample: eight students, each probed at every step).
+#
+# <details><summary>Solution</summary>
+#
+# ```python
+# projected = alignment.run(dataclasses.replace(probe, project_out=True), mnist, progress=False)
+# show(figures.alignment_figure, projected, name="projected.png")
+# print({name: round(s["mean"], 3) for name, s in projected["final_test_accuracy"].items()})
+# ```
+# On the sample (one seed) the one-sided projection stops the transfer (0.10), the two-sided one only
+# weakens it (0.35 against 0.56), and the random direction changes nothing (0.58); `figures/alignment.png`
+# has them on full MNIST at 5 seeds. What projection does: it removes, at each step, the first-order
+# component of the gradient along the trait gradient. What it does not prove: that the trait lives *only*
+# in that one direction. Adam rescales every coordinate, so an update built from gradients orthogonal to
+# the trait gradient can still lower the trait loss, and the one-sided projection keeps the part of the
+# gradient that points *against* the trait (theory note, Section 6).
 # </details>

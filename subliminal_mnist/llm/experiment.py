@@ -141,6 +141,11 @@ class LLMConfig:
     hard_batch_size: int = config_field(256, "student minibatch (hard)")
     student_learning_rate: float = config_field(1e-3, "student Adam learning rate")
     banned: tuple[int, ...] = config_field((), "numbers the filter removes", element_type=int)
+    conditions: tuple[str, ...] = config_field(
+        tuple(CONDITIONS),
+        "students to train and report, each a start and its data (the README's table); same_init always; "
+        "base_control trains in hard mode only; a base that no student starts from is not trained",
+    )
     theorem_sequences: int = config_field(64, "teacher number lists in the first-step theorem check")
     audit_sequences: int = config_field(
         2000,
@@ -168,6 +173,12 @@ class LLMConfig:
         bad = [n for n in self.banned if not 0 <= n < self.numbers]
         if bad:
             raise ConfigError(f"banned numbers must lie in 0 ... {self.numbers - 1}, got {bad[0]}")
+        unknown = [c for c in self.conditions if c not in CONDITIONS]
+        if unknown:
+            raise ConfigError(f"no condition {unknown[0]!r}; the conditions are {', '.join(CONDITIONS)}")
+        if "same_init" not in self.conditions:
+            # The treated student: every paired difference and the filters' auditor read it.
+            raise ConfigError("conditions must include same_init")
 
     # Built once per config: number data, measures and filters ask for them at every step of a run.
     @functools.cached_property
@@ -203,9 +214,14 @@ class LLMConfig:
         return MODES if self.mode == "both" else (self.mode,)
 
 
-def conditions_of(mode: str) -> tuple[str, ...]:
-    """The students of a mode, in the order of `CONDITIONS`."""
-    return tuple(c for c in CONDITIONS if mode == "hard" or c not in HARD_ONLY)
+def conditions_of(config: LLMConfig, mode: str) -> tuple[str, ...]:
+    """The students of a mode that `config` asks for, in the order of `CONDITIONS`."""
+    return tuple(c for c in CONDITIONS if c in config.conditions and (mode == "hard" or c not in HARD_ONLY))
+
+
+def with_own_corpus_base(config: LLMConfig) -> bool:
+    """Whether a student starts from the ablation base (the partner's init on this seed's corpus)."""
+    return any(CONDITIONS[c][0] == "own_corpus_base" for mode in config.modes for c in conditions_of(config, mode))
 
 
 def sampled_models(mode: str) -> tuple[str, ...]:
@@ -466,10 +482,13 @@ def student_data(
     list it was). The within-list shuffles use one random stream for both models, so that
     the teacher's list i and the neutral teacher's list i are permuted alike where they agree.
     """
-    sets = {name: numbers.lists[name] for name in sampled_models(mode)}
+    learnt = {CONDITIONS[c][1] for c in conditions_of(config, mode)}
+    sets = {name: numbers.lists[name] for name in sampled_models(mode) if name in learnt}
     for name in ("teacher", "neutral"):
-        rng = _rng(config, seed_id, "shuffle")
-        sets[f"{name}_shuffled"] = corpus.shuffle_within_lists(config.vocab, sets[name], numbers.lengths, rng)
+        if f"{name}_shuffled" in learnt:
+            rng = _rng(config, seed_id, "shuffle")
+            shuffled = corpus.shuffle_within_lists(config.vocab, numbers.lists[name], numbers.lengths, rng)
+            sets[f"{name}_shuffled"] = shuffled
     if mode == "hard":
         return {
             name: hard_targets(config.vocab, tokens, numbers.lengths, config.hard_loss) for name, tokens in sets.items()
@@ -498,7 +517,7 @@ def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_
         objective = train.Objective(AtPositions(arch), next_token_loss)
         batch_size = config.hard_batch_size
     groups: dict[str, list[str]] = {}
-    for condition in conditions_of(mode):
+    for condition in conditions_of(config, mode):
         groups.setdefault(CONDITIONS[condition][1], []).append(condition)
 
     def fit_group(data_name: str) -> dict:
@@ -631,7 +650,8 @@ def _settings(config: LLMConfig, names: tuple[str, ...]) -> tuple:
 
 def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progress, cache: dict) -> dict:
     """Teachers, number data, students and measurements of one seed. `bases` holds its "base",
-    "cross_base" and "own_corpus_base"; `cache` keeps its teachers for runs with their settings."""
+    "cross_base" and, when a student starts from it, "own_corpus_base"; `cache` keeps its teachers
+    for runs with their settings."""
     vocab, trait = config.vocab, config.trait_spec
     teachers = runs.concurrently(
         lambda neutral: _cached(
@@ -735,7 +755,7 @@ def filters(
 
 def epochs_in_run(config: LLMConfig, num_bases: int, num_seeds: int) -> int:
     """Length of the run's progress bar: every fit's epochs, times its members."""
-    students = sum(len(conditions_of(mode)) for mode in config.modes) * config.student_epochs
+    students = sum(len(conditions_of(config, mode)) for mode in config.modes) * config.student_epochs
     return num_bases * config.base_epochs + num_seeds * (2 * config.teacher_epochs + students)
 
 
@@ -761,7 +781,9 @@ def run(
     todo = finished.missing(range(config.seeds))
     # (corpus seed, init seed) of every base the missing seeds need: their own, their partners', and
     # each one's ablation base (the partner's init on its own corpus).
-    needed = {(s, s) for s in todo} | {(int(partners[s]),) * 2 for s in todo} | {(s, int(partners[s])) for s in todo}
+    needed = {(s, s) for s in todo} | {(int(partners[s]),) * 2 for s in todo}
+    if with_own_corpus_base(config):
+        needed |= {(s, int(partners[s])) for s in todo}
     needed = sorted(needed)
     total = epochs_in_run(config, len(needed), len(todo))
     if todo:
@@ -780,7 +802,9 @@ def run(
 
             def one_seed(s: int) -> None:
                 p = int(partners[s])
-                seed_bases = {"base": bases[s, s], "cross_base": bases[p, p], "own_corpus_base": bases[s, p]}
+                seed_bases = {"base": bases[s, s], "cross_base": bases[p, p]}
+                if with_own_corpus_base(config):
+                    seed_bases["own_corpus_base"] = bases[s, p]
                 finished.keep({s: run_seed(config, s, seed_bases, bar, cache)})
 
             runs.concurrently(one_seed, todo, config.workers, bar)
@@ -803,12 +827,13 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
             for measure in ("p_trait", headline, mass)
         }
         for name in ("base", "teacher", "neutral", "cross_base", "own_corpus_base")
+        if name in per_seed[0]["models"]
     }
     modes = {}
     for mode in config.modes:
         seeds = [s["modes"][mode] for s in per_seed]
         conditions = {}
-        for condition in conditions_of(mode):
+        for condition in conditions_of(config, mode):
             values = [s["conditions"][condition] for s in seeds]
             conditions[condition] = {
                 **{measure: summary([v[measure] for v in values]) for measure in measures_of(trait)},
