@@ -288,10 +288,11 @@ print(final, "| same-init gradient cosine with the trait gradient, mean over ste
 assert final["student_aux"] > final["cross_aux"]
 
 # %% [markdown]
-# The alignment is weak (a cosine of a few hundredths) but it holds at most steps, and Adam turns it into
-# updates that lower the trait loss. Can one stop the transfer by editing the gradient? Exercise 8 projects
-# the trait direction out of every step (with a random direction as its control) and shows what that does
-# and does not prove.
+# The alignment is weak (the mean cosine above is a few thousandths) yet it is there, and Adam turns it into
+# updates that lower the trait loss: on full MNIST the raw gradient is aligned at 70% of the steps, and
+# Adam's update lowers the trait loss at 99.5% of the steps (the README). Can one stop the transfer by
+# editing the gradient? Exercise 8 projects the trait direction out of every step (with a random direction
+# as its control) and shows what that does and does not prove.
 
 # %% [markdown]
 # ## 7. What breaks it
