@@ -225,7 +225,9 @@ def with_own_corpus_base(config: LLMConfig) -> bool:
 
 
 def sampled_models(mode: str) -> tuple[str, ...]:
-    """The models whose number lists a mode's students learn from."""
+    """The models whose number lists a mode's students learn from. All of them write lists whatever
+    `conditions` asks for: a prompt is used when every model's list passes the filter, so the
+    students kept learn the very data they learn in the whole run."""
     return ("teacher", "neutral", "base") if mode == "hard" else ("teacher", "neutral")
 
 
@@ -780,9 +782,10 @@ def run(
     finished = runs.Checkpoint(checkpoint, runs.identity(config), log)
     todo = finished.missing(range(config.seeds))
     # (corpus seed, init seed) of every base the missing seeds need: their own, their partners', and
-    # each one's ablation base (the partner's init on its own corpus).
+    # when a student starts from it, each one's ablation base (the partner's init on its own corpus).
+    own_corpus = with_own_corpus_base(config)
     needed = {(s, s) for s in todo} | {(int(partners[s]),) * 2 for s in todo}
-    if with_own_corpus_base(config):
+    if own_corpus:
         needed |= {(s, int(partners[s])) for s in todo}
     needed = sorted(needed)
     total = epochs_in_run(config, len(needed), len(todo))
@@ -803,7 +806,7 @@ def run(
             def one_seed(s: int) -> None:
                 p = int(partners[s])
                 seed_bases = {"base": bases[s, s], "cross_base": bases[p, p]}
-                if with_own_corpus_base(config):
+                if own_corpus:
                     seed_bases["own_corpus_base"] = bases[s, p]
                 finished.keep({s: run_seed(config, s, seed_bases, bar, cache)})
 
