@@ -109,6 +109,31 @@ def project(grads, trait_grads, random_direction, projection: jax.Array):
     return edited, acted
 
 
+def trait_gradient(arch: model.Architecture, params, context) -> tuple[jax.Array, model.Params]:
+    """The teacher's own loss at `params` and its gradient, as in Theorem 1's checks: cross-entropy
+    of the class logits on the batch `context["trait_images"]`, `context["trait_labels"]`."""
+    trait_loss_fn = theorem.class_trait_loss(arch, context["trait_images"], context["trait_labels"], arch.class_indices)
+    return jax.value_and_grad(trait_loss_fn)(params)
+
+
+@dataclasses.dataclass(frozen=True)
+class TraitProjection:
+    """The projection defense as the loop's gradient hook: the edit `project` and nothing else
+    measured but whether it acted ("projected"). A defender who uses it must know the trait: its
+    gradient comes from the teacher's own loss on labelled digits (`trait_gradient`).
+
+    context (per seed and member): trait_images, trait_labels, projection, random_direction, as
+    for `TraitProbe`.
+    """
+
+    arch: model.Architecture
+
+    def __call__(self, params, grads, context):
+        _, trait_grads = trait_gradient(self.arch, params, context)
+        edited, acted = project(grads, trait_grads, context["random_direction"], context["projection"])
+        return edited, {"projected": acted.astype(jnp.float32)}
+
+
 @dataclasses.dataclass(frozen=True)
 class TraitProbe:
     """The loop's gradient hook: measures alignment with the trait gradient, and edits the gradient.
@@ -122,11 +147,7 @@ class TraitProbe:
     arch: model.Architecture
 
     def __call__(self, params, grads, context):
-        # The teacher's own loss, as in Theorem 1's checks: cross-entropy of the class logits on MNIST.
-        trait_loss_fn = theorem.class_trait_loss(
-            self.arch, context["trait_images"], context["trait_labels"], self.arch.class_indices
-        )
-        trait_loss, trait_grads = jax.value_and_grad(trait_loss_fn)(params)
+        trait_loss, trait_grads = trait_gradient(self.arch, params, context)
         edited, acted = project(grads, trait_grads, context["random_direction"], context["projection"])
         grad_norm = optax.tree.norm(grads)
         removed = optax.tree.norm(jax.tree.map(jnp.subtract, grads, edited))
@@ -164,7 +185,7 @@ def variant_name(student: str, projection: str) -> str:
     return student if projection == "none" else f"{student}_{projection}"
 
 
-def _per_member(tree, num_members: int, num_seeds: int | None = None):
+def per_member(tree, num_members: int, num_seeds: int | None = None):
     """(S, ...) arrays, or with `num_seeds` unbatched ones, repeated for each member: (S, M, ...)."""
     if num_seeds is not None:
         tree = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_seeds, *a.shape)), tree)
@@ -200,12 +221,12 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
         teachers = experiment.train_teachers(config, mnist, seed_ids, partners[seed_ids], bar)
         keys = experiment.seed_keys(config, seed_ids)
         context = {
-            **_per_member(shared, len(members), len(seed_ids)),
+            **per_member(shared, len(members), len(seed_ids)),
             "student_init": teachers.inits_of(students),
-            "teacher_init": _per_member(teachers.shared_init, len(members)),
-            "teacher": _per_member(teachers.teacher, len(members)),
+            "teacher_init": per_member(teachers.shared_init, len(members)),
+            "teacher": per_member(teachers.teacher, len(members)),
             "projection": jnp.broadcast_to(codes, (len(seed_ids), len(members))),
-            "random_direction": _per_member(random_directions(keys["distill_aux"], teachers.shared_init), len(members)),
+            "random_direction": per_member(random_directions(keys["distill_aux"], teachers.shared_init), len(members)),
         }
         trained, history = experiment.distill(
             config, teachers, students, keys["distill_aux"], bar, names=names, hook=TraitProbe(arch), context=context

@@ -18,7 +18,18 @@ from typing import Any, NoReturn, Sequence
 import jax
 import numpy as np
 
-from subliminal_mnist import alignment, data, experiment, figures, files, runs, sweep, theorem_checks, train
+from subliminal_mnist import (
+    alignment,
+    data,
+    defenses,
+    experiment,
+    figures,
+    files,
+    runs,
+    sweep,
+    theorem_checks,
+    train,
+)
 from subliminal_mnist.llm import dose
 from subliminal_mnist.llm import experiment as llm_experiment
 from subliminal_mnist.llm.experiment import LLMConfig
@@ -142,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(sweep_cmd)
     add_config_options(sweep_cmd, experiment.ExperimentConfig)
     sweep_cmd.set_defaults(handler=_sweep)
+
+    defend = commands.add_parser(
+        "defend", help="what stops subliminal learning: every proposed defense, its transfer remaining and its cost"
+    )
+    defend.add_argument("setting", help=f"where to measure them: {', '.join(defenses.SETTINGS)}")
+    defend.add_argument(
+        "--out", default=".", help="folder of defend_SETTING.jsonl (resumed if there), .json and .png (default: .)"
+    )
+    defend.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
+    defend.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of a table")
+    defend.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_data_options(defend)
+    add_config_options(defend, defenses.MnistDefenses)
+    add_config_options(defend, experiment.ExperimentConfig)
+    defend.set_defaults(handler=_defend)
 
     theorem_cmd = commands.add_parser("theorem", help="check Theorem 1 numerically: sign, first order, conditions")
     theorem_cmd.add_argument(
@@ -359,6 +385,32 @@ def _sweep(args: argparse.Namespace) -> int:
     if leaked:
         print(f"cross-model student above chance (a leak, not transfer) at {', '.join(map(str, leaked))}")
     print(f"wrote {figure_path} from {len(lines)} points of {lines_path}")
+    return 0
+
+
+def _defend(args: argparse.Namespace) -> int:
+    """Train the defenses' missing rows (or none, with --plot-only), then write the table, JSON and figure."""
+    if args.setting not in defenses.SETTINGS:
+        raise runs.ConfigError(f"no setting {args.setting!r}; the settings are {', '.join(defenses.SETTINGS)}")
+    options = explicit_options(args, experiment.ExperimentConfig)
+    if "conditions" in options:
+        raise runs.ConfigError("defend trains its own students (treated, control, useful); drop --conditions")
+    options.setdefault("seeds", defenses.SEEDS)
+    settings = defenses.MnistDefenses(**explicit_options(args, defenses.MnistDefenses))
+    experiment.ExperimentConfig(**options)  # fail on a bad option before loading any data
+    out = pathlib.Path(args.out)
+    lines_path = out / f"defend_{args.setting}.jsonl"
+    if args.plot_only:
+        lines = defenses.drawn_lines(lines_path, defenses.rows(settings))
+    else:
+        mnist = data.load(args.source, args.data_dir)
+        config = experiment.ExperimentConfig(**_for_data(mnist, options))
+        lines = defenses.run(config, settings, mnist, lines_path, progress=not args.no_progress)
+    summary = defenses.summarize(lines)
+    json_path, figure_path = lines_path.with_suffix(".json"), lines_path.with_suffix(".png")
+    files.write_json(json_path, summary)
+    figures.defenses_figure(summary, figure_path)
+    print(json.dumps(summary) if args.json else f"{defenses.table(summary)}\nwrote {json_path} and {figure_path}")
     return 0
 
 

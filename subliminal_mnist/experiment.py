@@ -392,15 +392,16 @@ def distill(
     progress: bool | train.Progress = True,
     *,
     names: Sequence[str] | None = None,
-    **hook,
+    **loop,
 ) -> tuple[dict[str, model.Params], dict[str, np.ndarray]]:
     """Train student conditions of a chunk on their teacher's outputs on noise, e.g. ("student_aux", "cross_aux").
 
     The students must share their outputs ("*_aux" or "*_all"). They train as
     members of one loop, each from its own init (`Teachers.init_of`), on the same
-    noise in the same order. `hook` (optional: `hook=..., context=...`) is passed
-    to the loop, to watch or edit each step; its context has the member axis
-    after the seed axis. A condition may appear more than once, e.g. as several
+    noise in the same order. `loop` (optional) overrides or adds settings of the loop
+    (`train.fit`): `hook=..., context=...` to watch or edit each step (the context has the
+    member axis after the seed axis), a `penalty`, another `optimizer_name` and
+    `learning_rate` (a defense, `defenses.py`). A condition may appear more than once, e.g. as several
     members whose steps the hook edits differently (chosen by their context):
     then `names`, one per member and distinct, key the returned parameters.
 
@@ -420,8 +421,7 @@ def distill(
         epochs=config.student_epochs,
         description=f"{'+'.join(students)} ({len(keys)} seeds)",
         progress=progress,
-        **options,
-        **hook,
+        **{**options, **loop},
     )
     return {name: jax.tree.map(lambda a, m=m: a[:, m], params) for m, name in enumerate(names)}, history
 

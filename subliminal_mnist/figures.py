@@ -274,3 +274,32 @@ def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)
+
+
+def defenses_figure(summary: dict, path: str | os.PathLike) -> None:
+    """Each defense's transfer remaining against its costs (the useful all-logits student's accuracy;
+    the held-out distillation loss, log scale), mean and 95% t interval both ways: the defenses that
+    stop the trait without stopping the distillation sit low on the left panel's right side."""
+    rows = summary["defenses"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained", sharey=True)
+    costs = (("useful_accuracy", "useful student's test accuracy (all logits)"),
+             ("heldout_distill_loss", "held-out distillation loss (aux KL)"))  # fmt: skip
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+    for ax, (cost, label) in zip(axes, costs):
+        for i, (key, row) in enumerate(rows.items()):
+            x, y = row["cost"][cost], row["remaining"]
+            ax.errorbar(x["mean"], y["mean"], xerr=x["ci95"] or 0, yerr=y["ci95"] or 0, marker="o", capsize=3,
+                        color=colors[i % 20], label=key)  # fmt: skip
+            ax.annotate(key, (x["mean"], y["mean"]), xytext=(4, 4), textcoords="offset points", fontsize=7)
+        ax.axhline(1, color="black", linestyle=":", linewidth=0.8)
+        ax.axhline(0, color="black", linestyle="--", linewidth=0.8)
+        ax.set_xlabel(label)
+        ax.grid(True, alpha=0.3)
+        if cost == "heldout_distill_loss":
+            ax.set_xscale("log")
+    axes[0].set_ylabel("transfer remaining (paired effect / undefended)")
+    n = rows["none"]["effect"]["n"]
+    fig.suptitle(f"What stops subliminal learning ({summary['setting']}): {n} seeds, 95% t intervals", fontsize=11)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)

@@ -97,6 +97,13 @@ def cross_partners(num_seeds: int, seed: int) -> np.ndarray:
             return partners
 
 
+def unrelated_seeds(num_seeds: int) -> np.ndarray:
+    """unrelated[s]: a seed id that is neither s nor its cross partner, for any run of `num_seeds`
+    seeds: the ids past every seed and partner a run uses, whose inits are drawn only where
+    something must be unrelated to both (a defense's third model)."""
+    return np.arange(num_seeds) + max(num_seeds, 2)
+
+
 def chunks(seed_ids: Sequence[int], size: int) -> Iterator[np.ndarray]:
     """`seed_ids` in consecutive groups of at most `size`."""
     seed_ids = np.asarray(seed_ids)

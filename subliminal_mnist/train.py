@@ -28,6 +28,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from subliminal_mnist import losses
+
 PyTree = Any
 
 
@@ -120,11 +122,60 @@ class TrainState(NamedTuple):
     opt_state: PyTree
 
 
-def optimizer(learning_rate: float) -> optax.GradientTransformation:
+# The loop's optimizers. Adam is the paper's and the default; plain SGD (no momentum) is a
+# proposed defense against subliminal transfer (`defenses.py`), so the one loop offers it too.
+OPTIMIZERS = ("adam", "sgd")
+
+
+def optimizer(learning_rate: float, name: str = "adam") -> optax.GradientTransformation:
     """The loop's optimizer: Adam with PyTorch's defaults (b1=0.9, b2=0.999, eps=1e-8), as the
-    paper's code. Public so that an analysis of Adam's steps (`theorem_checks.adam_case`) uses
-    this very optimizer, not a copy of it."""
-    return optax.adam(learning_rate)
+    paper's code, or plain SGD. Public so that an analysis of Adam's steps
+    (`theorem_checks.adam_case`) uses this very optimizer, not a copy of it."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"no optimizer {name!r}; the optimizers are {', '.join(OPTIMIZERS)}")
+    return optax.adam(learning_rate) if name == "adam" else optax.sgd(learning_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class Penalty:
+    """A term added to the objective at every step that pulls a model toward where its training started.
+
+    Static under `jit` (hashable): trainings with one penalty share one compiled loop.
+
+    Attributes:
+      kind: "kl_to_start", the mean over the batch of KL(softmax(start's outputs) || softmax(outputs))
+        on the batch's inputs (over every output, whatever the objective's mask: the whole
+        behaviour is held, not only the part the loss trains); or "l2_to_start", |θ - θ0|² / 2.
+      weight: its weight against the objective's loss.
+      ramp: the weight rises linearly from 0 over the first epoch, then falls linearly to 0 at
+        the end of training ("liminal training"); else it is constant.
+    """
+
+    kind: str
+    weight: float
+    ramp: bool = False
+
+    KINDS = ("kl_to_start", "l2_to_start")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"no penalty {self.kind!r}; the penalties are {', '.join(self.KINDS)}")
+
+    def weight_at(self, fraction: jax.Array, epochs: jax.Array) -> jax.Array:
+        """The weight after `fraction` of the training (0 to 1) of `epochs` epochs."""
+        if not self.ramp:
+            return jnp.asarray(self.weight, jnp.float32)
+        first = 1 / epochs  # the first epoch's share of the training
+        rising, falling = fraction / first, (1 - fraction) / jnp.maximum(1 - first, 1e-12)
+        return self.weight * jnp.clip(jnp.where(fraction < first, rising, falling), 0.0, 1.0)
+
+    def value(self, params: PyTree, start: PyTree, apply_fn: Callable, inputs: PyTree, weights: jax.Array):
+        """The unweighted penalty on a batch (`weights` (B,), 0 for padding)."""
+        if self.kind == "l2_to_start":
+            return 0.5 * optax.tree.norm(jax.tree.map(jnp.subtract, params, start), squared=True)
+        start_outputs = jax.lax.stop_gradient(apply_fn(start, inputs))
+        per_example = losses.kl_divergence(apply_fn(params, inputs), start_outputs)
+        return jnp.sum(weights * per_example) / jnp.sum(weights)
 
 
 def epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -153,34 +204,76 @@ def train_epoch(
     batch_size: int,
     hook: GradientHook | None = None,
     context: PyTree = None,
+    optimizer_name: str = "adam",
+    penalty: Penalty | None = None,
+    start: PyTree = None,
+    epoch: jax.Array | int = 0,
+    epochs: jax.Array | int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One epoch for one seed: a `lax.scan` of Adam steps.
+    """One epoch (number `epoch` of `epochs`) for one seed: a `lax.scan` of optimizer steps.
 
+    With a `penalty`, each step's loss adds its weighted value, with `start` the parameters
+    the training started from; the recorded "loss" stays the objective's alone, beside "penalty".
     Returns the new state and, per step, the loss and the hook's metrics: {name: (steps,)}.
     """
-    adam = optimizer(learning_rate)
+    update_rule = optimizer(learning_rate, optimizer_name)
     indices, weights = epoch_batches(key, jax.tree.leaves(inputs)[0].shape[0], batch_size)
+    steps = indices.shape[0]
 
-    def step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-        batch_indices, batch_weights = batch
+    def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        batch_indices, batch_weights, step_index = batch
         batch_inputs, batch_targets = jax.tree.map(lambda t: t[batch_indices], (inputs, targets))
-        loss, grads = jax.value_and_grad(objective.batch_loss)(state.params, batch_inputs, batch_targets, batch_weights)
         metrics = {}
+        if penalty is None:
+            loss, grads = jax.value_and_grad(objective.batch_loss)(
+                state.params, batch_inputs, batch_targets, batch_weights
+            )
+        else:
+            fraction = (epoch * steps + step_index) / (epochs * steps)
+            penalty_weight = penalty.weight_at(fraction, epochs)
+
+            def penalized(params):
+                loss = objective.batch_loss(params, batch_inputs, batch_targets, batch_weights)
+                value = penalty.value(params, start, objective.apply_fn, batch_inputs, batch_weights)
+                return loss + penalty_weight * value, (loss, value)
+
+            (_, (loss, value)), grads = jax.value_and_grad(penalized, has_aux=True)(state.params)
+            metrics = {"penalty": value, "penalty_weight": penalty_weight}
         if hook is not None:
-            grads, metrics = hook(state.params, grads, context)
-        updates, opt_state = adam.update(grads, state.opt_state, state.params)
+            grads, hook_metrics = hook(state.params, grads, context)
+            metrics = {**metrics, **hook_metrics}
+        updates, opt_state = update_rule.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state), {"loss": loss, **metrics}
 
-    return jax.lax.scan(step, state, (indices, weights))
+    return jax.lax.scan(step, state, (indices, weights, jnp.arange(steps)))
 
 
 # The learning rate is traced, not static: trainings that differ only in it (a base and its
 # fine-tunes) share one compiled epoch, which on a CPU takes longer to compile than to run.
-@functools.partial(jax.jit, static_argnames=("batch_size", "data_axis", "members", "hook"))
+# So are the epoch's number and the count of epochs, which only a penalty's schedule reads.
+@functools.partial(
+    jax.jit, static_argnames=("batch_size", "data_axis", "members", "hook", "optimizer_name", "penalty")
+)
 def _train_epoch_seeds(
-    states, keys, inputs, targets, context, *, objective, learning_rate, batch_size, data_axis, members, hook
+    states,
+    keys,
+    inputs,
+    targets,
+    context,
+    start,
+    epoch,
+    epochs,
+    *,
+    objective,
+    learning_rate,
+    batch_size,
+    data_axis,
+    members,
+    hook,
+    optimizer_name,
+    penalty,
 ):
-    def epoch(state, key, inputs, targets, context):
+    def one_epoch(state, key, inputs, targets, context, start):
         return train_epoch(
             state,
             key,
@@ -191,22 +284,28 @@ def _train_epoch_seeds(
             batch_size=batch_size,
             hook=hook,
             context=context,
+            optimizer_name=optimizer_name,
+            penalty=penalty,
+            start=start,
+            epoch=epoch,
+            epochs=epochs,
         )
 
     if members:
-        # The members of a seed share its data and data order; only their states and
-        # contexts differ. Unbatched inputs let XLA turn their first-layer matmuls into
-        # one wide matmul, which a CPU runs faster than several narrow ones.
-        epoch = jax.vmap(epoch, in_axes=(0, None, None, None, 0))
-    return jax.vmap(epoch, in_axes=(0, 0, data_axis, data_axis, 0))(states, keys, inputs, targets, context)
+        # The members of a seed share its data and data order; only their states, contexts and
+        # starts differ. Unbatched inputs let XLA turn their first-layer matmuls into one wide
+        # matmul, which a CPU runs faster than several narrow ones.
+        one_epoch = jax.vmap(one_epoch, in_axes=(0, None, None, None, 0, 0))
+    in_axes = (0, 0, data_axis, data_axis, 0, 0)
+    return jax.vmap(one_epoch, in_axes=in_axes)(states, keys, inputs, targets, context, start)
 
 
 # The two small steps around the epochs are jitted too: run eagerly, each of their
 # primitives would compile a program of its own, on the critical path of a short run.
-@functools.partial(jax.jit, static_argnames=("members",))
-def _initial_states(params: PyTree, members: bool) -> TrainState:
-    # Adam's state does not depend on the learning rate.
-    init = jax.vmap(lambda p: TrainState(p, optimizer(0.0).init(p)))
+@functools.partial(jax.jit, static_argnames=("members", "optimizer_name"))
+def _initial_states(params: PyTree, members: bool, optimizer_name: str = "adam") -> TrainState:
+    # The optimizer's state does not depend on the learning rate.
+    init = jax.vmap(lambda p: TrainState(p, optimizer(0.0, optimizer_name).init(p)))
     return jax.vmap(init)(params) if members else init(params)
 
 
@@ -228,6 +327,8 @@ def compile_fit(
     members: bool = False,
     hook: GradientHook | None = None,
     context: PyTree = None,
+    optimizer_name: str = "adam",
+    penalty: Penalty | None = None,
 ) -> None:
     """Compile what `fit` with these arguments runs, without running it.
 
@@ -236,7 +337,7 @@ def compile_fit(
     whose outputs it distills) is still training. The compiled epoch lands in
     `jit`'s cache, where `fit` finds it.
     """
-    initial_states = _initial_states.lower(params, members=members)
+    initial_states = _initial_states.lower(params, members=members, optimizer_name=optimizer_name)
     initial_states.compile()
     epoch_keys = _epoch_keys.lower(keys, 0)
     epoch_keys.compile()
@@ -246,12 +347,17 @@ def compile_fit(
         inputs,
         targets,
         context,
+        None if penalty is None else params,
+        np.int32(0),
+        np.int32(1),
         objective=objective,
         learning_rate=np.float32(learning_rate),
         batch_size=batch_size,
         data_axis=data_axis,
         members=members,
         hook=hook,
+        optimizer_name=optimizer_name,
+        penalty=penalty,
     ).compile()
 
 
@@ -269,10 +375,12 @@ def fit(
     members: bool = False,
     hook: GradientHook | None = None,
     context: PyTree = None,
+    optimizer_name: str = "adam",
+    penalty: Penalty | None = None,
     description: str = "train",
     progress: bool | Progress = True,
 ) -> tuple[PyTree, dict[str, np.ndarray]]:
-    """Train S seeds at once with Adam.
+    """Train S seeds at once with Adam (or, with `optimizer_name`, plain SGD).
 
     Args:
       params: parameters with a leading seed axis S.
@@ -285,6 +393,9 @@ def fit(
         (Adam is elementwise); sharing the inputs is only faster.
       hook: optional per-step look at (and edit of) each seed's gradient, with
         `context`, a pytree with the seed axis, as its data (see `GradientHook`).
+      optimizer_name: "adam" (the paper's) or "sgd" (`OPTIMIZERS`).
+      penalty: optional `Penalty` toward `params`, the start, added to the loss at every step;
+        the history then has its value ("penalty") and weight ("penalty_weight") at every step.
       progress: a bar of its own (True), none (False), or a shared `Progress`
         that this call advances by one per epoch and member.
     Returns:
@@ -294,7 +405,8 @@ def fit(
       TrainingDiverged: at the end of the first epoch whose loss is not finite.
       Cancelled: before an epoch, if the shared `progress` was cancelled.
     """
-    states = _initial_states(params, members=members)
+    states = _initial_states(params, members=members, optimizer_name=optimizer_name)
+    start = None if penalty is None else params  # kept only for a penalty that reads it
     models = jax.tree.leaves(params)[0].shape[1] if members else 1  # per seed
     history = []
     with shared_or_own(progress, epochs * models, description) as progress:
@@ -307,12 +419,17 @@ def fit(
                 inputs,
                 targets,
                 context,
+                start,
+                np.int32(epoch),
+                np.int32(epochs),
                 objective=objective,
                 learning_rate=np.float32(learning_rate),
                 batch_size=batch_size,
                 data_axis=data_axis,
                 members=members,
                 hook=hook,
+                optimizer_name=optimizer_name,
+                penalty=penalty,
             )
             metrics = jax.tree.map(np.asarray, metrics)
             losses = metrics["loss"]

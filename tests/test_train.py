@@ -79,6 +79,69 @@ def test_one_step_is_one_adam_step_on_the_mean_loss():
     )
 
 
+def test_one_sgd_step_is_minus_the_learning_rate_times_the_gradient():
+    x, y = toy_data()
+    params = linear_params(1)
+    trained, _ = fit(
+        params, jax.random.split(jax.random.key(2), 1), x, y,
+        objective=LINEAR_CE, epochs=1, batch_size=len(x), data_axis=None, optimizer_name="sgd",
+    )  # fmt: skip
+    p0 = jax.tree.map(lambda a: a[0], params)
+    grad = jax.grad(lambda p: jnp.mean(losses.cross_entropy(linear_apply(p, x), y)))(p0)
+    for name in ("w", "b"):
+        np.testing.assert_allclose(trained[name][0], p0[name] - LR * grad[name], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="no optimizer 'lion'"):
+        train.optimizer(LR, "lion")
+
+
+def test_a_penalty_adds_its_weighted_gradient_and_records_its_value():
+    # One full-batch SGD step of loss + w |θ - θ0|²/2 from θ0 is the plain step (the penalty's gradient
+    # is 0 there); the second step adds w (θ1 - θ0). Both steps' penalty values are recorded.
+    x, y = toy_data()
+    params = linear_params(1)
+    run = functools.partial(
+        fit, params, jax.random.split(jax.random.key(2), 1), x, y,
+        objective=LINEAR_CE, epochs=2, batch_size=len(x), data_axis=None, optimizer_name="sgd",
+    )  # fmt: skip
+    plain, plain_history = run()
+    penalized, history = run(penalty=train.Penalty("l2_to_start", 3.0))
+    p0 = jax.tree.map(lambda a: a[0], params)
+
+    def loss(p):
+        return jnp.mean(losses.cross_entropy(linear_apply(p, x), y))
+
+    p1 = jax.tree.map(lambda p, g: p - LR * g, p0, jax.grad(loss)(p0))
+    p2 = jax.tree.map(lambda p, g, s: p - LR * (g + 3.0 * (p - s)), p1, jax.grad(loss)(p1), p0)
+    for name in ("w", "b"):
+        np.testing.assert_allclose(penalized[name][0], p2[name], rtol=1e-5, atol=1e-7)
+    distance = sum(jnp.sum((p1[k] - p0[k]) ** 2) for k in p0) / 2
+    np.testing.assert_allclose(history["penalty"][0, :, 0], [0.0, distance], rtol=1e-5, atol=1e-12)
+    np.testing.assert_array_equal(history["loss"][0, 0], plain_history["loss"][0, 0])  # the objective's alone
+    assert not np.allclose(penalized["w"], plain["w"])
+    zero, _ = run(penalty=train.Penalty("kl_to_start", 0.0))
+    jax.tree.map(np.testing.assert_array_equal, zero, plain)  # weight 0: the penalty's code runs, adds nothing
+
+
+def test_a_ramped_penalty_rises_over_the_first_epoch_and_falls_to_zero_at_the_end():
+    penalty = train.Penalty("kl_to_start", 2.0, ramp=True)
+    fractions = jnp.array([0.0, 0.125, 0.25, 0.625, 1.0])
+    np.testing.assert_allclose(penalty.weight_at(fractions, 4), [0.0, 1.0, 2.0, 1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(train.Penalty("l2_to_start", 2.0).weight_at(fractions, 4), 2.0)
+    with pytest.raises(ValueError, match="no penalty 'l1'"):
+        train.Penalty("l1", 1.0)
+
+
+def test_the_kl_penalty_is_the_kl_of_the_outputs_to_the_starts():
+    x, _ = toy_data(8)
+    start = jax.tree.map(lambda a: a[0], linear_params(1))
+    moved = {"w": start["w"] * jnp.array([1.0, -1.0, 2.0]), "b": start["b"] + jnp.array([0.5, 0.0, -0.5])}
+    penalty = train.Penalty("kl_to_start", 1.0)
+    p, q = jax.nn.softmax(linear_apply(start, x)), jax.nn.softmax(linear_apply(moved, x))
+    expected = jnp.mean(jnp.sum(p * (jnp.log(p) - jnp.log(q)), axis=-1))
+    np.testing.assert_allclose(penalty.value(moved, start, linear_apply, x, jnp.ones(8)), expected, rtol=1e-5)
+    assert penalty.value(start, start, linear_apply, x, jnp.ones(8)) == pytest.approx(0.0, abs=1e-7)
+
+
 def test_the_loop_learns_and_records_one_loss_per_step():
     x, y = toy_data()
     _, history = fit(

@@ -1,0 +1,489 @@
+"""What stops subliminal learning: the proposed defenses, side by side, each with what it costs.
+
+A defense is a small change to the students' distillation, never a new experiment: the
+same teachers, noise, keys and loop as the demo (`experiment.py`), with one thing changed.
+Each *row* (a defense at one strength) trains, for every seed, three students on the
+same defended data:
+
+- the treated student: the aux-only student from the teacher's own init, as in the demo;
+- its control: the aux-only student from another init (the demo's cross-model student), on
+  the same defended data with the same defense, so it can move for every reason the
+  treated one moves except the shared init;
+- the useful student: the all-logits student from the teacher's init under the same
+  defense. Distilling the teacher's class logits is the useful task, so its test accuracy
+  is what the defense costs.
+
+The row's *effect* is treated minus control accuracy, paired by seed; its *transfer
+remaining* is the effect divided by the undefended (`none`) effect of the same seed, with a
+Student's t interval over seeds. Its other cost is the treated student's distillation loss
+(KL of the aux logits' softmaxes) on held-out noise: how well it still learnt what it was
+distilled on.
+
+Rows, by defense (`DEFENSES`):
+
+- none: the demo's aux-only student and its cross-model control, unchanged; `remaining` 1.
+- other_init: the paper's own finding, as the reference. The treated student starts from
+  another init (the cross partner's), its control from a third one (`runs.unrelated_seeds`).
+- sgd: plain SGD instead of Adam, at the learning rate whose held-out distillation loss is
+  nearest the undefended Adam student's (a grid on the first seeds), so the row compares
+  students that learnt their distillation as well, not undertrained ones.
+- kl_to_start: KL to the student's own start on every output of the distillation inputs,
+  its weight ramped up over the first epoch and then decayed ("liminal training").
+- l2_to_start: |θ - θ0|² / 2, constant weight: weight decay toward the start.
+- mix: a share of the distillation targets comes from an unrelated teacher, one trained from
+  a third init (not the control's: its data would then carry the control's own init).
+- projection: the distillation gradient's component along the trait gradient removed
+  (`alignment.project`), one-sided or two-sided; the defender must know the trait.
+- temperature: the KL at another softmax temperature (scaled by T², as `losses.TemperedKL`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from subliminal_mnist import alignment, data, experiment, losses, model, runs, train
+from subliminal_mnist.experiment import ExperimentConfig
+from subliminal_mnist.runs import ConfigError, config_field
+
+SETTINGS = ("mnist",)
+# Seeds of a run unless --seeds says otherwise: enough for a t interval, 5x cheaper than the demo.
+SEEDS = 5
+DEFENSES = (
+    "none",
+    "other_init",
+    "sgd",
+    "kl_to_start",
+    "l2_to_start",
+    "mix",
+    "replace_divergent",
+    "threshold_sampling",
+    "detector_filter",
+    "projection",
+    "temperature",
+)
+# The defenses each setting has; the others are the language model's, which samples tokens.
+APPLIES = {
+    "mnist": ("none", "other_init", "sgd", "kl_to_start", "l2_to_start", "mix", "projection", "temperature"),
+}
+# The projection defense's edits: the trait direction removed when aligned, or always. (The
+# alignment probe's random-direction control is a control of the edit, not a defense.)
+PROJECTIONS = ("one_sided", "two_sided")
+# The three students of every row: the aux pair trains as two members of one loop, as in the demo.
+_AUX_PAIR = experiment.STUDENT_GROUPS["aux"]
+_USEFUL = ("student_all",)
+# The SGD row's control: Adam at the learning rate whose distillation loss matches the SGD
+# student's. Plain SGD may not reach Adam's loss in the paper's epochs at any rate; then this
+# row tells the optimizer's part from the undertraining's.
+SGD_ADAM_CONTROL = "adam_control"
+# The held-out noise's key: the seed's noise key folded with a number no other use of it reaches.
+_HELDOUT_FOLD = 2**31 - 2
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistDefenses:
+    """Which defenses `defend mnist` runs and at what strengths. The CLI is generated from it."""
+
+    defenses: tuple[str, ...] = config_field(
+        APPLIES["mnist"], "defenses to run (none always runs: every row is measured against it)"
+    )
+    mix_shares: tuple[float, ...] = config_field(
+        (0.1, 0.25, 0.5), "mix: shares of the distillation targets from an unrelated teacher, one row each"
+    )
+    temperatures: tuple[float, ...] = config_field((0.25, 4.0), "temperature: KL temperatures, one row each")
+    projections: tuple[str, ...] = config_field(
+        ("one_sided", "two_sided"), "projection: the edits of the distillation gradient, one row each"
+    )
+    kl_weight: float = config_field(1.0, "kl_to_start: the KL's largest weight (nats per nat of distillation loss)")
+    l2_weight: float = config_field(1e-3, "l2_to_start: the weight of |θ - θ0|² / 2")
+    sgd_learning_rate: float = config_field(
+        0.0, "sgd: its learning rate; 0: the grid's rate whose held-out distillation loss is nearest Adam's"
+    )
+    sgd_grid: tuple[float, ...] = config_field(
+        (0.1, 0.3, 1.0, 3.0, 10.0), "sgd: the learning rates tried on the first seeds when it is 0"
+    )
+    adam_grid: tuple[float, ...] = config_field(
+        (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4),
+        "sgd: Adam's rates tried for its control, which distils to the SGD student's held-out loss",
+    )
+    heldout_noise: int = config_field(10_000, "noise images, never trained on, for the held-out distillation loss")
+    trait_batch: int = config_field(1024, "projection: training images in the trait gradient, the first N")
+
+    def __post_init__(self):
+        for name in self.defenses:
+            if name not in DEFENSES:
+                raise ConfigError(f"no defense {name!r}; the defenses are {', '.join(DEFENSES)}")
+            if name not in APPLIES["mnist"]:
+                raise ConfigError(
+                    f"defense {name} does not apply to mnist; its defenses are {', '.join(APPLIES['mnist'])}"
+                )
+        if not all(0 <= share <= 1 for share in self.mix_shares):
+            raise ConfigError(f"mix_shares must be in [0, 1], got {self.mix_shares}")
+        if not all(t > 0 and np.isfinite(t) for t in (*self.temperatures, *self.sgd_grid, *self.adam_grid)):
+            raise ConfigError("temperatures, sgd_grid and adam_grid must be positive numbers")
+        unknown = [p for p in self.projections if p not in PROJECTIONS]
+        if unknown:
+            raise ConfigError(f"no projection {unknown[0]!r}; they are {', '.join(PROJECTIONS)}")
+        runs.check_fields(
+            self,
+            at_least_one=("heldout_noise", "trait_batch"),
+            not_negative=("kl_weight", "l2_weight", "sgd_learning_rate"),
+        )
+
+
+class Row(NamedTuple):
+    """One line of the table: a defense at one strength (`value`, None for those without one)."""
+
+    name: str
+    value: float | str | None = None
+
+    @property
+    def key(self) -> str:
+        """The row's JSON key: the defense, and its strength for a defense run at several."""
+        if self.value is None:
+            return self.name
+        return f"{self.name}:{self.value:g}" if isinstance(self.value, float) else f"{self.name}:{self.value}"
+
+
+def rows(defenses: MnistDefenses) -> list[Row]:
+    """The rows of a run, `none` first (every other row is measured against it)."""
+    strengths = {
+        "mix": defenses.mix_shares,
+        "temperature": defenses.temperatures,
+        "projection": defenses.projections,
+        "sgd": (None, SGD_ADAM_CONTROL),
+    }
+    out = [Row("none")]
+    for name in APPLIES["mnist"][1:]:
+        if name in defenses.defenses:
+            out += [Row(name, value) for value in strengths[name]] if name in strengths else [Row(name)]
+    return out
+
+
+class Seeds(NamedTuple):
+    """Who is whose: seed s's cross partner (the control's init) and unrelated seed (a third model's)."""
+
+    partners: np.ndarray
+    unrelated: np.ndarray
+
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> "Seeds":
+        return cls(runs.cross_partners(config.seeds, config.seed), runs.unrelated_seeds(config.seeds))
+
+
+@functools.partial(jax.jit, static_argnames="arch")
+def heldout_distill_loss(student: model.Params, teacher: model.Params, noise: jax.Array, arch: model.Architecture):
+    """Each seed's mean KL (temperature 1, the paper's loss) of its aux logits' softmax to the teacher's,
+    on noise it never trained on: student, teacher (S, ...), noise (S, n, 784) -> (S,)."""
+    kl = losses.distillation_loss("kl")
+    mask = arch.output_mask(arch.aux_indices)
+    return jax.vmap(lambda s, t, x: jnp.mean(kl(arch.apply(s, x), arch.apply(t, x), mask)))(student, teacher, noise)
+
+
+def heldout_noise(config: ExperimentConfig, defenses: MnistDefenses, noise_keys: jax.Array, train_images) -> jax.Array:
+    """(S, heldout_noise, 784): each seed's held-out noise, of the students' distribution, from its own key."""
+    keys = jax.vmap(lambda key: jax.random.fold_in(key, _HELDOUT_FOLD))(noise_keys)
+    return experiment.noise_sets(keys, dataclasses.replace(config, num_noise=defenses.heldout_noise), train_images)
+
+
+def _projection_context(defenses: MnistDefenses, mnist: data.MNIST, teachers, projection: str, members: int):
+    num_seeds = len(teachers.noise)
+    shared = {
+        "trait_images": mnist.train_images[: defenses.trait_batch],
+        "trait_labels": mnist.train_labels[: defenses.trait_batch],
+        "projection": jnp.int32(alignment.PROJECTIONS.index(projection)),
+    }
+    # The one- and two-sided edits never read the random direction; it is there for `project`'s signature.
+    zeros = jax.tree.map(jnp.zeros_like, teachers.shared_init)
+    return {
+        **alignment.per_member(shared, members, num_seeds),
+        "random_direction": alignment.per_member(zeros, members),
+    }
+
+
+def train_row(
+    row: Row,
+    config: ExperimentConfig,
+    defenses: MnistDefenses,
+    mnist: data.MNIST,
+    seed_ids: np.ndarray,
+    seeds: Seeds,
+    progress: bool | train.Progress = True,
+    teacher_cache: dict | None = None,
+    learning_rate: float | None = None,
+) -> dict[str, np.ndarray]:
+    """One row for a chunk of seeds: per seed (each (S,)), the treated, control and useful students'
+    test accuracies, the treated student's held-out distillation loss, and the teacher's accuracy.
+
+    `learning_rate` is the optimizer's for an `sgd` row (`matched_rate` finds it).
+    """
+    arch = config.architecture
+    if row.name == "temperature":
+        config = dataclasses.replace(config, kl_temperature=row.value)
+    teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], progress, teacher_cache)
+    keys = experiment.seed_keys(config, seed_ids)
+    loop: Callable[[int], dict] = lambda members: {}
+    if row.name == "other_init":
+        unrelated_init = experiment.init_seeds(experiment.seed_keys(config, seeds.unrelated[seed_ids])["init"], arch)
+        teachers = teachers._replace(student_init=teachers.other_init, other_init=unrelated_init)
+    elif row.name == "mix":
+        unrelated = experiment.train_teachers(
+            config, mnist, seeds.unrelated[seed_ids], seed_ids, progress, teacher_cache
+        ).teacher
+        mixed = experiment.outputs_on(unrelated, teachers.noise, arch, config.batch_size)
+        count = round(row.value * teachers.noise.shape[1])  # the noise is i.i.d.: its first images are a random share
+        targets = jnp.concatenate([mixed[:, :count], teachers.teacher_targets[:, count:]], axis=1)
+        teachers = teachers._replace(teacher_targets=targets)
+    elif row.name == "sgd":
+        # The SGD row proper, or its Adam control: Adam at the rate that distils as (un)well as SGD did.
+        optimizer_name = "adam" if row.value == SGD_ADAM_CONTROL else "sgd"
+        loop = lambda members: {"optimizer_name": optimizer_name, "learning_rate": learning_rate}
+    elif row.name in ("kl_to_start", "l2_to_start"):
+        weight = defenses.kl_weight if row.name == "kl_to_start" else defenses.l2_weight
+        penalty = train.Penalty(row.name, weight, ramp=row.name == "kl_to_start")
+        loop = lambda members: {"penalty": penalty}
+    elif row.name == "projection":
+        loop = lambda members: {
+            "hook": alignment.TraitProjection(arch),
+            "context": _projection_context(defenses, mnist, teachers, row.value, members),
+        }
+    groups = {"aux": _AUX_PAIR, "all": _USEFUL}
+    trained = runs.concurrently(
+        lambda group: experiment.distill(
+            config, teachers, groups[group], keys[f"distill_{group}"], progress, **loop(len(groups[group]))
+        )[0],
+        tuple(groups),
+        config.workers,
+        progress,
+    )
+    students = {name: params for group in trained for name, params in group.items()}
+
+    def accuracy(params):
+        return np.asarray(experiment.test_accuracy(params, mnist.test_images, mnist.test_labels, arch))
+
+    noise = heldout_noise(config, defenses, keys["noise"], mnist.train_images)
+    return {
+        "treated": accuracy(students["student_aux"]),
+        "control": accuracy(students["cross_aux"]),
+        "useful": accuracy(students["student_all"]),
+        "heldout_distill_loss": np.asarray(
+            heldout_distill_loss(students["student_aux"], teachers.teacher, noise, arch)
+        ),
+        "teacher": accuracy(teachers.teacher),
+    }
+
+
+def matched_rate(
+    config: ExperimentConfig,
+    defenses: MnistDefenses,
+    mnist: data.MNIST,
+    seed_ids: np.ndarray,
+    seeds: Seeds,
+    target_loss: float,
+    optimizer_name: str,
+    grid: Sequence[float],
+    progress: bool | train.Progress,
+    teacher_cache: dict | None,
+) -> tuple[float, dict[str, float]]:
+    """The learning rate at which the treated student, trained with `optimizer_name`, has the held-out
+    distillation loss (mean over `seed_ids`) `target_loss`, interpolated from the rates of `grid`
+    (`interpolated_rate`); and every rate's loss ({rate: loss}, inf where the training diverged). Only
+    the distillation loss decides, never the transfer."""
+    arch = config.architecture
+    teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], progress, teacher_cache)
+    keys = experiment.seed_keys(config, seed_ids)
+    noise = heldout_noise(config, defenses, keys["noise"], mnist.train_images)
+    tried = {}
+    for rate in grid:
+        try:
+            student = experiment.distill(
+                config, teachers, ("student_aux",), keys["distill_aux"], progress,
+                optimizer_name=optimizer_name, learning_rate=rate,
+            )[0]["student_aux"]  # fmt: skip
+            loss = float(np.mean(heldout_distill_loss(student, teachers.teacher, noise, arch)))
+            # A last step may diverge after the loop saw its last finite loss: NaN is as far as inf.
+            tried[rate] = loss if np.isfinite(loss) else float("inf")
+        except train.TrainingDiverged:
+            tried[rate] = float("inf")
+    return interpolated_rate(tried, target_loss), {f"{rate:g}": loss for rate, loss in tried.items()}
+
+
+def interpolated_rate(tried: dict[float, float], target_loss: float) -> float:
+    """The learning rate at which the loss would be `target_loss`, from the losses `tried` at a grid of
+    rates: between the two neighbouring rates whose losses bracket it, linear in log rate and log loss
+    (a grid is coarse: neighbouring rates may differ 2-fold in loss); where none bracket it, the grid's
+    rate whose loss is nearest in ratio."""
+    rates = sorted(tried)
+    for low, high in zip(rates, rates[1:]):
+        a, b = tried[low], tried[high]
+        if np.isfinite(a) and np.isfinite(b) and min(a, b) <= target_loss <= max(a, b) and a != b:
+            share = np.log(target_loss / a) / np.log(b / a)
+            return float(np.exp(np.log(low) + share * np.log(high / low)))
+    return min(rates, key=lambda rate: abs(np.log(tried[rate] / target_loss)))
+
+
+_PER_SEED = ("treated", "control", "useful", "heldout_distill_loss", "teacher")
+
+
+def _row_fields(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> dict:
+    """What a row's line must match to be reused: the setting, the row, the experiment's config and
+    the defense settings the row reads."""
+    reads = {
+        "sgd": ("sgd_learning_rate", "sgd_grid", "adam_grid"),
+        "kl_to_start": ("kl_weight",),
+        "l2_to_start": ("l2_weight",),
+        "projection": ("trait_batch",),
+    }
+    settings = {name: getattr(defenses, name) for name in ("heldout_noise", *reads.get(row.name, ()))}
+    config_fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in runs.SPEED_ONLY}
+    return {"setting": "mnist", "defense": row.key, "config": config_fields, "settings": settings}
+
+
+def run(
+    config: ExperimentConfig,
+    defenses: MnistDefenses,
+    mnist: data.MNIST,
+    path: str | pathlib.Path | None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    teacher_cache: dict | None = None,
+) -> list[dict]:
+    """Every row, trained or read back from `path` (JSON lines, one per finished row; see
+    `runs.Lines`): a run killed at any moment resumes at the row it was training."""
+    lines = runs.Lines(path)
+    seeds = Seeds.of(config)
+    arrays = experiment.on_device(mnist)
+    cache = {} if teacher_cache is None else teacher_cache
+    chunk_size = experiment.seeds_per_chunk(config, config.num_noise or len(mnist.train_images))
+    seed_chunks = list(runs.chunks(range(config.seeds), chunk_size))
+    todo = rows(defenses)
+    results: list[dict] = []
+    for index, row in enumerate(todo, 1):
+        label = f"defend mnist: {row.key} ({index}/{len(todo)})"
+
+        def compute(row=row, label=label) -> dict:
+            start = time.perf_counter()
+            extra, rate = {}, None
+            with train.shared_or_own(progress, _row_epochs(row, config, defenses), label) as bar:
+                if row.name == "sgd":
+                    # SGD's rate: the grid's nearest the undefended Adam student's held-out loss; its
+                    # control's (Adam) rate: the grid's nearest the SGD row's, on the same first seeds.
+                    control = row.value == SGD_ADAM_CONTROL
+                    rate = 0.0 if control else defenses.sgd_learning_rate
+                    if not rate:
+                        first = seed_chunks[0]
+                        target = results[-1 if control else 0]["per_seed"]["heldout_distill_loss"]
+                        target = float(np.mean(np.asarray(target)[first]))
+                        grid = defenses.adam_grid if control else defenses.sgd_grid
+                        rate, tried = matched_rate(
+                            config,
+                            defenses,
+                            arrays,
+                            first,
+                            seeds,
+                            target,
+                            "adam" if control else "sgd",
+                            grid,
+                            bar,
+                            cache,
+                        )
+                        extra["tuning"] = {"target_loss": target, "tried": tried, "seeds": first.tolist()}
+                    extra["learning_rate"] = rate
+                per_chunk = runs.concurrently(
+                    lambda ids: train_row(row, config, defenses, arrays, ids, seeds, bar, cache, rate),
+                    seed_chunks,
+                    config.workers,
+                    bar,
+                )
+            per_seed = {name: np.concatenate([c[name] for c in per_chunk]).tolist() for name in _PER_SEED}
+            return {"per_seed": per_seed, **extra, "wall_seconds": time.perf_counter() - start,
+                    "data_source": mnist.source}  # fmt: skip
+
+        line = runs.point(lines, _row_fields(row, config, defenses), compute, label, log)
+        results.append(line)
+        effect = np.subtract(line["per_seed"]["treated"], line["per_seed"]["control"]).mean()
+        log(f"{label}: same init minus control {effect:+.3f}, {line['wall_seconds']:.0f} s")
+    return results
+
+
+def _row_epochs(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> int:
+    """The length of a row's progress bar: its teachers' and students' epochs, all seeds."""
+    teachers = config.teacher_epochs * (2 if row.name == "mix" else 1)
+    students = len(_AUX_PAIR) + len(_USEFUL)
+    tuning = 0
+    if row.name == "sgd":
+        control = row.value == SGD_ADAM_CONTROL
+        tuning = len(defenses.adam_grid) if control else 0 if defenses.sgd_learning_rate else len(defenses.sgd_grid)
+    return config.seeds * (teachers + students * config.student_epochs) + tuning * config.student_epochs
+
+
+def summarize(lines: Sequence[dict]) -> dict:
+    """The table: for each row, its transfer remaining, its effect and its costs, each a summary with
+    Student's t interval (`runs.summarize`); the rows in the order of `lines` (none first)."""
+    by_key = {line["defense"]: line for line in lines}
+    undefended = np.subtract(by_key["none"]["per_seed"]["treated"], by_key["none"]["per_seed"]["control"])
+    table = {}
+    for key, line in by_key.items():
+        per_seed = line["per_seed"]
+        effect = np.subtract(per_seed["treated"], per_seed["control"])
+        table[key] = {
+            # Per seed, the defended paired effect over that seed's undefended one.
+            "remaining": runs.summarize(effect / undefended),
+            "effect": runs.summarize(effect),
+            "accuracy": {
+                "treated": runs.summarize(per_seed["treated"]),
+                "control": runs.summarize(per_seed["control"]),
+            },
+            "cost": {
+                "useful_accuracy": runs.summarize(per_seed["useful"]),
+                "heldout_distill_loss": runs.summarize(per_seed["heldout_distill_loss"]),
+                "seconds": line["wall_seconds"],
+            },
+            "config": {**line["settings"], **{k: line[k] for k in ("learning_rate", "tuning") if k in line}},
+        }
+    none = by_key["none"]
+    return {
+        "setting": "mnist",
+        "defenses": table,
+        "teacher_accuracy": runs.summarize(none["per_seed"]["teacher"]),
+        "config": none["config"],
+        "data_source": none["data_source"],
+        "devices": jax.local_device_count(),
+        "versions": runs.versions(),
+    }
+
+
+def drawn_lines(path: str | pathlib.Path, wanted: Sequence[Row]) -> list[dict]:
+    """What `--plot-only` draws: the file's latest line of each wanted row that it holds, none first."""
+    latest = {line["defense"]: line for line in runs.read_lines(path) if line.get("setting") == "mnist"}
+    if "none" not in latest:
+        raise runs.ResultsFileError(f"{path} holds no undefended (none) row to measure the others against")
+    return [latest[row.key] for row in wanted if row.key in latest]
+
+
+def table(summary: dict) -> str:
+    """The results as the README shows them: one row per defense, mean ± 95% t interval."""
+
+    def cell(s: dict, digits: int = 3) -> str:
+        return f"{s['mean']:.{digits}f}" + (f" ± {s['ci95']:.{digits}f}" if s["ci95"] is not None else "")
+
+    header = f"{'defense':<24}{'remaining':>18}{'effect':>18}{'useful acc.':>18}{'held-out loss':>24}{'time':>8}"
+    out = [header]
+    for key, row in summary["defenses"].items():
+        cost = row["cost"]
+        out.append(
+            f"{key:<24}{cell(row['remaining'], 2):>18}{cell(row['effect']):>18}{cell(cost['useful_accuracy']):>18}"
+            f"{cell(cost['heldout_distill_loss'], 5):>24}{cost['seconds']:>7.0f}s"
+        )
+    n = summary["defenses"]["none"]["effect"]["n"]
+    out.append(f"n = {n} seeds; remaining: the paired effect (same init minus control) over the undefended one")
+    return "\n".join(out)

@@ -1,0 +1,197 @@
+"""Defenses: each row changes what it says and nothing else, `none` is the demo, a killed run resumes,
+user mistakes are one line."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from subliminal_mnist import cli, data, defenses, experiment, train
+from subliminal_mnist.defenses import MnistDefenses, Row
+
+TINY = experiment.ExperimentConfig(
+    seeds=2, hidden_sizes=(32,), teacher_epochs=2, student_epochs=2, batch_size=256, num_noise=512, workers=1
+)
+SETTINGS = MnistDefenses(heldout_noise=256, trait_batch=128)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return experiment.on_device(data.load_sample())
+
+
+@pytest.fixture(scope="module")
+def teacher_cache():
+    return {}
+
+
+@pytest.fixture(scope="module")
+def undefended(sample, teacher_cache):
+    return _row(Row("none"), sample, teacher_cache)
+
+
+def _row(row, sample, cache, settings=SETTINGS, **options):
+    seeds = defenses.Seeds.of(TINY)
+    return defenses.train_row(row, TINY, settings, sample, np.arange(2), seeds, False, cache, **options)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_none_is_the_demo_for_the_same_seeds(sample, undefended):
+    demo = experiment.run(experiment.ExperimentConfig(**{**vars(TINY), "conditions": ("student_aux",)}), sample,
+                          progress=False)  # fmt: skip
+    assert demo["conditions"]["student_aux"]["per_seed"] == undefended["treated"].tolist()
+    assert demo["conditions"]["cross_aux"]["per_seed"] == undefended["control"].tolist()
+    assert demo["conditions"]["teacher"]["per_seed"] == undefended["teacher"].tolist()
+
+
+@pytest.mark.parametrize("row", [Row("mix", 0.0), Row("temperature", 1.0)])  # no target replaced; the paper's T
+def test_a_defense_that_changes_nothing_is_none_to_the_last_digit(row, sample, teacher_cache, undefended):
+    assert _same(_row(row, sample, teacher_cache), undefended)
+
+
+@pytest.mark.parametrize("name", ["kl_to_start", "l2_to_start"])
+def test_a_penalty_of_weight_zero_is_none_up_to_float_rounding(name, sample, teacher_cache, undefended):
+    # The penalty's code runs, weighted 0. Its terms join the loss's in one compiled step, where XLA may
+    # sum a gradient in another order: the same students up to the last float bit, not always to it.
+    settings = MnistDefenses(**{"kl_weight" if name == "kl_to_start" else "l2_weight": 0.0, "heldout_noise": 256})
+    zero = _row(Row(name), sample, teacher_cache, settings)
+    for key in ("treated", "control", "useful", "teacher"):
+        np.testing.assert_array_equal(zero[key], undefended[key])
+    np.testing.assert_allclose(zero["heldout_distill_loss"], undefended["heldout_distill_loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "row, settings",
+    [
+        (Row("mix", 0.5), SETTINGS),
+        (Row("temperature", 4.0), SETTINGS),
+        (Row("kl_to_start"), SETTINGS),
+        (Row("l2_to_start"), MnistDefenses(l2_weight=1.0, heldout_noise=256)),
+        (Row("projection", "two_sided"), SETTINGS),
+    ],
+)
+def test_a_defense_changes_the_students_not_the_teacher(row, settings, sample, teacher_cache, undefended):
+    defended = _row(row, sample, teacher_cache, settings)
+    assert np.array_equal(defended["teacher"], undefended["teacher"])
+    assert not np.array_equal(defended["heldout_distill_loss"], undefended["heldout_distill_loss"])
+
+
+def test_other_init_moves_the_treated_student_to_the_controls_start(sample, teacher_cache, undefended):
+    moved = _row(Row("other_init"), sample, teacher_cache)
+    # The treated student now starts where the undefended control started, on the same data.
+    np.testing.assert_allclose(moved["treated"], undefended["control"], atol=2e-3)
+    assert not np.allclose(moved["useful"], undefended["useful"])  # the useful student moved too
+
+
+def test_sgd_rows_train_with_sgd_at_the_rate_given(sample, teacher_cache, undefended, monkeypatch):
+    seen, real_fit = [], train.fit
+    monkeypatch.setattr(train, "fit", lambda *a, **k: seen.append((k.get("optimizer_name"), k["learning_rate"]))
+                        or real_fit(*a, **k))  # fmt: skip
+    sgd = _row(Row("sgd"), sample, teacher_cache, learning_rate=0.5)
+    control = _row(Row("sgd", defenses.SGD_ADAM_CONTROL), sample, teacher_cache, learning_rate=TINY.learning_rate)
+    students = [s for s in seen if s[0] is not None]
+    assert students == [("sgd", 0.5)] * 2 + [("adam", TINY.learning_rate)] * 2  # the two groups of each row
+    assert _same(control, undefended), "Adam at the paper's rate is the undefended student"
+    assert not np.array_equal(sgd["heldout_distill_loss"], undefended["heldout_distill_loss"])
+
+
+def test_the_matched_rate_interpolates_between_the_rates_that_bracket_the_target():
+    tried = {1e-5: 4e-3, 2e-5: 2e-3, 5e-5: 1e-3, 1e-1: float("inf")}
+    assert defenses.interpolated_rate(tried, 2e-3) == pytest.approx(2e-5)
+    assert defenses.interpolated_rate(tried, np.sqrt(8e-6)) == pytest.approx(np.sqrt(2e-10))  # halfway, in logs
+    assert defenses.interpolated_rate(tried, 1e-6) == 5e-5  # never reached: the nearest in ratio
+    assert defenses.interpolated_rate(tried, 1.0) == 1e-5
+
+
+def test_matched_rate_tries_every_rate_and_a_diverging_one_is_infinitely_far(sample, teacher_cache):
+    grid = (0.01, 1.0, 1e6)
+    args = (TINY, SETTINGS, sample, np.arange(1), defenses.Seeds.of(TINY))
+    rate, tried = defenses.matched_rate(*args, 1e-9, "sgd", grid, False, teacher_cache)
+    losses = {float(rate): loss for rate, loss in tried.items()}
+    assert set(losses) == set(grid) and losses[1e6] == float("inf") and np.isfinite(losses[1.0])
+    assert losses[rate] == min(losses.values())  # a target below every loss: the lowest
+
+
+def test_rows_and_summary(tmp_path, sample):
+    settings = MnistDefenses(defenses=("mix",), mix_shares=(0.0, 0.5), heldout_noise=256)
+    assert [r.key for r in defenses.rows(settings)] == ["none", "mix:0", "mix:0.5"]
+    every = [r.key for r in defenses.rows(MnistDefenses())]
+    assert every[:4] == ["none", "other_init", "sgd", "sgd:adam_control"] and "projection:two_sided" in every
+    lines = defenses.run(TINY, settings, sample, tmp_path / "d.jsonl", progress=False, log=lambda m: None)
+    summary = defenses.summarize(lines)
+    none, unmixed = summary["defenses"]["none"], summary["defenses"]["mix:0"]
+    assert none["remaining"]["per_seed"] == [1.0, 1.0] and none["remaining"]["n"] == 2
+    assert unmixed["effect"] == none["effect"] and unmixed["cost"]["useful_accuracy"] == none["cost"]["useful_accuracy"]
+    effect = np.subtract(lines[2]["per_seed"]["treated"], lines[2]["per_seed"]["control"])
+    assert summary["defenses"]["mix:0.5"]["effect"]["per_seed"] == pytest.approx(effect.tolist())
+    assert "n = 2 seeds" in defenses.table(summary)
+
+
+def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp_path, sample, monkeypatch):
+    settings = MnistDefenses(defenses=("temperature",), temperatures=(2.0,), heldout_noise=256)
+    whole = tmp_path / "whole.jsonl"
+    defenses.run(TINY, settings, sample, whole, progress=False, log=lambda m: None)
+
+    real_row = defenses.train_row
+
+    def killed_at_the_second_row(row, *args, **kwargs):
+        if row.name == "temperature":
+            raise KeyboardInterrupt
+        return real_row(row, *args, **kwargs)
+
+    resumed = tmp_path / "resumed.jsonl"
+    monkeypatch.setattr(defenses, "train_row", killed_at_the_second_row)
+    with pytest.raises(KeyboardInterrupt):
+        defenses.run(TINY, settings, sample, resumed, progress=False, log=lambda m: None)
+    assert len(resumed.read_text().splitlines()) == 1 and not list(tmp_path.glob(".*.tmp"))
+    monkeypatch.setattr(defenses, "train_row", real_row)
+    messages = []
+    defenses.run(TINY, settings, sample, resumed, progress=False, log=messages.append)
+    assert "not trained again" in messages[0]
+
+    def without_times(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in path.read_text().splitlines()]
+
+    assert without_times(resumed) == without_times(whole)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["defend", "owl"], "no setting 'owl'"),
+        (["defend", "mnist", "--defenses", "shield"], "no defense 'shield'"),
+        (["defend", "mnist", "--defenses", "replace_divergent"], "defense replace_divergent does not apply to mnist"),
+        (["defend", "mnist", "--mix-shares", "1.5"], "mix_shares must be in [0, 1]"),
+        (["defend", "mnist", "--projections", "random"], "no projection 'random'"),
+        (["defend", "mnist", "--kl-weight", "-1"], "kl_weight must not be negative"),
+        (["defend", "mnist", "--conditions", "teacher"], "drop --conditions"),
+        (["defend", "mnist", "--plot-only", "--out", "/nowhere"], "no undefended (none) row"),
+    ],
+)
+def test_defend_mistakes_are_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(cli.main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_the_command_trains_writes_and_redraws_without_training(tmp_path, capsys, monkeypatch):
+    tiny = ["--hidden-sizes", "32", "--teacher-epochs", "2", "--student-epochs", "1", "--batch-size", "256",
+            "--num-noise", "512", "--heldout-noise", "256"]  # fmt: skip
+    argv = ["defend", "mnist", "--defenses", "mix", "--mix-shares", "0", "--seeds", "2", "--out", str(tmp_path)]
+    assert cli.main([*argv, "--source", "sample", *tiny, "--no-progress", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads((tmp_path / "defend_mnist.json").read_text())
+    assert printed == written and printed["setting"] == "mnist" and list(printed["defenses"]) == ["none", "mix:0"]
+    assert printed["defenses"]["none"]["remaining"]["mean"] == 1.0 and printed["defenses"]["none"]["effect"]["n"] == 2
+    figure = tmp_path / "defend_mnist.png"
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+    figure.unlink()
+    monkeypatch.setattr(defenses, "train_row", lambda *a, **k: pytest.fail("--plot-only must not train"))
+    assert cli.main([*argv, "--plot-only"]) == 0
+    assert figure.read_bytes()[:4] == b"\x89PNG"
