@@ -154,7 +154,8 @@ def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp
     assert "not trained again" in messages[0]
 
     def without_times(path):
-        return [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in path.read_text().splitlines()]
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        return [{k: v for k, v in line.items() if k != "wall_seconds"} for line in lines]
 
     assert without_times(resumed) == without_times(whole)
 
