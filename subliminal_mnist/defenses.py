@@ -302,18 +302,21 @@ def matched_rate(
     teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], progress, teacher_cache)
     keys = experiment.seed_keys(config, seed_ids)
     noise = heldout_noise(config, defenses, keys["noise"], mnist.train_images)
-    tried = {}
-    for rate in grid:
+
+    def loss_at(rate: float) -> float:
         try:
             student = experiment.distill(
                 config, teachers, ("student_aux",), keys["distill_aux"], progress,
                 optimizer_name=optimizer_name, learning_rate=rate,
             )[0]["student_aux"]  # fmt: skip
-            loss = float(np.mean(heldout_distill_loss(student, teachers.teacher, noise, arch)))
-            # A last step may diverge after the loop saw its last finite loss: NaN is as far as inf.
-            tried[rate] = loss if np.isfinite(loss) else float("inf")
         except train.TrainingDiverged:
-            tried[rate] = float("inf")
+            return float("inf")
+        loss = float(np.mean(heldout_distill_loss(student, teachers.teacher, noise, arch)))
+        # A last step may diverge after the loop saw its last finite loss: NaN is as far as inf.
+        return loss if np.isfinite(loss) else float("inf")
+
+    # Each rate's student is one stream of work: two of them fill two cores.
+    tried = dict(zip(grid, runs.concurrently(loss_at, grid, config.workers, progress)))
     return interpolated_rate(tried, target_loss), {f"{rate:g}": loss for rate, loss in tried.items()}
 
 

@@ -134,7 +134,8 @@ class ExperimentConfig:
     # default) chooses from the backend (`seeds_per_chunk`): one seed per device on a CPU, as
     # many as fit in a quarter of its memory on a GPU or TPU (an H100 took all 25 at once).
     seeds_per_chunk: int = config_field(
-        0, "seeds trained together (vmap); bounds memory; 0: chosen from the backend; results equal up to float rounding"
+        0,
+        "seeds trained together (vmap); bounds memory; 0: chosen from the backend; results equal up to float rounding",
     )
     devices: int = config_field(
         0, "local devices a chunk's seeds are split across (jax.sharding); 0: all; results do not depend on it"

@@ -67,6 +67,7 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 def _with_number(*names: str) -> Callable[[str], str]:
     """A name, or for the first name "name:number" (e.g. "kl:2", "correlated:4"); kept as written."""
+
     def parse(text: str) -> str:
         name, _, number = text.partition(":")
         if name not in names or (number and name != names[0]):

@@ -136,11 +136,13 @@ def optimizer(learning_rate: float, name: str = "adam") -> optax.GradientTransfo
     return optax.adam(learning_rate) if name == "adam" else optax.sgd(learning_rate)
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["weight"], meta_fields=["kind", "ramp"])
 @dataclasses.dataclass(frozen=True)
 class Penalty:
     """A term added to the objective at every step that pulls a model toward where its training started.
 
-    Static under `jit` (hashable): trainings with one penalty share one compiled loop.
+    A pytree: its kind and schedule are static under `jit`, its weight is data, so trainings that
+    differ only in the weight (0 and 1, say) share one compiled loop.
 
     Attributes:
       kind: "kl_to_start", the mean over the batch of KL(softmax(start's outputs) || softmax(outputs))
@@ -251,9 +253,7 @@ def train_epoch(
 # The learning rate is traced, not static: trainings that differ only in it (a base and its
 # fine-tunes) share one compiled epoch, which on a CPU takes longer to compile than to run.
 # So are the epoch's number and the count of epochs, which only a penalty's schedule reads.
-@functools.partial(
-    jax.jit, static_argnames=("batch_size", "data_axis", "members", "hook", "optimizer_name", "penalty")
-)
+@functools.partial(jax.jit, static_argnames=("batch_size", "data_axis", "members", "hook", "optimizer_name"))
 def _train_epoch_seeds(
     states,
     keys,

@@ -40,9 +40,9 @@ def _same(a: dict, b: dict) -> bool:
     return all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_none_is_the_demo_for_the_same_seeds(sample, undefended):
+def test_none_is_the_demo_for_the_same_seeds(sample, teacher_cache, undefended):
     demo = experiment.run(experiment.ExperimentConfig(**{**vars(TINY), "conditions": ("student_aux",)}), sample,
-                          progress=False)  # fmt: skip
+                          progress=False, teacher_cache=teacher_cache)  # fmt: skip
     assert demo["conditions"]["student_aux"]["per_seed"] == undefended["treated"].tolist()
     assert demo["conditions"]["cross_aux"]["per_seed"] == undefended["control"].tolist()
     assert demo["conditions"]["teacher"]["per_seed"] == undefended["teacher"].tolist()
