@@ -227,19 +227,30 @@ def train_row(
     `learning_rate` is the optimizer's for an `sgd` row (`matched_rate` finds it).
     """
     arch = config.architecture
+    cache = {} if teacher_cache is None else teacher_cache
     if row.name == "temperature":
         config = dataclasses.replace(config, kl_temperature=row.value)
-    teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], progress, teacher_cache)
+    teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], progress, cache)
     keys = experiment.seed_keys(config, seed_ids)
     loop: Callable[[int], dict] = lambda members: {}
     if row.name == "other_init":
         unrelated_init = experiment.init_seeds(experiment.seed_keys(config, seeds.unrelated[seed_ids])["init"], arch)
         teachers = teachers._replace(student_init=teachers.other_init, other_init=unrelated_init)
     elif row.name == "mix":
-        unrelated = experiment.train_teachers(
-            config, mnist, seeds.unrelated[seed_ids], seed_ids, progress, teacher_cache
-        ).teacher
-        mixed = experiment.outputs_on(unrelated, teachers.noise, arch, config.batch_size)
+        # The unrelated teachers' outputs on these seeds' noise: computed once, shared by every share.
+        unrelated_ids = seeds.unrelated[seed_ids]
+        mixed_key = ("unrelated targets", experiment.teacher_key(config, unrelated_ids), tuple(seed_ids.tolist()),
+                     config.noise, config.noise_length_scale, config.num_noise)  # fmt: skip
+        if mixed_key not in cache:
+            unrelated_keys = experiment.seed_keys(config, unrelated_ids)
+            unrelated_init = experiment.init_seeds(unrelated_keys["init"], arch)
+            unrelated = experiment.trained_teachers(
+                config, mnist, unrelated_ids, unrelated_init, unrelated_keys["teacher"], progress, cache
+            )
+            cache[mixed_key] = experiment.outputs_on(unrelated, teachers.noise, arch, config.batch_size)
+        elif isinstance(progress, train.Progress):
+            progress.advance(len(seed_ids) * config.teacher_epochs)  # the bar counts the unrelated teacher
+        mixed = cache[mixed_key]
         count = round(row.value * teachers.noise.shape[1])  # the noise is i.i.d.: its first images are a random share
         targets = jnp.concatenate([mixed[:, :count], teachers.teacher_targets[:, count:]], axis=1)
         teachers = teachers._replace(teacher_targets=targets)
@@ -312,7 +323,8 @@ def matched_rate(
         except train.TrainingDiverged:
             return float("inf")
         loss = float(np.mean(heldout_distill_loss(student, teachers.teacher, noise, arch)))
-        # A last step may diverge after the loop saw its last finite loss: NaN is as far as inf.
+        # A rate so large that the parameters stay finite but the outputs overflow (measured at 1e6)
+        # gives a NaN loss: as far from the target as a training that diverged.
         return loss if np.isfinite(loss) else float("inf")
 
     # Each rate's student is one stream of work: two of them fill two cores.

@@ -353,25 +353,11 @@ def train_teachers(
     # Dispatched first: JAX runs it asynchronously, beside the teacher's training.
     noise = noise_sets(keys["noise"], config, mnist.train_images)
     cache = {} if cache is None else cache
-    teacher_key = ("teacher", tuple(getattr(config, f) for f in TEACHER_FIELDS), tuple(np.asarray(seed_ids).tolist()))
-    if teacher_key in cache:
-        if isinstance(progress, train.Progress):
-            progress.advance(len(seed_ids) * config.teacher_epochs)
-    else:
-        cache[teacher_key], _ = train.fit(
-            shared_init,
-            keys["teacher"],
-            jnp.asarray(mnist.train_images),
-            jnp.asarray(mnist.train_labels),
-            epochs=config.teacher_epochs,
-            description=f"teacher ({len(seed_ids)} seeds)",
-            progress=progress,
-            **_teacher_options(config),
-        )
-    teacher = cache[teacher_key]
+    teacher = trained_teachers(config, mnist, seed_ids, shared_init, keys["teacher"], progress, cache)
     # The teacher's outputs on the noise: computed once per teacher and noise setting, shared by
     # all its students (a few MB a seed, so every noise setting's are kept).
-    targets_key = ("targets", *teacher_key[1:], config.noise, config.noise_length_scale, config.num_noise)
+    noise_setting = (config.noise, config.noise_length_scale, config.num_noise)
+    targets_key = ("targets", *teacher_key(config, seed_ids)[1:], *noise_setting)
     if targets_key not in cache:
         cache[targets_key] = outputs_on(teacher, noise, arch, config.batch_size)
     return Teachers(
@@ -383,6 +369,40 @@ def train_teachers(
         noise=noise,
         teacher_targets=cache[targets_key],
     )
+
+
+def teacher_key(config: ExperimentConfig, seed_ids: np.ndarray) -> tuple:
+    """What a trained teacher is kept under in a cache: its settings (`TEACHER_FIELDS`) and seeds."""
+    return ("teacher", tuple(getattr(config, f) for f in TEACHER_FIELDS), tuple(np.asarray(seed_ids).tolist()))
+
+
+def trained_teachers(
+    config: ExperimentConfig,
+    mnist: data.MNIST,
+    seed_ids: np.ndarray,
+    init: model.Params,
+    keys: jax.Array,
+    progress: bool | train.Progress,
+    cache: dict,
+) -> model.Params:
+    """The teachers of `seed_ids` (S, ...): trained from `init` with their "teacher" stream `keys`,
+    or, already trained with these settings, taken from `cache` (see `train_teachers`)."""
+    key = teacher_key(config, seed_ids)
+    if key in cache:
+        if isinstance(progress, train.Progress):
+            progress.advance(len(seed_ids) * config.teacher_epochs)
+    else:
+        cache[key], _ = train.fit(
+            init,
+            keys,
+            jnp.asarray(mnist.train_images),
+            jnp.asarray(mnist.train_labels),
+            epochs=config.teacher_epochs,
+            description=f"teacher ({len(seed_ids)} seeds)",
+            progress=progress,
+            **_teacher_options(config),
+        )
+    return cache[key]
 
 
 def distill(

@@ -402,7 +402,8 @@ def fit(
       the trained parameters (S, [M,] ...) and, at every step, the loss and the
       hook's metrics: {"loss": (S, [M,] epochs, steps_per_epoch), ...}.
     Raises:
-      TrainingDiverged: at the end of the first epoch whose loss is not finite.
+      TrainingDiverged: at the end of the first epoch whose loss is not finite, or at the end
+        when the last step made the parameters non-finite.
       Cancelled: before an epoch, if the shared `progress` was cancelled.
     """
     states = _initial_states(params, members=members, optimizer_name=optimizer_name)
@@ -440,5 +441,10 @@ def fit(
                 )
             history.append(metrics)
             progress.advance(models)
+    # A loss is measured before its step, so a last step that diverges shows in the parameters only.
+    if epochs and not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(states.params)):
+        raise TrainingDiverged(
+            f"{description}: the parameters became non-finite in the last epoch; lower the learning rate"
+        )
     # Epochs before steps: {name: (S, [M,] epochs, steps)}; empty for zero epochs.
     return states.params, jax.tree.map(lambda *epochs: np.stack(epochs, axis=-2), *history) if history else {}

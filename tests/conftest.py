@@ -41,3 +41,22 @@ def compiled(caplog):
 
     with jax.log_compiles(True), caplog.at_level("WARNING"):
         yield compiled
+
+
+@pytest.fixture
+def usage_error(capsys):
+    """usage_error(argv): runs the command, checks that it ends with exit code 2 and one line on
+    stderr (a user's mistake, never a traceback), and returns that line."""
+    import sys
+
+    from subliminal_mnist import cli
+
+    def run(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            sys.exit(cli.main(argv))  # argparse's errors exit by themselves; the others return 2
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        return err
+
+    return run

@@ -259,6 +259,15 @@ def test_a_diverging_loss_stops_with_a_clear_message():
         )
 
 
+def test_a_last_step_that_diverges_stops_with_a_clear_message():
+    # The one step's loss is measured before it, at finite parameters; only the parameters show it.
+    x, y = toy_data()
+    with pytest.raises(train.TrainingDiverged, match="non-finite in the last epoch; lower the learning rate"):
+        train.fit(linear_params(1), jax.random.split(jax.random.key(8), 1), x, y, objective=LINEAR_CE, epochs=1,
+                  batch_size=len(x), data_axis=None, learning_rate=float("inf"), optimizer_name="sgd",
+                  progress=False, description="toy")  # fmt: skip
+
+
 def test_a_gradient_hook_edits_the_step_and_its_metrics_are_recorded_per_step():
     # The hook sees each seed's own context: here a per-seed scale of the gradient (0 freezes).
     def scale_hook(params, grads, context):
