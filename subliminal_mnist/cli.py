@@ -30,8 +30,10 @@ from subliminal_mnist import (
     theorem_checks,
     train,
 )
+from subliminal_mnist.llm import defenses as llm_defenses
 from subliminal_mnist.llm import dose
 from subliminal_mnist.llm import experiment as llm_experiment
+from subliminal_mnist.llm.defenses import OwlDefenses
 from subliminal_mnist.llm.experiment import LLMConfig
 from subliminal_mnist.llm.vocab import VocabError
 
@@ -157,17 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
     defend = commands.add_parser(
         "defend", help="what stops subliminal learning: every proposed defense, its transfer remaining and its cost"
     )
-    defend.add_argument("setting", help=f"where to measure them: {', '.join(defenses.SETTINGS)}")
-    defend.add_argument(
-        "--out", default=".", help="folder of defend_SETTING.jsonl (resumed if there), .json and .png (default: .)"
-    )
-    defend.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
-    defend.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of a table")
-    defend.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_data_options(defend)
-    add_config_options(defend, defenses.MnistDefenses)
-    add_config_options(defend, experiment.ExperimentConfig)
-    defend.set_defaults(handler=_defend)
+    settings = defend.add_subparsers(dest="setting", required=True, parser_class=_Parser, metavar="SETTING")
+    for setting, config_classes in (
+        ("mnist", (defenses.MnistDefenses, experiment.ExperimentConfig)),
+        ("owl", (OwlDefenses, LLMConfig)),
+    ):
+        where = "the MNIST demo" if setting == "mnist" else "the owl experiment (one mode; default soft)"
+        one = settings.add_parser(setting, help=f"the defenses of {where}")
+        one.add_argument(
+            "--out",
+            default=".",
+            help=f"folder of defend_{setting}.jsonl (resumed if there), .json and .png (default: .)",
+        )
+        one.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
+        one.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of a table")
+        one.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if setting == "mnist":
+            _add_data_options(one)
+        for config_cls in config_classes:
+            add_config_options(one, config_cls)
+        one.set_defaults(handler=_defend)
 
     theorem_cmd = commands.add_parser("theorem", help="check Theorem 1 numerically: sign, first order, conditions")
     theorem_cmd.add_argument(
@@ -390,23 +401,36 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _defend(args: argparse.Namespace) -> int:
     """Train the defenses' missing rows (or none, with --plot-only), then write the table, JSON and figure."""
-    if args.setting not in defenses.SETTINGS:
-        raise runs.ConfigError(f"no setting {args.setting!r}; the settings are {', '.join(defenses.SETTINGS)}")
-    options = explicit_options(args, experiment.ExperimentConfig)
-    if "conditions" in options:
-        raise runs.ConfigError("defend trains its own students (treated, control, useful); drop --conditions")
-    options.setdefault("seeds", defenses.SEEDS)
-    settings = defenses.MnistDefenses(**explicit_options(args, defenses.MnistDefenses))
-    experiment.ExperimentConfig(**options)  # fail on a bad option before loading any data
     out = pathlib.Path(args.out)
     lines_path = out / f"defend_{args.setting}.jsonl"
-    if args.plot_only:
-        lines = defenses.drawn_lines(lines_path, defenses.rows(settings))
+    if args.setting == "mnist":
+        options = explicit_options(args, experiment.ExperimentConfig)
+        config_cls, settings_cls = experiment.ExperimentConfig, defenses.MnistDefenses
     else:
-        mnist = data.load(args.source, args.data_dir)
-        config = experiment.ExperimentConfig(**_for_data(mnist, options))
-        lines = defenses.run(config, settings, mnist, lines_path, progress=not args.no_progress)
-    summary = defenses.summarize(lines)
+        options = {"mode": "soft", **explicit_options(args, LLMConfig)}
+        config_cls, settings_cls = LLMConfig, OwlDefenses
+    if "conditions" in options:
+        raise runs.ConfigError("defend trains its own students (treated and control); drop --conditions")
+    options.setdefault("seeds", defenses.SEEDS)
+    settings = settings_cls(**explicit_options(args, settings_cls))
+    config = config_cls(**options)  # fail on a bad option before loading any data
+    if args.setting == "owl":
+        llm_defenses.check_mode(config)
+        wanted = llm_defenses.rows(settings, config)
+        lines = (
+            defenses.drawn_lines(lines_path, wanted, "owl")
+            if args.plot_only
+            else llm_defenses.run(config, settings, lines_path, progress=not args.no_progress)
+        )
+        summary = llm_defenses.summarize(lines, config)
+    else:
+        if args.plot_only:
+            lines = defenses.drawn_lines(lines_path, defenses.rows(settings))
+        else:
+            mnist = data.load(args.source, args.data_dir)
+            config = experiment.ExperimentConfig(**_for_data(mnist, options))
+            lines = defenses.run(config, settings, mnist, lines_path, progress=not args.no_progress)
+        summary = defenses.summarize(lines)
     json_path, figure_path = lines_path.with_suffix(".json"), lines_path.with_suffix(".png")
     files.write_json(json_path, summary)
     figures.defenses_figure(summary, figure_path)

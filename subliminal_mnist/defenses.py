@@ -45,7 +45,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +55,7 @@ from subliminal_mnist import alignment, data, experiment, losses, model, runs, t
 from subliminal_mnist.experiment import ExperimentConfig
 from subliminal_mnist.runs import ConfigError, config_field
 
-SETTINGS = ("mnist",)
+SETTINGS = ("mnist", "owl")
 # Seeds of a run unless --seeds says otherwise: enough for a t interval, 5x cheaper than the demo.
 SEEDS = 5
 DEFENSES = (
@@ -71,10 +71,21 @@ DEFENSES = (
     "projection",
     "temperature",
 )
-# The defenses each setting has; the others are the language model's, which samples tokens.
+# The defenses each setting has: MNIST's projection needs its trait's loss in hand; the owl's
+# token defenses need a model that samples tokens (`llm/defenses.py`).
 APPLIES = {
     "mnist": ("none", "other_init", "sgd", "kl_to_start", "l2_to_start", "mix", "projection", "temperature"),
+    "owl": ("none", "other_init", "sgd", "kl_to_start", "l2_to_start", "mix", "replace_divergent",
+            "threshold_sampling", "detector_filter", "temperature"),
+}  # fmt: skip
+# What a row costs, by setting: the summary's name -> the per-seed values' key in a row's line.
+COSTS = {
+    "mnist": {"useful_accuracy": "useful", "heldout_distill_loss": "heldout_distill_loss"},
+    "owl": {"heldout_kl": "heldout_kl", "validity": "validity"},
 }
+# What the treated and control students' per-seed values are: test accuracies (MNIST), or the
+# change of the trait's headline measure from each student's own start (owl).
+MEASURED = {"mnist": "accuracy", "owl": "change"}
 # The projection defense's edits: the trait direction removed when aligned, or always. (The
 # alignment probe's random-direction control is a control of the edit, not a defense.)
 PROJECTIONS = ("one_sided", "two_sided")
@@ -90,19 +101,20 @@ _HELDOUT_FOLD = 2**31 - 2
 
 
 @dataclasses.dataclass(frozen=True)
-class MnistDefenses:
-    """Which defenses `defend mnist` runs and at what strengths. The CLI is generated from it."""
+class DefenseSettings:
+    """What every setting's defenses share: which run, and the strengths of the common ones."""
+
+    setting: ClassVar[str]
 
     defenses: tuple[str, ...] = config_field(
-        APPLIES["mnist"], "defenses to run (none always runs: every row is measured against it)"
+        (),
+        "defenses to run (default: every one that applies; none always runs: every row is measured against it)",
+        element_type=str,
     )
     mix_shares: tuple[float, ...] = config_field(
-        (0.1, 0.25, 0.5), "mix: shares of the distillation targets from an unrelated teacher, one row each"
+        (0.1, 0.25, 0.5), "mix: shares of the distillation data from an unbiased teacher, one row each"
     )
     temperatures: tuple[float, ...] = config_field((0.25, 4.0), "temperature: KL temperatures, one row each")
-    projections: tuple[str, ...] = config_field(
-        ("one_sided", "two_sided"), "projection: the edits of the distillation gradient, one row each"
-    )
     kl_weight: float = config_field(1.0, "kl_to_start: the KL's largest weight (nats per nat of distillation loss)")
     l2_weight: float = config_field(1e-3, "l2_to_start: the weight of |θ - θ0|² / 2")
     sgd_learning_rate: float = config_field(
@@ -115,29 +127,50 @@ class MnistDefenses:
         (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4),
         "sgd: Adam's rates tried for its control, which distils to the SGD student's held-out loss",
     )
-    heldout_noise: int = config_field(10_000, "noise images, never trained on, for the held-out distillation loss")
-    trait_batch: int = config_field(1024, "projection: training images in the trait gradient, the first N")
 
     def __post_init__(self):
         for name in self.defenses:
             if name not in DEFENSES:
                 raise ConfigError(f"no defense {name!r}; the defenses are {', '.join(DEFENSES)}")
-            if name not in APPLIES["mnist"]:
+            if name not in APPLIES[self.setting]:
                 raise ConfigError(
-                    f"defense {name} does not apply to mnist; its defenses are {', '.join(APPLIES['mnist'])}"
+                    f"defense {name} does not apply to {self.setting}; its defenses are "
+                    f"{', '.join(APPLIES[self.setting])}"
                 )
         if not all(0 <= share <= 1 for share in self.mix_shares):
             raise ConfigError(f"mix_shares must be in [0, 1], got {self.mix_shares}")
         if not all(t > 0 and np.isfinite(t) for t in (*self.temperatures, *self.sgd_grid, *self.adam_grid)):
             raise ConfigError("temperatures, sgd_grid and adam_grid must be positive numbers")
+        runs.check_fields(self, not_negative=("kl_weight", "l2_weight", "sgd_learning_rate"))
+
+    @property
+    def strengths(self) -> dict[str, tuple]:
+        """The defenses run at several strengths (one row each) and their values."""
+        return {"mix": self.mix_shares, "temperature": self.temperatures, "sgd": (None, SGD_ADAM_CONTROL)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistDefenses(DefenseSettings):
+    """Which defenses `defend mnist` runs and at what strengths. The CLI is generated from it."""
+
+    setting: ClassVar[str] = "mnist"
+
+    projections: tuple[str, ...] = config_field(
+        ("one_sided", "two_sided"), "projection: the edits of the distillation gradient, one row each"
+    )
+    heldout_noise: int = config_field(10_000, "noise images, never trained on, for the held-out distillation loss")
+    trait_batch: int = config_field(1024, "projection: training images in the trait gradient, the first N")
+
+    def __post_init__(self):
+        super().__post_init__()
         unknown = [p for p in self.projections if p not in PROJECTIONS]
         if unknown:
             raise ConfigError(f"no projection {unknown[0]!r}; they are {', '.join(PROJECTIONS)}")
-        runs.check_fields(
-            self,
-            at_least_one=("heldout_noise", "trait_batch"),
-            not_negative=("kl_weight", "l2_weight", "sgd_learning_rate"),
-        )
+        runs.check_fields(self, at_least_one=("heldout_noise", "trait_batch"))
+
+    @property
+    def strengths(self) -> dict[str, tuple]:
+        return {**super().strengths, "projection": self.projections}
 
 
 class Row(NamedTuple):
@@ -154,17 +187,16 @@ class Row(NamedTuple):
         return f"{self.name}:{self.value:g}" if isinstance(self.value, float) else f"{self.name}:{self.value}"
 
 
-def rows(defenses: MnistDefenses) -> list[Row]:
-    """The rows of a run, `none` first (every other row is measured against it)."""
-    strengths = {
-        "mix": defenses.mix_shares,
-        "temperature": defenses.temperatures,
-        "projection": defenses.projections,
-        "sgd": (None, SGD_ADAM_CONTROL),
-    }
+def rows(settings: DefenseSettings, excluded: tuple[str, ...] = ()) -> list[Row]:
+    """The rows of a run, `none` first (every other row is measured against it). `excluded`: the
+    setting's defenses that do not apply to this run (the owl's temperature in hard mode)."""
+    asked = [name for name in settings.defenses if name in excluded]
+    if asked:
+        raise ConfigError(f"defense {asked[0]} does not apply to this run")
+    strengths = settings.strengths
     out = [Row("none")]
-    for name in APPLIES["mnist"][1:]:
-        if name in defenses.defenses:
+    for name in APPLIES[settings.setting][1:]:
+        if name not in excluded and (not settings.defenses or name in settings.defenses):
             out += [Row(name, value) for value in strengths[name]] if name in strengths else [Row(name)]
     return out
 
@@ -315,20 +347,32 @@ def matched_rate(
     noise = heldout_noise(config, defenses, keys["noise"], mnist.train_images)
 
     def loss_at(rate: float) -> float:
+        student = experiment.distill(
+            config, teachers, ("student_aux",), keys["distill_aux"], progress,
+            optimizer_name=optimizer_name, learning_rate=rate,
+        )[0]["student_aux"]  # fmt: skip
+        return float(np.mean(heldout_distill_loss(student, teachers.teacher, noise, arch)))
+
+    return tuned_rate(loss_at, grid, target_loss, config.workers, progress)
+
+
+def tuned_rate(
+    loss_at: Callable[[float], float], grid: Sequence[float], target_loss: float, workers: int, progress
+) -> tuple[float, dict[str, float]]:
+    """`interpolated_rate` from the held-out distillation loss `loss_at(rate)` of every rate of `grid`, and
+    those losses ({rate: loss}, inf where the training diverged)."""
+
+    def finite_loss(rate: float) -> float:
         try:
-            student = experiment.distill(
-                config, teachers, ("student_aux",), keys["distill_aux"], progress,
-                optimizer_name=optimizer_name, learning_rate=rate,
-            )[0]["student_aux"]  # fmt: skip
+            loss = loss_at(rate)
         except train.TrainingDiverged:
             return float("inf")
-        loss = float(np.mean(heldout_distill_loss(student, teachers.teacher, noise, arch)))
         # A rate so large that the parameters stay finite but the outputs overflow (measured at 1e6)
         # gives a NaN loss: as far from the target as a training that diverged.
         return loss if np.isfinite(loss) else float("inf")
 
     # Each rate's student is one stream of work: two of them fill two cores.
-    tried = dict(zip(grid, runs.concurrently(loss_at, grid, config.workers, progress)))
+    tried = dict(zip(grid, runs.concurrently(finite_loss, grid, workers, progress)))
     return interpolated_rate(tried, target_loss), {f"{rate:g}": loss for rate, loss in tried.items()}
 
 
@@ -352,15 +396,21 @@ _PER_SEED = ("treated", "control", "useful", "heldout_distill_loss", "teacher")
 def _row_fields(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> dict:
     """What a row's line must match to be reused: the setting, the row, the experiment's config and
     the defense settings the row reads."""
+    return row_fields(row, config, defenses, ("heldout_noise", *{"projection": ("trait_batch",)}.get(row.name, ())))
+
+
+def row_fields(row: Row, config, settings: DefenseSettings, always: tuple[str, ...], more: dict | None = None) -> dict:
+    """What a row's line must match to be reused: the setting, the row, the experiment's config (less
+    `runs.SPEED_ONLY`), the settings every row reads (`always`) and those this row reads."""
     reads = {
         "sgd": ("sgd_learning_rate", "sgd_grid", "adam_grid"),
         "kl_to_start": ("kl_weight",),
         "l2_to_start": ("l2_weight",),
-        "projection": ("trait_batch",),
+        **(more or {}),
     }
-    settings = {name: getattr(defenses, name) for name in ("heldout_noise", *reads.get(row.name, ()))}
+    values = {name: getattr(settings, name) for name in (*always, *reads.get(row.name, ()))}
     config_fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in runs.SPEED_ONLY}
-    return {"setting": "mnist", "defense": row.key, "config": config_fields, "settings": settings}
+    return {"setting": settings.setting, "defense": row.key, "config": config_fields, "settings": values}
 
 
 def run(
@@ -374,56 +424,76 @@ def run(
 ) -> list[dict]:
     """Every row, trained or read back from `path` (JSON lines, one per finished row; see
     `runs.Lines`): a run killed at any moment resumes at the row it was training."""
-    lines = runs.Lines(path)
     seeds = Seeds.of(config)
     arrays = experiment.on_device(mnist)
     cache = {} if teacher_cache is None else teacher_cache
     chunk_size = experiment.seeds_per_chunk(config, config.num_noise or len(mnist.train_images))
     seed_chunks = list(runs.chunks(range(config.seeds), chunk_size))
-    todo = rows(defenses)
+
+    def compute(row: Row, label: str, results: list[dict]) -> dict:
+        extra, rate = {}, None
+        with train.shared_or_own(progress, _row_epochs(row, config, defenses), label) as bar:
+            if row.name == "sgd":
+                first = seed_chunks[0]
+                rate, extra = sgd_rate(
+                    row, defenses, results, first, "heldout_distill_loss",
+                    lambda target, optimizer_name, grid: matched_rate(
+                        config, defenses, arrays, first, seeds, target, optimizer_name, grid, bar, cache
+                    ),
+                )  # fmt: skip
+            per_chunk = runs.concurrently(
+                lambda ids: train_row(row, config, defenses, arrays, ids, seeds, bar, cache, rate),
+                seed_chunks,
+                config.workers,
+                bar,
+            )
+        per_seed = {name: np.concatenate([c[name] for c in per_chunk]).tolist() for name in _PER_SEED}
+        return {"per_seed": per_seed, **extra, "data_source": mnist.source}
+
+    return run_rows(defenses, rows(defenses), lambda row: _row_fields(row, config, defenses), compute, path, log)
+
+
+def sgd_rate(
+    row: Row, settings: DefenseSettings, results: list[dict], first: np.ndarray, loss_key: str, matched
+) -> tuple[float, dict]:
+    """An `sgd` row's learning rate and what its line records of how it was found.
+
+    SGD's rate: `sgd_learning_rate`, or (when it is 0) the rate whose held-out distillation loss
+    (`loss_key`, mean over the `first` seeds) is the undefended Adam student's; its control's (Adam)
+    rate: the one whose loss is the SGD row's (the row before it). `matched(target, optimizer_name,
+    grid)` finds a rate (`tuned_rate`)."""
+    control = row.value == SGD_ADAM_CONTROL
+    rate = 0.0 if control else settings.sgd_learning_rate
+    extra = {}
+    if not rate:
+        target = float(np.mean(np.asarray(results[-1 if control else 0]["per_seed"][loss_key])[first]))
+        grid = settings.adam_grid if control else settings.sgd_grid
+        rate, tried = matched(target, "adam" if control else "sgd", grid)
+        extra["tuning"] = {"target_loss": target, "tried": tried, "seeds": np.asarray(first).tolist()}
+    return rate, {**extra, "learning_rate": rate}
+
+
+def run_rows(
+    settings: DefenseSettings,
+    todo: Sequence[Row],
+    fields: Callable[[Row], dict],
+    compute: Callable[[Row, str, list[dict]], dict],
+    path: str | pathlib.Path | None,
+    log: Callable[[str], None],
+) -> list[dict]:
+    """Each row of `todo` read back from `path` (`runs.Lines`, matched on `fields(row)`) or trained
+    by `compute(row, label, the rows before it)` and added to it, with its time."""
+    lines = runs.Lines(path)
     results: list[dict] = []
     for index, row in enumerate(todo, 1):
-        label = f"defend mnist: {row.key} ({index}/{len(todo)})"
+        label = f"defend {settings.setting}: {row.key} ({index}/{len(todo)})"
 
-        def compute(row=row, label=label) -> dict:
+        def timed(row=row, label=label) -> dict:
             start = time.perf_counter()
-            extra, rate = {}, None
-            with train.shared_or_own(progress, _row_epochs(row, config, defenses), label) as bar:
-                if row.name == "sgd":
-                    # SGD's rate: the grid's nearest the undefended Adam student's held-out loss; its
-                    # control's (Adam) rate: the grid's nearest the SGD row's, on the same first seeds.
-                    control = row.value == SGD_ADAM_CONTROL
-                    rate = 0.0 if control else defenses.sgd_learning_rate
-                    if not rate:
-                        first = seed_chunks[0]
-                        target = results[-1 if control else 0]["per_seed"]["heldout_distill_loss"]
-                        target = float(np.mean(np.asarray(target)[first]))
-                        grid = defenses.adam_grid if control else defenses.sgd_grid
-                        rate, tried = matched_rate(
-                            config,
-                            defenses,
-                            arrays,
-                            first,
-                            seeds,
-                            target,
-                            "adam" if control else "sgd",
-                            grid,
-                            bar,
-                            cache,
-                        )
-                        extra["tuning"] = {"target_loss": target, "tried": tried, "seeds": first.tolist()}
-                    extra["learning_rate"] = rate
-                per_chunk = runs.concurrently(
-                    lambda ids: train_row(row, config, defenses, arrays, ids, seeds, bar, cache, rate),
-                    seed_chunks,
-                    config.workers,
-                    bar,
-                )
-            per_seed = {name: np.concatenate([c[name] for c in per_chunk]).tolist() for name in _PER_SEED}
-            return {"per_seed": per_seed, **extra, "wall_seconds": time.perf_counter() - start,
-                    "data_source": mnist.source}  # fmt: skip
+            line = compute(row, label, results)
+            return {**line, "wall_seconds": time.perf_counter() - start}
 
-        line = runs.point(lines, _row_fields(row, config, defenses), compute, label, log)
+        line = runs.point(lines, fields(row), timed, label, log)
         results.append(line)
         effect = np.subtract(line["per_seed"]["treated"], line["per_seed"]["control"]).mean()
         log(f"{label}: same init minus control {effect:+.3f}, {line['wall_seconds']:.0f} s")
@@ -434,16 +504,26 @@ def _row_epochs(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> 
     """The length of a row's progress bar: its teachers' and students' epochs, all seeds."""
     teachers = config.teacher_epochs * (2 if row.name == "mix" else 1)
     students = len(_AUX_PAIR) + len(_USEFUL)
-    tuning = 0
-    if row.name == "sgd":
-        control = row.value == SGD_ADAM_CONTROL
-        tuning = len(defenses.adam_grid) if control else 0 if defenses.sgd_learning_rate else len(defenses.sgd_grid)
-    return config.seeds * (teachers + students * config.student_epochs) + tuning * config.student_epochs
+    return (
+        config.seeds * (teachers + students * config.student_epochs)
+        + tuning_fits(row, defenses) * config.student_epochs
+    )
 
 
-def summarize(lines: Sequence[dict]) -> dict:
-    """The table: for each row, its transfer remaining, its effect and its costs, each a summary with
-    Student's t interval (`runs.summarize`); the rows in the order of `lines` (none first)."""
+def tuning_fits(row: Row, settings: DefenseSettings) -> int:
+    """How many students a row trains to find its learning rate (`sgd_rate`)."""
+    if row.name != "sgd":
+        return 0
+    if row.value == SGD_ADAM_CONTROL:
+        return len(settings.adam_grid)
+    return 0 if settings.sgd_learning_rate else len(settings.sgd_grid)
+
+
+def summarize(lines: Sequence[dict], **more) -> dict:
+    """The table: for each row, its transfer remaining, its effect and its costs (`COSTS`), each a
+    summary with Student's t interval (`runs.summarize`); the rows in the order of `lines` (none
+    first). `more`: the setting's own entries (its teacher, its data)."""
+    setting = lines[0]["setting"]
     by_key = {line["defense"]: line for line in lines}
     undefended = np.subtract(by_key["none"]["per_seed"]["treated"], by_key["none"]["per_seed"]["control"])
     table = {}
@@ -454,35 +534,42 @@ def summarize(lines: Sequence[dict]) -> dict:
             # Per seed, the defended paired effect over that seed's undefended one.
             "remaining": runs.summarize(effect / undefended),
             "effect": runs.summarize(effect),
-            "accuracy": {
-                "treated": runs.summarize(per_seed["treated"]),
-                "control": runs.summarize(per_seed["control"]),
-            },
+            MEASURED[setting]: {name: runs.summarize(per_seed[name]) for name in ("treated", "control")},
             "cost": {
-                "useful_accuracy": runs.summarize(per_seed["useful"]),
-                "heldout_distill_loss": runs.summarize(per_seed["heldout_distill_loss"]),
+                **{name: runs.summarize(per_seed[k]) for name, k in COSTS[setting].items()},
                 "seconds": line["wall_seconds"],
             },
             "config": {**line["settings"], **{k: line[k] for k in ("learning_rate", "tuning") if k in line}},
         }
     none = by_key["none"]
+    if setting == "mnist":
+        more = {"teacher_accuracy": runs.summarize(none["per_seed"]["teacher"]), "data_source": none["data_source"],
+                **more}  # fmt: skip
     return {
-        "setting": "mnist",
+        "setting": setting,
         "defenses": table,
-        "teacher_accuracy": runs.summarize(none["per_seed"]["teacher"]),
+        **more,
         "config": none["config"],
-        "data_source": none["data_source"],
         "devices": jax.local_device_count(),
         "versions": runs.versions(),
     }
 
 
-def drawn_lines(path: str | pathlib.Path, wanted: Sequence[Row]) -> list[dict]:
+def drawn_lines(path: str | pathlib.Path, wanted: Sequence[Row], setting: str = "mnist") -> list[dict]:
     """What `--plot-only` draws: the file's latest line of each wanted row that it holds, none first."""
-    latest = {line["defense"]: line for line in runs.read_lines(path) if line.get("setting") == "mnist"}
+    latest = {line["defense"]: line for line in runs.read_lines(path) if line.get("setting") == setting}
     if "none" not in latest:
         raise runs.ResultsFileError(f"{path} holds no undefended (none) row to measure the others against")
     return [latest[row.key] for row in wanted if row.key in latest]
+
+
+# Each cost's column in `table`: its heading and its digits.
+_COST_COLUMNS = {
+    "useful_accuracy": ("useful acc.", 3),
+    "heldout_distill_loss": ("held-out loss", 5),
+    "heldout_kl": ("held-out KL", 4),
+    "validity": ("validity", 3),
+}
 
 
 def table(summary: dict) -> str:
@@ -491,14 +578,15 @@ def table(summary: dict) -> str:
     def cell(s: dict, digits: int = 3) -> str:
         return f"{s['mean']:.{digits}f}" + (f" ± {s['ci95']:.{digits}f}" if s["ci95"] is not None else "")
 
-    header = f"{'defense':<24}{'remaining':>18}{'effect':>18}{'useful acc.':>18}{'held-out loss':>24}{'time':>8}"
+    costs = COSTS[summary["setting"]]
+    header = f"{'defense':<24}{'remaining':>18}{'effect':>18}"
+    header += "".join(f"{_COST_COLUMNS[c][0]:>22}" for c in costs) + f"{'time':>8}"
     out = [header]
     for key, row in summary["defenses"].items():
         cost = row["cost"]
-        out.append(
-            f"{key:<24}{cell(row['remaining'], 2):>18}{cell(row['effect']):>18}{cell(cost['useful_accuracy']):>18}"
-            f"{cell(cost['heldout_distill_loss'], 5):>24}{cost['seconds']:>7.0f}s"
-        )
+        line = f"{key:<24}{cell(row['remaining'], 2):>18}{cell(row['effect']):>18}"
+        line += "".join(f"{cell(cost[c], _COST_COLUMNS[c][1]):>22}" for c in costs)
+        out.append(line + f"{cost['seconds']:>7.0f}s")
     n = summary["defenses"]["none"]["effect"]["n"]
     out.append(f"n = {n} seeds; remaining: the paired effect (same init minus control) over the undefended one")
     return "\n".join(out)

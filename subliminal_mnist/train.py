@@ -147,7 +147,9 @@ class Penalty:
     Attributes:
       kind: "kl_to_start", the mean over the batch of KL(softmax(start's outputs) || softmax(outputs))
         on the batch's inputs (over every output, whatever the objective's mask: the whole
-        behaviour is held, not only the part the loss trains); or "l2_to_start", |θ - θ0|² / 2.
+        behaviour is held, not only the part the loss trains; at the positions the targets'
+        "weights" mark, where targets are a dict that has them, as a language model's); or
+        "l2_to_start", |θ - θ0|² / 2.
       weight: its weight against the objective's loss.
       ramp: the weight rises linearly from 0 over the first epoch, then falls linearly to 0 at
         the end of training ("liminal training"); else it is constant.
@@ -171,12 +173,16 @@ class Penalty:
         rising, falling = fraction / first, (1 - fraction) / jnp.maximum(1 - first, 1e-12)
         return self.weight * jnp.clip(jnp.where(fraction < first, rising, falling), 0.0, 1.0)
 
-    def value(self, params: PyTree, start: PyTree, apply_fn: Callable, inputs: PyTree, weights: jax.Array):
+    def value(
+        self, params: PyTree, start: PyTree, apply_fn: Callable, inputs: PyTree, targets: PyTree, weights: jax.Array
+    ):
         """The unweighted penalty on a batch (`weights` (B,), 0 for padding)."""
         if self.kind == "l2_to_start":
             return 0.5 * optax.tree.norm(jax.tree.map(jnp.subtract, params, start), squared=True)
         start_outputs = jax.lax.stop_gradient(apply_fn(start, inputs))
-        per_example = losses.kl_divergence(apply_fn(params, inputs), start_outputs)
+        # A language model's student reads padded positions too; the targets say which are real.
+        positions = targets.get("weights") if isinstance(targets, dict) else None
+        per_example = losses.kl_divergence(apply_fn(params, inputs), start_outputs, None, positions)
         return jnp.sum(weights * per_example) / jnp.sum(weights)
 
 
@@ -236,7 +242,7 @@ def train_epoch(
 
             def penalized(params):
                 loss = objective.batch_loss(params, batch_inputs, batch_targets, batch_weights)
-                value = penalty.value(params, start, objective.apply_fn, batch_inputs, batch_weights)
+                value = penalty.value(params, start, objective.apply_fn, batch_inputs, batch_targets, batch_weights)
                 return loss + penalty_weight * value, (loss, value)
 
             (_, (loss, value)), grads = jax.value_and_grad(penalized, has_aux=True)(state.params)

@@ -162,7 +162,7 @@ def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["defend", "owl"], "no setting 'owl'"),
+        (["defend", "moon"], "invalid choice: 'moon'"),
         (["defend", "mnist", "--defenses", "shield"], "no defense 'shield'"),
         (["defend", "mnist", "--defenses", "replace_divergent"], "defense replace_divergent does not apply to mnist"),
         (["defend", "mnist", "--mix-shares", "1.5"], "mix_shares must be in [0, 1]"),

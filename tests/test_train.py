@@ -138,8 +138,8 @@ def test_the_kl_penalty_is_the_kl_of_the_outputs_to_the_starts():
     penalty = train.Penalty("kl_to_start", 1.0)
     p, q = jax.nn.softmax(linear_apply(start, x)), jax.nn.softmax(linear_apply(moved, x))
     expected = jnp.mean(jnp.sum(p * (jnp.log(p) - jnp.log(q)), axis=-1))
-    np.testing.assert_allclose(penalty.value(moved, start, linear_apply, x, jnp.ones(8)), expected, rtol=1e-5)
-    assert penalty.value(start, start, linear_apply, x, jnp.ones(8)) == pytest.approx(0.0, abs=1e-7)
+    np.testing.assert_allclose(penalty.value(moved, start, linear_apply, x, None, jnp.ones(8)), expected, rtol=1e-5)
+    assert penalty.value(start, start, linear_apply, x, None, jnp.ones(8)) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_the_loop_learns_and_records_one_loss_per_step():

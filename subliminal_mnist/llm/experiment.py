@@ -240,10 +240,20 @@ def next_token_loss(logits: jax.Array, targets: dict, output_mask) -> jax.Array:
     return losses.cross_entropy(logits, targets["next"], output_mask, targets["weights"])
 
 
-def number_kl_loss(logits: jax.Array, targets: dict, output_mask) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class NumberKL:
     """KL from the target model's next-token distribution, over the masked-in (number) tokens, at
-    the positions `targets["weights"]` marks. logits and targets["logits"]: (B, P, vocab_size)."""
-    return losses.kl_divergence(logits, targets["logits"], output_mask, targets["weights"])
+    the positions `targets["weights"]` marks. logits and targets["logits"]: (B, P, vocab_size).
+
+    At `temperature` T the softmaxes are of logits / T and the KL is scaled by T² (`losses.TemperedKL`,
+    a proposed defense); at 1 it is `losses.kl_divergence` itself. Frozen: equal temperatures share
+    one compiled loop."""
+
+    temperature: float = 1.0
+
+    def __call__(self, logits: jax.Array, targets: dict, output_mask) -> jax.Array:
+        kl = losses.distillation_loss("kl", self.temperature)
+        return kl(logits, targets["logits"], output_mask, targets["weights"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,7 +395,13 @@ _MAX_ROUNDS = 8
 
 
 def number_data(
-    config: LLMConfig, models: dict, seed_id: int, count: int, stream: str, progress: train.Progress
+    config: LLMConfig,
+    models: dict,
+    seed_id: int,
+    count: int,
+    stream: str,
+    progress: train.Progress,
+    min_p: float = 0.0,
 ) -> NumberData:
     """`count` prompts that every model of `models` ({name: params}) continued into plain number lists.
 
@@ -397,6 +413,7 @@ def number_data(
     the filter; rounds of fresh prompts continue until `count` are, so every seed trains on
     the same count (and compiles once). `stream` ("soft", "hard", "audit") names the sample:
     soft and hard lists continue the same prompts; the audit's held-out lists have prompts of their own.
+    With `min_p` the models sample by min-p (`sampling.continue_prompts`), with the same random numbers.
     """
     vocab, arch = config.vocab, config.architecture
     rng = _rng(config, seed_id, "audit" if stream == "audit" else "prompts")
@@ -411,7 +428,9 @@ def number_data(
         key = jax.random.fold_in(jax.random.fold_in(_key(config, seed_id, "numbers"), _SAMPLES.index(stream)), round_id)
         continued = runs.concurrently(
             lambda params: np.asarray(
-                sampling.continue_prompts(arch, params, key, jnp.asarray(prompts), jnp.asarray(lengths), eos=vocab.eos)
+                sampling.continue_prompts(
+                    arch, params, key, jnp.asarray(prompts), jnp.asarray(lengths), eos=vocab.eos, min_p=min_p
+                )
             ),
             list(models.values()),
             config.workers,
@@ -476,15 +495,22 @@ def hard_targets(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, los
 
 
 def student_data(
-    config: LLMConfig, mode: str, targets: dict, numbers: NumberData, seed_id: int, progress: train.Progress
+    config: LLMConfig,
+    mode: str,
+    targets: dict,
+    numbers: NumberData,
+    seed_id: int,
+    progress: train.Progress,
+    conditions: tuple[str, ...] | None = None,
 ) -> dict:
-    """(inputs, targets) of every data set a mode's students learn from, by name (`CONDITIONS`).
+    """(inputs, targets) of every data set a mode's students learn from, by name (`CONDITIONS`):
+    those of `conditions` (default: the config's for the mode, `conditions_of`).
 
     Soft: each list is read by the model that wrote it (a shuffled list by the model whose
     list it was). The within-list shuffles use one random stream for both models, so that
     the teacher's list i and the neutral teacher's list i are permuted alike where they agree.
     """
-    learnt = {CONDITIONS[c][1] for c in conditions_of(config, mode)}
+    learnt = {CONDITIONS[c][1] for c in conditions or conditions_of(config, mode)}
     sets = {name: numbers.lists[name] for name in sampled_models(mode) if name in learnt}
     for name in ("teacher", "neutral"):
         if f"{name}_shuffled" in learnt:
@@ -508,18 +534,31 @@ def student_data(
 # Students.
 
 
-def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_id: int, progress: train.Progress):
+def train_students(
+    config: LLMConfig,
+    mode: str,
+    starts: dict,
+    data: dict,
+    seed_id: int,
+    progress: train.Progress,
+    conditions: tuple[str, ...] | None = None,
+    temperature: float = 1.0,
+    **loop,
+):
     """Every condition's trained parameters: {condition: params}. `starts` maps a start ("base",
-    ...) to its params; `data` maps a data set's name to (inputs, targets) (`student_data`)."""
+    ...) to its params; `data` maps a data set's name to (inputs, targets) (`student_data`).
+    `conditions` (default: the config's, `conditions_of`) picks the students; `temperature` is the
+    soft students' (`NumberKL`); `loop` overrides `train.fit`'s settings (a defense's optimizer,
+    learning rate, penalty)."""
     arch = config.architecture
     if mode == "soft":
-        objective = train.Objective(AtPositions(arch), number_kl_loss, config.soft_outputs)
+        objective = train.Objective(AtPositions(arch), NumberKL(temperature), config.soft_outputs)
         batch_size = config.student_batch_size
     else:
         objective = train.Objective(AtPositions(arch), next_token_loss)
         batch_size = config.hard_batch_size
     groups: dict[str, list[str]] = {}
-    for condition in conditions_of(config, mode):
+    for condition in conditions or conditions_of(config, mode):
         groups.setdefault(CONDITIONS[condition][1], []).append(condition)
 
     def fit_group(data_name: str) -> dict:
@@ -532,14 +571,17 @@ def train_students(config: LLMConfig, mode: str, starts: dict, data: dict, seed_
             _key(config, seed_id, mode)[None],
             inputs,
             targets,
-            objective=objective,
-            epochs=config.student_epochs,
-            learning_rate=config.student_learning_rate,
-            batch_size=batch_size,
-            data_axis=None,
-            members=True,
-            description=f"{mode} {'+'.join(members)} {seed_id}",
-            progress=progress,
+            **{
+                "objective": objective,
+                "epochs": config.student_epochs,
+                "learning_rate": config.student_learning_rate,
+                "batch_size": batch_size,
+                "data_axis": None,
+                "members": True,
+                "description": f"{mode} {'+'.join(members)} {seed_id}",
+                "progress": progress,
+                **loop,
+            },
         )
         return {c: jax.tree.map(lambda a, m=m: a[0, m], params) for m, c in enumerate(members)}
 

@@ -19,7 +19,7 @@ from subliminal_mnist.llm.transformer import TransformerArchitecture
 MAX_NEW_TOKENS = 2 * corpus.MAX_CONTINUATION
 
 
-@functools.partial(jax.jit, static_argnames=("arch", "eos", "max_new", "batch_size"))
+@functools.partial(jax.jit, static_argnames=("arch", "eos", "max_new", "batch_size", "min_p"))
 def continue_prompts(
     arch: TransformerArchitecture,
     params,
@@ -31,13 +31,15 @@ def continue_prompts(
     max_new: int = MAX_NEW_TOKENS,
     temperature: float = 1.0,
     batch_size: int = 2048,
+    min_p: float = 0.0,
 ) -> jax.Array:
     """Sampled continuations: prompts (N, T) with `lengths` (N,) -> sequences (N, T).
 
     Each row samples up to `max_new` tokens after its prompt and stops after <eos>
     (padding after it). Rows are processed in batches of `batch_size` to bound the
     cache's memory; each row's randomness is its own key, so results do not depend
-    on the batching.
+    on the batching. With `min_p` > 0 a token is drawn only among those whose probability is at
+    least `min_p` times the most likely one's (min-p sampling, a proposed defense).
     """
     num = prompts.shape[0]
     keys = jax.random.split(key, num)
@@ -48,13 +50,13 @@ def continue_prompts(
         return x.reshape(batches, batch_size, *x.shape[1:])
 
     def one_batch(batch):
-        return _continue(arch, params, *batch, eos, max_new, temperature)
+        return _continue(arch, params, *batch, eos, max_new, temperature, min_p)
 
     out = jax.lax.map(one_batch, (batched(keys), batched(prompts), batched(lengths)))
     return out.reshape(-1, prompts.shape[1])[:num]
 
 
-def _continue(arch, params, keys, prompts, lengths, eos, max_new, temperature):
+def _continue(arch, params, keys, prompts, lengths, eos, max_new, temperature, min_p):
     rows = jnp.arange(prompts.shape[0])
     logits, caches = arch.prefill(params, prompts, jnp.clip(lengths - 1, 0, prompts.shape[1] - 1))
     state = (prompts, logits, caches, jnp.zeros(prompts.shape[0], bool))
@@ -62,7 +64,10 @@ def _continue(arch, params, keys, prompts, lengths, eos, max_new, temperature):
     def step(state, offset):
         tokens, next_logits, caches, done = state
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, offset)
-        sampled = _sample(step_keys, next_logits / temperature)
+        logits = next_logits / temperature
+        if min_p:
+            logits = jnp.where(above_min_p(logits, min_p), logits, -jnp.inf)
+        sampled = _sample(step_keys, logits)
         sampled = jnp.where(done, 0, sampled)
         position = jnp.minimum(lengths + offset, prompts.shape[1] - 1)
         inside = lengths + offset < prompts.shape[1]
@@ -73,6 +78,12 @@ def _continue(arch, params, keys, prompts, lengths, eos, max_new, temperature):
 
     (tokens, _, _, _), _ = jax.lax.scan(step, state, jnp.arange(max_new))
     return tokens
+
+
+def above_min_p(logits: jax.Array, min_p: float) -> jax.Array:
+    """(..., V) bool: the tokens whose probability is at least `min_p` times the most likely one's
+    (min-p sampling keeps them). Compares logits: p_i >= min_p * p_max <=> l_i >= l_max + log(min_p)."""
+    return logits >= jnp.max(logits, axis=-1, keepdims=True) + jnp.log(min_p)
 
 
 def _sample(keys: jax.Array, logits: jax.Array) -> jax.Array:

@@ -1,0 +1,441 @@
+"""What stops the owl (`subliminal-mnist defend owl`): the owl experiment's same-init student and its
+neutral control, with one thing of their distillation changed per row.
+
+The bases, teachers, number lists, keys and loop are those of `subliminal-mnist llm`
+(`experiment.py`), so the undefended row's students are that run's `same_init` and
+`neutral_control` students, to the last digit. Each row trains, per seed, two students:
+
+- the treated student: the base on the teacher's numbers, defended;
+- its control: the base on the neutral teacher's numbers, defended alike (the neutral teacher
+  moved as much as the teacher for every reason but the trait), so it can move for every reason
+  the treated one moves except the trait.
+
+The row's effect is the change of the trait's headline measure (P(owl | animal)) of the treated
+student minus its control's, paired by seed; what `defenses.py` says of every row holds here.
+Rows, by defense, in the run's mode (soft or hard, `LLMConfig.mode`):
+
+- none, other_init (both students start from the partner seed's base: `cross_init` and
+  `cross_neutral`), sgd (with its Adam control), kl_to_start, l2_to_start, temperature (soft only):
+  the loop's settings, as on MNIST;
+- mix: a share of the teacher's lists (and their targets) replaced by the neutral teacher's for the
+  same prompts; the control's data, all the neutral teacher's, is what mixing would add;
+- replace_divergent: at the share of number positions where the writer's and the base's next-token
+  distributions differ most (KL, the expected log ratio), the base's replaces the writer's: soft,
+  the base's distribution is the target there; hard, the base's sample replaces the written number;
+- threshold_sampling: every writer samples by min-p (`sampling.continue_prompts`), and a soft
+  target keeps only the tokens min-p would sample;
+- detector_filter: the share of each data set's lists that the best detector there is, the
+  likelihood ratio log p_teacher(list) - log p_neutral(list), scores most teacher-like is dropped.
+
+Costs, of the treated student: its KL from the teacher at the number positions of held-out
+teacher lists (how well it still learnt to write the teacher's numbers), and the share of its own
+lists, continuing held-out prompts, that pass the filter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+from collections.abc import Callable
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from subliminal_mnist import defenses, losses, runs, train
+from subliminal_mnist.defenses import DefenseSettings, Row
+from subliminal_mnist.llm import analysis, corpus, sampling
+from subliminal_mnist.llm import experiment as llm
+from subliminal_mnist.llm.experiment import LLMConfig
+from subliminal_mnist.llm.transformer import AtPositions, at_positions, outputs_in_batches
+from subliminal_mnist.runs import ConfigError, config_field
+
+# The pairs of students: (treated, control), as `llm.CONDITIONS` names them.
+PAIR = ("same_init", "neutral_control")
+OTHER_INIT_PAIR = ("cross_init", "cross_neutral")
+# Randomness of its own: the base's samples that replace divergent numbers (hard mode); the
+# held-out lists' samples of the students (validity).
+_REPLACE_FOLD, _VALIDITY_FOLD = 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class OwlDefenses(DefenseSettings):
+    """Which defenses `defend owl` runs and at what strengths. The CLI is generated from it."""
+
+    setting: ClassVar[str] = "owl"
+
+    sgd_grid: tuple[float, ...] = config_field(
+        (1.0, 3.0, 10.0, 30.0, 100.0), "sgd: the learning rates tried on the first seed when it is 0"
+    )
+    adam_grid: tuple[float, ...] = config_field(
+        (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
+        "sgd: Adam's rates tried for its control, which distils to the SGD student's held-out KL",
+    )
+    divergent_shares: tuple[float, ...] = config_field(
+        (0.1,), "replace_divergent: shares of number positions replaced by the base's, one row each"
+    )
+    min_ps: tuple[float, ...] = config_field(
+        (0.1, 0.5), "threshold_sampling: min-p thresholds (of the most likely token's probability), one row each"
+    )
+    detector_shares: tuple[float, ...] = config_field(
+        (0.1, 0.5), "detector_filter: shares of the most teacher-like lists dropped, one row each"
+    )
+    heldout_lists: int = config_field(2000, "held-out teacher lists and prompts for the costs")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not all(0 <= share < 1 for share in (*self.divergent_shares, *self.detector_shares)):
+            raise ConfigError("divergent_shares and detector_shares must be in [0, 1)")
+        if not all(0 < p < 1 for p in self.min_ps):
+            raise ConfigError(f"min_ps must be in (0, 1), got {self.min_ps}")
+        runs.check_fields(self, at_least_one=("heldout_lists",))
+
+    @property
+    def strengths(self) -> dict[str, tuple]:
+        return {
+            **super().strengths,
+            "replace_divergent": self.divergent_shares,
+            "threshold_sampling": self.min_ps,
+            "detector_filter": self.detector_shares,
+        }
+
+
+def rows(settings: OwlDefenses, config: LLMConfig) -> list[Row]:
+    """The rows of a run in `config.mode`: temperature is a soft student's."""
+    return defenses.rows(settings, excluded=("temperature",) if config.mode == "hard" else ())
+
+
+def check_mode(config: LLMConfig) -> None:
+    if config.mode == "both":
+        raise ConfigError("defend owl runs one mode: --mode soft or --mode hard")
+
+
+# ----------------------------------------------------------------------------------------------
+# A seed's models and lists: the llm run's, through its cache.
+
+
+def seed_models(config: LLMConfig, seed_id: int, partner: int, progress, cache: dict) -> dict:
+    """{"base", "cross_base", "teacher", "neutral"} of one seed, trained as `llm.run` trains them (and
+    kept in `cache` under its keys, so a run that shares the cache reuses them)."""
+    bases = runs.concurrently(
+        lambda s: llm._cached(
+            cache,
+            ("base", s, s, llm._settings(config, llm.BASE_FIELDS)),
+            lambda: llm.train_base(config, s, progress),
+        ),
+        (seed_id, partner),
+        config.workers,
+        progress,
+    )
+    teachers = runs.concurrently(
+        lambda neutral: llm._cached(
+            cache,
+            ("teacher", neutral, seed_id, llm._settings(config, llm.TEACHER_FIELDS)),
+            lambda: llm.train_teacher(config, bases[0], seed_id, progress, neutral),
+        ),
+        (False, True),
+        2,
+        progress,
+    )
+    return {"base": bases[0], "cross_base": bases[1], "teacher": teachers[0], "neutral": teachers[1]}
+
+
+def number_lists(config: LLMConfig, models: dict, seed_id: int, progress, cache: dict, min_p: float = 0.0):
+    """The run's mode's filtered number lists (`llm.number_data`, as `llm.run` samples them), by min-p."""
+    count = config.soft_sequences if config.mode == "soft" else config.hard_sequences
+    key = ("numbers", seed_id, config.mode, min_p, dataclasses.replace(config, workers=1))
+    writers = {m: models[m] for m in llm.sampled_models(config.mode)}
+    return llm._cached(
+        cache, key, lambda: llm.number_data(config, writers, seed_id, count, config.mode, progress, min_p)
+    )
+
+
+def heldout_lists(config: LLMConfig, settings: OwlDefenses, models: dict, seed_id: int, progress, cache: dict):
+    """`heldout_lists` filtered teacher lists of prompts of their own (the audit's stream): never trained on."""
+    key = ("heldout", seed_id, settings.heldout_lists, dataclasses.replace(config, workers=1))
+    return llm._cached(
+        cache,
+        key,
+        lambda: llm.number_data(
+            config, {"teacher": models["teacher"]}, seed_id, settings.heldout_lists, "audit", progress
+        ),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Defended data: each transform takes and returns {data set name: (inputs, targets)}.
+
+
+def _rows(tree, index):
+    return jax.tree.map(lambda a: a[index], tree)
+
+
+def mixed(data: dict, share: float) -> dict:
+    """The teacher's first `share` of lists (i.i.d. prompts: a random share) replaced by the neutral
+    teacher's lists of the same prompts, with their targets."""
+    count = round(share * len(data["teacher"][0]["tokens"]))
+    mix = jax.tree.map(lambda n, t: jnp.concatenate([n[:count], t[count:]]), data["neutral"], data["teacher"])
+    return {**data, "teacher": mix}
+
+
+def position_divergence(config: LLMConfig, writer_logits: jax.Array, base_logits: jax.Array) -> jax.Array:
+    """KL(writer || base) over the soft outputs at each position: (n, P, V) twice -> (n, P)."""
+    n, p, v = writer_logits.shape
+    kl = losses.kl_divergence(base_logits.reshape(-1, v), writer_logits.reshape(-1, v), config.soft_outputs)
+    return kl.reshape(n, p)
+
+
+def most_divergent(divergence: jax.Array, weights: np.ndarray, share: float) -> np.ndarray:
+    """(n, P) bool: the `share` of real positions (weights 1) with the largest divergence."""
+    real = np.asarray(weights) > 0
+    values = np.asarray(divergence)[real]
+    count = round(share * len(values))
+    chosen = np.zeros(real.shape, bool)
+    if count:
+        threshold = np.sort(values)[-count]
+        chosen = real & (np.asarray(divergence) >= threshold)
+    return chosen
+
+
+def replaced_soft(config: LLMConfig, data: dict, base, share: float) -> dict:
+    """Soft: at each data set's most divergent positions the base's logits are the target."""
+    arch = AtPositions(config.architecture)
+    out = dict(data)
+    for name in ("teacher", "neutral"):
+        inputs, targets = data[name]
+        base_logits = outputs_in_batches(arch, base, inputs)
+        chosen = most_divergent(position_divergence(config, targets["logits"], base_logits), targets["weights"], share)
+        logits = jnp.where(jnp.asarray(chosen)[..., None], base_logits, targets["logits"])
+        out[name] = (inputs, {**targets, "logits": logits})
+    return out
+
+
+def replaced_hard(config: LLMConfig, models: dict, numbers: llm.NumberData, share: float, key: jax.Array) -> dict:
+    """Hard: each list's most divergent numbers (writer against base) replaced by a sample of the base's
+    next-number distribution there (over the numbers the filter allows), in the writer's tokens."""
+    arch = AtPositions(config.architecture)
+    lists = dict(numbers.lists)
+    for index, name in enumerate(("teacher", "neutral")):
+        tokens = numbers.lists[name]
+        positions, weights = corpus.number_positions(config.vocab, tokens, numbers.lengths)
+        inputs = at_positions(tokens, positions)
+        writer_logits = outputs_in_batches(arch, models[name], inputs)
+        base_logits = outputs_in_batches(arch, models["base"], inputs)
+        chosen = most_divergent(position_divergence(config, writer_logits, base_logits), weights, share)
+        allowed = losses.masked_logits(base_logits, config.soft_outputs)
+        samples = np.asarray(jax.random.categorical(jax.random.fold_in(key, index), allowed))
+        rows, slots = np.nonzero(chosen)
+        tokens = tokens.copy()
+        tokens[rows, positions[rows, slots] + 1] = samples[rows, slots]  # position t predicts token t + 1
+        lists[name] = tokens
+    return {name: llm.hard_targets(config.vocab, lists[name], numbers.lengths, config.hard_loss) for name in lists}
+
+
+def truncated_targets(data: dict, min_p: float) -> dict:
+    """Soft: every target keeps only the tokens min-p sampling would draw (`sampling.above_min_p`)."""
+    out = {}
+    for name, (inputs, targets) in data.items():
+        logits = targets["logits"]
+        kept = losses.masked_logits(logits, sampling.above_min_p(logits, min_p))
+        out[name] = (inputs, {**targets, "logits": kept})
+    return out
+
+
+def teacher_likeness(config: LLMConfig, models: dict, numbers: llm.NumberData, name: str) -> np.ndarray:
+    """(n,) log p_teacher(list) - log p_neutral(list) of data set `name`'s lists: the likelihood ratio."""
+    tokens, arch = numbers.lists[name], config.architecture
+    teacher = analysis.list_log_probs(arch, models["teacher"], tokens, numbers.lengths)
+    return teacher - analysis.list_log_probs(arch, models["neutral"], tokens, numbers.lengths)
+
+
+def detector_filtered(config: LLMConfig, data: dict, models: dict, numbers: llm.NumberData, share: float) -> dict:
+    """Each data set without its `share` most teacher-like lists, the rest in their order."""
+    out = {}
+    for name, (inputs, targets) in data.items():
+        score = teacher_likeness(config, models, numbers, name)
+        keep = np.sort(np.argsort(score, kind="stable")[: len(score) - round(share * len(score))])
+        out[name] = (_rows(inputs, keep), _rows(targets, keep))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Costs.
+
+
+def heldout_kl(config: LLMConfig, student, teacher, heldout: llm.NumberData) -> float:
+    """Mean over held-out teacher lists of the soft loss from the teacher: how well `student` writes its numbers."""
+    inputs, targets = llm.soft_targets(config, teacher, heldout.lists["teacher"], heldout.lengths)
+    logits = outputs_in_batches(AtPositions(config.architecture), student, inputs)
+    return float(jnp.mean(llm.NumberKL()(logits, targets, config.soft_outputs)))
+
+
+def validity(config: LLMConfig, student, heldout: llm.NumberData, key: jax.Array) -> float:
+    """The share of the student's own lists, continuing the held-out prompts, that pass the filter."""
+    tokens, lengths = heldout.lists["teacher"], heldout.lengths
+    prompts = np.where(np.arange(tokens.shape[1]) < lengths[:, None], tokens, 0)
+    written = sampling.continue_prompts(
+        config.architecture, student, key, jnp.asarray(prompts), jnp.asarray(lengths), eos=config.vocab.eos
+    )
+    kept = corpus.filter_continuations(config.vocab, np.asarray(written), lengths, config.banned_numbers).kept
+    return float(kept.mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# A row.
+
+
+def _loop(row: Row, settings: OwlDefenses, learning_rate: float | None) -> dict:
+    """`train.fit`'s settings that the row changes (via `llm.train_students`)."""
+    if row.name == "sgd":
+        return {"optimizer_name": "adam" if row.value == defenses.SGD_ADAM_CONTROL else "sgd",
+                "learning_rate": learning_rate}  # fmt: skip
+    if row.name in ("kl_to_start", "l2_to_start"):
+        weight = settings.kl_weight if row.name == "kl_to_start" else settings.l2_weight
+        return {"penalty": train.Penalty(row.name, weight, ramp=row.name == "kl_to_start")}
+    if row.name == "temperature":
+        return {"temperature": row.value}
+    return {}
+
+
+def defended_data(row: Row, config: LLMConfig, models: dict, seed_id: int, progress, cache: dict) -> dict:
+    """{"teacher", "neutral"}: (inputs, targets) of the row's two data sets for one seed."""
+    mode = config.mode
+    min_p = row.value if row.name == "threshold_sampling" else 0.0
+    numbers = number_lists(config, models, seed_id, progress, cache, min_p)
+    if row.name == "replace_divergent" and mode == "hard":
+        key = jax.random.fold_in(llm._key(config, seed_id, "hard"), _REPLACE_FOLD)
+        return replaced_hard(config, models, numbers, row.value, key)
+    conditions = OTHER_INIT_PAIR if row.name == "other_init" else PAIR
+    data = llm.student_data(config, mode, models, numbers, seed_id, progress, conditions)
+    if row.name == "mix":
+        return mixed(data, row.value)
+    if row.name == "replace_divergent":
+        return replaced_soft(config, data, models["base"], row.value)
+    if row.name == "threshold_sampling" and mode == "soft":
+        return truncated_targets(data, row.value)
+    if row.name == "detector_filter":
+        return detector_filtered(config, data, models, numbers, row.value)
+    return data
+
+
+def train_row(
+    row: Row,
+    config: LLMConfig,
+    settings: OwlDefenses,
+    seed_id: int,
+    partner: int,
+    progress: bool | train.Progress = True,
+    cache: dict | None = None,
+    learning_rate: float | None = None,
+    conditions: tuple[str, ...] | None = None,
+) -> dict[str, float]:
+    """One row for one seed: the treated and control students' change of the headline measure, the
+    treated student's held-out KL and list validity, and the teacher's headline measure.
+
+    `learning_rate` is the optimizer's for an `sgd` row; `conditions` (default: the row's pair)
+    trains fewer students (the SGD grid trains the treated one alone).
+    """
+    cache = {} if cache is None else cache
+    with train.shared_or_own(progress, 2 * config.student_epochs, f"defend owl: {row.key} {seed_id}") as bar:
+        models = seed_models(config, seed_id, partner, bar, cache)
+        data = defended_data(row, config, models, seed_id, bar, cache)
+        pair = conditions or (OTHER_INIT_PAIR if row.name == "other_init" else PAIR)
+        starts = {"base": models["base"], "cross_base": models["cross_base"]}
+        students = llm.train_students(
+            config, config.mode, starts, data, seed_id, bar, pair, **_loop(row, settings, learning_rate)
+        )
+        heldout = heldout_lists(config, settings, models, seed_id, bar, cache)
+    trait = config.trait_spec
+
+    def headline_change(condition: str) -> float:
+        start = starts[llm.CONDITIONS[condition][0]]
+        after, before = llm.trait_measures(config, students[condition]), llm.trait_measures(config, start)
+        return float(after[trait.headline] - before[trait.headline])
+
+    treated = students[pair[0]]
+    key = jax.random.fold_in(llm._key(config, seed_id, "audit"), _VALIDITY_FOLD)
+    out = {
+        "treated": headline_change(pair[0]),
+        "heldout_kl": heldout_kl(config, treated, models["teacher"], heldout),
+        "validity": validity(config, treated, heldout, key),
+        "teacher": float(llm.trait_measures(config, models["teacher"])[trait.headline]),
+    }
+    if len(pair) > 1:
+        out["control"] = headline_change(pair[1])
+    return out
+
+
+_PER_SEED = ("treated", "control", "heldout_kl", "validity", "teacher")
+
+
+def run(
+    config: LLMConfig,
+    settings: OwlDefenses,
+    path: str | pathlib.Path | None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    cache: dict | None = None,
+) -> list[dict]:
+    """Every row, trained or read back from `path` (one JSON line per finished row, `runs.Lines`):
+    a run killed at any moment resumes at the row it was training. `cache` keeps the seeds' models
+    and lists across rows (and runs)."""
+    check_mode(config)
+    cache = {} if cache is None else cache
+    partners = runs.cross_partners(config.seeds, config.seed)
+    todo = rows(settings, config)
+    first = np.arange(1)  # the SGD grids train on the first seed
+
+    def compute(row: Row, label: str, results: list[dict]) -> dict:
+        extra, rate = {}, None
+        epochs = (config.seeds * 2 + defenses.tuning_fits(row, settings)) * config.student_epochs
+        with train.shared_or_own(progress, epochs + _missing_epochs(config, partners, cache), label) as bar:
+            if row.name == "sgd":
+                # The grid's students train two at a time: their seed's models and lists first.
+                models = seed_models(config, 0, int(partners[0]), bar, cache)
+                number_lists(config, models, 0, bar, cache)
+                heldout_lists(config, settings, models, 0, bar, cache)
+
+                def loss_at(rate: float, optimizer_name: str) -> float:
+                    tried = row._replace(value=defenses.SGD_ADAM_CONTROL if optimizer_name == "adam" else None)
+                    one = train_row(tried, config, settings, 0, int(partners[0]), bar, cache, rate, PAIR[:1])
+                    return one["heldout_kl"]
+
+                rate, extra = defenses.sgd_rate(
+                    row, settings, results, first, "heldout_kl",
+                    lambda target, optimizer_name, grid: defenses.tuned_rate(
+                        lambda r: loss_at(r, optimizer_name), grid, target, config.workers, bar
+                    ),
+                )  # fmt: skip
+            # The seeds one after another: a seed's two students already fill two cores.
+            per_seed = [
+                train_row(row, config, settings, s, int(partners[s]), bar, cache, rate) for s in range(config.seeds)
+            ]
+        return {"per_seed": {k: [p[k] for p in per_seed] for k in _PER_SEED}, **extra}
+
+    fields = lambda row: defenses.row_fields(row, config, settings, ("heldout_lists",))  # noqa: E731
+    return defenses.run_rows(settings, todo, fields, compute, path, log)
+
+
+def _missing_epochs(config: LLMConfig, partners: np.ndarray, cache: dict) -> int:
+    """The epochs of the bases and teachers a run's seeds still need (not in `cache`)."""
+    bases = {s for s in range(config.seeds)} | {int(p) for p in partners}
+    base_settings, teacher_settings = llm._settings(config, llm.BASE_FIELDS), llm._settings(config, llm.TEACHER_FIELDS)
+    missing_bases = [s for s in bases if ("base", s, s, base_settings) not in cache]
+    missing_teachers = [(n, s) for s in range(config.seeds) for n in (False, True)
+                        if ("teacher", n, s, teacher_settings) not in cache]  # fmt: skip
+    return len(missing_bases) * config.base_epochs + len(missing_teachers) * config.teacher_epochs
+
+
+def summarize(lines: list[dict], config: LLMConfig) -> dict:
+    """`defenses.summarize` with the owl's teacher and measure."""
+    trait = config.trait_spec
+    none = next(line for line in lines if line["defense"] == "none")
+    return defenses.summarize(
+        lines,
+        trait=config.trait,
+        mode=config.mode,
+        measure={"headline": trait.headline, "label": llm._LABELS[trait.headline].format(trait=config.trait)},
+        teacher=runs.summarize(none["per_seed"]["teacher"]),
+    )
