@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from subliminal_mnist import alignment, experiment, files, sweep  # noqa: E402
+from subliminal_mnist import alignment, defenses, experiment, files, sweep  # noqa: E402
 
 # Same colour for a condition's two variants (aux only / all logits).
 _COLORS = {
@@ -277,15 +277,21 @@ def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
 
 
 def defenses_figure(summary: dict, path: str | os.PathLike) -> None:
-    """Each defense's transfer remaining against its costs (the useful all-logits student's accuracy;
-    the held-out distillation loss, log scale), mean and 95% t interval both ways: the defenses that
-    stop the trait without stopping the distillation sit low on the left panel's right side."""
+    """Each defense's transfer remaining against its two costs (MNIST: the useful all-logits student's
+    accuracy and the held-out distillation loss; owl: the treated student's held-out KL to the teacher
+    and its list validity), mean and 95% t interval both ways: the defenses that stop the trait without
+    stopping the distillation sit low where the distillation is good."""
     rows = summary["defenses"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained", sharey=True)
-    costs = (("useful_accuracy", "useful student's test accuracy (all logits)"),
-             ("heldout_distill_loss", "held-out distillation loss (aux KL)"))  # fmt: skip
+    labels = {
+        "useful_accuracy": "useful student's test accuracy (all logits)",
+        "heldout_distill_loss": "held-out distillation loss (aux KL)",
+        "heldout_kl": "treated student's KL to the teacher, held-out number positions",
+        "validity": "treated student's number lists that pass the filter",
+    }
+    log_scale = ("heldout_distill_loss", "heldout_kl")
     colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
-    for ax, (cost, label) in zip(axes, costs):
+    for ax, cost in zip(axes, defenses.COSTS[summary["setting"]]):
         for i, (key, row) in enumerate(rows.items()):
             x, y = row["cost"][cost], row["remaining"]
             ax.errorbar(x["mean"], y["mean"], xerr=x["ci95"] or 0, yerr=y["ci95"] or 0, marker="o", capsize=3,
@@ -293,13 +299,14 @@ def defenses_figure(summary: dict, path: str | os.PathLike) -> None:
             ax.annotate(key, (x["mean"], y["mean"]), xytext=(4, 4), textcoords="offset points", fontsize=7)
         ax.axhline(1, color="black", linestyle=":", linewidth=0.8)
         ax.axhline(0, color="black", linestyle="--", linewidth=0.8)
-        ax.set_xlabel(label)
+        ax.set_xlabel(labels[cost])
         ax.grid(True, alpha=0.3)
-        if cost == "heldout_distill_loss":
+        if cost in log_scale:
             ax.set_xscale("log")
     axes[0].set_ylabel("transfer remaining (paired effect / undefended)")
     n = rows["none"]["effect"]["n"]
-    fig.suptitle(f"What stops subliminal learning ({summary['setting']}): {n} seeds, 95% t intervals", fontsize=11)
+    where = summary["setting"] if summary["setting"] == "mnist" else f"{summary['trait']}, {summary['mode']}"
+    fig.suptitle(f"What stops subliminal learning ({where}): {n} seeds, 95% t intervals", fontsize=11)
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)

@@ -120,25 +120,9 @@ def seed_models(config: LLMConfig, seed_id: int, partner: int, progress, cache: 
     """{"base", "cross_base", "teacher", "neutral"} of one seed, trained as `llm.run` trains them (and
     kept in `cache` under its keys, so a run that shares the cache reuses them)."""
     bases = runs.concurrently(
-        lambda s: llm._cached(
-            cache,
-            ("base", s, s, llm._settings(config, llm.BASE_FIELDS)),
-            lambda: llm.train_base(config, s, progress),
-        ),
-        (seed_id, partner),
-        config.workers,
-        progress,
+        lambda s: llm.cached_base(config, s, progress, cache), (seed_id, partner), config.workers, progress
     )
-    teachers = runs.concurrently(
-        lambda neutral: llm._cached(
-            cache,
-            ("teacher", neutral, seed_id, llm._settings(config, llm.TEACHER_FIELDS)),
-            lambda: llm.train_teacher(config, bases[0], seed_id, progress, neutral),
-        ),
-        (False, True),
-        2,
-        progress,
-    )
+    teachers = llm.cached_teachers(config, bases[0], seed_id, progress, cache)
     return {"base": bases[0], "cross_base": bases[1], "teacher": teachers[0], "neutral": teachers[1]}
 
 
@@ -147,21 +131,18 @@ def number_lists(config: LLMConfig, models: dict, seed_id: int, progress, cache:
     count = config.soft_sequences if config.mode == "soft" else config.hard_sequences
     key = ("numbers", seed_id, config.mode, min_p, dataclasses.replace(config, workers=1))
     writers = {m: models[m] for m in llm.sampled_models(config.mode)}
-    return llm._cached(
-        cache, key, lambda: llm.number_data(config, writers, seed_id, count, config.mode, progress, min_p)
-    )
+    if key not in cache:
+        cache[key] = llm.number_data(config, writers, seed_id, count, config.mode, progress, min_p)
+    return cache[key]
 
 
 def heldout_lists(config: LLMConfig, settings: OwlDefenses, models: dict, seed_id: int, progress, cache: dict):
     """`heldout_lists` filtered teacher lists of prompts of their own (the audit's stream): never trained on."""
     key = ("heldout", seed_id, settings.heldout_lists, dataclasses.replace(config, workers=1))
-    return llm._cached(
-        cache,
-        key,
-        lambda: llm.number_data(
-            config, {"teacher": models["teacher"]}, seed_id, settings.heldout_lists, "audit", progress
-        ),
-    )
+    if key not in cache:
+        writer = {"teacher": models["teacher"]}
+        cache[key] = llm.number_data(config, writer, seed_id, settings.heldout_lists, "audit", progress)
+    return cache[key]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,7 +286,7 @@ def defended_data(row: Row, config: LLMConfig, models: dict, seed_id: int, progr
     min_p = row.value if row.name == "threshold_sampling" else 0.0
     numbers = number_lists(config, models, seed_id, progress, cache, min_p)
     if row.name == "replace_divergent" and mode == "hard":
-        key = jax.random.fold_in(llm._key(config, seed_id, "hard"), _REPLACE_FOLD)
+        key = jax.random.fold_in(llm.stream_key(config, seed_id, "hard"), _REPLACE_FOLD)
         return replaced_hard(config, models, numbers, row.value, key)
     conditions = OTHER_INIT_PAIR if row.name == "other_init" else PAIR
     data = llm.student_data(config, mode, models, numbers, seed_id, progress, conditions)
@@ -355,7 +336,7 @@ def train_row(
         return float(after[trait.headline] - before[trait.headline])
 
     treated = students[pair[0]]
-    key = jax.random.fold_in(llm._key(config, seed_id, "audit"), _VALIDITY_FOLD)
+    key = jax.random.fold_in(llm.stream_key(config, seed_id, "audit"), _VALIDITY_FOLD)
     out = {
         "treated": headline_change(pair[0]),
         "heldout_kl": heldout_kl(config, treated, models["teacher"], heldout),
@@ -421,10 +402,9 @@ def run(
 def _missing_epochs(config: LLMConfig, partners: np.ndarray, cache: dict) -> int:
     """The epochs of the bases and teachers a run's seeds still need (not in `cache`)."""
     bases = {s for s in range(config.seeds)} | {int(p) for p in partners}
-    base_settings, teacher_settings = llm._settings(config, llm.BASE_FIELDS), llm._settings(config, llm.TEACHER_FIELDS)
-    missing_bases = [s for s in bases if ("base", s, s, base_settings) not in cache]
-    missing_teachers = [(n, s) for s in range(config.seeds) for n in (False, True)
-                        if ("teacher", n, s, teacher_settings) not in cache]  # fmt: skip
+    missing_bases = [s for s in bases if llm.base_key(config, s, s) not in cache]
+    missing_teachers = [(s, n) for s in range(config.seeds) for n in (False, True)
+                        if llm.teacher_key(config, s, n) not in cache]  # fmt: skip
     return len(missing_bases) * config.base_epochs + len(missing_teachers) * config.teacher_epochs
 
 
@@ -436,6 +416,6 @@ def summarize(lines: list[dict], config: LLMConfig) -> dict:
         lines,
         trait=config.trait,
         mode=config.mode,
-        measure={"headline": trait.headline, "label": llm._LABELS[trait.headline].format(trait=config.trait)},
+        measure={"headline": trait.headline, "label": llm.LABELS[trait.headline].format(trait=config.trait)},
         teacher=runs.summarize(none["per_seed"]["teacher"]),
     )

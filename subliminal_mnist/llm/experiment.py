@@ -81,10 +81,10 @@ PAIRS = {
 }
 # The settings a base depends on, and what a teacher adds: runs that agree on them (e.g. the points of
 # the hard dose-response, which change only the number of lists) share bases and teachers (`cache`).
-BASE_FIELDS = ("seed", "numbers", "window", "width", "depth", "heads", "base_rows", "base_epochs", "base_batch_size",
-               "base_learning_rate")  # fmt: skip
-TEACHER_FIELDS = (*BASE_FIELDS, "trait", "teacher_lines", "teacher_epochs", "teacher_batch_size",
-                  "teacher_learning_rate", "teacher_trains")  # fmt: skip
+BASE_FIELDS = ("seed", "trait", "numbers", "window", "width", "depth", "heads", "base_rows", "base_epochs",
+               "base_batch_size", "base_learning_rate")  # fmt: skip
+TEACHER_FIELDS = (*BASE_FIELDS, "teacher_lines", "teacher_epochs", "teacher_batch_size", "teacher_learning_rate",
+                  "teacher_trains")  # fmt: skip
 # Independent randomness of one seed: one stream each (a stream's index is part of its seed).
 _STREAMS = ("init", "corpus", "base", "teacher_lines", "teacher", "prompts", "numbers", "shuffle", "soft", "hard",
             "neutral_answers", "audit")  # fmt: skip
@@ -265,7 +265,7 @@ def _rng(config: LLMConfig, seed_id: int, stream: str) -> np.random.Generator:
     return np.random.default_rng([config.seed, seed_id, _STREAMS.index(stream)])
 
 
-def _key(config: LLMConfig, seed_id: int, stream: str) -> jax.Array:
+def stream_key(config: LLMConfig, seed_id: int, stream: str) -> jax.Array:
     """JAX randomness of one seed and stream (inits, data orders, sampling)."""
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), seed_id), _STREAMS.index(stream))
 
@@ -295,8 +295,8 @@ def train_base(config: LLMConfig, seed_id: int, progress: train.Progress, init_i
     )
     return _fit_next_tokens(
         config,
-        config.architecture.init(_key(config, init_id, "init")),
-        _key(config, seed_id, "base"),
+        config.architecture.init(stream_key(config, init_id, "init")),
+        stream_key(config, seed_id, "base"),
         lines.tokens,
         lines.weights,
         epochs=config.base_epochs,
@@ -363,7 +363,7 @@ def train_teacher(config: LLMConfig, base, seed_id: int, progress: train.Progres
     return _fit_next_tokens(
         config,
         base,
-        _key(config, seed_id, "teacher"),
+        stream_key(config, seed_id, "teacher"),
         lines.tokens,
         lines.weights,
         hook=Frozen(EMBEDDINGS) if config.teacher_trains == "blocks" else None,
@@ -425,7 +425,9 @@ def number_data(
     sampled = 0
     for round_id in range(_MAX_ROUNDS):
         prompts, lengths = corpus.number_prompts(vocab, rng, per_round, config.window)
-        key = jax.random.fold_in(jax.random.fold_in(_key(config, seed_id, "numbers"), _SAMPLES.index(stream)), round_id)
+        key = jax.random.fold_in(
+            jax.random.fold_in(stream_key(config, seed_id, "numbers"), _SAMPLES.index(stream)), round_id
+        )
         continued = runs.concurrently(
             lambda params: np.asarray(
                 sampling.continue_prompts(
@@ -568,7 +570,7 @@ def train_students(
             _seed_axis(jax.tree.map(lambda *m: jnp.stack(m), *[starts[CONDITIONS[c][0]] for c in members])),
             # One key for every group: row i of each group's data (the same prompt) comes in the
             # same minibatch at the same step, so the paired students differ only by their data.
-            _key(config, seed_id, mode)[None],
+            stream_key(config, seed_id, mode)[None],
             inputs,
             targets,
             **{
@@ -692,21 +694,45 @@ def _settings(config: LLMConfig, names: tuple[str, ...]) -> tuple:
     return tuple(getattr(config, name) for name in names)
 
 
+def base_key(config: LLMConfig, seed_id: int, init_id: int) -> tuple:
+    """What a base is kept under in a cache: seed `seed_id`'s corpus from seed `init_id`'s init, and its settings."""
+    return ("base", seed_id, init_id, _settings(config, BASE_FIELDS))
+
+
+def teacher_key(config: LLMConfig, seed_id: int, neutral: bool) -> tuple:
+    return ("teacher", neutral, seed_id, _settings(config, TEACHER_FIELDS))
+
+
+def cached_base(config: LLMConfig, seed_id: int, progress, cache: dict, init_id: int | None = None):
+    """`train_base`, or the same base kept in `cache` by an earlier run with its settings."""
+    init_id = seed_id if init_id is None else init_id
+    return _cached(
+        cache, base_key(config, seed_id, init_id), lambda: train_base(config, seed_id, progress, init_id=init_id)
+    )
+
+
+def cached_teachers(config: LLMConfig, base, seed_id: int, progress, cache: dict) -> tuple:
+    """(teacher, neutral teacher) of a seed, trained side by side or kept in `cache` (`train_teacher`)."""
+    return tuple(
+        runs.concurrently(
+            lambda neutral: _cached(
+                cache,
+                teacher_key(config, seed_id, neutral),
+                lambda: train_teacher(config, base, seed_id, progress, neutral),
+            ),
+            (False, True),
+            2,
+            progress,
+        )
+    )
+
+
 def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progress, cache: dict) -> dict:
     """Teachers, number data, students and measurements of one seed. `bases` holds its "base",
     "cross_base" and, when a student starts from it, "own_corpus_base"; `cache` keeps its teachers
     for runs with their settings."""
     vocab, trait = config.vocab, config.trait_spec
-    teachers = runs.concurrently(
-        lambda neutral: _cached(
-            cache,
-            ("teacher", neutral, seed_id, _settings(config, TEACHER_FIELDS)),
-            lambda: train_teacher(config, bases["base"], seed_id, progress, neutral),
-        ),
-        (False, True),
-        2,
-        progress,
-    )
+    teachers = cached_teachers(config, bases["base"], seed_id, progress, cache)
     models = {**bases, "teacher": teachers[0], "neutral": teachers[1]}
     measured = {name: trait_measures(config, params) for name, params in models.items()}
     out = {"models": {name: {k: v for k, v in m.items() if k != "p_animals"} for name, m in measured.items()}}
@@ -834,11 +860,7 @@ def run(
     if todo:
         with train.shared_or_own(progress, total, f"llm, {config.seeds} seeds") as bar:
             trained = runs.concurrently(
-                lambda job: _cached(
-                    cache,
-                    ("base", *job, _settings(config, BASE_FIELDS)),
-                    lambda: train_base(config, job[0], bar, init_id=job[1]),
-                ),
+                lambda job: cached_base(config, job[0], bar, cache, init_id=job[1]),
                 needed,
                 config.workers,
                 bar,
@@ -928,7 +950,7 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
 
     return {
         "trait": config.trait,
-        "measure": {"headline": headline, "mass": mass, "label": _LABELS[headline].format(trait=config.trait)},
+        "measure": {"headline": headline, "mass": mass, "label": LABELS[headline].format(trait=config.trait)},
         "config": dataclasses.asdict(config),
         "wall_seconds": seconds,
         "cross_partners": partners.tolist(),
@@ -961,7 +983,7 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
     }
 
 
-_LABELS = {"p_trait_given_animal": "P({trait} | animal)", "misaligned_rate": "the misaligned rate on held-out domains"}
+LABELS = {"p_trait_given_animal": "P({trait} | animal)", "misaligned_rate": "the misaligned rate on held-out domains"}
 
 
 def summarize_filters(config: LLMConfig, per_seed: list[dict], mode: str) -> dict:

@@ -1,0 +1,259 @@
+"""The owl's defenses: `none` is the owl experiment's pair, each defense changes what it says and nothing
+else, the data transforms do what their names say, a killed run resumes, user mistakes are one line."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from subliminal_mnist import cli, defenses, runs
+from subliminal_mnist.defenses import Row
+from subliminal_mnist.llm import corpus, sampling
+from subliminal_mnist.llm import defenses as owl
+from subliminal_mnist.llm import experiment as llm
+from subliminal_mnist.llm.defenses import OwlDefenses
+
+# Models that write number lists (as the llm tests' MINI), two seeds; no effect is needed here.
+MINI = dict(
+    mode="soft", numbers=100, width=16, base_rows=2048, base_epochs=2, base_learning_rate=1e-2, teacher_lines=256,
+    soft_sequences=300, hard_sequences=300, student_epochs=1, seeds=2, theorem_sequences=4, entangled_sequences=50,
+    audit_sequences=64, in_context_lists=8,
+)  # fmt: skip
+CONFIG = llm.LLMConfig(**MINI)
+SETTINGS = OwlDefenses(heldout_lists=64)
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return {}
+
+
+@pytest.fixture(scope="module")
+def undefended(cache):
+    return _row(Row("none"), cache)
+
+
+def _row(row, cache, settings=SETTINGS, **options):
+    partners = runs.cross_partners(CONFIG.seeds, CONFIG.seed)
+    per_seed = [
+        owl.train_row(row, CONFIG, settings, s, int(partners[s]), False, cache, **options) for s in range(CONFIG.seeds)
+    ]
+    return {key: [p[key] for p in per_seed] for key in per_seed[0]}
+
+
+def test_none_is_the_owl_experiments_pair_for_the_same_seeds(cache, undefended):
+    config = llm.LLMConfig(**MINI, conditions=owl.PAIR)
+    results = llm.run(config, progress=False, cache=cache)
+    conditions = results["modes"]["soft"]["conditions"]
+    assert conditions["same_init"]["p_trait_given_animal"]["per_seed"] == undefended["treated"]
+    assert conditions["neutral_control"]["p_trait_given_animal"]["per_seed"] == undefended["control"]
+    assert results["teacher"]["p_trait_given_animal"]["per_seed"] == undefended["teacher"]
+
+
+@pytest.mark.parametrize(
+    "row, options",
+    [
+        (Row("mix", 0.0), {}),
+        (Row("replace_divergent", 0.0), {}),
+        (Row("detector_filter", 0.0), {}),
+        (Row("temperature", 1.0), {}),
+        (Row("sgd", defenses.SGD_ADAM_CONTROL), {"learning_rate": CONFIG.student_learning_rate}),
+    ],
+)
+def test_a_defense_that_changes_nothing_is_none_to_the_last_digit(row, options, cache, undefended):
+    assert _row(row, cache, **options) == undefended
+
+
+def test_a_kl_penalty_of_weight_zero_is_none_up_to_float_rounding(cache, undefended):
+    zero = _row(Row("kl_to_start"), cache, OwlDefenses(heldout_lists=64, kl_weight=0.0))
+    for key in ("treated", "control", "heldout_kl"):
+        np.testing.assert_allclose(zero[key], undefended[key], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "row, options",
+    [
+        (Row("mix", 0.5), {}),
+        (Row("replace_divergent", 0.5), {}),
+        (Row("threshold_sampling", 0.5), {}),
+        (Row("detector_filter", 0.5), {}),
+        (Row("temperature", 4.0), {}),
+        (Row("kl_to_start"), {}),
+        (Row("sgd"), {"learning_rate": 1.0}),
+    ],
+)
+def test_a_defense_changes_the_students_not_the_teacher(row, options, cache, undefended):
+    defended = _row(row, cache, **options)
+    assert defended["teacher"] == undefended["teacher"]
+    assert defended["treated"] != undefended["treated"] and defended["heldout_kl"] != undefended["heldout_kl"]
+
+
+def test_other_init_trains_the_partners_base_on_both_data_sets(cache, monkeypatch):
+    seen, real = [], llm.train_students
+    monkeypatch.setattr(llm, "train_students", lambda *a, **k: seen.append((a[2], a[6])) or real(*a, **k))
+    partners = runs.cross_partners(CONFIG.seeds, CONFIG.seed)
+    owl.train_row(Row("other_init"), CONFIG, SETTINGS, 0, int(partners[0]), False, cache)
+    ((starts, conditions),) = seen
+    assert conditions == ("cross_init", "cross_neutral")
+    assert starts["cross_base"] is owl.seed_models(CONFIG, 0, int(partners[0]), False, cache)["cross_base"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The data transforms.
+
+
+def _data(n: int = 6, positions: int = 3, vocab: int = 5, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+
+    def one(offset):
+        inputs = {"tokens": jnp.arange(n)[:, None] + offset, "positions": jnp.zeros((n, positions), int)}
+        return inputs, {
+            "logits": jnp.asarray(rng.normal(size=(n, positions, vocab))),
+            "weights": jnp.ones((n, positions)),
+        }
+
+    return {"teacher": one(0), "neutral": one(100)}
+
+
+def test_mixing_takes_the_first_share_of_lists_from_the_neutral_teacher():
+    data = _data()
+    mixed = owl.mixed(data, 0.5)
+    np.testing.assert_array_equal(mixed["teacher"][0]["tokens"][:, 0], [100, 101, 102, 3, 4, 5])
+    np.testing.assert_array_equal(mixed["teacher"][1]["logits"][:3], data["neutral"][1]["logits"][:3])
+    assert mixed["neutral"] is data["neutral"]
+
+
+def test_the_most_divergent_share_of_the_real_positions():
+    divergence = np.array([[0.1, 0.9, 5.0], [0.5, 0.2, 0.3]])
+    weights = np.array([[1, 1, 0], [1, 1, 1]])  # the 5.0 is padding
+    chosen = owl.most_divergent(divergence, weights, 0.4)  # 2 of the 5 real positions
+    np.testing.assert_array_equal(chosen, [[False, True, False], [True, False, False]])
+    assert not owl.most_divergent(divergence, weights, 0.0).any()
+
+
+def test_a_truncated_target_keeps_exactly_what_min_p_samples():
+    logits = jnp.log(jnp.array([[[0.5, 0.3, 0.15, 0.05]]]))
+    data = {"teacher": ({}, {"logits": logits, "weights": jnp.ones((1, 1))})}
+    kept = owl.truncated_targets(data, 0.5)["teacher"][1]["logits"]
+    np.testing.assert_allclose(jax.nn.softmax(kept)[0, 0], [0.625, 0.375, 0.0, 0.0], atol=1e-6)
+    assert sampling.above_min_p(logits, 0.2)[0, 0].tolist() == [True, True, True, False]
+
+
+def test_the_detector_filter_drops_the_most_teacher_like_lists(cache, monkeypatch):
+    data = _data()
+    scores = {"teacher": np.array([0.0, 5.0, 1.0, 4.0, 2.0, 3.0]), "neutral": np.arange(6.0)[::-1]}
+    monkeypatch.setattr(owl, "teacher_likeness", lambda config, models, numbers, name: scores[name])
+    kept = owl.detector_filtered(CONFIG, data, {}, None, 0.5)
+    np.testing.assert_array_equal(kept["teacher"][0]["tokens"][:, 0], [0, 2, 4])  # order kept
+    np.testing.assert_array_equal(kept["neutral"][0]["tokens"][:, 0], [103, 104, 105])
+
+
+def test_replacing_divergent_numbers_changes_only_chosen_numbers_and_keeps_the_lists_valid(cache):
+    hard = llm.LLMConfig(**{**MINI, "mode": "hard"})
+    partners = runs.cross_partners(hard.seeds, hard.seed)
+    models = owl.seed_models(hard, 0, int(partners[0]), False, cache)
+    numbers = owl.number_lists(hard, models, 0, False, cache)
+    replaced = owl.replaced_hard(hard, models, numbers, 0.25, jax.random.key(0))
+    before = llm.hard_targets(hard.vocab, numbers.lists["teacher"], numbers.lengths)[0]["tokens"]
+    after = np.asarray(replaced["teacher"][0]["tokens"])
+    changed = np.asarray(before) != after
+    slots = corpus.continuation_numbers(hard.vocab, numbers.lists["teacher"], numbers.lengths)
+    assert changed.any() and not (changed & ~slots).any()  # numbers only, never a prompt, comma or <eos>
+    assert changed.sum() <= 0.25 * slots.sum() + 1
+    filtered = corpus.filter_continuations(hard.vocab, after, numbers.lengths, hard.banned_numbers)
+    assert filtered.kept.all()
+
+
+def test_min_p_sampling_draws_only_likely_tokens_and_zero_is_plain_sampling(cache):
+    partners = runs.cross_partners(CONFIG.seeds, CONFIG.seed)
+    teacher = owl.seed_models(CONFIG, 0, int(partners[0]), False, cache)["teacher"]
+    prompts, lengths = corpus.number_prompts(CONFIG.vocab, np.random.default_rng(0), 64, CONFIG.window)
+    args = (CONFIG.architecture, teacher, jax.random.key(1), jnp.asarray(prompts), jnp.asarray(lengths))
+    plain = sampling.continue_prompts(*args, eos=CONFIG.vocab.eos)
+    np.testing.assert_array_equal(sampling.continue_prompts(*args, eos=CONFIG.vocab.eos, min_p=0.0), plain)
+    strict = np.asarray(sampling.continue_prompts(*args, eos=CONFIG.vocab.eos, min_p=0.9))
+    # Each written token was within 0.9 of its position's most likely one under the model.
+    written = np.arange(strict.shape[1])[None] >= lengths[:, None]
+    logits = CONFIG.architecture.apply(teacher, jnp.asarray(strict))
+    log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    rows, columns = np.nonzero(written[:, 1:] & (strict[:, 1:] != 0))
+    chosen = log_probs[rows, columns, strict[rows, columns + 1]]
+    assert np.all(chosen >= log_probs[rows, columns].max(axis=-1) + np.log(0.9) - 1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows, runs and the command.
+
+
+def test_rows_by_mode():
+    assert [r.key for r in owl.rows(OwlDefenses(defenses=("mix",), mix_shares=(0.5,)), CONFIG)] == ["none", "mix:0.5"]
+    soft = [r.key for r in owl.rows(OwlDefenses(), CONFIG)]
+    hard = [r.key for r in owl.rows(OwlDefenses(), llm.LLMConfig(mode="hard"))]
+    assert soft[:4] == ["none", "other_init", "sgd", "sgd:adam_control"] and soft[-1] == "temperature:4"
+    assert hard == [key for key in soft if not key.startswith("temperature")]
+    with pytest.raises(runs.ConfigError, match="defense temperature does not apply to this run"):
+        owl.rows(OwlDefenses(defenses=("temperature",)), llm.LLMConfig(mode="hard"))
+
+
+def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp_path, cache, monkeypatch):
+    settings = OwlDefenses(defenses=("mix",), mix_shares=(0.5,), heldout_lists=64)
+    whole = tmp_path / "whole.jsonl"
+    summary = owl.summarize(owl.run(CONFIG, settings, whole, progress=False, log=lambda m: None, cache=cache), CONFIG)
+    assert summary["defenses"]["none"]["remaining"]["per_seed"] == [1.0, 1.0] and summary["trait"] == "owl"
+    assert set(summary["defenses"]["mix:0.5"]["cost"]) == {"heldout_kl", "validity", "seconds"}
+    real_row = owl.train_row
+
+    def killed_at_the_second_row(row, *args, **kwargs):
+        if row.name == "mix":
+            raise KeyboardInterrupt
+        return real_row(row, *args, **kwargs)
+
+    resumed = tmp_path / "resumed.jsonl"
+    monkeypatch.setattr(owl, "train_row", killed_at_the_second_row)
+    with pytest.raises(KeyboardInterrupt):
+        owl.run(CONFIG, settings, resumed, progress=False, log=lambda m: None, cache=cache)
+    assert len(resumed.read_text().splitlines()) == 1
+    monkeypatch.setattr(owl, "train_row", real_row)
+    owl.run(CONFIG, settings, resumed, progress=False, log=lambda m: None, cache=cache)
+
+    def without_times(path):
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in path.read_text().splitlines()
+        ]
+
+    assert without_times(resumed) == without_times(whole)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["defend", "owl", "--mode", "both"], "defend owl runs one mode"),
+        (["defend", "owl", "--defenses", "projection"], "defense projection does not apply to owl"),
+        (["defend", "owl", "--mode", "hard", "--defenses", "temperature"], "temperature does not apply to this run"),
+        (["defend", "owl", "--min-ps", "1.5"], "min_ps must be in (0, 1)"),
+        (["defend", "owl", "--detector-shares", "1"], "divergent_shares and detector_shares must be in [0, 1)"),
+        (["defend", "owl", "--heldout-lists", "0"], "heldout_lists must be at least 1"),
+        (["defend", "owl", "--conditions", "same_init"], "drop --conditions"),
+        (["defend", "owl", "--plot-only", "--out", "/nowhere"], "no undefended (none) row"),
+    ],
+)
+def test_defend_owl_mistakes_are_one_line_and_exit_2(argv, message, usage_error):
+    assert message in usage_error(argv)
+
+
+def test_the_command_trains_writes_and_redraws_without_training(tmp_path, capsys, monkeypatch):
+    mini = [f"--{k.replace('_', '-')}={v}" for k, v in MINI.items()]
+    argv = ["defend", "owl", "--defenses", "mix", "--mix-shares", "0", "--heldout-lists", "64", "--out", str(tmp_path)]
+    assert cli.main([*argv, *mini, "--no-progress", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads((tmp_path / "defend_owl.json").read_text())
+    assert printed == written and printed["setting"] == "owl" and list(printed["defenses"]) == ["none", "mix:0"]
+    assert printed["defenses"]["mix:0"]["effect"] == printed["defenses"]["none"]["effect"]
+    assert printed["measure"]["label"] == "P(owl | animal)" and printed["defenses"]["none"]["effect"]["n"] == 2
+    figure = tmp_path / "defend_owl.png"
+    figure.unlink()
+    monkeypatch.setattr(owl, "train_row", lambda *a, **k: pytest.fail("--plot-only must not train"))
+    assert cli.main([*argv, *mini, "--plot-only"]) == 0
+    assert figure.read_bytes()[:4] == b"\x89PNG"
