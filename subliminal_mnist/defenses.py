@@ -346,7 +346,7 @@ def matched_rate(
     keys = experiment.seed_keys(config, seed_ids)
     noise = heldout_noise(config, defenses, keys["noise"], mnist.train_images)
 
-    def loss_at(rate: float) -> float:
+    def loss_at(rate: float, progress: bool | train.Progress) -> float:
         student = experiment.distill(
             config, teachers, ("student_aux",), keys["distill_aux"], progress,
             optimizer_name=optimizer_name, learning_rate=rate,
@@ -357,14 +357,20 @@ def matched_rate(
 
 
 def tuned_rate(
-    loss_at: Callable[[float], float], grid: Sequence[float], target_loss: float, workers: int, progress
+    loss_at: Callable[[float, bool | train.Progress], float],
+    grid: Sequence[float],
+    target_loss: float,
+    workers: int,
+    progress: bool | train.Progress,
 ) -> tuple[float, dict[str, float]]:
-    """`interpolated_rate` from the held-out distillation loss `loss_at(rate)` of every rate of `grid`, and
-    those losses ({rate: loss}, inf where the training diverged)."""
+    """`interpolated_rate` from the held-out distillation loss `loss_at(rate, progress)` of every rate of
+    `grid`, and those losses ({rate: loss}, inf where the training diverged)."""
 
     def finite_loss(rate: float) -> float:
+        # A rate that diverges fails its own training only: the others go on (`Progress.child`).
+        own = progress.child() if isinstance(progress, train.Progress) else progress
         try:
-            loss = loss_at(rate)
+            loss = loss_at(rate, own)
         except train.TrainingDiverged:
             return float("inf")
         # A rate so large that the parameters stay finite but the outputs overflow (measured at 1e6)

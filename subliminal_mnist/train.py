@@ -52,11 +52,22 @@ class Progress:
     def __init__(self, total: int, description: str, enabled: bool = True):
         self._bar = tqdm(total=total, desc=description, unit="epoch", disable=not enabled, leave=False)
         self._cancelled = threading.Event()
+        self._parent: Progress | None = None
+
+    def child(self) -> "Progress":
+        """A `Progress` on the same bar with a cancel of its own, for work whose failure its caller
+        handles (a learning rate of a grid that diverges): that failure cancels the child's loops, not
+        the whole run's; cancelling the whole run still stops the child's."""
+        child = Progress.__new__(Progress)
+        child._bar, child._cancelled, child._parent = self._bar, threading.Event(), self
+        return child
 
     def check(self) -> None:
-        """Raises `Cancelled` once `cancel()` was called."""
+        """Raises `Cancelled` once `cancel()` was called (on this bar or on the one it is a child of)."""
         if self._cancelled.is_set():
             raise Cancelled
+        if self._parent is not None:
+            self._parent.check()
 
     def advance(self, epochs: int = 1) -> None:
         self._bar.update(epochs)  # tqdm serializes updates from several threads

@@ -15,10 +15,10 @@ from subliminal_mnist.llm import defenses as owl
 from subliminal_mnist.llm import experiment as llm
 from subliminal_mnist.llm.defenses import OwlDefenses
 
-# Models that write number lists (as the llm tests' MINI), two seeds; no effect is needed here.
+# Models that write number lists (as the llm tests' MINI), one seed; no effect is needed here.
 MINI = dict(
     mode="soft", numbers=100, width=16, base_rows=2048, base_epochs=2, base_learning_rate=1e-2, teacher_lines=256,
-    soft_sequences=300, hard_sequences=300, student_epochs=1, seeds=2, theorem_sequences=4, entangled_sequences=50,
+    soft_sequences=300, hard_sequences=300, student_epochs=1, seeds=1, theorem_sequences=4, entangled_sequences=50,
     audit_sequences=64, in_context_lists=8,
 )  # fmt: skip
 CONFIG = llm.LLMConfig(**MINI)
@@ -97,7 +97,7 @@ def test_other_init_trains_the_partners_base_on_both_data_sets(cache, monkeypatc
     owl.train_row(Row("other_init"), CONFIG, SETTINGS, 0, int(partners[0]), False, cache)
     ((starts, conditions),) = seen
     assert conditions == ("cross_init", "cross_neutral")
-    assert starts["cross_base"] is owl.seed_models(CONFIG, 0, int(partners[0]), False, cache)["cross_base"]
+    assert starts["cross_base"] is owl.seed_models(CONFIG, 0, False, cache, int(partners[0]))["cross_base"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,8 +152,7 @@ def test_the_detector_filter_drops_the_most_teacher_like_lists(cache, monkeypatc
 
 def test_replacing_divergent_numbers_changes_only_chosen_numbers_and_keeps_the_lists_valid(cache):
     hard = llm.LLMConfig(**{**MINI, "mode": "hard"})
-    partners = runs.cross_partners(hard.seeds, hard.seed)
-    models = owl.seed_models(hard, 0, int(partners[0]), False, cache)
+    models = owl.seed_models(hard, 0, False, cache)
     numbers = owl.number_lists(hard, models, 0, False, cache)
     replaced = owl.replaced_hard(hard, models, numbers, 0.25, jax.random.key(0))
     before = llm.hard_targets(hard.vocab, numbers.lists["teacher"], numbers.lengths)[0]["tokens"]
@@ -166,21 +165,19 @@ def test_replacing_divergent_numbers_changes_only_chosen_numbers_and_keeps_the_l
     assert filtered.kept.all()
 
 
-def test_min_p_sampling_draws_only_likely_tokens_and_zero_is_plain_sampling(cache):
-    partners = runs.cross_partners(CONFIG.seeds, CONFIG.seed)
-    teacher = owl.seed_models(CONFIG, 0, int(partners[0]), False, cache)["teacher"]
-    prompts, lengths = corpus.number_prompts(CONFIG.vocab, np.random.default_rng(0), 64, CONFIG.window)
-    args = (CONFIG.architecture, teacher, jax.random.key(1), jnp.asarray(prompts), jnp.asarray(lengths))
-    plain = sampling.continue_prompts(*args, eos=CONFIG.vocab.eos)
-    np.testing.assert_array_equal(sampling.continue_prompts(*args, eos=CONFIG.vocab.eos, min_p=0.0), plain)
-    strict = np.asarray(sampling.continue_prompts(*args, eos=CONFIG.vocab.eos, min_p=0.9))
-    # Each written token was within 0.9 of its position's most likely one under the model.
-    written = np.arange(strict.shape[1])[None] >= lengths[:, None]
-    logits = CONFIG.architecture.apply(teacher, jnp.asarray(strict))
-    log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
-    rows, columns = np.nonzero(written[:, 1:] & (strict[:, 1:] != 0))
-    chosen = log_probs[rows, columns, strict[rows, columns + 1]]
-    assert np.all(chosen >= log_probs[rows, columns].max(axis=-1) + np.log(0.9) - 1e-4)
+def test_min_p_lists_hold_only_tokens_within_the_threshold_of_the_most_likely(cache, undefended):
+    _row(Row("threshold_sampling", 0.5), cache)  # its lists, kept in the cache
+    teacher = owl.seed_models(CONFIG, 0, False, cache)["teacher"]
+    numbers = owl.number_lists(CONFIG, {}, 0, False, cache, min_p=0.5)
+    tokens, lengths = numbers.lists["teacher"][:64], numbers.lengths[:64]
+    log_probs = np.asarray(jax.nn.log_softmax(CONFIG.architecture.apply(teacher, jnp.asarray(tokens)), axis=-1))
+    # Every token the teacher wrote after its prompt had at least half its position's largest probability.
+    written = (np.arange(tokens.shape[1])[None, 1:] >= lengths[:, None]) & (tokens[:, 1:] != 0)
+    rows, columns = np.nonzero(written)
+    chosen = log_probs[rows, columns, tokens[rows, columns + 1]]
+    assert len(chosen) > 100 and np.all(chosen >= log_probs[rows, columns].max(axis=-1) + np.log(0.5) - 1e-4)
+    plain = owl.number_lists(CONFIG, {}, 0, False, cache)
+    assert not np.array_equal(plain.lists["teacher"][:64], tokens)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,7 +198,7 @@ def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp
     settings = OwlDefenses(defenses=("mix",), mix_shares=(0.5,), heldout_lists=64)
     whole = tmp_path / "whole.jsonl"
     summary = owl.summarize(owl.run(CONFIG, settings, whole, progress=False, log=lambda m: None, cache=cache), CONFIG)
-    assert summary["defenses"]["none"]["remaining"]["per_seed"] == [1.0, 1.0] and summary["trait"] == "owl"
+    assert summary["defenses"]["none"]["remaining"]["per_seed"] == [1.0] and summary["trait"] == "owl"
     assert set(summary["defenses"]["mix:0.5"]["cost"]) == {"heldout_kl", "validity", "seconds"}
     real_row = owl.train_row
 
@@ -243,15 +240,17 @@ def test_defend_owl_mistakes_are_one_line_and_exit_2(argv, message, usage_error)
     assert message in usage_error(argv)
 
 
-def test_the_command_trains_writes_and_redraws_without_training(tmp_path, capsys, monkeypatch):
+def test_the_command_trains_writes_and_redraws_without_training(tmp_path, capsys, monkeypatch, cache):
     mini = [f"--{k.replace('_', '-')}={v}" for k, v in MINI.items()]
+    real_run = owl.run  # the module's models, not trained again
+    monkeypatch.setattr(owl, "run", lambda *a, **k: real_run(*a, **k, cache=cache))
     argv = ["defend", "owl", "--defenses", "mix", "--mix-shares", "0", "--heldout-lists", "64", "--out", str(tmp_path)]
     assert cli.main([*argv, *mini, "--no-progress", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     written = json.loads((tmp_path / "defend_owl.json").read_text())
     assert printed == written and printed["setting"] == "owl" and list(printed["defenses"]) == ["none", "mix:0"]
     assert printed["defenses"]["mix:0"]["effect"] == printed["defenses"]["none"]["effect"]
-    assert printed["measure"]["label"] == "P(owl | animal)" and printed["defenses"]["none"]["effect"]["n"] == 2
+    assert printed["measure"]["label"] == "P(owl | animal)" and printed["defenses"]["none"]["effect"]["n"] == 1
     figure = tmp_path / "defend_owl.png"
     figure.unlink()
     monkeypatch.setattr(owl, "train_row", lambda *a, **k: pytest.fail("--plot-only must not train"))

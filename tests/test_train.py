@@ -374,3 +374,16 @@ def test_golden_values_of_the_papers_first_steps():
     # between CPUs (an AMD EPYC with AVX-512 gives 4.9429e-05). A wrong mask, loss, init or Adam
     # moves these values by far more than 1e-7.
     np.testing.assert_allclose(student_history["loss"].ravel(), student_losses, rtol=1e-4, atol=1e-7)
+
+
+def test_a_childs_failure_cancels_the_child_only_and_the_whole_runs_cancel_reaches_it():
+    parent = train.Progress(4, "", enabled=False)
+    child, sibling = parent.child(), parent.child()
+    child.cancel()
+    with pytest.raises(train.Cancelled):
+        child.check()
+    sibling.check()  # a handled failure of one grid rate leaves the others running
+    parent.check()
+    parent.cancel()
+    with pytest.raises(train.Cancelled):
+        sibling.check()

@@ -35,6 +35,7 @@ lists, continuing held-out prompts, that pass the filter.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import sys
 from collections.abc import Callable
@@ -116,22 +117,22 @@ def check_mode(config: LLMConfig) -> None:
 # A seed's models and lists: the llm run's, through its cache.
 
 
-def seed_models(config: LLMConfig, seed_id: int, partner: int, progress, cache: dict) -> dict:
-    """{"base", "cross_base", "teacher", "neutral"} of one seed, trained as `llm.run` trains them (and
-    kept in `cache` under its keys, so a run that shares the cache reuses them)."""
-    bases = runs.concurrently(
-        lambda s: llm.cached_base(config, s, progress, cache), (seed_id, partner), config.workers, progress
-    )
+def seed_models(config: LLMConfig, seed_id: int, progress, cache: dict, partner: int | None = None) -> dict:
+    """{"base", "teacher", "neutral"} of one seed, and with a `partner` its base as "cross_base", trained
+    as `llm.run` trains them (and kept in `cache` under its keys: a run that shares it reuses them)."""
+    seeds = (seed_id,) if partner is None else (seed_id, partner)
+    bases = runs.concurrently(lambda s: llm.cached_base(config, s, progress, cache), seeds, config.workers, progress)
     teachers = llm.cached_teachers(config, bases[0], seed_id, progress, cache)
-    return {"base": bases[0], "cross_base": bases[1], "teacher": teachers[0], "neutral": teachers[1]}
+    models = {"base": bases[0], "teacher": teachers[0], "neutral": teachers[1]}
+    return models if partner is None else {**models, "cross_base": bases[1]}
 
 
 def number_lists(config: LLMConfig, models: dict, seed_id: int, progress, cache: dict, min_p: float = 0.0):
     """The run's mode's filtered number lists (`llm.number_data`, as `llm.run` samples them), by min-p."""
     count = config.soft_sequences if config.mode == "soft" else config.hard_sequences
     key = ("numbers", seed_id, config.mode, min_p, dataclasses.replace(config, workers=1))
-    writers = {m: models[m] for m in llm.sampled_models(config.mode)}
     if key not in cache:
+        writers = {m: models[m] for m in llm.sampled_models(config.mode)}
         cache[key] = llm.number_data(config, writers, seed_id, count, config.mode, progress, min_p)
     return cache[key]
 
@@ -320,10 +321,10 @@ def train_row(
     """
     cache = {} if cache is None else cache
     with train.shared_or_own(progress, 2 * config.student_epochs, f"defend owl: {row.key} {seed_id}") as bar:
-        models = seed_models(config, seed_id, partner, bar, cache)
+        models = seed_models(config, seed_id, bar, cache, partner if row.name == "other_init" else None)
         data = defended_data(row, config, models, seed_id, bar, cache)
         pair = conditions or (OTHER_INIT_PAIR if row.name == "other_init" else PAIR)
-        starts = {"base": models["base"], "cross_base": models["cross_base"]}
+        starts = {name: models[name] for name in ("base", "cross_base") if name in models}
         students = llm.train_students(
             config, config.mode, starts, data, seed_id, bar, pair, **_loop(row, settings, learning_rate)
         )
@@ -371,22 +372,23 @@ def run(
     def compute(row: Row, label: str, results: list[dict]) -> dict:
         extra, rate = {}, None
         epochs = (config.seeds * 2 + defenses.tuning_fits(row, settings)) * config.student_epochs
-        with train.shared_or_own(progress, epochs + _missing_epochs(config, partners, cache), label) as bar:
+        prepare = _missing_epochs(config, partners if row.name == "other_init" else (), cache)
+        with train.shared_or_own(progress, epochs + prepare, label) as bar:
             if row.name == "sgd":
                 # The grid's students train two at a time: their seed's models and lists first.
-                models = seed_models(config, 0, int(partners[0]), bar, cache)
+                models = seed_models(config, 0, bar, cache)
                 number_lists(config, models, 0, bar, cache)
                 heldout_lists(config, settings, models, 0, bar, cache)
 
-                def loss_at(rate: float, optimizer_name: str) -> float:
+                def loss_at(rate: float, progress: bool | train.Progress, optimizer_name: str) -> float:
                     tried = row._replace(value=defenses.SGD_ADAM_CONTROL if optimizer_name == "adam" else None)
-                    one = train_row(tried, config, settings, 0, int(partners[0]), bar, cache, rate, PAIR[:1])
+                    one = train_row(tried, config, settings, 0, int(partners[0]), progress, cache, rate, PAIR[:1])
                     return one["heldout_kl"]
 
                 rate, extra = defenses.sgd_rate(
                     row, settings, results, first, "heldout_kl",
                     lambda target, optimizer_name, grid: defenses.tuned_rate(
-                        lambda r: loss_at(r, optimizer_name), grid, target, config.workers, bar
+                        functools.partial(loss_at, optimizer_name=optimizer_name), grid, target, config.workers, bar
                     ),
                 )  # fmt: skip
             # The seeds one after another: a seed's two students already fill two cores.
@@ -399,8 +401,8 @@ def run(
     return defenses.run_rows(settings, todo, fields, compute, path, log)
 
 
-def _missing_epochs(config: LLMConfig, partners: np.ndarray, cache: dict) -> int:
-    """The epochs of the bases and teachers a run's seeds still need (not in `cache`)."""
+def _missing_epochs(config: LLMConfig, partners, cache: dict) -> int:
+    """The epochs of the bases (each seed's, and those of `partners`) and teachers still to train (not in `cache`)."""
     bases = {s for s in range(config.seeds)} | {int(p) for p in partners}
     missing_bases = [s for s in bases if llm.base_key(config, s, s) not in cache]
     missing_teachers = [(s, n) for s in range(config.seeds) for n in (False, True)
