@@ -387,3 +387,17 @@ def test_a_childs_failure_cancels_the_child_only_and_the_whole_runs_cancel_reach
     parent.cancel()
     with pytest.raises(train.Cancelled):
         sibling.check()
+
+
+def test_the_kl_penalty_holds_only_the_positions_a_language_models_targets_mark():
+    start = {"w": jnp.array([[1.0, 0.0], [0.0, 1.0]])}
+    moved = {"w": jnp.array([[2.0, 0.0], [0.0, -1.0]])}
+    apply = lambda params, x: x @ params["w"]  # noqa: E731  (B, P, 2) -> (B, P, 2)
+    x = jnp.array([[[1.0, 0.0], [0.0, 1.0]]])  # one example, two positions
+    penalty = train.Penalty("kl_to_start", 1.0)
+    first_only = {"weights": jnp.array([[1.0, 0.0]])}
+    p, q = jax.nn.softmax(apply(start, x))[0, 0], jax.nn.softmax(apply(moved, x))[0, 0]
+    expected = jnp.sum(p * (jnp.log(p) - jnp.log(q)))  # the first position's KL alone
+    np.testing.assert_allclose(penalty.value(moved, start, apply, x, first_only, jnp.ones(1)), expected, rtol=1e-5)
+    both = penalty.value(moved, start, apply, x, {"weights": jnp.ones((1, 2))}, jnp.ones(1))
+    assert not np.isclose(both, expected)
