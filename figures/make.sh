@@ -16,6 +16,8 @@ subliminal-mnist llm-dose --counts 10000 --hard-loss numbers --out .
 subliminal-mnist demo --preset strongest --seeds 5 --conditions student_aux --out strongest.json --figure strongest.png "$@"
 # What stops it: every MNIST defense, 5 seeds, one resumable line per row in defend_mnist.jsonl.
 subliminal-mnist defend mnist --out . "$@"
+# The owl's defenses (no MNIST needed): soft mode, 5 seeds, one resumable line per row in defend_owl.jsonl.
+subliminal-mnist defend owl --out .
 # Sweeps, 5 seeds per point: a point already in sweep_NAME.jsonl under the same config and versions is not
 # trained again; delete the file to train every point anew.
 for name in init_perturbation heads loss noise aux depth teacher_epochs student_epochs width; do
