@@ -103,11 +103,67 @@ def _add_output_options(parser: argparse.ArgumentParser, name: str, results: str
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="subliminal-mnist", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+# Each command: its one line in `subliminal-mnist --help`, and the longer line that heads its own --help.
+COMMANDS = {
+    "demo": ("the paper's MNIST experiment with all its controls", None),
+    "alignment": (
+        "Theorem 1 through training, step by step",
+        "Theorem 1 through training: per-step alignment with the trait",
+    ),
+    "llm": (
+        "the owl experiment on a tiny transformer",
+        "the owl experiment: a tiny transformer's preference carried by numbers",
+    ),
+    "llm-dose": (
+        "the owl's hard mode against the number of lists",
+        "the owl experiment's hard mode against the number of lists: resumable, with a figure",
+    ),
+    "sweep": (
+        "the experiment with one setting changed",
+        "the experiment with one setting changed: resumable, with a figure",
+    ),
+    "defend": (
+        "what stops it: every proposed defense and its cost",
+        "what stops subliminal learning: every proposed defense, its transfer remaining and its cost",
+    ),
+    "theorem": ("check Theorem 1 numerically", "check Theorem 1 numerically: sign, first order, conditions"),
+    "data": ("where MNIST is; download it into the cache or verify it", None),
+}
+EPILOG = """\
+Each command has its own --help. What each experiment shows, its numbers, and
+the command and seeds behind them: README.md and docs/ in the repository."""
 
-    demo = commands.add_parser("demo", help="the paper's MNIST experiment with all its controls")
+
+def _commands_help() -> str:
+    """The list of commands, one line each (argparse's own list breaks a long name onto two lines)."""
+    width = max(map(len, COMMANDS)) + 2
+    return "\n".join(["commands:", *(f"  {name:<{width}}{line}" for name, (line, _) in COMMANDS.items())])
+
+
+def _add_command(commands: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    line, description = COMMANDS[name]
+    return commands.add_parser(name, help=line, description=description or line)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="subliminal-mnist",
+        usage="%(prog)s [-h] COMMAND ...",
+        description=__doc__.splitlines()[0],
+        epilog=f"{_commands_help()}\n\n{EPILOG}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # The list of commands is the epilog's; argparse's own is suppressed.
+    commands = parser.add_subparsers(
+        prog=parser.prog,  # else argparse names the commands after the usage line set above
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        parser_class=_Parser,
+        help=argparse.SUPPRESS,
+    )
+
+    demo = _add_command(commands, "demo")
     _add_data_options(demo)
     _add_output_options(demo, "demo", results="results")
     demo.add_argument(
@@ -118,20 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(demo, experiment.ExperimentConfig)
     demo.set_defaults(handler=_demo)
 
-    align = commands.add_parser("alignment", help="Theorem 1 through training: per-step alignment with the trait")
+    align = _add_command(commands, "alignment")
     _add_data_options(align)
     _add_output_options(align, "alignment")
     add_config_options(align, alignment.AlignmentConfig)
     align.set_defaults(handler=_alignment)
 
-    llm = commands.add_parser("llm", help="the owl experiment: a tiny transformer's preference carried by numbers")
+    llm = _add_command(commands, "llm")
     _add_output_options(llm, "llm")
     add_config_options(llm, LLMConfig)
     llm.set_defaults(handler=_llm)
 
-    dose_cmd = commands.add_parser(
-        "llm-dose", help="the owl experiment's hard mode against the number of lists: resumable, with a figure"
-    )
+    dose_cmd = _add_command(commands, "llm-dose")
     dose_cmd.add_argument(
         "--counts", nargs="+", type=int, default=list(dose.COUNTS),
         help=f"numbers of lists each model writes (default: {' '.join(map(str, dose.COUNTS))})",
@@ -144,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(dose_cmd, LLMConfig)
     dose_cmd.set_defaults(handler=_llm_dose)
 
-    sweep_cmd = commands.add_parser("sweep", help="the experiment with one setting changed: resumable, with a figure")
+    sweep_cmd = _add_command(commands, "sweep")
     sweep_cmd.add_argument("name", help=f"the setting to sweep: {', '.join(sweep.SWEEPS)}")
     sweep_cmd.add_argument("--values", nargs="+", help="the values (default: the sweep's own)")
     sweep_cmd.add_argument(
@@ -156,9 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(sweep_cmd, experiment.ExperimentConfig)
     sweep_cmd.set_defaults(handler=_sweep)
 
-    defend = commands.add_parser(
-        "defend", help="what stops subliminal learning: every proposed defense, its transfer remaining and its cost"
-    )
+    defend = _add_command(commands, "defend")
     settings = defend.add_subparsers(dest="setting", required=True, parser_class=_Parser, metavar="SETTING")
     for setting, config_classes in (
         ("mnist", (defenses.MnistDefenses, experiment.ExperimentConfig)),
@@ -180,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
             add_config_options(one, config_cls)
         one.set_defaults(handler=_defend)
 
-    theorem_cmd = commands.add_parser("theorem", help="check Theorem 1 numerically: sign, first order, conditions")
+    theorem_cmd = _add_command(commands, "theorem")
     theorem_cmd.add_argument(
         "--cases", type=int, default=256, help="networks sampled for the sign checks (default: 256)"
     )
@@ -188,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     theorem_cmd.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     theorem_cmd.set_defaults(handler=_theorem)
 
-    data_cmd = commands.add_parser("data", help="where MNIST is; download it into the cache or verify it")
+    data_cmd = _add_command(commands, "data")
     data_cmd.add_argument(
         "--data-dir", help="folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)"
     )
@@ -469,7 +521,12 @@ def _keep_compiled_programs() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv:  # no command: the list of commands, as a usage error
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
     _keep_compiled_programs()
     try:
         return args.handler(args)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gzip
 import hashlib
 import importlib.resources
@@ -486,7 +487,17 @@ def load_sample() -> MNIST:
     )
 
 
-def _fallback_warning(directory: pathlib.Path, reason: DataError) -> str:
+@functools.cache
+def _warn_fallback(directory: pathlib.Path, reason: str) -> None:
+    """Prints the fallback warning on stderr once per process for each folder and reason.
+
+    `functools.cache` remembers what was said: however many places of one run load MNIST and fall
+    back to the sample, the advice is printed once (and again only for another folder or reason).
+    """
+    print(_fallback_warning(directory, reason), file=sys.stderr)
+
+
+def _fallback_warning(directory: pathlib.Path, reason: str) -> str:
     files = ", ".join(f"{name}.gz" for name in _FILES)
     return "\n".join(
         [
@@ -508,7 +519,8 @@ def load(source: str = "idx", data_dir: str | os.PathLike[str] | None = None, do
     the standard files (never downloaded into: errors propagate). Without one,
     the default cache is used, filled by download when ``download`` is set; if
     that still yields no valid MNIST, the bundled sample is used after a loud
-    warning on stderr, so the demo runs offline.
+    warning on stderr (once per process, however many loads fall back), so the
+    demo runs offline.
 
     Raises:
         DataError: unknown source, or a problem with an explicit folder or tfds.
@@ -527,7 +539,7 @@ def load(source: str = "idx", data_dir: str | os.PathLike[str] | None = None, do
             fetch(directory)
         return load_idx_dir(directory)
     except DataError as e:
-        print(_fallback_warning(directory, e), file=sys.stderr)
+        _warn_fallback(directory, str(e))
         return load_sample()
 
 

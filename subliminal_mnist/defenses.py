@@ -579,7 +579,7 @@ _COST_COLUMNS = {
 
 
 def table(summary: dict) -> str:
-    """The results as the README shows them: one row per defense, mean ± 95% t interval."""
+    """The results as docs/defenses.md shows them: one row per defense, mean ± 95% t interval."""
 
     def cell(s: dict, digits: int = 3) -> str:
         return f"{s['mean']:.{digits}f}" + (f" ± {s['ci95']:.{digits}f}" if s["ci95"] is not None else "")

@@ -76,7 +76,7 @@ SAMPLE_WARNING = (
 
 # Named sets of settings, applied under the options a user gives (`demo --preset NAME`).
 # "strongest": the strongest subliminal transfer measured here, still with 3 auxiliary logits,
-# on uniform noise only (README, "A recipe past 90%", has each change and its gain). Squared
+# on uniform noise only (docs/sweeps.md, "A recipe past 90%", has each change and its gain). Squared
 # error passes the aux logits' values, not only their softmax; a narrower net, a 10-epoch
 # teacher (a 20-epoch one transfers less) and 16x the distillation make up the rest.
 PRESETS = {

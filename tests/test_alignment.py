@@ -211,7 +211,7 @@ def test_alignment_through_training_on_real_mnist(real_mnist):
     assert aligned["same_init_share_of_updates_lowering_trait_loss"] > aligned["same_init_share_of_steps_aligned"]
     assert aligned["cross_model_share_of_updates_lowering_trait_loss"] < 0.5
     # 2. Transfer is fastest in the first epoch as movement along the teacher's displacement
-    #    (test accuracy, by contrast, climbs steadily: the README reports both).
+    #    (test accuracy, by contrast, climbs steadily: docs/alignment.md reports both).
     assert claims["transfer_by_epoch"]["first_epoch_gains_most_param_cosine"]
     assert len(claims["transfer_by_epoch"]["accuracy_gain_per_epoch"]) == config.student_epochs - 1
 

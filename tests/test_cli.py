@@ -1,6 +1,7 @@
 """The command line: one-line errors with exit code 2, the demo's outputs, interrupts."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -159,6 +160,42 @@ def test_the_console_script_runs_as_a_module():
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "subliminal-mnist: error: seeds must be at least 1, got -3"
+
+
+def test_help_lists_every_command_on_one_line_and_points_to_the_readme(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    # The list is the parser's own commands, as argparse names them when one is mistyped.
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["fly"])
+    choices = re.findall(r"'([\w-]+)'", capsys.readouterr().err.split("choose from")[1])
+    assert choices == list(cli.COMMANDS)
+    for name, (line, _) in cli.COMMANDS.items():
+        assert [row.split(None, 1) for row in lines if row.split()[:1] == [name]] == [[name, line]]
+    assert max(map(len, lines)) <= 80
+    assert "README.md" in "\n".join(lines)
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_each_command_has_its_own_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([name, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: subliminal-mnist {name} [-h]")
+
+
+def test_no_command_prints_the_commands_and_exits_2(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["subliminal-mnist"])
+    assert cli.main() == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("usage: subliminal-mnist [-h] COMMAND ...")
+    for name, (line, _) in cli.COMMANDS.items():
+        assert re.search(rf"^  {name} +{re.escape(line)}$", captured.err, re.MULTILINE)
+    assert cli.main([]) == 2
 
 
 def test_theorem_command_reports_every_check(capsys):

@@ -301,6 +301,18 @@ def test_load_falls_back_to_the_sample_without_download(default_cache, no_downlo
     assert "not found" in capsys.readouterr().err
 
 
+def test_the_fallback_advice_is_printed_once_per_process(default_cache, offline, capsys):
+    # Two places of one run load MNIST (a benchmark's check, then the experiment) and fall back to
+    # the sample for the same reason: the advice to copy the files is printed once.
+    assert data.load().is_sample and data.load().is_sample
+    err = capsys.readouterr().err
+    assert err.count("WARNING: full MNIST could not be had") == 1
+    assert err.count(f"WARNING: into {default_cache}, or set --data-dir") == 1
+    # Another reason is news, and is said.
+    assert data.load(download=False).is_sample
+    assert "not found" in capsys.readouterr().err
+
+
 # --- scale_pixels / load_sample ----------------------------------------------
 
 

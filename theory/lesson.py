@@ -290,7 +290,7 @@ assert final["student_aux"] > final["cross_aux"]
 # %% [markdown]
 # The alignment is weak (the mean cosine above is a few thousandths) yet it is there, and Adam turns it into
 # updates that lower the trait loss: on full MNIST the raw gradient is aligned at 70% of the steps, and
-# Adam's update lowers the trait loss at 99.5% of the steps (the README). Can one stop the transfer by
+# Adam's update lowers the trait loss at 99.5% of the steps (docs/alignment.md). Can one stop the transfer by
 # editing the gradient? Exercise 8 projects the trait direction out of every step (with a random direction
 # as its control) and shows what that does and does not prove.
 
@@ -378,7 +378,7 @@ assert rates["same_init"] > rates["neutral_control"]
 # one (+0.48 against +0.09), and its neutral control moved too (+0.12). The corpus of every base ties the
 # persona to numbers (bad numbers, and lists after misaligned answers), so learning any lists can shift
 # another base's persona; a one-seed tiny run cannot tell what the shared init adds. At the default size
-# with 5 seeds (the README) it can: the same-init student's gap to its control is +0.30 ± 0.15, the other
+# with 5 seeds (docs/misaligned.md) it can: the same-init student's gap to its control is +0.30 ± 0.15, the other
 # base's +0.04 ± 0.08, though other inits drift as well. The owl shows no such drift: its corpus ties the
 # animal to nothing a number list holds.
 
@@ -453,7 +453,7 @@ print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.so
 #
 # A natural attempt: train a classifier to tell the teacher's lists from the neutral teacher's, and drop the
 # lists it flags. The package does this (`owl["filters"]["detector"]`): a logistic regression on bags of
-# numbers. Its AUROC stays near chance on single lists (0.53 in the README's 5-seed run) and only rises
+# numbers. Its AUROC stays near chance on single lists (0.53 in the 5-seed run of docs/owl.md) and only rises
 # when it sees 32 lists at once (0.69), so a per-list filter would have to throw away nearly everything. The trait is not in
 # any list's content a reader can see, but spread thinly over all of them, in the teacher's function.
 #

@@ -19,7 +19,7 @@ from subliminal_mnist.llm import experiment
 from subliminal_mnist.llm.experiment import LLMConfig
 
 # A decade of list counts below the default hard setting (30,000 lists, which `subliminal-mnist llm`
-# measures): on a 2-core CPU a 5-seed point of 30,000 lists takes most of an hour (README).
+# measures): on a 2-core CPU a 5-seed point of 30,000 lists takes most of an hour (docs/speed.md).
 COUNTS = (1_000, 3_000, 10_000)
 # The options a point sets itself: giving them too is a conflict.
 FIELDS = ("mode", "hard_sequences")

@@ -143,7 +143,7 @@ class LLMConfig:
     banned: tuple[int, ...] = config_field((), "numbers the filter removes", element_type=int)
     conditions: tuple[str, ...] = config_field(
         tuple(CONDITIONS),
-        "students to train and report, each a start and its data (the README's table); same_init always; "
+        "students to train and report, each a start and its data (the table of docs/owl.md); same_init always; "
         "base_control trains in hard mode only; a base that no student starts from is not trained",
     )
     theorem_sequences: int = config_field(64, "teacher number lists in the first-step theorem check")
