@@ -386,14 +386,20 @@ def interpolated_rate(tried: dict[float, float], target_loss: float) -> float:
     """The learning rate at which the loss would be `target_loss`, from the losses `tried` at a grid of
     rates: between the two neighbouring rates whose losses bracket it, linear in log rate and log loss
     (a grid is coarse: neighbouring rates may differ 2-fold in loss); where none bracket it, the grid's
-    rate whose loss is nearest in ratio."""
+    rate whose loss is nearest in ratio. Only rates up to the one with the lowest loss count: past it a
+    larger rate trains worse because the optimizer is unstable there, and a loss matched on that side is
+    a broken student, not one that distilled as far (measured: the owl's SGD at rate 1)."""
     rates = sorted(tried)
-    for low, high in zip(rates, rates[1:]):
+    finite = [rate for rate in rates if np.isfinite(tried[rate])]
+    if not finite:
+        return rates[0]
+    stable = [rate for rate in rates if rate <= min(finite, key=tried.get)]
+    for low, high in zip(stable, stable[1:]):
         a, b = tried[low], tried[high]
         if np.isfinite(a) and np.isfinite(b) and min(a, b) <= target_loss <= max(a, b) and a != b:
             share = np.log(target_loss / a) / np.log(b / a)
             return float(np.exp(np.log(low) + share * np.log(high / low)))
-    return min(rates, key=lambda rate: abs(np.log(tried[rate] / target_loss)))
+    return min(stable, key=lambda rate: abs(np.log(tried[rate] / target_loss)))
 
 
 _PER_SEED = ("treated", "control", "useful", "heldout_distill_loss", "teacher")

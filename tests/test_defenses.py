@@ -104,6 +104,10 @@ def test_the_matched_rate_interpolates_between_the_rates_that_bracket_the_target
     assert defenses.interpolated_rate(tried, np.sqrt(8e-6)) == pytest.approx(np.sqrt(2e-10))  # halfway, in logs
     assert defenses.interpolated_rate(tried, 1e-6) == 5e-5  # never reached: the nearest in ratio
     assert defenses.interpolated_rate(tried, 1.0) == 1e-5
+    # Past the lowest loss a larger rate is unstable: a loss matched there is a broken student, not a match.
+    rising = {0.1: 2e-4, 0.3: 1.2e-4, 1.0: 2e-2, 3.0: float("inf")}
+    assert defenses.interpolated_rate(rising, 1e-3) == 0.1
+    assert defenses.interpolated_rate({0.1: float("inf")}, 1e-3) == 0.1
 
 
 def test_matched_rate_tries_every_rate_and_a_diverging_one_is_infinitely_far(sample, teacher_cache):
@@ -191,4 +195,3 @@ def test_the_command_trains_writes_and_redraws_without_training(tmp_path, capsys
     monkeypatch.setattr(defenses, "train_row", lambda *a, **k: pytest.fail("--plot-only must not train"))
     assert cli.main([*argv, "--plot-only"]) == 0
     assert figure.read_bytes()[:4] == b"\x89PNG"
-

@@ -68,7 +68,7 @@ class OwlDefenses(DefenseSettings):
     setting: ClassVar[str] = "owl"
 
     sgd_grid: tuple[float, ...] = config_field(
-        (0.03, 0.1, 0.3, 1.0, 3.0), "sgd: the learning rates tried on the first seed when it is 0"
+        (0.003, 0.01, 0.03, 0.1, 0.3, 1.0), "sgd: the learning rates tried on the first seed when it is 0"
     )
     adam_grid: tuple[float, ...] = config_field(
         (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
