@@ -60,3 +60,10 @@ def usage_error(capsys):
         return err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def llm_cache():
+    """Trained bases and teachers of the small language-model runs, shared by the test modules whose
+    settings agree (`llm.experiment.run`'s cache: what it reuses is the very model it would train)."""
+    return {}

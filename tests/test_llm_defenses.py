@@ -1,5 +1,6 @@
-"""The owl's defenses: `none` is the owl experiment's pair, each defense changes what it says and nothing
-else, the data transforms do what their names say, a killed run resumes, user mistakes are one line."""
+"""The owl setting's defenses (any trait; here the misaligned persona's small models): `none` is the llm
+experiment's pair, each defense changes what it says and nothing else, the data transforms do what their
+names say, a killed run resumes, user mistakes are one line."""
 
 import json
 
@@ -15,10 +16,11 @@ from subliminal_mnist.llm import defenses as owl
 from subliminal_mnist.llm import experiment as llm
 from subliminal_mnist.llm.defenses import OwlDefenses
 
-# Models that write number lists (as the llm tests' MINI), one seed; no effect is needed here.
+# The misaligned persona's models of the llm tests (their MINI: models that write number lists, the same
+# bases and teachers, shared through the session's cache), one seed; no effect is needed here.
 MINI = dict(
-    mode="soft", numbers=100, width=16, base_rows=2048, base_epochs=2, base_learning_rate=1e-2, teacher_lines=256,
-    soft_sequences=300, hard_sequences=300, student_epochs=1, seeds=1, theorem_sequences=4, entangled_sequences=50,
+    trait="misaligned", mode="soft", numbers=100, width=16, base_rows=2048, base_epochs=2, base_learning_rate=1e-2,
+    teacher_lines=256, soft_sequences=300, hard_sequences=300, student_epochs=1, seeds=1, theorem_sequences=4, entangled_sequences=50,
     audit_sequences=64, in_context_lists=8,
 )  # fmt: skip
 CONFIG = llm.LLMConfig(**MINI)
@@ -26,8 +28,8 @@ SETTINGS = OwlDefenses(heldout_lists=64)
 
 
 @pytest.fixture(scope="module")
-def cache():
-    return {}
+def cache(llm_cache):
+    return llm_cache
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +45,13 @@ def _row(row, cache, settings=SETTINGS, **options):
     return {key: [p[key] for p in per_seed] for key in per_seed[0]}
 
 
-def test_none_is_the_owl_experiments_pair_for_the_same_seeds(cache, undefended):
+def test_none_is_the_llm_experiments_pair_for_the_same_seeds(cache, undefended):
     config = llm.LLMConfig(**MINI, conditions=owl.PAIR)
     results = llm.run(config, progress=False, cache=cache)
     conditions = results["modes"]["soft"]["conditions"]
-    assert conditions["same_init"]["p_trait_given_animal"]["per_seed"] == undefended["treated"]
-    assert conditions["neutral_control"]["p_trait_given_animal"]["per_seed"] == undefended["control"]
-    assert results["teacher"]["p_trait_given_animal"]["per_seed"] == undefended["teacher"]
+    assert conditions["same_init"]["misaligned_rate"]["per_seed"] == undefended["treated"]
+    assert conditions["neutral_control"]["misaligned_rate"]["per_seed"] == undefended["control"]
+    assert results["teacher"]["misaligned_rate"]["held_out"]["per_seed"] == undefended["teacher"]
 
 
 @pytest.mark.parametrize(
@@ -192,7 +194,7 @@ def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp
     settings = OwlDefenses(defenses=("mix",), mix_shares=(0.5,), heldout_lists=64)
     whole = tmp_path / "whole.jsonl"
     summary = owl.summarize(owl.run(CONFIG, settings, whole, progress=False, log=lambda m: None, cache=cache), CONFIG)
-    assert summary["defenses"]["none"]["remaining"]["per_seed"] == [1.0] and summary["trait"] == "owl"
+    assert summary["defenses"]["none"]["remaining"]["per_seed"] == [1.0] and summary["trait"] == "misaligned"
     assert set(summary["defenses"]["mix:0.5"]["cost"]) == {"heldout_kl", "validity", "seconds"}
     real_row = owl.train_row
 
@@ -244,7 +246,10 @@ def test_the_command_trains_writes_and_redraws_without_training(tmp_path, capsys
     written = json.loads((tmp_path / "defend_owl.json").read_text())
     assert printed == written and printed["setting"] == "owl" and list(printed["defenses"]) == ["none", "mix:0"]
     assert printed["defenses"]["mix:0"]["effect"] == printed["defenses"]["none"]["effect"]
-    assert printed["measure"]["label"] == "P(owl | animal)" and printed["defenses"]["none"]["effect"]["n"] == 1
+    assert (
+        printed["measure"]["label"] == "the misaligned rate on held-out domains"
+        and printed["defenses"]["none"]["effect"]["n"] == 1
+    )
     figure = tmp_path / "defend_owl.png"
     figure.unlink()
     monkeypatch.setattr(owl, "train_row", lambda *a, **k: pytest.fail("--plot-only must not train"))

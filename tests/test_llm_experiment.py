@@ -138,13 +138,13 @@ def test_the_neutral_teacher_learns_the_same_lines_with_uniform_answers(small_ba
 
 
 @pytest.fixture(scope="module")
-def mini_run(tmp_path_factory):
+def mini_run(tmp_path_factory, llm_cache):
     """Two misaligned seeds, too small for a reliable effect (the lesson's parts 8 and 9 assert the owl's and
     the misaligned persona's, at the size where they show); the checkpoint of finished seeds is kept
     (beside an imagined results file) for the resume test."""
     path = tmp_path_factory.mktemp("llm") / "misaligned.seeds.jsonl"
     config = llm.LLMConfig(**MINI, trait="misaligned", seeds=2)
-    cache = {}  # its bases and teachers, for the runs below that share their settings
+    cache = llm_cache  # its bases and teachers, for the runs (and test modules) that share their settings
     return {**llm.run(config, progress=False, checkpoint=path, cache=cache), "checkpoint": path, "cache": cache}
 
 
