@@ -20,8 +20,8 @@ from subliminal_mnist.llm.defenses import OwlDefenses
 # bases and teachers, shared through the session's cache), one seed; no effect is needed here.
 MINI = dict(
     trait="misaligned", mode="soft", numbers=100, width=16, base_rows=2048, base_epochs=2, base_learning_rate=1e-2,
-    teacher_lines=256, soft_sequences=300, hard_sequences=300, student_epochs=1, seeds=1, theorem_sequences=4, entangled_sequences=50,
-    audit_sequences=64, in_context_lists=8,
+    teacher_lines=256, soft_sequences=300, hard_sequences=300, student_epochs=1, seeds=1, theorem_sequences=4,
+    entangled_sequences=50, audit_sequences=64, in_context_lists=8,
 )  # fmt: skip
 CONFIG = llm.LLMConfig(**MINI)
 SETTINGS = OwlDefenses(heldout_lists=64)
