@@ -67,3 +67,12 @@ def llm_cache():
     """Trained bases and teachers of the small language-model runs, shared by the test modules whose
     settings agree (`llm.experiment.run`'s cache: what it reuses is the very model it would train)."""
     return {}
+
+
+def lines_without_times(path) -> list[dict]:
+    """A JSON-lines results file's lines without their wall times: what a resumed run must reproduce."""
+    import json
+
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in path.read_text().splitlines()
+    ]

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import lines_without_times
 
 from subliminal_mnist import cli, data, defenses, experiment, train
 from subliminal_mnist.defenses import MnistDefenses, Row
@@ -156,11 +157,7 @@ def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp
     defenses.run(TINY, settings, sample, resumed, progress=False, log=messages.append)
     assert "not trained again" in messages[0]
 
-    def without_times(path):
-        lines = [json.loads(line) for line in path.read_text().splitlines()]
-        return [{k: v for k, v in line.items() if k != "wall_seconds"} for line in lines]
-
-    assert without_times(resumed) == without_times(whole)
+    assert lines_without_times(resumed) == lines_without_times(whole)
 
 
 @pytest.mark.parametrize(

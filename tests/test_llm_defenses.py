@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import lines_without_times
 
 from subliminal_mnist import cli, defenses, runs
 from subliminal_mnist.defenses import Row
@@ -211,12 +212,7 @@ def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp
     monkeypatch.setattr(owl, "train_row", real_row)
     owl.run(CONFIG, settings, resumed, progress=False, log=lambda m: None, cache=cache)
 
-    def without_times(path):
-        return [
-            {k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in path.read_text().splitlines()
-        ]
-
-    assert without_times(resumed) == without_times(whole)
+    assert lines_without_times(resumed) == lines_without_times(whole)
 
 
 @pytest.mark.parametrize(
