@@ -1,4 +1,5 @@
-"""Shared fixtures: the full MNIST files, when the environment provides them."""
+"""Shared fixtures (the full MNIST files, when the environment provides them; the language-model runs' models)
+and how the tests are shared out between pytest-xdist's workers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,22 @@ import pathlib
 import pytest
 
 from subliminal_mnist import data
+
+
+# The test modules whose tests share the `llm_cache` fixture's trained models.
+_SHARING_MODELS = {"test_llm_defenses", "test_llm_experiment"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """How pytest-xdist (`-n 2 --dist loadgroup`, pyproject.toml) shares the tests out between its two
+    workers: a module's tests go to one worker, so that its module fixtures are built once (the modules
+    that share `llm_cache` go together), and the lesson, the longest test (about 5 minutes in a kernel of
+    its own), goes first, so that the other worker runs the rest beside it."""
+    for item in items:
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group("llm_cache" if module in _SHARING_MODELS else module))
+    items.sort(key=lambda item: item.path.stem != "test_lesson")  # stable: the order within stays
 
 
 @pytest.fixture(scope="session")
