@@ -393,7 +393,8 @@ def interpolated_rate(tried: dict[float, float], target_loss: float) -> float:
     finite = [rate for rate in rates if np.isfinite(tried[rate])]
     if not finite:
         return rates[0]
-    stable = [rate for rate in rates if rate <= min(finite, key=tried.get)]
+    best = min(finite, key=tried.get)
+    stable = [rate for rate in rates if rate <= best]
     for low, high in zip(stable, stable[1:]):
         a, b = tried[low], tried[high]
         if np.isfinite(a) and np.isfinite(b) and min(a, b) <= target_loss <= max(a, b) and a != b:
