@@ -47,17 +47,22 @@ def matmul_gflops(size: int = 2048, seconds: float = 5.0) -> tuple[float, float]
     return flops * len(times) / sum(times) / 1e9, flops / min(times) / 1e9
 
 
-def experiment_flops(config: experiment.ExperimentConfig, num_train: int, num_test: int) -> tuple[float, int]:
-    """(FLOPs, training samples) of one run: every matmul of every forward and backward pass.
+def sample_flops(config: experiment.ExperimentConfig) -> tuple[int, int]:
+    """(forward, backward) matmul FLOPs of one example through the MLP.
 
-    A training sample costs a forward pass (2 d_in d_out per layer), the weight
-    gradients (the same again) and the input gradients of every layer but the
-    first (nothing needs the gradient of the images). Biases, activations, losses
-    and Adam are O(width), not O(width^2), and are left out: this is a floor.
+    A forward pass costs 2 d_in d_out per layer; a backward pass the weight gradients
+    (the same again) and the input gradients of every layer but the first (nothing
+    needs the gradient of the images). Biases, activations, losses and Adam are
+    O(width), not O(width^2), and are left out: this is a floor.
     """
     layers = list(zip(config.architecture.layer_sizes[:-1], config.architecture.layer_sizes[1:]))
     forward = sum(2 * i * o for i, o in layers)
-    backward = forward + sum(2 * i * o for i, o in layers[1:])
+    return forward, forward + sum(2 * i * o for i, o in layers[1:])
+
+
+def experiment_flops(config: experiment.ExperimentConfig, num_train: int, num_test: int) -> tuple[float, int]:
+    """(FLOPs, training samples) of one run: every matmul of every forward and backward pass (`sample_flops`)."""
+    forward, backward = sample_flops(config)
     num_noise = config.num_noise or num_train
     samples = config.teacher_epochs * num_train + 4 * config.student_epochs * num_noise
     # + the teacher's outputs on the noise, + six conditions evaluated on the test set.
