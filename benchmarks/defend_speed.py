@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from demo_speed import matmul_gflops, sample_flops, time_command
 
-from subliminal_mnist import data, defenses, experiment, runs
+from subliminal_mnist import data, defenses, experiment
 
 # (setting, seeds) -> target seconds; one seed is the class's quick look.
 TARGETS = {"mnist": {5: 15 * 60, 1: 3 * 60}, "owl": {5: 30 * 60, 1: 3 * 60}}
@@ -38,8 +38,8 @@ TARGETS = {"mnist": {5: 15 * 60, 1: 3 * 60}, "owl": {5: 30 * 60, 1: 3 * 60}}
 def mnist_flops(lines: list[dict], seeds: int, num_train: int, num_test: int) -> float:
     """Matmul FLOPs of a `defend mnist` run of `seeds` seeds, from its rows' lines (`sample_flops`; a floor).
 
-    Every seed's teacher (its partner's too where the partner is not in the run) trains on the
-    training set and reads the seed's noise; a row trains three students per seed on the noise
+    Every seed's teacher trains on the training set and reads the seed's noise (a cross partner
+    lends its init only); a row trains three students per seed on the noise
     and evaluates them on the test set and the held-out noise; `mix` adds an unrelated teacher a
     seed (once for every share), `kl_to_start` the start's forward pass at every student step,
     `projection` the trait gradient on `trait_batch` digits at every step, and an `sgd` row's
@@ -51,8 +51,7 @@ def mnist_flops(lines: list[dict], seeds: int, num_train: int, num_test: int) ->
     student = config.student_epochs * num_noise * (forward + backward)
     steps = config.student_epochs * -(-num_noise // config.batch_size)
     teacher = config.teacher_epochs * num_train * (forward + backward)
-    teachers = len(set(range(seeds)) | set(runs.cross_partners(seeds, config.seed).tolist()))
-    total = teachers * teacher + seeds * num_noise * forward
+    total = seeds * (teacher + num_noise * forward)
     for line in lines:
         name = line["defense"].split(":")[0]
         per_seed = 3 * student + 4 * num_test * forward + 2 * settings.heldout_noise * forward
