@@ -3,6 +3,7 @@ and how the tests are shared out between pytest-xdist's workers."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -88,8 +89,6 @@ def llm_cache():
 
 def lines_without_times(path) -> list[dict]:
     """A JSON-lines results file's lines without their wall times: what a resumed run must reproduce."""
-    import json
-
     return [
         {k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in path.read_text().splitlines()
     ]
