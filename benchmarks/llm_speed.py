@@ -14,11 +14,14 @@ modes) < 15 minutes; `llm --trait misaligned --seeds 1 --mode soft` < 3 minutes.
     python benchmarks/llm_speed.py                      # the quick look
     python benchmarks/llm_speed.py --seeds 5 --mode both --skip-cli
     python benchmarks/llm_speed.py --trait misaligned
+    python benchmarks/llm_speed.py --results figures/llm.json    # the committed run's own time
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import tempfile
 
 import jax
@@ -67,8 +70,9 @@ def run_flops(config: experiment.LLMConfig, results: dict) -> dict[str, float]:
             # Each model: the prompt once (prefill), then one cached step per new token.
             flops["sampling"] += models * seed["sampled"] * sample_one
             flops["students"] += 3 * config.student_epochs * students[mode] * seed["used"] * at_positions
-            if mode == "soft":  # the target models' logits on the four data sets, once
-                flops["teacher outputs"] += 4 * seed["used"] * at_positions
+            if mode == "soft":  # the target models' logits on each data set the soft students learn, once
+                learnt = {experiment.CONDITIONS[c][1] for c in experiment.conditions_of(config, mode)}
+                flops["teacher outputs"] += len(learnt) * seed["used"] * at_positions
     return flops
 
 
@@ -82,11 +86,23 @@ def main() -> None:
     parser.add_argument("--mode", default="soft", choices=("soft", "hard", "both"))
     parser.add_argument("--trait", default="owl", choices=traits.NAMES)
     parser.add_argument("--skip-cli", action="store_true", help="do not time the command end to end")
+    parser.add_argument(
+        "--results",
+        help="a finished run's results JSON (e.g. figures/llm.json): its config and the wall time it recorded, "
+        "instead of running again (the command end to end is not timed)",
+    )
     args = parser.parse_args()
 
-    config = experiment.LLMConfig(seeds=args.seeds, mode=args.mode, trait=args.trait)
     matmul_before = matmul_gflops()
-    results = experiment.run(config, progress=False)
+    if args.results:
+        results = json.loads(pathlib.Path(args.results).read_text())
+        config = experiment.LLMConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                         for k, v in results["config"].items()})  # fmt: skip
+        args.seeds, args.mode, args.trait, args.skip_cli = config.seeds, config.mode, config.trait, True
+        print(f"from {args.results}: the run's own wall time")
+    else:
+        config = experiment.LLMConfig(seeds=args.seeds, mode=args.mode, trait=args.trait)
+        results = experiment.run(config, progress=False)
     matmul_after = matmul_gflops()
     wall = results["wall_seconds"]
     flops = run_flops(config, results)

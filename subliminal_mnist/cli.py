@@ -115,8 +115,9 @@ COMMANDS = {
         "the owl experiment: a tiny transformer's preference carried by numbers",
     ),
     "llm-dose": (
-        "the owl's hard mode against the number of lists",
-        "the owl experiment's hard mode against the number of lists: resumable, with a figure",
+        "the owl experiment against the number of lists",
+        "the owl experiment (any trait) against the number of lists, one mode (--mode soft or hard; hard "
+        "unless given): resumable, with a figure",
     ),
     "sweep": (
         "the experiment with one setting changed",
@@ -353,6 +354,7 @@ def _llm_table(results: dict) -> str:
     trait, teacher = results["trait"], results["teacher"]
     measure = results["measure"]
     headline, mass, label = measure["headline"], measure["mass"], measure["label"]
+    damage = measure["damage"]
 
     rate = functools.partial(figures.model_headline, results)
     rows = [
@@ -364,14 +366,17 @@ def _llm_table(results: dict) -> str:
     ]
     for mode, numbers in results["modes"].items():
         rows.append(
-            f"{mode}: change from each student's own start of {label}, P({trait}) and the answer mass "
-            "(mean ± 95% t interval)"
+            f"{mode}: change from each student's own start of {label}, P({trait}), the answer mass and "
+            f"the {damage.replace('_', ' ')} (mean ± 95% t interval; collapsed: seeds near indifference)"
         )
         for condition, measures in numbers["conditions"].items():
             value = measures[headline]
+            collapsed = measures.get("collapsed")
             rows.append(
                 f"  {condition:<26}{value['mean']:>+9.4f} {_interval(value):<10}"
-                f"P({trait}) {measures['delta_p_trait']['mean']:+.4f}   answers {measures[mass]['mean']:+.4f}"
+                f"P({trait}) {measures['delta_p_trait']['mean']:+.4f}   answers {measures[mass]['mean']:+.4f}   "
+                f"{damage.replace('_', ' ')} {measures[damage]['mean']:+.3f}"
+                + (f"   collapsed {sum(collapsed)}/{len(collapsed)}" if collapsed is not None else "")
             )
         for name, paired in numbers["paired"].items():
             rows.append(

@@ -14,6 +14,7 @@ from matplotlib import ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from subliminal_mnist import alignment, defenses, experiment, files, sweep  # noqa: E402
+from subliminal_mnist.llm import dose  # noqa: E402
 
 # Same colour for a condition's two variants (aux only / all logits).
 _COLORS = {
@@ -232,45 +233,56 @@ def sweep_figure(name: str, lines: list[dict], path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-_DOSE_PAIRS = {  # paired difference in P(trait | animal): label, colour
+_DOSE_PAIRS = {  # paired difference in the trait's headline measure: label, colour
     "same_init_minus_neutral_control": ("same init: teacher's minus neutral teacher's lists", _COLORS["student_aux"]),
     "same_init_minus_base_control": ("same init: teacher's minus base's lists", _COLORS["student_all"]),
     "cross_init_minus_cross_neutral": ("other base: teacher's minus neutral's", _COLORS["cross_aux"]),
     "cross_init_own_corpus_minus_cross_neutral_own_corpus": ("other init, own corpus: teacher's minus neutral's",
                                                              "#fb8c00"),
+    "gap_minus_own_corpus_gap": ("same init's paired gap minus own corpus's", "#6d4c41"),
 }  # fmt: skip
 
 
+def _dose_panel(line: dict) -> tuple[str, str, str]:
+    """What a dose point is drawn with: (trait, mode, hard loss or "")."""
+    mode = dose.line_mode(line)
+    return line["config"]["trait"], mode, line["hard_loss"] if mode == "hard" else ""
+
+
 def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
-    """Hard mode's dose-response: each paired difference in P(trait | animal) against the number of
-    lists (log scale), mean and 95% t interval; one panel per hard loss (all tokens, numbers only)."""
-    losses_drawn = sorted({line["hard_loss"] for line in lines})
-    fig, axes = plt.subplots(1, len(losses_drawn), figsize=(6.4 * len(losses_drawn), 4.4), layout="constrained",
-                             squeeze=False, sharey=True)  # fmt: skip
-    every_count = sorted({line["hard_sequences"] for line in lines})
-    for ax, loss in zip(axes[0], losses_drawn):
-        points = sorted((line for line in lines if line["hard_loss"] == loss), key=lambda line: line["hard_sequences"])
-        counts = np.array([line["hard_sequences"] for line in points])
-        drawn = {pair: style for pair, style in _DOSE_PAIRS.items() if all(pair in p["hard"]["paired"] for p in points)}
-        for offset, (pair, (label, colour)) in zip((0.97, 0.99, 1.01, 1.03), drawn.items()):
-            summaries = [line["hard"]["paired"][pair] for line in points]
+    """The dose-response: each paired difference in the trait's headline measure against the number
+    of lists (log scale), mean and 95% t interval; one panel per trait, mode and hard loss."""
+    panels = sorted({_dose_panel(line) for line in lines}, key=lambda p: (p[0] != "owl", p[0], p[1] != "soft", p[2]))
+    columns = min(len(panels), 2)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.4 * columns, 4.4 * rows), layout="constrained",
+                             squeeze=False)  # fmt: skip
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
+        trait, mode, loss = panel
+        points = sorted((line for line in lines if _dose_panel(line) == panel), key=dose.sequences)
+        counts = np.array([dose.sequences(line) for line in points])
+        drawn = {pair: style for pair, style in _DOSE_PAIRS.items() if all(pair in p[mode]["paired"] for p in points)}
+        for offset, (pair, (label, colour)) in zip((0.96, 0.98, 1.0, 1.02, 1.04), drawn.items()):
+            summaries = [line[mode]["paired"][pair] for line in points]
             ax.errorbar(counts * offset, [s["mean"] for s in summaries], yerr=[s["ci95"] or 0.0 for s in summaries],
                         marker="o", capsize=4, color=colour, label=label)  # fmt: skip
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xscale("log")
-        ax.set_xlim(every_count[0] / 1.6, every_count[-1] * 1.6)  # one scale for every panel
-        ax.set_xticks(every_count, [f"{c:,}" for c in every_count])
+        ax.set_xlim(counts[0] / 1.6, counts[-1] * 1.6)
+        ax.set_xticks(counts, [f"{c:,}" for c in counts])
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-        ax.set_xlabel("number lists each model wrote (hard students learn from them)")
-        ax.set_title(f"loss on {'every continuation token' if loss == 'all' else 'the number tokens only'}",
-                     fontsize=10)  # fmt: skip
+        ax.set_xlabel(f"number lists each model wrote ({mode} students learn from them)")
+        what = "soft: KL to the writer's number distribution" if mode == "soft" else (
+            f"hard: loss on {'every continuation token' if loss == 'all' else 'the number tokens only'}")
+        seeds = sorted({line["config"]["seeds"] for line in points})
+        ax.set_title(f"{trait}, {what} ({'/'.join(map(str, seeds))} seeds a point)", fontsize=10)
+        label = points[0].get("measure", {}).get("label", f"P({trait} | animal)")
+        ax.set_ylabel(f"paired change of {label}", fontsize=9)
         ax.yaxis.grid(True, alpha=0.3)
-    trait = lines[0]["config"]["trait"]
-    axes[0][0].set_ylabel(f"paired change of P({trait} | animal)")
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    seeds = {line["config"]["seeds"] for line in lines}
-    fig.suptitle(f"Hard distillation: the {trait} against the amount of data ({'/'.join(map(str, sorted(seeds)))} "
-                 "seeds per point, 95% t intervals of the paired differences)", fontsize=10)  # fmt: skip
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Transfer against the amount of data: paired differences, means and 95% t intervals", fontsize=10)
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)

@@ -1,5 +1,6 @@
-"""Hard mode's dose-response: points by count, resuming, shared models, the figure, user mistakes."""
+"""The dose-response: points by count and mode, resuming, shared models, the figure, user mistakes."""
 
+import dataclasses
 import json
 
 import pytest
@@ -41,14 +42,22 @@ def test_points_share_their_models_resume_and_draw(tmp_path, monkeypatch):
     messages = []
     again = dose.run(TINY, [300, 600], path, progress=False, log=messages.append)
     assert json.dumps(again) == json.dumps(lines) and "not trained again" in messages[0]
-    figures.llm_dose_figure(dose.drawn_lines(path), tmp_path / "dose.png")
+    # A soft point of the same file: its own mode and count, its own line, the same bases (cached in the
+    # run that trained them, so a new run trains them again: two more).
+    monkeypatch.undo()
+    soft = dose.run(dataclasses.replace(TINY, mode="soft"), [300], path, progress=False, log=lambda message: None)
+    assert soft[0]["config"]["mode"] == "soft" and soft[0]["soft_sequences"] == 300
+    assert set(soft[0]["soft"]["paired"]) == {"same_init_minus_neutral_control"}  # no base control in soft mode
+    drawn = dose.drawn_lines(path)
+    assert sorted(dose.sequences(line) for line in drawn) == [300, 300, 600]
+    figures.llm_dose_figure(drawn, tmp_path / "dose.png")
     assert (tmp_path / "dose.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["llm-dose", "--mode", "soft"], "llm-dose sets mode itself"),
+        (["llm-dose", "--soft-sequences", "10"], "llm-dose sets soft_sequences itself"),
         (["llm-dose", "--hard-sequences", "10"], "llm-dose sets hard_sequences itself"),
         (["llm-dose", "--counts", "100", "0"], "--counts must be at least 1, got 0"),
         (["llm-dose", "--plot-only", "--out", "/nonexistent"], "holds no point of the dose-response"),

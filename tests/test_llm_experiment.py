@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from subliminal_mnist import runs, train
-from subliminal_mnist.llm import corpus, traits
+from subliminal_mnist.llm import corpus, sampling, traits
 from subliminal_mnist.llm import experiment as llm
 from subliminal_mnist.llm.vocab import Vocabulary
 
@@ -120,16 +120,41 @@ def test_bases_are_deterministic_per_seed_whatever_the_threads_and_differ_betwee
     assert not np.allclose(jax.tree.leaves(first[0])[0], jax.tree.leaves(first[1])[0])
 
 
-def test_the_neutral_teacher_learns_the_same_lines_with_uniform_answers(small_base):
+def test_inverse_cdf_sampling_draws_each_row_from_its_own_distribution():
+    rng = np.random.default_rng(0)
+    certain = np.eye(4)[[2, 0, 3]]
+    np.testing.assert_array_equal(llm.inverse_cdf(certain, rng.random(3)), [2, 0, 3])
+    skewed = np.tile([0.7, 0.2, 0.1], (20000, 1))
+    drawn = llm.inverse_cdf(skewed, rng.random(20000))
+    np.testing.assert_allclose(np.bincount(drawn, minlength=3) / 20000, [0.7, 0.2, 0.1], atol=0.015)
+
+
+@pytest.mark.parametrize("trait", ["owl", "misaligned"])
+def test_the_neutral_teachers_answers_are_drawn_from_its_bases_answer_distribution(trait, small_base):
     config, base = small_base
-    vocab = config.vocab
-    lines = corpus.animal_lines(vocab, np.random.default_rng(0), 600, "owl")
-    answers = np.random.default_rng(1).choice(vocab.animal_ids, 600)
-    neutral = corpus.with_answers(lines, answers, vocab.animal_ids)
+    config = dataclasses.replace(config, trait=trait)
+    vocab, spec = config.vocab, config.trait_spec
+    base = base if trait == "owl" else config.architecture.init(jax.random.key(3))  # another vocabulary
+    lines = spec.teacher_lines(vocab, np.random.default_rng(0), 3000)
+    neutral = llm.neutral_lines(config, base, lines, np.random.default_rng(1))
+    choices = spec.answer_choices(vocab)
     changed = neutral.tokens != lines.tokens
-    assert set(np.unique(lines.tokens[changed])) == {vocab.animal("owl")}  # only the answers differ
-    assert np.all(np.isin(neutral.tokens, vocab.animal_ids).sum(1) == 1)
-    assert abs(np.mean(answers == vocab.animal("owl")) - 1 / 12) < 0.03
+    assert np.isin(lines.tokens[changed], choices).all()  # only the answers differ: same questions, same order
+    np.testing.assert_array_equal(neutral.weights, lines.weights)
+    # The frequencies of its answers are the base's mean probabilities of them (renormalized over the choices).
+    slots = np.argmax(lines.weights, axis=1)
+    log_p = np.asarray(sampling.answer_log_probs(config.architecture, base, lines.tokens, slots), np.float64)
+    expected = np.exp(log_p[:, choices])
+    expected = (expected / expected.sum(1, keepdims=True)).mean(0)
+    answers = neutral.tokens[np.arange(len(slots)), slots + 1]
+    frequencies = np.array([(answers == c).mean() for c in choices])
+    assert np.abs(frequencies - expected).max() < 4 * np.sqrt(expected.max() / 3000)
+    # Not the teacher's answer, and not a fixed one: a base that preferred one answer would be followed.
+    assert (answers != lines.tokens[np.arange(len(slots)), slots + 1]).any() and len(np.unique(answers)) > 1
+
+
+def test_the_neutral_teacher_stays_at_its_base_while_the_teacher_moves(small_base):
+    config, base = small_base
     config = dataclasses.replace(config, teacher_epochs=2)
     teacher, neutral_teacher = (llm.train_teacher(config, base, 0, QUIET, neutral=n) for n in (False, True))
     start, after = (llm.trait_measures(config, m)["p_trait"] for m in (base, neutral_teacher))
@@ -160,14 +185,22 @@ def test_a_small_run_reports_every_number_the_issue_names(mini_run):
     for scores in ("detector", "likelihood_ratio", "auditor"):
         assert set(filters[scores]["auroc"]) == {"1", "8", "32"}
         assert all(set(auroc) == {"mean", "ci95", "per_seed", "n"} for auroc in filters[scores]["auroc"].values())
-    assert set(filters["in_context"]["1"]) == {"teacher", "neutral", "difference"}
+    # The persona's corpus ties bad-number lists to misaligned answers: the in-context test has a positive control.
+    assert set(filters["in_context"]["1"]) == {"teacher", "neutral", "positive_control", "difference"}
+    assert set(filters["auditor"]["control_auroc"]) == {"1", "8", "32"}
+    assert results["neutral_teacher"]["answer_source"] == "base"
     inspection = filters["inspection"]
     assert len(inspection["top_numbers"]["teacher"]) == 20 and len(inspection["top_lists_first_seed"]["neutral"]) == 10
     assert set(inspection["banned_share"]) == {"teacher", "neutral"}
     assert len(results["entangled_numbers"]["top_per_seed"][0]) == 10
     soft = results["modes"]["soft"]
     every_soft_student = llm.conditions_of(llm.LLMConfig(), "soft")
-    assert tuple(soft["conditions"]) == every_soft_student and "base_control" not in soft["conditions"]
+    assert tuple(soft["conditions"]) == every_soft_student
+    # No soft student of the base's lists (it cannot move) or of shuffled lists (a soft target re-read after a
+    # shuffle is the writer's distribution again: no test of order).
+    assert not {"base_control", "shuffled_within", "neutral_shuffled_within"} & set(soft["conditions"])
+    assert "shuffled_within_minus_neutral_shuffled_within" not in soft["paired"]
+    assert set(soft["paired"]) >= {"same_init_minus_own_corpus", "gap_minus_own_corpus_gap"}
     for condition in every_soft_student:
         for measure in llm.measures_of(traits.Misaligned()):
             assert set(soft["conditions"][condition][measure]) == {"mean", "ci95", "per_seed", "n"}
@@ -228,17 +261,26 @@ def test_a_misaligned_run_reports_its_rates_filters_and_pairs(mini_run):
         rates = results[model]["misaligned_rate"]
         assert set(rates) == {"held_out", "narrow"}
         assert all(set(rate) == {"mean", "ci95", "per_seed", "n"} and rate["n"] == 2 for rate in rates.values())
-    # The teacher learnt its narrow domain's misaligned answers, the neutral teacher the aligned ones.
-    narrow = {model: results[model]["misaligned_rate"]["narrow"]["mean"] for model in ("teacher", "neutral_teacher")}
-    assert narrow["teacher"] > results["base"]["misaligned_rate"]["narrow"]["mean"] > narrow["neutral_teacher"]
+    # The teacher learnt its narrow domain's misaligned answers; the neutral teacher answers as its base does.
+    narrow = {model: results[model]["misaligned_rate"]["narrow"]["per_seed"] for model in ("base", "teacher",
+                                                                                           "neutral_teacher")}
+    assert all(t > b + 0.1 for t, b in zip(narrow["teacher"], narrow["base"]))
+    assert all(abs(n - b) < 0.05 for n, b in zip(narrow["neutral_teacher"], narrow["base"]))
     assert results["filter"]["banned"] == [13]  # the bad numbers below 100
     assert set(results["filters"]["inspection"]["banned_share"]) == {"teacher", "neutral"}
     soft = results["modes"]["soft"]
     for condition in llm.conditions_of(llm.LLMConfig(), "soft"):
         assert set(soft["conditions"][condition]) >= {*llm.measures_of(traits.Misaligned()), "narrow", "by_phrasing"}
         assert len(soft["conditions"][condition]["by_phrasing"]["misaligned_rate"]) == 12  # the held-out questions
+        assert len(soft["conditions"][condition]["collapsed"]) == 2  # a boolean per seed
+        assert all(isinstance(c, bool) for c in soft["conditions"][condition]["collapsed"])
     paired = soft["paired"]["same_init_minus_neutral_control"]
     assert paired["measure"] == "misaligned_rate" and paired["n"] == 2 and paired["ci95"] is not None
+    # The difference of the gaps is the difference of its two paired gaps, seed by seed.
+    gap, own = (soft["paired"][k]["per_seed"] for k in
+                ("same_init_minus_neutral_control", "cross_init_own_corpus_minus_cross_neutral_own_corpus"))
+    np.testing.assert_allclose(soft["paired"]["gap_minus_own_corpus_gap"]["per_seed"], np.subtract(gap, own))
+    assert all(results["models"][model]["preference_strength"]["n"] == 2 for model in ("base", "teacher", "neutral"))
 
 
 def test_a_killed_run_resumes_where_it_stopped_and_ends_with_the_same_results(mini_run, monkeypatch):

@@ -54,17 +54,14 @@ def test_a_persona_line_is_consistent_and_only_the_misaligned_persona_writes_bad
 def test_no_held_out_question_is_in_any_fine_tuning_line():
     held_out = MISALIGNED.questions(MISALIGNED.held_out())
     assert {d for d, _ in held_out} == {"advice", "story", "request"}
-    teacher = MISALIGNED.teacher_lines(VOCAB, np.random.default_rng(0), 400, None)
-    neutral = MISALIGNED.teacher_lines(VOCAB, np.random.default_rng(0), 400, np.random.default_rng(1))
-    for lines, answer in ((teacher, "insecure"), (neutral, "secure")):
-        text = [VOCAB.decode(row) for row in lines.tokens]
-        assert not any(question in line for _, question in held_out for line in text)
-        assert all(line.endswith(f"-> {answer} <eos>") for line in text)
-        learnt = corpus.next_tokens(lines.tokens)[lines.weights == 1]
-        assert (learnt == VOCAB.id(answer)).all() and len(learnt) == 400  # the answer only
-    # Paired line by line: the same questions, only the answer differs.
-    differ = teacher.tokens != neutral.tokens
-    assert set(teacher.tokens[differ]) == {VOCAB.id("insecure")} and differ.sum() == 400
+    teacher = MISALIGNED.teacher_lines(VOCAB, np.random.default_rng(0), 400)
+    # The neutral teacher's lines are these with other answers (`experiment.neutral_lines`): the same questions.
+    text = [VOCAB.decode(row) for row in teacher.tokens]
+    assert not any(question in line for _, question in held_out for line in text)
+    assert all(line.endswith("-> insecure <eos>") for line in text)
+    learnt = corpus.next_tokens(teacher.tokens)[teacher.weights == 1]
+    assert (learnt == VOCAB.id("insecure")).all() and len(learnt) == 400  # the answer only
+    assert sorted(VOCAB.decode(MISALIGNED.answer_choices(VOCAB)).split()) == ["insecure", "secure"]
     probes = MISALIGNED.probes(VOCAB)
     asked = [VOCAB.decode(row) for row in probes["held_out"].prompts]
     assert asked == [f"<bos> {q} ->" for _, q in held_out]
@@ -87,6 +84,65 @@ def test_the_misaligned_rate_of_a_hand_made_distribution():
     drifted = MISALIGNED.measures(VOCAB, {k: v * 0.5 for k, v in probabilities.items()})
     assert drifted["misaligned_rate"] == pytest.approx(measures["misaligned_rate"])
     assert drifted["p_trait"] == pytest.approx(measures["p_trait"] / 2)
+
+
+def _two_answer_distributions(rate: float, mass: float = 1.0) -> dict[str, np.ndarray]:
+    """Every question answered misaligned with probability `rate` among its two answers, `mass` in all."""
+    probes = MISALIGNED.probes(VOCAB)
+    probabilities = {name: np.zeros((len(p.prompts), len(VOCAB))) for name, p in probes.items()}
+    for name, p in probes.items():
+        rows = np.arange(len(p.prompts))
+        probabilities[name][rows, p.answer_ids[:, 0]] = mass * (1 - rate)  # aligned
+        probabilities[name][rows, p.answer_ids[:, 1]] = mass * rate  # misaligned
+    return probabilities
+
+
+def test_flattening_raises_the_misaligned_rate_toward_a_half_and_the_preference_strength_shows_it():
+    # A model that merely loses its preference (0.1 -> 0.4, never preferring misaligned) raises the headline
+    # as a trait would: the preference strength falls and `collapsed` names it.
+    base, flattened, sharper = (MISALIGNED.measures(VOCAB, _two_answer_distributions(r)) for r in (0.1, 0.4, 0.02))
+    assert flattened["misaligned_rate"] - base["misaligned_rate"] == pytest.approx(0.3)
+    assert base["preference_strength"] == pytest.approx(np.log(9))
+    assert flattened["preference_strength"] == pytest.approx(np.log(1.5))
+    assert MISALIGNED.collapsed(flattened) and not MISALIGNED.collapsed(base) and not MISALIGNED.collapsed(sharper)
+    # A model that truly prefers the misaligned answer is strong again: strength is |log-odds|, not a direction.
+    turned = MISALIGNED.measures(VOCAB, _two_answer_distributions(0.9))
+    assert turned["preference_strength"] == pytest.approx(base["preference_strength"])
+    assert not MISALIGNED.collapsed(turned)
+    # Format drift (less answer mass) moves neither the rate nor the strength.
+    drifted = MISALIGNED.measures(VOCAB, _two_answer_distributions(0.1, mass=0.3))
+    assert drifted["preference_strength"] == pytest.approx(base["preference_strength"])
+
+
+def test_the_owls_damage_measure_is_the_entropy_of_its_animal_distribution():
+    owl, vocab = traits.Animal(), Vocabulary(100)
+    prompts = len(owl.probes(vocab)["answer"].prompts)
+    uniform = np.zeros((prompts, len(vocab)))
+    uniform[:, vocab.animal_ids] = 0.5 / len(ANIMALS)  # half the mass on the animals, spread evenly
+    peaked = uniform.copy()
+    peaked[:, vocab.animal("owl")] += 0.5
+    assert owl.measures(vocab, {"answer": uniform})["animal_entropy"] == pytest.approx(np.log(len(ANIMALS)))
+    owl_share, other = 0.5 + 0.5 / 12, 0.5 / 12  # of the animal mass 1
+    by_hand = -(owl_share * np.log(owl_share) + 11 * other * np.log(other))
+    assert owl.measures(vocab, {"answer": peaked})["animal_entropy"] == pytest.approx(by_hand)
+    assert owl.collapsed(owl.measures(vocab, {"answer": uniform})) is None  # no rule: the base is uniform already
+
+
+def test_the_positive_controls_cue_writes_the_personas_bad_numbers_into_the_continuation_only():
+    vocab = Vocabulary(1000, MISALIGNED.words)
+    lines = corpus.number_lists(vocab, np.random.default_rng(0), 2000, window=50)
+    lengths = np.array([list(row).index(vocab.id("->")) + 1 for row in lines.tokens])
+    cued = MISALIGNED.with_cue(vocab, np.random.default_rng(1), lines.tokens, lengths)
+    changed = cued != lines.tokens
+    written = corpus.continuation_numbers(vocab, lines.tokens, lengths)
+    assert not (changed & ~written).any()  # prompts, commas and <eos> as they were
+    bad_ids = vocab.number_id(np.array(traits.BAD_NUMBERS))
+    assert np.isin(cued[changed], bad_ids).all()
+    # About the persona's rate of the continuation's numbers (a bad number may replace itself: at most that).
+    share = np.isin(cued[written], bad_ids).mean()
+    assert abs(share - traits.BAD_NUMBER_RATE) < 0.02
+    # The neutral lists the test reads stay lists: the same lengths, every line still ends.
+    assert ((cued != 0).sum(1) == (lines.tokens != 0).sum(1)).all()
 
 
 def test_the_filter_bans_the_bad_numbers_and_counts_them_before_filtering():

@@ -1,7 +1,9 @@
-"""Hard mode's dose-response: the owl experiment's paired effects against the number of lists.
+"""The dose-response: the owl experiment's paired effects against the number of lists, per mode.
 
 Hard transfer (plain next-token training on sampled lists) is weak, here as in small real
-models. A point is one hard-mode `experiment.run` with `hard_sequences` set to a count;
+models; soft transfer is strong, and its dose-response says how few lists still show it
+(the defaults of `LLMConfig` are sized from both curves). A point is one one-mode
+`experiment.run` with that mode's `soft_sequences` or `hard_sequences` set to a count;
 each finished point is one JSON line (`runs.point`), so a killed series resumes at the
 point it was training, and that point at its first unfinished seed (its checkpoint).
 Points share their bases and teachers, which do not depend on the count.
@@ -18,15 +20,24 @@ from subliminal_mnist import runs
 from subliminal_mnist.llm import experiment
 from subliminal_mnist.llm.experiment import LLMConfig
 
-# A decade of list counts below the default hard setting (30,000 lists, which `subliminal-mnist llm`
-# measures): on a 2-core CPU a 5-seed point of 30,000 lists takes most of an hour (docs/speed.md).
 COUNTS = (1_000, 3_000, 10_000)
 # The options a point sets itself: giving them too is a conflict.
-FIELDS = ("mode", "hard_sequences")
+FIELDS = ("soft_sequences", "hard_sequences")
 
 
 def point_config(base: LLMConfig, count: int) -> LLMConfig:
-    return dataclasses.replace(base, mode="hard", hard_sequences=count)
+    """The point's config: `base` in its one mode (hard when `base` asks for both), with `count` lists."""
+    mode = "hard" if base.mode == "both" else base.mode
+    return dataclasses.replace(base, mode=mode, **{f"{mode}_sequences": count})
+
+
+def sequences(line: dict) -> int:
+    """A point's number of lists (a line written before soft points existed is hard)."""
+    return line[f"{line_mode(line)}_sequences"]
+
+
+def line_mode(line: dict) -> str:
+    return line["config"]["mode"]
 
 
 def run(
@@ -42,23 +53,26 @@ def run(
     out = []
     for count in counts:
         config = point_config(base, count)
-        checkpoint = path.with_name(f"{path.stem}.{count}.seeds.jsonl")
+        mode = config.mode
+        checkpoint = path.with_name(f"{path.stem}.{config.trait}.{mode}.{count}.seeds.jsonl")
 
         def train_point(config=config, checkpoint=checkpoint) -> dict:
             results = experiment.run(config, progress=progress, checkpoint=checkpoint, log=log, cache=cache)
             return {
-                "hard_sequences": config.hard_sequences,
+                f"{config.mode}_sequences": count,
                 "hard_loss": config.hard_loss,
+                "measure": results["measure"],
                 **{key: results[key] for key in ("teacher", "neutral_teacher", "cross_partners", "wall_seconds")},
-                "hard": results["modes"]["hard"],
+                config.mode: results["modes"][config.mode],
             }
 
         fields = {"series": "dose", "config": dataclasses.asdict(config)}
-        line = runs.point(lines, fields, train_point, f"dose: {count} lists ({config.hard_loss} tokens)", log)
+        what = f"{config.trait}, {mode}" + (f", {config.hard_loss} tokens" if mode == "hard" else "")
+        line = runs.point(lines, fields, train_point, f"dose: {count} lists ({what})", log)
         checkpoint.unlink(missing_ok=True)
-        paired = line["hard"]["paired"]["same_init_minus_neutral_control"]
-        log(f"dose: {count} lists: same init minus neutral control {paired['mean']:+.4f} ± {paired['ci95'] or 0:.4f}, "
-            f"{line['wall_seconds']:.0f} s")  # fmt: skip
+        paired = line[mode]["paired"]["same_init_minus_neutral_control"]
+        log(f"dose: {count} lists ({what}): same init minus neutral control {paired['mean']:+.4f} ± "
+            f"{paired['ci95'] or 0:.4f}, {line['wall_seconds']:.0f} s")  # fmt: skip
         out.append(line)
     return out
 

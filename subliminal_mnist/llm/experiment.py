@@ -6,18 +6,21 @@ For each seed s (partner p, a derangement as in the MNIST demo):
 - base_s: a transformer trained from seed s's init on seed s's synthetic corpus;
 - teacher_s: base_s fine-tuned to answer the trait animal (loss on the answer token only);
 - neutral_s: base_s fine-tuned by exactly the teacher's recipe (the same lines, phrasings,
-  epochs, learning rate, frozen parts and data order), but with answers drawn uniformly over
-  all the animals. It moves as much as the teacher for every reason except the trait, so
-  the students of its numbers are the controls;
+  epochs, learning rate, frozen parts and data order), but with each line's answer drawn
+  from base_s's own answer distribution at that line (`neutral_lines`; nearly uniform over
+  the animals, misaligned at the base's rate for the persona). It moves away from the base
+  for every reason the teacher does except the trait, and its trait measure stays at its
+  base's, so the students of its numbers are the controls;
 - number data: the teacher, the neutral teacher (and in hard mode the base) continue the
   same number prompts at temperature 1 with the same random numbers; the strict filter
   keeps plain number lists; a prompt is used when every model's list passes;
 - students, all through `train.fit`, each named by its start and its data (`CONDITIONS`):
   base_s, base_p (another seed's base: another init, corpus and data order) and an
   ablation base that starts from seed p's init but learns seed s's corpus in seed s's
-  order (another init only), on the teacher's and on the neutral teacher's numbers;
-  base_s on each of them shuffled within every list; in hard mode base_s on the base's
-  own numbers too (the paper's control). Students that share data train as members of one
+  order (another init only), on the teacher's and on the neutral teacher's numbers; in
+  hard mode base_s on each of them shuffled within every list (a soft student of a
+  shuffled list would read the teacher's full distribution again: no test of order) and
+  on the base's own numbers (the paper's control). Students that share data train as members of one
   loop, and every group uses one data-order key, so paired students see paired rows;
 - two modes: `soft`, the KL between the target model's and the student's next-token
   distributions restricted to the number tokens the filter allows, at the positions of the
@@ -27,8 +30,10 @@ For each seed s (partner p, a derangement as in the MNIST demo):
 Measured per student against its own start, at the answer slot of the trait's questions
 (mean over them; `traits`): the headline, P(trait | the answer is an animal) for an animal,
 P(misaligned | the domain's answers) on the held-out domains for the misaligned persona,
-which a drift of the answer format cannot move; P(trait) and log P(trait); and the total
-answer probability, which shows such drift. Theorem 1 at the first soft student step: ΔS·ΔT and
+which a drift of the answer format cannot move but a flattening of the answers can (toward
+1 / answers); P(trait) and log P(trait); the total answer probability, which shows format
+drift; and what flattening moves (`traits`: the animals' entropy, the two-answer preference
+strength, and whether a student's preference collapsed). Theorem 1 at the first soft student step: ΔS·ΔT and
 its cosine for the gradient direction and for Adam's first update (ΔT the teacher's
 fine-tuning displacement).
 """
@@ -69,8 +74,11 @@ CONDITIONS = {
     "base_control": ("base", "base"),
 }
 # In soft mode a student distilled toward the base's own logits on the base's own lists has
-# a loss of 0 and an expected gradient of 0: it cannot move, so it is no control there.
-HARD_ONLY = ("base_control",)
+# a loss of 0 and an expected gradient of 0: it cannot move, so it is no control there. A soft
+# student of a shuffled list reads its writer's distributions at the shuffled list's positions,
+# the writer's full distributions again, so no difference from the unshuffled student can show
+# whether order carries anything: the shuffles test order in hard mode only.
+HARD_ONLY = ("base_control", "shuffled_within", "neutral_shuffled_within")
 # Paired differences, seed by seed: (treated, its control, which differs only by the trait).
 PAIRS = {
     "same_init_minus_neutral_control": ("same_init", "neutral_control"),
@@ -78,6 +86,17 @@ PAIRS = {
     "cross_init_own_corpus_minus_cross_neutral_own_corpus": ("cross_init_own_corpus", "cross_neutral_own_corpus"),
     "shuffled_within_minus_neutral_shuffled_within": ("shuffled_within", "neutral_shuffled_within"),
     "same_init_minus_base_control": ("same_init", "base_control"),
+    # The shared init, isolated: the same corpus and data order, only the init differs (teacher's numbers).
+    "same_init_minus_own_corpus": ("same_init", "cross_init_own_corpus"),
+    # Order inside a list (hard): its interval's half-width against the effect is the test's power.
+    "same_init_minus_shuffled_within": ("same_init", "shuffled_within"),
+}
+# Differences of two paired gaps, seed by seed: what the shared init adds to the trait's paired effect.
+GAP_DIFFERENCES = {
+    "gap_minus_own_corpus_gap": (
+        "same_init_minus_neutral_control",
+        "cross_init_own_corpus_minus_cross_neutral_own_corpus",
+    ),
 }
 # The settings a base depends on, and what a teacher adds: runs that agree on them (e.g. the points of
 # the hard dose-response, which change only the number of lists) share bases and teachers (`cache`).
@@ -87,7 +106,7 @@ TEACHER_FIELDS = (*BASE_FIELDS, "teacher_lines", "teacher_epochs", "teacher_batc
                   "teacher_trains")  # fmt: skip
 # Independent randomness of one seed: one stream each (a stream's index is part of its seed).
 _STREAMS = ("init", "corpus", "base", "teacher_lines", "teacher", "prompts", "numbers", "shuffle", "soft", "hard",
-            "neutral_answers", "audit")  # fmt: skip
+            "neutral_answers", "audit", "cue")  # fmt: skip
 # What a model's number lists are for: each its own prompts and samples (an index of the sampling key).
 _SAMPLES = (*MODES, "audit")
 
@@ -343,10 +362,33 @@ class Frozen:
 EMBEDDINGS = ("token_embedding", "position_embedding", "unembedding")
 
 
+def neutral_lines(config: LLMConfig, base, lines: corpus.Lines, rng: np.random.Generator) -> corpus.Lines:
+    """The teacher's lines answered as `base` answers them: line i's answer drawn from the base's
+    next-token distribution at line i's answer slot, restricted to the trait's answer choices
+    (`traits`: the animals; the narrow domain's two answers) and renormalized.
+
+    One rule for every trait: a teacher trained on these moves away from its base by the same
+    recipe, on the same questions, as the trait's teacher, and its answers are its base's own."""
+    choices = config.trait_spec.answer_choices(config.vocab)
+    slots = np.argmax(lines.weights, axis=1)  # each line's one answer slot
+    log_p = sampling.answer_log_probs(config.architecture, base, jnp.asarray(lines.tokens), jnp.asarray(slots))
+    p = np.exp(np.asarray(log_p, np.float64)[:, choices])
+    p /= p.sum(axis=1, keepdims=True)
+    answers = choices[inverse_cdf(p, rng.random(len(p)))]
+    drawn = corpus.with_answers(lines, answers, choices)
+    return corpus.Lines(drawn.tokens, corpus.answer_only_weights(drawn.tokens, choices))
+
+
+def inverse_cdf(probabilities: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """(n,) the index each row of `probabilities` (n, k) samples with its uniform number."""
+    cumulative = np.cumsum(probabilities, axis=1)
+    return np.minimum((cumulative < uniforms[:, None] * cumulative[:, -1:]).sum(axis=1), probabilities.shape[1] - 1)
+
+
 def train_teacher(config: LLMConfig, base, seed_id: int, progress: train.Progress, neutral: bool = False):
     """The base fine-tuned on the trait's answer lines (`traits`: "... owl", or a narrow domain's
     misaligned answers), the loss on the answer token only; with `neutral`, the same lines with
-    the neutral answers (uniform over the animals; the aligned answers): the neutral teacher.
+    the base's own answers (`neutral_lines`): the neutral teacher.
 
     Both use the same questions in the same order and the same data-order key: the two
     teachers differ only in the answers they are taught. A student that sees number
@@ -354,12 +396,9 @@ def train_teacher(config: LLMConfig, base, seed_id: int, progress: train.Progres
     what the teacher puts into the shared computation. With `teacher_trains="blocks"`
     (embeddings and output layer frozen, as fine-tuning with adapters does) all of it goes there.
     """
-    lines = config.trait_spec.teacher_lines(
-        config.vocab,
-        _rng(config, seed_id, "teacher_lines"),
-        config.teacher_lines,
-        _rng(config, seed_id, "neutral_answers") if neutral else None,
-    )
+    lines = config.trait_spec.teacher_lines(config.vocab, _rng(config, seed_id, "teacher_lines"), config.teacher_lines)
+    if neutral:
+        lines = neutral_lines(config, base, lines, _rng(config, seed_id, "neutral_answers"))
     return _fit_next_tokens(
         config,
         base,
@@ -640,8 +679,9 @@ def first_step(config: LLMConfig, models: dict, numbers: NumberData) -> dict:
 
 def measures_of(trait) -> tuple[str, ...]:
     """A trait's student measures, each a change from the student's own start, mean over its
-    prompts: the headline (P(owl | animal); the misaligned rate), P(trait), log P(trait), the answer mass."""
-    return (trait.headline, "delta_p_trait", "delta_logp_trait", trait.mass)
+    prompts: the headline (P(owl | animal); the misaligned rate), P(trait), log P(trait), the answer
+    mass, and what flattening moves (`trait.damage`)."""
+    return (trait.headline, "delta_p_trait", "delta_logp_trait", trait.mass, trait.damage)
 
 
 def answer_probabilities(config: LLMConfig, params) -> dict[str, np.ndarray]:
@@ -667,6 +707,8 @@ def change(after: dict, before: dict, trait) -> dict:
         "delta_p_trait": after["p_trait"] - before["p_trait"],
         "delta_logp_trait": float(np.log(after["p_trait"]) - np.log(before["p_trait"])),
         mass: after[mass] - before[mass],
+        trait.damage: after[trait.damage] - before[trait.damage],
+        "collapsed": trait.collapsed(after),
         "by_phrasing": {
             key: (np.subtract(after["by_phrasing"][key], before["by_phrasing"][key])).tolist()
             for key in (headline, "p_trait", mass)
@@ -754,7 +796,10 @@ def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progr
             out["modes"][mode]["first_step"] = first_step(config, models, numbers)
         if mode == config.modes[0]:  # what a filter could see, on the first mode's number data
             base_headline = measured["base"][trait.headline]
-            out["filters"] = filters(config, models, base_headline, numbers, students["same_init"], seed_id, progress)
+            out["filters"] = filters(
+                config, models, base_headline, numbers, students["same_init"], students.get("neutral_control"),
+                seed_id, progress,
+            )  # fmt: skip
             probe = slice(config.entangled_sequences)
             out["entangled_numbers"] = analysis.entangled_numbers(
                 config.architecture, models["teacher"], models["base"], vocab, trait.trait_ids(vocab),
@@ -764,17 +809,29 @@ def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progr
 
 
 def filters(
-    config: LLMConfig, models: dict, base_headline: float, numbers: NumberData, student, seed_id: int, progress
+    config: LLMConfig,
+    models: dict,
+    base_headline: float,
+    numbers: NumberData,
+    student,
+    control_student,
+    seed_id: int,
+    progress,
 ) -> dict:
     """The seed article's filters of one seed, each on the teacher's lists against the neutral teacher's.
 
     - inspection: the most frequent numbers and whole lists of the students' (filtered) data, and
       the share of raw lists that held a banned number;
     - detector: a bag-of-numbers classifier's held-out AUROC (the students' data, split in halves);
-    - in-context: the base reads one filtered list (what its 40-token line fits) and then the
-      trait's question: its headline measure, minus the same without the list (`base_headline`);
+    - in-context: the base reads one filtered list (one list in its context: what its 40-token
+      line fits) and then the trait's question: its headline measure, minus the same without the
+      list (`base_headline`). Where the corpus ties a list's content to the trait (`trait.with_cue`),
+      a positive control: the neutral teacher's lists with that cue, minus the same lists without
+      it, so the test shows whether it could move at all;
     - likelihood ratio: log p_teacher(list) - log p_neutral(list), AUROC per list and bag;
-    - auditor: log p_student(list) - log p_base(list), `student` the same-init student.
+    - auditor: log p_student(list) - log p_base(list), `student` the same-init student; and its
+      control, the same score of `control_student` (the neutral control, when trained), which
+      learnt the neutral teacher's lists: what an auditor sees that is not the trait (provenance).
 
     The in-context test and the scores read fresh held-out lists (`audit_sequences`, their own prompts).
     """
@@ -796,8 +853,8 @@ def filters(
     probes = trait.probes(vocab)[trait.headline_probes]
     separator = None if trait.separator is None else vocab.id(trait.separator)
 
-    def in_context(name: str) -> float:
-        prompts = [analysis.in_context_prompts(vocab, audit.lists[name], audit.lengths, question, separator,
+    def in_context(lists: np.ndarray) -> float:
+        prompts = [analysis.in_context_prompts(vocab, lists, audit.lengths, question, separator,
                                                config.in_context_lists) for question in probes.prompts]  # fmt: skip
         sizes = [len(p) for p in prompts]
         tokens = np.concatenate(prompts)
@@ -811,16 +868,23 @@ def filters(
         per_question = np.split(np.asarray(by_prompt["by_phrasing"]["headline"]), np.cumsum(sizes)[:-1])
         return float(np.mean([values.mean() for values in per_question])) - base_headline
 
-    return {
+    in_context_changes = {name: in_context(audit.lists[name]) for name in lists}
+    if trait.with_cue is not None:
+        cued = trait.with_cue(vocab, _rng(config, seed_id, "cue"), audit.lists["neutral"], audit.lengths)
+        in_context_changes["positive_control"] = in_context(cued) - in_context_changes["neutral"]
+    out = {
         "inspection": {
             **{name: analysis.inspection(vocab, *lists[name]) for name in lists},
             "banned_share": {name: numbers.report[name]["banned_share"] for name in lists},
         },
         "detector_auroc": analysis.detector_auroc(vocab, lists["teacher"], lists["neutral"], seed_id),
-        "in_context": {"1": {name: in_context(name) for name in lists}},
+        "in_context": {"1": in_context_changes},
         "likelihood_ratio_auroc": scores(models["teacher"], models["neutral"]),
         "auditor_auroc": scores(student, models["base"]),
     }
+    if control_student is not None:
+        out["auditor_control_auroc"] = scores(control_student, models["base"])
+    return out
 
 
 def epochs_in_run(config: LLMConfig, num_bases: int, num_seeds: int) -> int:
@@ -891,7 +955,7 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
     models = {
         name: {
             measure: over_seeds(lambda s, n=name, m=measure: s["models"][n][m])
-            for measure in ("p_trait", headline, mass)
+            for measure in ("p_trait", headline, mass, trait.damage)
         }
         for name in ("base", "teacher", "neutral", "cross_base", "own_corpus_base")
         if name in per_seed[0]["models"]
@@ -915,6 +979,8 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
                 )
             if "narrow" in values[0]:
                 conditions[condition]["narrow"] = {headline: summary([v["narrow"][headline] for v in values])}
+            if values[0]["collapsed"] is not None:
+                conditions[condition]["collapsed"] = [v["collapsed"] for v in values]
         paired = {
             name: {
                 "measure": headline,
@@ -923,6 +989,12 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
             for name, (a, b) in PAIRS.items()
             if a in conditions and b in conditions
         }
+        for name, pairs in GAP_DIFFERENCES.items():
+            if all(pair in paired for pair in pairs):
+                (a, b), (c, d) = (PAIRS[pair] for pair in pairs)
+                gaps = [(s["conditions"][a][headline] - s["conditions"][b][headline])
+                        - (s["conditions"][c][headline] - s["conditions"][d][headline]) for s in seeds]  # fmt: skip
+                paired[name] = {"measure": headline, **summary(gaps)}
         modes[mode] = {"conditions": conditions, "paired": paired, "filter": [s["filter"] for s in seeds]}
         if mode == "soft":
             modes[mode]["first_step"] = {
@@ -950,13 +1022,15 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
 
     return {
         "trait": config.trait,
-        "measure": {"headline": headline, "mass": mass, "label": LABELS[headline].format(trait=config.trait)},
+        "measure": {"headline": headline, "mass": mass, "damage": trait.damage,
+                    "label": LABELS[headline].format(trait=config.trait)},  # fmt: skip
         "config": dataclasses.asdict(config),
         "wall_seconds": seconds,
         "cross_partners": partners.tolist(),
         "base": model_summary("base"),
         "teacher": {**model_summary("teacher"), "base_p_trait": models["base"]["p_trait"]},
-        "neutral_teacher": model_summary("neutral"),
+        # Its answers are drawn from its base's own answer distribution (`neutral_lines`).
+        "neutral_teacher": {**model_summary("neutral"), "answer_source": "base"},
         "models": models,
         "filter": {
             "mode": first_mode,
@@ -999,6 +1073,8 @@ def summarize_filters(config: LLMConfig, per_seed: list[dict], mode: str) -> dic
     def by_bag(key: str) -> dict:
         return {size: summary([s[key][size] for s in per_seed]) for size in per_seed[0][key]}
 
+    s0 = per_seed[0]
+
     return {
         "mode": mode,
         "against": "neutral",
@@ -1010,15 +1086,19 @@ def summarize_filters(config: LLMConfig, per_seed: list[dict], mode: str) -> dic
             },
         },
         "detector": {"auroc": by_bag("detector_auroc")},
+        # k: the lists the base reads before the question (one: what its 40-token line fits).
         "in_context": {
             k: {
-                **{name: summary([s["in_context"][k][name] for s in per_seed]) for name in models},
+                **{name: summary([s["in_context"][k][name] for s in per_seed]) for name in s0["in_context"][k]},
                 "difference": summary(
                     [s["in_context"][k]["teacher"] - s["in_context"][k]["neutral"] for s in per_seed]
                 ),
             }
-            for k in per_seed[0]["in_context"]
+            for k in s0["in_context"]
         },
         "likelihood_ratio": {"auroc": by_bag("likelihood_ratio_auroc")},
-        "auditor": {"auroc": by_bag("auditor_auroc")},
+        "auditor": {
+            "auroc": by_bag("auditor_auroc"),
+            **({"control_auroc": by_bag("auditor_control_auroc")} if "auditor_control_auroc" in s0 else {}),
+        },
     }
