@@ -8,10 +8,14 @@ subliminal-mnist alignment --seeds 5 --project-out --out alignment.json --figure
 subliminal-mnist llm --out llm.json --figure llm.png
 # The dangerous version in miniature: a misaligned persona, the same experiment and filters, 5 seeds, both modes.
 subliminal-mnist llm --trait misaligned --out misaligned.json --figure misaligned.png
-# Hard mode against the number of lists, 5 seeds per count, with the loss on every continuation token and, at
-# 10,000 lists, on the number tokens only (a point already in llm_dose.jsonl is not trained again).
-subliminal-mnist llm-dose --counts 1000 3000 10000 --out .
-subliminal-mnist llm-dose --counts 10000 --hard-loss numbers --out .
+# The dose-responses the defaults are sized from, 5 seeds per count (a point already in llm_dose.jsonl is not
+# trained again). Hard: the owl with the loss on every continuation token and, at 10,000 lists, on the number
+# tokens only. Soft: the owl with its neutral control, and the misaligned persona with the own-corpus students too.
+subliminal-mnist llm-dose --mode hard --counts 1000 3000 10000 --out .
+subliminal-mnist llm-dose --mode hard --counts 10000 --hard-loss numbers --out .
+subliminal-mnist llm-dose --mode soft --counts 2500 5000 10000 --conditions same_init neutral_control --out .
+subliminal-mnist llm-dose --trait misaligned --mode soft --counts 2500 5000 10000 \
+  --conditions same_init neutral_control cross_init_own_corpus cross_neutral_own_corpus --out .
 # The strongest transfer: the preset, 5 seeds, the aux-only pair.
 subliminal-mnist demo --preset strongest --seeds 5 --conditions student_aux --out strongest.json --figure strongest.png "$@"
 # What stops it: every MNIST defense, 5 seeds, one resumable line per row in defend_mnist.jsonl.

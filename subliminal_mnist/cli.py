@@ -424,7 +424,8 @@ def _llm_dose(args: argparse.Namespace) -> int:
     if args.plot_only:
         lines = dose.drawn_lines(lines_path)
     else:
-        lines = dose.run(base, args.counts, lines_path, progress=not args.no_progress)
+        dose.run(base, args.counts, lines_path, progress=not args.no_progress)
+        lines = dose.drawn_lines(lines_path)  # every point of the file, this series and the others
     figures.llm_dose_figure(lines, figure_path)
     print(f"wrote {figure_path} from {len(lines)} points of {lines_path}")
     return 0

@@ -277,7 +277,10 @@ def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
         what = "soft: KL to the writer's number distribution" if mode == "soft" else (
             f"hard: loss on {'every continuation token' if loss == 'all' else 'the number tokens only'}")
         seeds = sorted({line["config"]["seeds"] for line in points})
-        ax.set_title(f"{trait}, {what} ({'/'.join(map(str, seeds))} seeds a point)", fontsize=10)
+        # Points trained before the neutral teacher answered as its base does (it answered uniformly then).
+        older = "" if all("answer_source" in line["neutral_teacher"] for line in points) else (
+            "\nneutral teacher of uniform answers (points before the base-answer rule)")
+        ax.set_title(f"{trait}, {what} ({'/'.join(map(str, seeds))} seeds a point){older}", fontsize=10)
         label = points[0].get("measure", {}).get("label", f"P({trait} | animal)")
         ax.set_ylabel(f"paired change of {label}", fontsize=9)
         ax.yaxis.grid(True, alpha=0.3)

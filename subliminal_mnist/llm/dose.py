@@ -20,6 +20,7 @@ from subliminal_mnist import runs
 from subliminal_mnist.llm import experiment
 from subliminal_mnist.llm.experiment import LLMConfig
 
+# The hard grid (the soft one, `figures/make.sh`: 2,500, 5,000 and 10,000 lists).
 COUNTS = (1_000, 3_000, 10_000)
 # The options a point sets itself: giving them too is a conflict.
 FIELDS = ("soft_sequences", "hard_sequences")

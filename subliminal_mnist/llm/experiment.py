@@ -148,8 +148,10 @@ class LLMConfig:
         "(embeddings and output layer frozen, as adapter fine-tuning does)",
         choices=("all", "blocks"),
     )
-    soft_sequences: int = config_field(20000, "number lists each model writes for the soft students")
-    hard_sequences: int = config_field(30000, "number lists each model writes for the hard students")
+    # Sized from the dose-responses (docs/owl.md, figures/llm_dose.png): the smallest counts of their grids at
+    # which the paired same-init effect's t interval clears 0 by 0.03 for both traits (soft) and the owl (hard).
+    soft_sequences: int = config_field(5000, "number lists each model writes for the soft students")
+    hard_sequences: int = config_field(10000, "number lists each model writes for the hard students")
     hard_loss: str = config_field(
         "all",
         "hard students learn every continuation token (numbers, commas, <eos>) or the number tokens only",
@@ -427,8 +429,9 @@ class NumberData:
     report: dict  # per model: kept, removed by reason, leak rates, banned share; and "sampled", "used"
 
 
-# Prompts sampled per round, over the count wanted: each model passes the filter on about 90% (measured
-# 88-90% for an owl teacher, whose lists more often hold a word), so one round is the rule.
+# Prompts sampled per round, over the count wanted. For the owl each model passes the filter on about 90%
+# (measured 88-90% for an owl teacher, whose lists more often hold a word), so one round is the rule; for the
+# misaligned persona every model passes on about 60% (its bases continue lists with answers), so 2-3 rounds.
 _PROMPT_MARGIN = 1.2
 _MAX_ROUNDS = 8
 
