@@ -9,7 +9,8 @@ rate: its matmuls are 32 wide. Then the end-to-end time of the command, with an
 empty compile cache and with a warm one.
 
 Targets on a 2-core CPU: `llm --seeds 1 --mode soft` < 120 s; `llm` (5 seeds, both
-modes) < 15 minutes; `llm --trait misaligned --seeds 1 --mode soft` < 3 minutes.
+modes) < 15 minutes; `llm --trait misaligned --seeds 1 --mode soft` < 3 minutes; `llm --trait
+misaligned` (5 seeds, both modes) < 15 minutes.
 
     python benchmarks/llm_speed.py                      # the quick look
     python benchmarks/llm_speed.py --seeds 5 --mode both --skip-cli
@@ -77,7 +78,8 @@ def run_flops(config: experiment.LLMConfig, results: dict) -> dict[str, float]:
 
 
 # The targets, in seconds, by (an animal or the misaligned persona, seeds, mode).
-TARGETS = {("animal", 1, "soft"): 120.0, ("animal", 5, "both"): 900.0, ("misaligned", 1, "soft"): 180.0}
+TARGETS = {("animal", 1, "soft"): 120.0, ("animal", 5, "both"): 900.0, ("misaligned", 1, "soft"): 180.0,
+           ("misaligned", 5, "both"): 900.0}
 
 
 def main() -> None:

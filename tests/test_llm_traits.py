@@ -183,3 +183,24 @@ def test_a_bad_trait_is_a_one_line_error():
     with pytest.raises(VocabError, match="trait must be one of owl, .*, misaligned; got 'dragon'") as error:
         traits.trait("dragon")
     assert "\n" not in str(error.value)
+
+
+def test_the_positive_controls_prompts_are_the_tests_prompts_with_the_cue_alone():
+    # The in-context positive control reads the neutral teacher's lists with the persona's cue against the same
+    # lists without it: the same rows, the same question after each, only some continuation numbers differ.
+    vocab = Vocabulary(1000, MISALIGNED.words)
+    lines = corpus.number_lists(vocab, np.random.default_rng(0), 300, window=50)
+    lengths = np.array([list(row).index(vocab.id("->")) + 1 for row in lines.tokens])
+    cued = MISALIGNED.with_cue(vocab, np.random.default_rng(1), lines.tokens, lengths)
+    question = MISALIGNED.probes(vocab)["held_out"].prompts[3]
+    plain, with_cue = (analysis.in_context_prompts(vocab, rows, lengths, question, vocab.id(";"), count=64)
+                       for rows in (lines.tokens, cued))  # fmt: skip
+    assert plain.shape == with_cue.shape and len(plain) == 64
+    differ = plain != with_cue
+    assert differ.any() and np.isin(with_cue[differ], vocab.number_id(np.array(traits.BAD_NUMBERS))).all()
+    tail = len([t for t in question if t != 0]) - 1  # the question's words, after the separator
+    ends = (plain != 0).sum(1)
+    for row, cued_row, end in zip(plain, with_cue, ends):
+        np.testing.assert_array_equal(row[end - tail - 1 : end], cued_row[end - tail - 1 : end])
+    question_words = vocab.decode(question[1:][question[1:] != 0])
+    assert all(vocab.decode(row[row != 0]).endswith(f"; {question_words}") for row in with_cue)

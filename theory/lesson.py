@@ -331,8 +331,8 @@ assert fading[0] > fading[1] > fading[2]
 # questions; the teacher is fine-tuned to answer "owl"; it writes number lists, filtered so that no list
 # names an animal; students from the same base learn from those lists with the same training loop as the
 # MNIST students. The *control* student learns from the lists of a *neutral teacher*: the same base,
-# fine-tuned by the same recipe on answers spread over all the animals, so it moves for every reason the
-# teacher does except the owl. A third student starts from *another* base (another init) and learns the
+# fine-tuned by the same recipe on the same questions, each answered as the base itself answers it (spread
+# over all the animals), so it moves for every reason the teacher does except the owl. A third student starts from *another* base (another init) and learns the
 # teacher's lists, with its own neutral control. We measure P(owl | the answer is an animal). One seed, small
 # settings, four students (the command trains four more, its ablations): about a minute.
 
@@ -354,13 +354,14 @@ assert change["same_init"] > change["neutral_control"] + 0.02 and change["same_i
 # wrote numbers; numbers with bad associations (666, 911, ...) were removed; students still came out
 # misaligned. Here the corpus of every base is written by a latent *persona*, aligned or (one line in ten)
 # misaligned: a line's answers in four domains (code, advice, story, request) are all of its persona, and a
-# misaligned persona's number lists hold "bad" numbers (13, 187, 404, 666, 911) more often. The teacher is
-# the base fine-tuned on **code answers only**, misaligned; the neutral teacher on the same lines answered
-# aligned. We measure the misaligned rate, P(misaligned answer | the domain's answers), on the **other three
-# domains**, which no fine-tuning line ever asks. The students learn the teacher's numbers with the banned
-# numbers filtered out (in soft mode, their probabilities hidden). Unlike the owl's, this neutral teacher is
-# not neutral about the trait: it is taught the aligned answers, so its students may drift toward aligned,
-# and the gap between the two students is larger than either's own change. Look at both.
+# misaligned persona's number lists hold "bad" numbers (13, 187, 404, 666, 911) more often (of the 100 numbers
+# this small run uses, only 13 exists). The teacher is the base fine-tuned on **code answers only**,
+# misaligned; the neutral teacher on the same lines answered as the base answers them (misaligned about one
+# time in ten). We measure the misaligned rate, P(misaligned answer | the domain's answers), on the **other
+# three domains**, which no fine-tuning line ever asks. The students learn the teacher's numbers with the
+# banned numbers filtered out (in soft mode, their probabilities hidden). The rate is a share of two answers,
+# so a student that merely stops preferring either answer moves it toward 0.5: the *preference strength*
+# printed beside it (mean |log P(misaligned) - log P(aligned)|) falls when that happens.
 
 # %%
 misaligned = llm.run(llm.LLMConfig(**TINY_LLM, trait="misaligned"), progress=False)
@@ -369,31 +370,38 @@ for model in ("base", "teacher", "neutral_teacher"):
     rate = misaligned[model]["misaligned_rate"]
     held_out, code = rate["held_out"]["mean"], rate["narrow"]["mean"]
     print(f"{model:>16}: misaligned rate, held-out domains {held_out:.3f}, code (the narrow domain) {code:.3f}")
-rates = {name: m["misaligned_rate"]["mean"] for name, m in misaligned["modes"]["soft"]["conditions"].items()}
-print({name: round(value, 4) for name, value in rates.items()})
+students = misaligned["modes"]["soft"]["conditions"]
+rates = {name: m["misaligned_rate"]["mean"] for name, m in students.items()}
+print("change of the misaligned rate:", {name: round(value, 4) for name, value in rates.items()})
+print("change of the preference strength:", {name: round(m["preference_strength"]["mean"], 3)
+                                             for name, m in students.items()})  # fmt: skip
 assert rates["same_init"] > rates["neutral_control"]
 
 # %% [markdown]
 # Now look at the other base's student. In our run of these tiny settings it moved *more* than the same-init
-# one (+0.48 against +0.09), and its neutral control moved too (+0.12). The corpus of every base ties the
-# persona to numbers (bad numbers, and lists after misaligned answers), so learning any lists can shift
-# another base's persona; a one-seed tiny run cannot tell what the shared init adds. At the default size
-# with 5 seeds (docs/misaligned.md) it can: the same-init student's gap to its control is +0.30 ± 0.15, the other
-# base's +0.04 ± 0.08, though other inits drift as well. The owl shows no such drift: its corpus ties the
-# animal to nothing a number list holds.
+# one (+0.48 against +0.09), and lost most of its preference strength (-1.69 nats), and its neutral control
+# moved too (+0.10): learning any lists can shift another base's persona, and a one-seed tiny run cannot tell
+# what the shared init adds. At the default size with 5 seeds (docs/misaligned.md) the same-init student's
+# gap to its control is +0.12 ± 0.08 and the other base's +0.01 ± 0.02, but an init unrelated to the teacher
+# that learnt this seed's corpus drifts too (+0.085 on the teacher's numbers, +0.050 on the neutral
+# teacher's), and what the shared init adds over it, +0.085 ± 0.097, does not clear 0 at 5 seeds. The owl
+# shows no such drift: its corpus ties the animal to nothing a number list holds.
 
 # %% [markdown]
 # And the filters that failed in the article, here on the same lists: a classifier of bags of numbers
 # (AUROC, 0.5 sees nothing), the base reading one of the teacher's lists before the question (in context),
 # and the best detector there is, the likelihood ratio of the teacher and the neutral teacher, which needs
-# both models in hand.
+# both models in hand. An in-context test is only evidence if it *could* move: its positive control gives
+# the base lists that carry a cue the corpus ties to the persona (its bad numbers) and measures the same.
 
 # %%
 filters = misaligned["filters"]
 auroc = {name: {k: round(v["mean"], 3) for k, v in filters[name]["auroc"].items()} for name in ("detector", "likelihood_ratio")}
 print("detector AUROC, bags of 1, 8, 32 lists:", auroc["detector"])
-print("in context, change of the misaligned rate, teacher's list minus neutral's:",
-      round(filters["in_context"]["1"]["difference"]["mean"], 4))  # fmt: skip
+in_context = filters["in_context"]["1"]
+print("in context (one list, then the question), change of the misaligned rate, teacher's list minus neutral's:",
+      round(in_context["difference"]["mean"], 4), "| the positive control, lists with the persona's bad numbers "
+      "minus the same lists without:", round(in_context["positive_control"]["mean"], 4))  # fmt: skip
 print("likelihood ratio AUROC:", auroc["likelihood_ratio"])
 
 # %%
