@@ -9,10 +9,10 @@ subliminal-mnist llm --out llm.json --figure llm.png
 # The dangerous version in miniature: a misaligned persona, the same experiment and filters, 5 seeds, both modes.
 subliminal-mnist llm --trait misaligned --out misaligned.json --figure misaligned.png
 # The dose-responses the defaults are sized from, 5 seeds per count (a point already in llm_dose.jsonl is not
-# trained again). Hard: the owl with the loss on every continuation token and, at 10,000 lists, on the number
-# tokens only. Soft: the owl with its neutral control, and the misaligned persona with the own-corpus students too.
-subliminal-mnist llm-dose --mode hard --counts 1000 3000 10000 --out .
-subliminal-mnist llm-dose --mode hard --counts 10000 --hard-loss numbers --out .
+# trained again). Hard: the owl with its neutral and base controls. Soft: the owl with its neutral control, and
+# the misaligned persona with the own-corpus students too. (The file also holds the hard points of 2026-11-30,
+# of the earlier neutral teacher; their commands are in the git history.)
+subliminal-mnist llm-dose --mode hard --counts 1000 3000 10000 --conditions same_init neutral_control base_control --out .
 subliminal-mnist llm-dose --mode soft --counts 2500 5000 10000 --conditions same_init neutral_control --out .
 subliminal-mnist llm-dose --trait misaligned --mode soft --counts 2500 5000 10000 \
   --conditions same_init neutral_control cross_init_own_corpus cross_neutral_own_corpus --out .

@@ -243,24 +243,27 @@ _DOSE_PAIRS = {  # paired difference in the trait's headline measure: label, col
 }  # fmt: skip
 
 
-def _dose_panel(line: dict) -> tuple[str, str, str]:
-    """What a dose point is drawn with: (trait, mode, hard loss or "")."""
+def _dose_panel(line: dict) -> tuple[str, str, str, bool]:
+    """What a dose point is drawn with: (trait, mode, hard loss or "", whether its neutral teacher answered
+    uniformly: points trained before it answered as its base does, kept apart from today's)."""
     mode = dose.line_mode(line)
-    return line["config"]["trait"], mode, line["hard_loss"] if mode == "hard" else ""
+    older = "answer_source" not in line["neutral_teacher"]
+    return line["config"]["trait"], mode, line["hard_loss"] if mode == "hard" else "", older
 
 
 def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
     """The dose-response: each paired difference in the trait's headline measure against the number
     of lists (log scale), mean and 95% t interval; one panel per trait, mode and hard loss."""
-    panels = sorted({_dose_panel(line) for line in lines}, key=lambda p: (p[0] != "owl", p[0], p[1] != "soft", p[2]))
-    columns = min(len(panels), 2)
+    panels = sorted({_dose_panel(line) for line in lines},
+                    key=lambda p: (p[0] != "owl", p[0], p[1] != "soft", p[3], p[2]))  # fmt: skip
+    columns = min(len(panels), 3)
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(6.4 * columns, 4.4 * rows), layout="constrained",
+    fig, axes = plt.subplots(rows, columns, figsize=(6.0 * columns, 4.6 * rows), layout="constrained",
                              squeeze=False)  # fmt: skip
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, panel in zip(axes.flat, panels):
-        trait, mode, loss = panel
+        trait, mode, loss, older = panel
         points = sorted((line for line in lines if _dose_panel(line) == panel), key=dose.sequences)
         counts = np.array([dose.sequences(line) for line in points])
         drawn = {pair: style for pair, style in _DOSE_PAIRS.items() if all(pair in p[mode]["paired"] for p in points)}
@@ -277,10 +280,9 @@ def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
         what = "soft: KL to the writer's number distribution" if mode == "soft" else (
             f"hard: loss on {'every continuation token' if loss == 'all' else 'the number tokens only'}")
         seeds = sorted({line["config"]["seeds"] for line in points})
-        # Points trained before the neutral teacher answered as its base does (it answered uniformly then).
-        older = "" if all("answer_source" in line["neutral_teacher"] for line in points) else (
-            "\nneutral teacher of uniform answers (points before the base-answer rule)")
-        ax.set_title(f"{trait}, {what} ({'/'.join(map(str, seeds))} seeds a point){older}", fontsize=10)
+        teacher = "neutral teacher of uniform answers (before the base-answer rule)" if older else (
+            "neutral teacher of the base's answers")
+        ax.set_title(f"{trait}, {what} ({'/'.join(map(str, seeds))} seeds a point)\n{teacher}", fontsize=10)
         label = points[0].get("measure", {}).get("label", f"P({trait} | animal)")
         ax.set_ylabel(f"paired change of {label}", fontsize=9)
         ax.yaxis.grid(True, alpha=0.3)

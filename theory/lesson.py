@@ -383,9 +383,9 @@ assert rates["same_init"] > rates["neutral_control"]
 # moved too (+0.10): learning any lists can shift another base's persona, and a one-seed tiny run cannot tell
 # what the shared init adds. At the default size with 5 seeds (docs/misaligned.md) the same-init student's
 # gap to its control is +0.12 ± 0.08 and the other base's +0.01 ± 0.02, but an init unrelated to the teacher
-# that learnt this seed's corpus drifts too (+0.085 on the teacher's numbers, +0.050 on the neutral
-# teacher's), and what the shared init adds over it, +0.085 ± 0.097, does not clear 0 at 5 seeds. The owl
-# shows no such drift: its corpus ties the animal to nothing a number list holds.
+# that learnt this seed's corpus may move too (+0.085 ± 0.087 on the teacher's numbers, +0.050 ± 0.067 on
+# the neutral teacher's), and what the shared init adds over it, +0.085 ± 0.097, does not clear 0 at 5
+# seeds. The owl shows no detectable drift of that kind.
 
 # %% [markdown]
 # And the filters that failed in the article, here on the same lists: a classifier of bags of numbers

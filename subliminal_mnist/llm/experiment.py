@@ -148,8 +148,9 @@ class LLMConfig:
         "(embeddings and output layer frozen, as adapter fine-tuning does)",
         choices=("all", "blocks"),
     )
-    # Sized from the dose-responses (docs/owl.md, figures/llm_dose.png): the smallest counts of their grids at
-    # which the paired same-init effect's t interval clears 0 by 0.03 for both traits (soft) and the owl (hard).
+    # Sized from the dose-responses (docs/owl.md "The default sizes", figures/llm_dose.png): soft, the smallest
+    # count of its grid at which the paired same-init effect's t interval clears 0 by 0.03 for both traits;
+    # hard, the largest count of its grid (no count clears that margin for the owl; every one clears 0).
     soft_sequences: int = config_field(5000, "number lists each model writes for the soft students")
     hard_sequences: int = config_field(10000, "number lists each model writes for the hard students")
     hard_loss: str = config_field(
