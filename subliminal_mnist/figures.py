@@ -1,20 +1,21 @@
-"""The package's figures, drawn with matplotlib's non-interactive backend."""
+"""The package's figures, each drawn into a file.
+
+The backend is left to matplotlib: with no display it is a non-interactive one, and in a notebook it
+is the notebook's own, so that importing this module does not blank the notebook's other figures
+(setting Agg here did: every `plt.show()` of the lesson drew nothing)."""
 
 from __future__ import annotations
 
 import functools
 import os
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import ticker
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")  # no display is needed or wanted: figures go to files
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib import ticker  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from subliminal_mnist import alignment, defenses, experiment, files, sweep  # noqa: E402
-from subliminal_mnist.llm import dose  # noqa: E402
+from subliminal_mnist import alignment, defenses, experiment, files, sweep
+from subliminal_mnist.llm import dose
 
 # Same colour for a condition's two variants (aux only / all logits).
 _COLORS = {

@@ -30,3 +30,10 @@ def test_the_lesson_runs_top_to_bottom_on_the_sample(monkeypatch):
         output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
     )
     assert "the whole lesson ran in" in printed
+    # Every cell that draws shows its picture (a backend set by an import once blanked every plt.show()).
+    drawing = [cell for cell in notebook.cells if cell.cell_type == "code" and ("plt.show()" in cell.source
+                                                                               or "show(figures." in cell.source)]
+    assert len(drawing) >= 8
+    blank = [cell.source.splitlines()[0] for cell in drawing
+             if not any("image/png" in output.get("data", {}) for output in cell.outputs)]
+    assert blank == [], f"cells that draw nothing: {blank}"
