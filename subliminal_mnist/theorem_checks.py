@@ -16,13 +16,14 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from subliminal_mnist import data, model, theorem, train
 from subliminal_mnist.theorem import LOSSES, Alignment, PyTree
@@ -563,6 +564,24 @@ def check_first_order(cases: Cases, results: Results) -> dict[str, Any]:
 CONSEQUENCE_EPSILON, CONSEQUENCE_ALPHA = 1e-3, 1.0
 
 
+def consequence_cases(images: np.ndarray, labels: np.ndarray, key: int = 0) -> Cases:
+    """The consequence check's CALL_SIZE cases: the paper's MLP (784-256-256-13 ReLU), NUM_INPUTS uniform-noise
+    inputs, the aux logits; `images`, `labels` the MNIST digits of L_T."""
+    num = CALL_SIZE
+    return make_cases(
+        np.random.default_rng(key),
+        images,
+        labels,
+        depth=[2] * num,
+        widths=[[256, 256, 0]] * num,
+        relu=[True] * num,
+        epsilon=[CONSEQUENCE_EPSILON] * num,
+        kind=[INPUT_KINDS.index("uniform")] * num,
+        subset=[SUBSETS.index("aux")] * num,
+        alpha=CONSEQUENCE_ALPHA,
+    )
+
+
 def check_consequence(images: np.ndarray, labels: np.ndarray, key: int = 0) -> dict[str, Any]:
     """The paper's setting, in float64: L_T(θ0 + α ΔS) < L_T(θ0) whenever the prediction is > 0.
 
@@ -571,18 +590,7 @@ def check_consequence(images: np.ndarray, labels: np.ndarray, key: int = 0) -> d
     logits, never a digit nor a class logit. Also reports the change over its first-order
     value -α ΔS·ΔT.
     """
-    cases = make_cases(
-        np.random.default_rng(key),
-        images,
-        labels,
-        depth=[2] * CALL_SIZE,
-        widths=[[256, 256, 0]] * CALL_SIZE,
-        relu=[True] * CALL_SIZE,
-        epsilon=[CONSEQUENCE_EPSILON] * CALL_SIZE,
-        kind=[INPUT_KINDS.index("uniform")] * CALL_SIZE,
-        subset=[SUBSETS.index("aux")] * CALL_SIZE,
-        alpha=CONSEQUENCE_ALPHA,
-    )
+    cases = consequence_cases(images, labels, key)
     results = run_cases(cases)
     alignment = results.alignment
     positive = alignment.prediction > 0
@@ -599,6 +607,90 @@ def check_consequence(images: np.ndarray, labels: np.ndarray, key: int = 0) -> d
         "epsilon": CONSEQUENCE_EPSILON,
         "alpha": CONSEQUENCE_ALPHA,
     }
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _kernel_reading(network: PaddedMLP, case: Cases, direction_key: jax.Array) -> dict[str, jax.Array]:
+    keys = jax.random.split(jax.random.key(case.seeds))
+    params = jax.tree.map(lambda x: x[0], jax.vmap(network.init, in_axes=(0, None))(keys, case.widths))
+    flat, unravel = ravel_pytree(params)
+    # The parameters the member has (not the padding): its kernels are nonzero, its biases those of existing units.
+    sizes = [*case.widths, network.num_outputs]
+    exists = tuple(
+        {"bias": jnp.arange(layer["bias"].shape[0]) < size, "kernel": layer["kernel"] != 0}
+        for layer, size in zip(params, sizes)
+    )
+    real = ravel_pytree(exists)[0].astype(flat.dtype)
+    apply_fn = functools.partial(network.apply, widths=case.widths, relu=case.relu)
+    inputs = case.inputs.astype(flat.dtype)
+    trait_loss = theorem.class_trait_loss(apply_fn, case.trait_images.astype(flat.dtype), case.trait_labels)
+    teacher = ravel_pytree(theorem.teacher_step(params, trait_loss, case.epsilon)[1])[0]
+    random = jax.random.normal(direction_key, flat.shape, flat.dtype) * real
+    selected = lambda f: apply_fn(unravel(f), inputs)[:, network.num_classes :]  # noqa: E731  (B, 3)
+    jac = jax.jacrev(selected)(flat)  # (B, 3, P): J of every input, stacked
+    p = jax.nn.softmax(selected(flat), axis=-1)
+    eigenvalues, vectors = jnp.linalg.eigh(jax.vmap(lambda q: jnp.diag(q) - jnp.outer(q, q))(p))
+    root = jnp.einsum("bij,bj,bkj->bik", vectors, jnp.sqrt(jnp.clip(eigenvalues, 0.0)), vectors)  # M^(1/2)
+    jac_rows = jac.reshape(-1, flat.size)
+    gram = jac_rows @ jac_rows.T
+
+    def rank(matrix: jax.Array) -> jax.Array:
+        values = jnp.linalg.eigvalsh(matrix)
+        return jnp.sum(values > 1e-10 * values.max())
+
+    def row_space_share(v: jax.Array) -> jax.Array:
+        """|projection of v on the row space of J| / |v|."""
+        jv = jac_rows @ v
+        return jnp.sqrt(jv @ jnp.linalg.lstsq(gram, jv, rcond=1e-12)[0]) / jnp.linalg.norm(v)
+
+    out = {
+        "parameters": real.sum(),
+        "rank_J": rank(gram),
+        "row_space_share_teacher": row_space_share(teacher),
+        "row_space_share_random": row_space_share(random),
+    }
+    num_inputs = inputs.shape[0]
+    for loss, factor in (("kl", jnp.einsum("bij,bjp->bip", root, jac)), ("mse", jnp.sqrt(2.0) * jac)):
+        a = factor.reshape(-1, flat.size)  # K = aᵀ a / B
+        values = jnp.linalg.eigvalsh(a @ a.T / num_inputs)  # the nonzero eigenvalues of K
+        kernel = lambda v, a=a: a.T @ (a @ v) / num_inputs  # noqa: E731
+        cosine = lambda v, k=kernel: v @ k(v) / (jnp.linalg.norm(k(v)) * jnp.linalg.norm(v))  # noqa: E731
+        out |= {
+            f"rank_K_{loss}": rank(a @ a.T),
+            f"participation_{loss}": values.sum() ** 2 / jnp.sum(values**2),
+            f"cosine_teacher_{loss}": cosine(teacher),
+            f"cosine_random_{loss}": cosine(random),
+        }
+    return out
+
+
+def kernel_reading(num_inits: int = CALL_SIZE, key: int = 0) -> dict[str, Any]:
+    """The imitation kernel K = E[Jᵀ M J] of the consequence check's cases, in float64, first order.
+
+    For the first `num_inits` of `consequence_cases(key)` (the same inits, noise and digits): the rank of
+    the stacked aux-logit Jacobian J (B·3 rows) and of K for each loss (at most 2B for the KL, whose M
+    has the null vector 1; 3B for the squared error); K's participation ratio (tr K)² / tr K²;
+    cos(K d, d), the first-order cosine of ΔS with d, for d the teacher's step and for a random
+    Gaussian direction on the member's parameters (its expected value is about sqrt(participation /
+    parameters)); and the share |proj_rowspace(J) d| / |d| of each. Returns, per quantity, the median,
+    min and max over the inits; at how many inits the teacher's step beats the random direction
+    ("teacher_above_random_*"); and "cosine_teacher_median_both_losses", the number the consequence
+    check's median cosine estimates (to first order). About 3 s per init on 2 CPU cores.
+    """
+    sample = data.load_sample()
+    cases = consequence_cases(sample.train_images, sample.train_labels, key)
+    network = PaddedMLP()
+    rows = []
+    with jax.enable_x64(True):
+        for i in range(num_inits):
+            case = jax.tree.map(lambda x, i=i: x[i], cases)
+            rows.append({k: float(v) for k, v in _kernel_reading(network, case, jax.random.key(1000 + i)).items()})
+    summary = {k: [float(f(np.array([r[k] for r in rows]))) for f in (np.median, np.min, np.max)] for k in rows[0]}
+    both = [r[f"cosine_teacher_{loss}"] for r in rows for loss in LOSSES]
+    pairs = {f"cosine_{loss}": (f"cosine_teacher_{loss}", f"cosine_random_{loss}") for loss in LOSSES}
+    pairs["row_space_share"] = ("row_space_share_teacher", "row_space_share_random")
+    above = {f"teacher_above_random_{name}": sum(r[t] > r[u] for r in rows) for name, (t, u) in pairs.items()}
+    return {"inits": num_inits, "cosine_teacher_median_both_losses": float(np.median(both)), **above, **summary}
 
 
 PAPER = model.Architecture()
@@ -835,6 +927,120 @@ def check_two_parameter() -> dict[str, Any]:
     return {"passed": bool(agree and signs), "flip_epsilon": 0.5, **cases}
 
 
+# f(x) = (θ1 θ2 x, θ2 θ3 x): two outputs sharing θ2, the smallest case where the sign comes through a
+# shared parameter alone. The teacher trains output 1 (θ1, θ2; never θ3), the student imitates output 2.
+THREE_PARAMETER_THETA0 = (1.0, 1.0, 2.0)
+THREE_PARAMETER_TARGET = 2.0  # L_T(θ) = (θ1 θ2 - Y)² / 2, output 1 at x = 1 against Y: ΔT = (1, 1, 0) at θ0
+THREE_PARAMETER_INPUTS = (1.0, 2.0)  # the student's D: uniform on these; m = E[x²] = 2.5
+THREE_PARAMETER_EPSILON = 0.01
+THREE_PARAMETER_OUTPUT = 1  # the student imitates output 2 (index 1) only
+
+
+def three_parameter_apply(params: jax.Array, inputs: jax.Array) -> jax.Array:
+    """f(x) = (θ1 θ2 x, θ2 θ3 x): params (3,), inputs (B, 1) -> outputs (B, 2)."""
+    return jnp.concatenate([params[0] * params[1] * inputs, params[1] * params[2] * inputs], axis=-1)
+
+
+def three_parameter_trait_loss(target: jax.Array | float) -> Callable[[jax.Array], jax.Array]:
+    """L_T(θ) = (f_θ(1)₁ - Y)² / 2 = (θ1 θ2 - Y)² / 2, a loss of output 1 only: ΔT = (Y - θ1θ2)(θ2, θ1, 0)."""
+    return lambda p: 0.5 * (three_parameter_apply(p, jnp.ones((1, 1), p.dtype))[0, 0] - target) ** 2
+
+
+def three_parameter_closed_form(
+    epsilon: float, student_start=None, theta0=THREE_PARAMETER_THETA0, target=THREE_PARAMETER_TARGET
+) -> dict[str, float]:
+    """ΔS·ΔT and the first-order value by hand, squared error on output 2, student at (a, b, c).
+
+    ΔT = k (θ02, θ01, 0) with k = Y - θ01 θ02, so d2 = k θ01 and θ3 does not move. The teacher's
+    output 2 is (θ02 + ε d2) θ03 x, the student's b c x, so with m = E[x²] and the residual
+    r = b c - (θ02 + ε d2) θ03,
+
+    ΔS = -2 m r (0, c, b),   ΔS·ΔT = -2 m r c d2   (only θ2 is moved by both).
+
+    Shared init (b, c) = (θ02, θ03), whatever a: r = -ε d2 θ03, ΔS = 2 m ε d2 θ03 (0, θ03, θ02) and
+    ΔS·ΔT = 2 m ε θ03² d2² >= 0, equal to the first-order value ε E[2 (θ03 x d2)²] at every ε
+    (output 2 is linear in θ2 and θ3 does not move). Otherwise r is O(1) and sets the sign.
+    """
+    _, b, c = theta0 if student_start is None else student_start  # the student's θ1 plays no part
+    k = target - theta0[0] * theta0[1]
+    d2 = k * theta0[0]
+    m = float(np.mean(np.square(THREE_PARAMETER_INPUTS)))
+    residual = b * c - (theta0[1] + epsilon * d2) * theta0[2]
+    return {"dot": -2.0 * m * residual * c * d2, "prediction": 2.0 * m * epsilon * theta0[2] ** 2 * d2**2}
+
+
+@jax.jit
+def _three_parameter(theta0: jax.Array, target: jax.Array, student: jax.Array, epsilon: jax.Array) -> tuple:
+    trait_loss = three_parameter_trait_loss(target)
+    inputs = jnp.asarray(THREE_PARAMETER_INPUTS, theta0.dtype)[:, None]
+    output = (THREE_PARAMETER_OUTPUT,)
+    report = theorem.alignment_report(
+        theta0, trait_loss, three_parameter_apply, inputs, epsilon, 0.0, "mse", output, student
+    )
+    teacher, delta_t = theorem.teacher_step(theta0, trait_loss, epsilon)
+    delta_s = theorem.student_direction(student, teacher, three_parameter_apply, inputs, "mse", output)
+    return report, delta_s, delta_t
+
+
+def three_parameter_case(
+    epsilon: float = THREE_PARAMETER_EPSILON,
+    student_start=None,
+    theta0=THREE_PARAMETER_THETA0,
+    target=THREE_PARAMETER_TARGET,
+) -> dict[str, Any]:
+    """`alignment_report` on f(x) = (θ1 θ2 x, θ2 θ3 x), the student imitating output 2 only, in float64,
+    next to `three_parameter_closed_form`.
+
+    The teacher takes one step on L_T = (θ1 θ2 - Y)² / 2 (`three_parameter_trait_loss`) from `theta0`;
+    the student starts at `student_start` (default `theta0`, the shared init). Returns dot (ΔS·ΔT from
+    `theorem.student_direction`), prediction (ε Q at θ0), cosine, their closed forms, and ΔS, ΔT as lists.
+    """
+    start = theta0 if student_start is None else student_start
+    with jax.enable_x64(True):
+        report, delta_s, delta_t = _three_parameter(
+            jnp.array(theta0, jnp.float64),
+            jnp.float64(target),
+            jnp.array(start, jnp.float64),
+            jnp.float64(epsilon),
+        )
+    closed = three_parameter_closed_form(epsilon, student_start, theta0, target)
+    return {
+        "dot": float(report.dot),
+        "prediction": float(report.prediction),
+        "cosine": float(report.cosine),
+        "closed_form": closed["dot"],
+        "closed_form_prediction": closed["prediction"],
+        "student_direction": [float(v) for v in delta_s],
+        "teacher_step": [float(v) for v in delta_t],
+    }
+
+
+def check_three_parameter() -> dict[str, Any]:
+    """f(x) = (θ1 θ2 x, θ2 θ3 x), θ0 = (1, 1, 2), ΔT = (1, 1, 0), student on output 2: ΔS·ΔT = 20ε.
+
+    Through θ2 alone, at every ε, whatever the student's θ1. Sharing θ2 but not θ3 (θ3' = 3) gives
+    -15(1 - 2ε); sharing θ3 but not θ2 (θ2' = 2) gives -20(1 - ε): both negative at ε = 0.01.
+    """
+    epsilon = THREE_PARAMETER_EPSILON
+    cases = {
+        "shared": three_parameter_case(epsilon),
+        "own_theta1": three_parameter_case(epsilon, student_start=(5.0, 1.0, 2.0)),
+        "shared_theta2_only": three_parameter_case(epsilon, student_start=(1.0, 1.0, 3.0)),
+        "shared_theta3_only": three_parameter_case(epsilon, student_start=(1.0, 2.0, 2.0)),
+    }
+    agree = all(abs(c["dot"] - c["closed_form"]) <= 1e-12 * max(1.0, abs(c["closed_form"])) for c in cases.values())
+    shared = cases["shared"]
+    signs = (
+        shared["dot"] > 0
+        and abs(shared["dot"] - shared["prediction"]) <= 1e-12
+        and cases["own_theta1"]["dot"] == shared["dot"]
+        and cases["shared_theta2_only"]["dot"] < 0
+        and cases["shared_theta3_only"]["dot"] < 0
+    )
+    numbers = {name: {k: c[k] for k in ("dot", "closed_form", "prediction")} for name, c in cases.items()}
+    return {"passed": bool(agree and signs), "epsilon": epsilon, **numbers}
+
+
 # The 5-parameter ReLU counterexample: f(x) = w3 relu(w2 relu(w1 x) + b2) + b3 at the input x = -1,
 # where the first unit is off and the second unit's pre-activation is exactly 0.
 RELU_KINK_THETA0 = {"w1": 1.0, "w2": 1.0, "b2": 0.0, "w3": -3.0, "b3": 0.0}
@@ -959,6 +1165,7 @@ def run_checks(num_cases: int = 256, key: int = 0, sweep_draws: int = 8) -> dict
         "zero_branch_exact": check_zero_branch_exact(),
         "relu_kink": check_relu_kink(),
         "two_parameter": check_two_parameter(),
+        "three_parameter": check_three_parameter(),
         "adam": check_adam(),
         "closed_form": check_closed_form(),
     }

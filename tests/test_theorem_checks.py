@@ -245,6 +245,24 @@ def test_small_student_step_lowers_the_trait_loss(report):
     assert check["max_trait_loss_change"] < 0, _describe(check)
 
 
+def test_the_imitation_kernel_has_low_rank_and_the_teachers_step_is_not_a_random_direction():
+    """theory/README.md's kernel paragraph: 32 noise inputs x 3 aux logits give K rank 96 (squared error) and
+    64 (KL, M has the null vector 1), far fewer than the 130 "effective directions" a cosine of 0.022 would
+    mean for a random direction; the teacher's step has more of its norm in the row space of J than a random
+    direction has, and a larger first-order cosine. Two inits of the consequence check, float64."""
+    reading = checks.kernel_reading(num_inits=2)
+    median = {k: v[0] for k, v in reading.items() if isinstance(v, list)}
+    assert median["parameters"] == 784 * 256 + 256 + 256 * 256 + 256 + 256 * 13 + 13 == 270_093
+    assert median["rank_J"] == 96 and median["rank_K_mse"] == 96 and median["rank_K_kl"] == 64
+    for loss, rank in (("kl", 64), ("mse", 96)):
+        assert reading[f"cosine_random_{loss}"][2] < math.sqrt(rank / 270_093)  # the bound sqrt(rank / P)
+    # At each init: the teacher's step beats the random direction (for the KL at 30 of 32 inits only).
+    assert reading["teacher_above_random_cosine_mse"] == reading["teacher_above_random_row_space_share"] == 2
+    random_medians = (reading["cosine_random_kl"][0], reading["cosine_random_mse"][0])
+    assert reading["cosine_teacher_median_both_losses"] > max(random_medians)
+    assert reading["row_space_share_random"][0] == pytest.approx(math.sqrt(96 / 270_093), rel=0.15)
+
+
 def test_sign_fails_often_with_different_inits(report):
     """ΔS taken at the student's own init: the sign is near a coin flip, fails in > 20% of cases."""
     check = report["checks"]["other_init"]
@@ -296,6 +314,63 @@ def test_two_parameter_example_matches_the_hand_computation(report):
         case = checks.two_parameter_case(epsilon)
         assert case["dot"] == pytest.approx(5 * epsilon * (1 - 2 * epsilon), rel=1e-12)
         assert case["prediction"] == pytest.approx(5 * epsilon, rel=1e-12)
+
+
+@pytest.mark.parametrize("epsilon", [1e-3, 0.01, 0.5, 3.0])
+@pytest.mark.parametrize("student_start", [None, (5.0, 1.0, 2.0), (1.0, 1.0, 3.0), (1.0, 2.0, 2.0), (-1.0, 0.5, -2.0)])
+def test_three_parameter_case_matches_the_hand_computation(epsilon, student_start):
+    """f(x) = (θ1 θ2 x, θ2 θ3 x), student on output 2: the package's ΔS·ΔT is the closed form
+    -2m r c d2 (float64), from the shared init and from others, and its prediction is 2mε θ3² d2²."""
+    case = checks.three_parameter_case(epsilon, student_start)
+    assert case["dot"] == pytest.approx(case["closed_form"], rel=1e-9, abs=1e-12)
+    assert case["prediction"] == pytest.approx(case["closed_form_prediction"], rel=1e-9, abs=1e-12)
+    assert case["prediction"] == pytest.approx(20.0 * epsilon, rel=1e-12)
+
+
+def test_three_parameter_shared_init_aligns_through_the_shared_parameter_alone(report):
+    """From θ0 = (1, 1, 2), ΔT = (1, 1, 0): ΔS = (0, 20ε, 10ε), ΔS·ΔT = 20ε = the first-order value at
+    every ε. Only θ2 is moved by both steps, and the student's θ1 (which the teacher moved) is irrelevant."""
+    check = report["checks"]["three_parameter"]
+    assert check["passed"], _describe(check)
+    for epsilon in (1e-4, 0.01, 1.0):
+        case = checks.three_parameter_case(epsilon)
+        assert case["teacher_step"] == pytest.approx([1.0, 1.0, 0.0], abs=0)
+        assert case["student_direction"] == pytest.approx([0.0, 20 * epsilon, 10 * epsilon], rel=1e-12)
+        assert case["dot"] == pytest.approx(20 * epsilon, rel=1e-12) and case["dot"] > 0
+        assert case["dot"] == pytest.approx(case["prediction"], rel=1e-12)
+        assert case["cosine"] == pytest.approx(2 / math.sqrt(10), rel=1e-12)
+        assert checks.three_parameter_case(epsilon, student_start=(5.0, 1.0, 2.0))["dot"] == case["dot"]
+
+
+def test_three_parameter_partial_sharing_breaks_the_sign():
+    """Sharing θ2 but not θ3 (θ3' = 3): -15(1 - 2ε); sharing θ3 but not θ2 (θ2' = 2): -20(1 - ε). The
+    residual of output 2 is O(1), so the dot stays O(1) as ε -> 0: the init mismatch drives the step."""
+    for epsilon in (1e-6, 0.01, 0.1):
+        theta2_only = checks.three_parameter_case(epsilon, student_start=(1.0, 1.0, 3.0))
+        theta3_only = checks.three_parameter_case(epsilon, student_start=(1.0, 2.0, 2.0))
+        assert theta2_only["dot"] == pytest.approx(-15 * (1 - 2 * epsilon), rel=1e-12) and theta2_only["dot"] < 0
+        assert theta3_only["dot"] == pytest.approx(-20 * (1 - epsilon), rel=1e-12) and theta3_only["dot"] < 0
+        assert theta2_only["cosine"] < 0 and theta3_only["cosine"] < 0
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(
+    theta0=st.tuples(*[st.floats(-3.0, 3.0)] * 3),
+    target=st.floats(-5.0, 5.0),
+    log10_epsilon=st.floats(-4.0, -2.0),
+    student_theta1=st.floats(-3.0, 3.0),
+)
+def test_three_parameter_shared_init_is_nonnegative_over_random_inits_and_steps(
+    theta0, target, log10_epsilon, student_theta1
+):
+    """Any θ0, any teacher target Y (so any step k (θ02, θ01, 0) a loss of output 1 can take), small ε, any
+    student θ1: ΔS·ΔT = 2mε θ03² d2² >= 0, equal to the first-order value and to the closed form."""
+    epsilon = 10.0**log10_epsilon
+    case = checks.three_parameter_case(epsilon, (student_theta1, theta0[1], theta0[2]), theta0, target)
+    scale = math.hypot(*case["student_direction"]) * math.hypot(*case["teacher_step"])
+    assert case["dot"] >= -checks.SIGN_TOLERANCE * scale, case
+    assert case["dot"] == pytest.approx(case["prediction"], rel=1e-9, abs=1e-12 * max(1.0, scale))
+    assert case["dot"] == pytest.approx(case["closed_form"], rel=1e-9, abs=1e-12 * max(1.0, scale))
 
 
 def test_adam_can_turn_an_aligned_gradient_against_the_trait(report):
