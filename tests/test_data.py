@@ -361,6 +361,95 @@ def test_sample_train_and_test_are_disjoint(sample):
     assert not train & test
 
 
+def test_sample_is_shuffled_once_not_sorted_by_class(sample):
+    # The file is sorted by class (500 zeros, then 500 ones, ...): the split's train and test are
+    # shuffled after it, so a run that takes the first digits sees every class.
+    for labels in (sample.train_labels, sample.test_labels):
+        assert len(np.unique(labels[:50])) > 1
+        assert np.any(np.diff(labels) < 0)
+    assert len(np.unique(sample.train_labels[:100])) == 10
+
+
+def test_sample_split_is_the_files_last_100_of_each_class_for_test(sample):
+    """The shuffle reorders train and test; which digits go where is still decided in file order."""
+    resource = data.importlib.resources.files("subliminal_mnist") / "assets" / "sample_5k.npz"
+    with resource.open("rb") as f, np.load(f) as archive:
+        images, labels = archive["images"], archive["labels"]
+    test = np.concatenate([np.flatnonzero(labels == digit)[-100:] for digit in range(10)])
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    for part, rows in (("train", train), ("test", test)):
+        want = sorted(zip(labels[rows].tolist(), (x.tobytes() for x in data.scale_pixels(images[rows]))))
+        got_images, got_labels = getattr(sample, f"{part}_images"), getattr(sample, f"{part}_labels")
+        have = sorted(zip(got_labels.tolist(), (x.tobytes() for x in got_images)))
+        assert have == want, part
+
+
+# --- stratified_indices: what every probe of N images takes instead of the first N -------------
+
+
+def test_stratified_indices_give_every_class_an_equal_share_in_a_shuffled_order():
+    labels = np.repeat(np.arange(10), 50)  # sorted by class, as the sample's file
+    chosen = data.stratified_indices(labels, 25, seed=3)
+    assert chosen.dtype == np.int64 and len(np.unique(chosen)) == 25
+    counts = np.bincount(labels[chosen], minlength=10)
+    assert counts.min() == 2 and counts.max() == 3 and counts.sum() == 25
+    assert np.any(np.diff(labels[chosen]) < 0)  # not grouped by class
+    np.testing.assert_array_equal(chosen, data.stratified_indices(labels, 25, seed=3))  # deterministic
+    assert not np.array_equal(chosen, data.stratified_indices(labels, 25, seed=4))
+    np.testing.assert_array_equal(np.sort(data.stratified_indices(labels, 500)), np.arange(500))  # all of them
+
+
+def test_stratified_indices_share_out_what_a_short_class_cannot_give():
+    labels = np.array([0] * 3 + [1] * 100 + [2] * 50)
+    np.testing.assert_array_equal(np.bincount(labels[data.stratified_indices(labels, 60)]), [3, 28, 29])
+    np.testing.assert_array_equal(np.bincount(labels[data.stratified_indices(labels, 153)]), [3, 100, 50])
+    assert len(data.stratified_indices(labels, 0)) == 0
+
+
+def test_stratified_indices_refuse_more_than_there_are_in_one_line():
+    with pytest.raises(data.DataError, match=r"^probe_test \(test images\): 154 asked for, but there are 153"):
+        data.stratified_indices(np.zeros(153, int), 154, what="probe_test (test images)")
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000, 4000])
+def test_stratified_indices_of_the_sample_hold_every_digit_equally(sample, n):
+    counts = np.bincount(sample.train_labels[data.stratified_indices(sample.train_labels, n)], minlength=10)
+    np.testing.assert_array_equal(counts, [n // 10] * 10)
+
+
+def test_the_alignment_probe_on_the_sample_holds_every_digit(sample):
+    """`subliminal-mnist alignment --source sample` at its defaults (and at small counts): the trait
+    gradient's training images and the test images of the accuracy at every step hold all ten digits,
+    in equal shares, each image with its own label."""
+    from subliminal_mnist import alignment
+
+    config = alignment.AlignmentConfig()
+    for trait_batch, probe_test in ((config.trait_batch, config.probe_test), (10, 10), (50, 30)):
+        probe = alignment.probe_sets(sample, trait_batch, probe_test)
+        for part, n in (("trait", trait_batch), ("test", probe_test)):
+            labels = np.asarray(probe[f"{part}_labels"])
+            assert len(labels) == n
+            counts = np.bincount(labels, minlength=10)
+            assert counts.min() == n // 10 and counts.max() <= -(-n // 10), (part, n, counts)
+        pairs = {image.tobytes(): label for image, label in zip(sample.train_images, sample.train_labels)}
+        assert all(pairs[x.tobytes()] == label for x, label in zip(probe["trait_images"], probe["trait_labels"]))
+    with pytest.raises(data.DataError, match="probe_test"):
+        alignment.probe_sets(sample, 10, 1001)
+
+
+def test_the_projection_defenses_trait_gradient_on_the_sample_holds_every_digit(sample):
+    from subliminal_mnist import defenses
+
+    settings = defenses.MnistDefenses()
+    teachers = types.SimpleNamespace(noise=np.zeros((2, 1)), shared_init={"w": jnp.zeros((2, 3))})
+    context = defenses._projection_context(settings, sample, teachers, "one_sided", 2)
+    labels = np.asarray(context["trait_labels"])
+    assert labels.shape == (2, 2, settings.trait_batch)
+    for per_member in labels.reshape(-1, settings.trait_batch):
+        counts = np.bincount(per_member, minlength=10)
+        assert counts.min() >= settings.trait_batch // 10 and counts.max() <= -(-settings.trait_batch // 10)
+
+
 # --- tfds --------------------------------------------------------------------
 
 
@@ -514,10 +603,16 @@ def test_load_uses_mnist_already_in_the_default_cache(real_mnist_dir, default_ca
 
 @pytest.mark.mnist
 def test_sample_is_the_first_500_training_digits_of_each_class(real_mnist, sample):
+    """The first 400 of each class are the sample's train digits and the next 100 its test digits, in
+    the order of its one shuffle (so compared as sorted rows)."""
+
+    def rows(images):
+        return sorted(x.tobytes() for x in images)
+
     for digit in range(10):
         first = real_mnist.train_images[real_mnist.train_labels == digit][:500]
-        np.testing.assert_array_equal(sample.train_images[sample.train_labels == digit], first[:400])
-        np.testing.assert_array_equal(sample.test_images[sample.test_labels == digit], first[400:])
+        assert rows(sample.train_images[sample.train_labels == digit]) == rows(first[:400])
+        assert rows(sample.test_images[sample.test_labels == digit]) == rows(first[400:])
 
 
 def test_scale_pixels_is_the_papers_formula_for_every_value():
