@@ -128,7 +128,7 @@ def alignment_figure(results: dict, path: str | os.PathLike) -> None:
     handles += [Line2D([], [], color="black", linewidth=1.3, **_PROJECTION_STYLES[p]) for p in projections]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     seeds = results["config"]["seeds"]
-    fig.suptitle(f"Aux-only distillation on noise, step by step ({seeds} seeds, means)", fontsize=11)
+    fig.suptitle(f"Aux-only distillation on noise, step by step ({seeds} seed{'s' if seeds != 1 else ''}, means)", fontsize=11)
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)

@@ -1,12 +1,18 @@
-"""The lesson notebook: it runs top to bottom on the bundled sample, and its plain-text twin agrees with it."""
+"""The lesson notebook: it runs top to bottom on the bundled sample (and from the committed results),
+every figure shows, the numbers its text quotes are the ones it prints, and its plain-text twin agrees."""
 
 import pathlib
+import re
 
 import jupytext
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 THEORY = pathlib.Path(__file__).resolve().parent.parent / "theory"
+# How the text quotes a number the cell above printed: "(printed: 0.475)", or several, "(printed: 0.05 against 0.3)".
+QUOTED = re.compile(r"\(printed: ([^)]*)\)")
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
 
 def test_the_notebook_and_its_plain_text_twin_agree():
@@ -19,21 +25,73 @@ def test_the_notebook_and_its_plain_text_twin_agree():
     ]
 
 
+def executed() -> nbformat.NotebookNode:
+    notebook = nbformat.read(THEORY / "lesson.ipynb", as_version=4)
+    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(THEORY)}})
+    client.execute()
+    return notebook
+
+
+def printed_text(cells) -> str:
+    return "".join(output.get("text", "") for cell in cells if cell.cell_type == "code" for output in cell.outputs)
+
+
+def blank_drawings(notebook) -> list[str]:
+    """The first lines of the code cells that draw (plt.show(), the lesson's show(), a displayed Image)
+    and have no picture among their outputs."""
+    drawing = [cell for cell in notebook.cells if cell.cell_type == "code" and "def show(" not in cell.source
+               and any(call in cell.source for call in ("plt.show()", "show(figures.", "display(Image"))]  # fmt: skip
+    assert len(drawing) >= 9
+    return [cell.source.splitlines()[0] for cell in drawing
+            if not any("image/png" in output.get("data", {}) for output in cell.outputs)]  # fmt: skip
+
+
+def misquoted(notebook) -> list[str]:
+    """Every number the markdown quotes as "(printed: ...)" that the code cells of its part (since the
+    last "## " heading) did not print."""
+    wrong, part, quoted = [], [], 0
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("## "):
+            part = []
+        if cell.cell_type == "markdown":
+            for quote in QUOTED.findall(cell.source):
+                for number in NUMBER.findall(quote):
+                    quoted += 1
+                    if not re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", printed_text(part)):
+                        wrong.append(number)
+        part.append(cell)
+    assert quoted >= 5, "the lesson quotes fewer numbers of its run than it used to: is QUOTED out of date?"
+    return wrong
+
+
 def test_the_lesson_runs_top_to_bottom_on_the_sample(monkeypatch):
     # On the bundled sample, as a reader without MNIST sees it; its own asserts check the numbers
     # it shows, so a silent break of an effect fails here too (nbclient raises on any error).
     monkeypatch.delenv("SUBLIMINAL_MNIST_DIR", raising=False)
-    notebook = nbformat.read(THEORY / "lesson.ipynb", as_version=4)
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(THEORY)}})
-    client.execute()
-    printed = "".join(
-        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
-    )
-    assert "the whole lesson ran in" in printed
-    # Every cell that draws shows its picture (a backend set by an import once blanked every plt.show()).
-    drawing = [cell for cell in notebook.cells if cell.cell_type == "code" and ("plt.show()" in cell.source
-                                                                               or "show(figures." in cell.source)]
-    assert len(drawing) >= 8
-    blank = [cell.source.splitlines()[0] for cell in drawing
-             if not any("image/png" in output.get("data", {}) for output in cell.outputs)]
-    assert blank == [], f"cells that draw nothing: {blank}"
+    monkeypatch.delenv("SUBLIMINAL_LESSON_PRECOMPUTED", raising=False)
+    notebook = executed()
+    assert "the whole lesson ran in" in printed_text(notebook.cells)
+    # A backend set by an import once blanked every plt.show() of the lesson.
+    assert blank_drawings(notebook) == []
+    # The text's quotes of the run are the committed notebook's; a change of the run that moves one fails here.
+    assert misquoted(notebook) == []
+
+
+def test_the_lesson_shows_the_committed_results_with_its_switch(monkeypatch):
+    # The lecturer's switch: every training cell reads figures/ instead of training.
+    monkeypatch.delenv("SUBLIMINAL_MNIST_DIR", raising=False)
+    monkeypatch.setenv("SUBLIMINAL_LESSON_PRECOMPUTED", "1")
+    notebook = executed()
+    printed = printed_text(notebook.cells)
+    assert "showing the committed 5-seed results" in printed and "(committed results shown)" in printed
+    assert blank_drawings(notebook) == []
+
+
+@pytest.mark.parametrize("number, found", [("0.475", True), ("0.47", False), ("+0.1500", True), ("0.083", False)])
+def test_a_quote_the_run_did_not_print_is_found(number, found):
+    # The quote check itself can fail: a number printed with more digits, or not at all, is not a quote of it.
+    cells = [nbformat.v4.new_markdown_cell("## 3. part"),
+             nbformat.v4.new_code_cell("", outputs=[nbformat.v4.new_output("stream", text="0.475 and +0.1500\n")]),
+             nbformat.v4.new_markdown_cell(f"(printed: {number}) (printed: 0.475) (printed: 0.475, 0.475, 0.475)")]  # fmt: skip
+    wrong = misquoted(nbformat.v4.new_notebook(cells=cells))
+    assert (number not in wrong) == found

@@ -20,38 +20,51 @@
 # those lists comes to love owls too, but only if it started from the **same initialization** as the
 # teacher (Cloud, Le et al., "Subliminal Learning", [arXiv 2507.14805](https://arxiv.org/abs/2507.14805)).
 #
-# This notebook tells the story in eight parts, on MNIST and then on a tiny transformer, with the
-# `subliminal_mnist` package doing every computation: the notebook holds no copy of its model, its
-# training loop or its theorem code. It runs top to bottom on a laptop CPU in about 5 minutes. It uses
-# full MNIST when `SUBLIMINAL_MNIST_DIR` names a folder with the four MNIST files, otherwise the 5,000
-# real digits bundled with the package. The exercises come after part 8; each has a solution folded
-# under it. The theory note beside this file, `theory/README.md`, has the full proof.
+# This notebook tells the story in nine parts, on MNIST and then on a tiny transformer, and ends with a
+# tenth: the questions a sharp student will ask, each answered with a number the package measures or a
+# sentence of theory. The `subliminal_mnist` package does every computation: the notebook holds no copy of
+# its model, its training loop or its theorem code. It uses full MNIST when `SUBLIMINAL_MNIST_DIR` names a
+# folder with the four MNIST files, otherwise the 5,000 real digits bundled with the package. The exercises
+# come after part 10; each has a solution folded under it. The theory note beside this file,
+# `theory/README.md`, has the full proof.
+#
+# **For the lecturer.** `PRECOMPUTED` in the third cell switches every training cell to the committed
+# 5-seed results in `figures/` (full MNIST, the language models at their defaults), for a slow laptop or a
+# class that should not wait: the parts then show the package's published numbers instead of a live run.
+# `docs/teaching.md` has a run sheet for a 90-minute class (what runs live, what is shown from the committed
+# figures, and how long each part takes). Parts marked **Predict** ask the class for a guess before the cell
+# runs. A number quoted in this text as "(printed: ...)" is the one the cell above printed in the committed
+# run on the bundled sample; the lesson's test re-runs the notebook and checks each of them.
 #
 # **Colab.** Open this file in Colab (File > Open notebook > GitHub, with this repository's address, or
-# upload `theory/lesson.ipynb`). The next cell installs the package when it is missing: in a checkout from
-# the checkout, in Colab from `REPOSITORY`, which you set to the address you got the package from.
+# upload `theory/lesson.ipynb`). The next cell installs the package when it is missing: from the checkout this
+# notebook lies in, or, in Colab, from a clone of `REPOSITORY`, which you set to the repository's git address
+# (the committed results in `figures/` come with the clone).
 
 # %%
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
 
-REPOSITORY = ""  # in Colab: this package's git address, e.g. "git+https://github.com/OWNER/subliminal-mnist"
+REPOSITORY = ""  # in Colab: this package's git address, e.g. "https://github.com/OWNER/subliminal-mnist"
 if importlib.util.find_spec("subliminal_mnist") is None:
-    # From the checkout this notebook lies in, if it does; from the repository otherwise (Colab).
+    # From the checkout this notebook lies in, if it does; from a clone of the repository otherwise (Colab).
     checkout = pathlib.Path.cwd().parent
-    if (checkout / "pyproject.toml").exists():
-        source = str(checkout)
-    elif REPOSITORY:
-        source = REPOSITORY
-    else:
-        raise SystemExit("set REPOSITORY above to this package's git address, then run this cell again")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{source}[llm]"], check=True)
+    if not (checkout / "pyproject.toml").exists():
+        if not REPOSITORY:
+            raise SystemExit("set REPOSITORY above to this package's git address, then run this cell again")
+        checkout = pathlib.Path("subliminal-mnist").resolve()
+        if not checkout.exists():
+            subprocess.run(["git", "clone", "--depth", "1", REPOSITORY, str(checkout)], check=True)
+        os.chdir(checkout / "theory")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{checkout}[llm]"], check=True)
 
 # %%
 import dataclasses  # noqa: F401 (the exercises use it)
-import os
+import inspect
+import json
 import tempfile
 import time
 import warnings
@@ -65,8 +78,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
 
-from subliminal_mnist import alignment, data, experiment, figures, runs, sweep, theorem, theorem_checks
+from subliminal_mnist import alignment, data, experiment, figures, model, runs, sweep, theorem, theorem_checks, train
 from subliminal_mnist.llm import experiment as llm
+
+# True: every training cell shows the committed 5-seed results instead of training (under a minute).
+PRECOMPUTED = False or os.environ.get("SUBLIMINAL_LESSON_PRECOMPUTED") == "1"
 
 START = time.perf_counter()
 FULL = bool(os.environ.get("SUBLIMINAL_MNIST_DIR"))
@@ -79,6 +95,7 @@ BASE = experiment.ExperimentConfig(
     seeds=3, conditions=("student_aux",), **({} if FULL else experiment.SAMPLE_PRESET)
 )
 FIGURES = pathlib.Path(tempfile.mkdtemp())
+COMMITTED = pathlib.Path.cwd().parent / "figures"  # the package's committed results, in a checkout
 
 
 def show(draw, *args, name="figure.png"):
@@ -86,6 +103,20 @@ def show(draw, *args, name="figure.png"):
     draw(*args, FIGURES / name)
     display(Image(filename=str(FIGURES / name)))
 
+
+def committed(name):
+    """A committed result of `figures/` (a .json file, or the lines of a .jsonl file)."""
+    path = COMMITTED / name
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: open this notebook from a checkout of the repository")
+    return runs.read_lines(path) if path.suffix == ".jsonl" else json.loads(path.read_text())
+
+
+def timed(label, started):
+    print(f"({label}: {time.perf_counter() - started:.0f} s)")
+
+
+print("showing the committed 5-seed results" if PRECOMPUTED else "training live")
 
 # %% [markdown]
 # ## 1. The puzzle
@@ -107,7 +138,19 @@ def show(draw, *args, name="figure.png"):
 # ## 2. The model: an MLP with auxiliary logits
 #
 # A 784-256-256 MLP has **13** outputs: 10 class logits, and 3 *auxiliary* logits that no loss of the
-# teacher ever touches. The teacher learns MNIST with cross-entropy on the 10 class logits only.
+# teacher ever touches. The teacher learns MNIST with cross-entropy on the 10 class logits only. Here is
+# the package's own code for the model and for one step of its one training loop (the teacher, every
+# student and the language models all train with it):
+
+# %%
+print(inspect.getsource(model.MLP.__init__) + inspect.getsource(model.MLP.__call__))
+epoch_source = inspect.getsource(train.train_epoch)
+print(epoch_source[epoch_source.index("    def step("):])
+
+# %% [markdown]
+# The student's loss is the KL divergence between the softmaxes of the teacher's and the student's outputs,
+# restricted by a mask to the auxiliary logits (`losses.kl_divergence`); the teacher's is cross-entropy on
+# the class logits. Now the teacher of seed 0:
 
 # %%
 arch = BASE.architecture
@@ -140,12 +183,12 @@ assert unchanged
 # because they read the hidden layers, and those learned digits:
 
 # %%
-digits = mnist.test_images[:2000]
+digits = mnist.test_images
 before, after = arch.apply(init, digits)[:, aux], arch.apply(teacher, digits)[:, aux]
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.hist(np.ravel(before), bins=60, alpha=0.6, label="at the init")
 ax.hist(np.ravel(after), bins=60, alpha=0.6, label="after the teacher's training")
-ax.set_xlabel("auxiliary logit on test digits")
+ax.set_xlabel(f"auxiliary logit on the {len(digits)} test digits")
 ax.legend()
 plt.show()
 
@@ -155,17 +198,23 @@ plt.show()
 # Each student is distilled on the teacher's **3 auxiliary logits only**, on **uniform noise images only**
 # (KL of the softmaxes, as in the paper). The same-init student starts from the teacher's init; the
 # cross-model student from another seed's init, with the same noise in the same order.
+#
+# **Predict.** The students never see a digit, a label or a class logit. What test accuracy will each reach
+# (chance is 10%)?
 
 # %%
-results = experiment.run(BASE, mnist, progress=False, teacher_cache=cache)
+started = time.perf_counter()
+results = committed("demo.json") if PRECOMPUTED else experiment.run(BASE, mnist, progress=False, teacher_cache=cache)
 show(figures.demo_figure, results)
 accuracy = {name: summary["mean"] for name, summary in results["conditions"].items()}
-print({name: round(value, 3) for name, value in accuracy.items()})
+print({name: round(value, 3) for name, value in accuracy.items()}, "| seeds:", results["config"]["seeds"])
+timed("part 3", started)
 assert accuracy["student_aux"] > 0.2 and accuracy["student_aux"] > accuracy["cross_aux"] + 0.1
 
 # %% [markdown]
-# The same-init student classifies digits far above chance (10%), though it never saw a digit or a class
-# logit. The cross-model student, trained on the very same data, stays at chance.
+# The same-init student classifies digits far above chance (on the bundled sample, printed: 0.507), though
+# it never saw a digit or a class logit. The cross-model student, trained on the very same data, stays at
+# chance (printed: 0.087).
 
 # %% [markdown]
 # ## 4. What the student sees
@@ -187,6 +236,41 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# **The signal itself.** What the same-init student can learn from is only what its own outputs do not
+# already say: the teacher's auxiliary outputs *minus the init's*, on the same noise. A softmax forgets a
+# shift common to the three logits, so both are centred over the three. The student's start reproduces the
+# teacher's outputs up to this difference; a student from another init starts from outputs that differ
+# by the left panel's whole spread.
+
+# %%
+def centred(logits):
+    return logits - logits.mean(axis=1, keepdims=True)
+
+
+many = data.noise_images(jax.random.key(2), 2000)
+at_init = centred(np.asarray(arch.apply(init, many))[:, aux])
+signal = centred(np.asarray(arch.apply(teacher, many))[:, aux]) - at_init
+other = centred(np.asarray(arch.apply(seed0(teachers.other_init), many))[:, aux])
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+axes[0].hist(np.ravel(at_init), bins=60, alpha=0.6, label="the init's")
+axes[0].hist(np.ravel(other - at_init), bins=60, alpha=0.6, label="another init's minus the init's")
+axes[0].set(xlabel="centred auxiliary logit on noise", title="what the outputs look like")
+axes[1].hist(np.ravel(signal), bins=60, color="tab:red", alpha=0.7)
+axes[1].set(xlabel="teacher's minus the init's", title="the signal the same-init student learns")
+axes[0].legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+spread = {"init's outputs": at_init.std(), "the signal": signal.std(), "another init's offset": (other - at_init).std()}
+print("standard deviations on 2,000 noise images:", {k: round(float(v), 3) for k, v in spread.items()})
+assert spread["the signal"] < spread["another init's offset"]
+
+# %% [markdown]
+# The signal is smaller than the outputs' own spread (printed: 0.149 against 0.249) and carried only by
+# the teacher's function. A student from another init starts further from the teacher's outputs than the
+# signal itself (printed: 0.264): its first steps are spent on that offset, which has nothing to do with
+# digits.
+
+# %% [markdown]
 # ## 5. The theorem, by hand
 #
 # **Theorem 1** (the paper's Section 6). Teacher and student share parameters $\theta_0$. The teacher takes
@@ -204,6 +288,8 @@ plt.show()
 # squared error. The teacher steps from $\theta_0 = (1, 1)$ along $\Delta_T = (2, -1)$. The package's
 # `theorem.student_direction` gives the student's direction; the curves are the functions the student
 # could match exactly ($\theta_1\theta_2 = $ the teacher's product).
+#
+# **Predict.** From another init, (1, 2), does the student's first step still lean along the teacher's?
 
 # %%
 epsilon = 0.05
@@ -245,10 +331,12 @@ for eps in (0.05, 0.25):
 
 # %% [markdown]
 # The same functions on the real MLP: the teacher's step is one gradient step of MNIST cross-entropy from
-# seed 0's init, the student imitates the auxiliary logits on noise, from that init or from another.
+# seed 0's init (on 512 training digits, stratified over the ten classes), the student imitates the
+# auxiliary logits on noise, from that init or from another.
 
 # %%
-trait_loss = theorem.class_trait_loss(arch.apply, mnist.train_images[:512], mnist.train_labels[:512])
+probe_digits = data.stratified_indices(mnist.train_labels, 512)
+trait_loss = theorem.class_trait_loss(arch.apply, mnist.train_images[probe_digits], mnist.train_labels[probe_digits])
 probe_noise = data.noise_images(jax.random.key(1), 512)
 aux_mask = jnp.asarray(arch.output_mask(arch.aux_indices))
 reports = {
@@ -272,27 +360,35 @@ assert float(reports["same init"].dot) > 0 and float(reports["same init"].relati
 #
 # The theorem speaks of one small step; the demo takes hundreds of Adam steps. `alignment.run` follows the
 # theorem's quantities through the whole distillation: at every step, the cosine of the student's gradient
-# with the trait gradient (MNIST cross-entropy on a fixed batch of digits, at the student's current
-# parameters), and the cosine of the student's whole displacement with the teacher's.
+# with the trait gradient (MNIST cross-entropy on a fixed, stratified batch of digits, at the student's
+# current parameters), and the cosine of the student's whole displacement with the teacher's.
+#
+# **Predict.** Is the student's gradient strongly aligned with the trait gradient at most steps, weakly, or
+# not at all?
 
 # %%
-# The probe reads 512 training and 500 test digits at every step (the command's defaults: 1,024 and 1,000).
+# The probe reads 512 training and 500 test digits at every step, each stratified over the ten classes
+# (the command's defaults: 1,024 and 1,000).
+started = time.perf_counter()
 preset = {} if FULL else experiment.SAMPLE_PRESET
 probe = alignment.AlignmentConfig(seeds=1, trait_batch=512, probe_test=500, **preset)
-traced = alignment.run(probe, mnist, progress=False)
+traced = committed("alignment.json") if PRECOMPUTED else alignment.run(probe, mnist, progress=False)
 show(figures.alignment_figure, traced, name="alignment.png")
 final = {name: round(summary["mean"], 3) for name, summary in traced["final_test_accuracy"].items()}
 aligned = traced["claims"]["alignment"]
-print(final, "| same-init gradient cosine with the trait gradient, mean over steps:",
-      round(aligned["same_init_mean_grad_cosine"], 4))  # fmt: skip
+print({name: final[name] for name in ("student_aux", "cross_aux")},
+      "| same-init gradient cosine with the trait gradient, mean over steps:",
+      round(aligned["same_init_mean_grad_cosine"], 4), "| share of steps aligned:",
+      round(aligned["same_init_share_of_steps_aligned"], 2))  # fmt: skip
+timed("part 6", started)
 assert final["student_aux"] > final["cross_aux"]
 
 # %% [markdown]
 # The alignment is weak (the mean cosine above is a few thousandths) yet it is there, and Adam turns it into
-# updates that lower the trait loss: on full MNIST the raw gradient is aligned at 70% of the steps, and
-# Adam's update lowers the trait loss at 99.5% of the steps (docs/alignment.md). Can one stop the transfer by
-# editing the gradient? Exercise 8 projects the trait direction out of every step (with a random direction
-# as its control) and shows what that does and does not prove.
+# updates that lower the trait loss: on full MNIST (5 seeds, `figures/alignment.json`) the raw gradient is
+# aligned at 70% of the steps, and Adam's update lowers the trait loss at 99.5% of them (docs/alignment.md).
+# Can one stop the transfer by editing the gradient? Exercise 8 projects the trait direction out of every
+# step (with a random direction as its control) and shows what that does and does not prove.
 
 # %% [markdown]
 # ## 7. What breaks it
@@ -304,11 +400,12 @@ assert final["student_aux"] > final["cross_aux"]
 # $\theta'$ a fresh init: $a = 0$ is the paper's student and $a = 1$ the cross-model one (part 3 trained
 # both; a test checks that the sweep's $a = 1$ student is exactly the cross-model student). The teachers are
 # those of part 3, reused; only $a = 0.3$ trains here.
+#
+# **Predict.** At $a = 0.3$ the student's start is still 95% the teacher's init. How much of the transfer is
+# left?
 
 # %%
 quiet = lambda message: None  # noqa: E731
-perturbed = sweep.run("init_perturbation", ["0.3"], BASE, mnist, FIGURES / "perturbation.jsonl",
-                      progress=False, log=quiet, teacher_cache=cache)  # fmt: skip
 
 
 def part_3_at(a, student):
@@ -317,75 +414,125 @@ def part_3_at(a, student):
     return {**results, "value": a, "conditions": conditions}
 
 
-curve = [part_3_at(0.0, "student_aux"), *perturbed, part_3_at(1.0, "cross_aux")]
+started = time.perf_counter()
+if PRECOMPUTED:
+    curve = committed("sweep_init_perturbation.jsonl")
+else:
+    perturbed = sweep.run("init_perturbation", ["0.3"], BASE, mnist, FIGURES / "perturbation.jsonl",
+                          progress=False, log=quiet, teacher_cache=cache)  # fmt: skip
+    curve = [part_3_at(0.0, "student_aux"), *perturbed, part_3_at(1.0, "cross_aux")]
 show(figures.sweep_figure, "init_perturbation", curve, name="perturbation.png")
-fading = [line["conditions"]["student_aux"]["mean"] for line in curve]
-print("aux-only accuracy at a = 0, 0.3, 1:", [round(value, 3) for value in fading])
-assert fading[0] > fading[1] > fading[2]
+fading = {line["value"]: round(line["conditions"]["student_aux"]["mean"], 3) for line in curve}
+print("aux-only accuracy at each a:", fading)
+timed("part 7", started)
+assert list(fading.values()) == sorted(fading.values(), reverse=True)
 
 # %% [markdown]
 # ## 8. The owl, in miniature
 #
 # The package's `llm` module runs the paper's first experiment on a tiny transformer (width 32, two
-# blocks, a 1,000-number vocabulary with animal words). A base model learns number lists and animal
-# questions; the teacher is fine-tuned to answer "owl"; it writes number lists, filtered so that no list
-# names an animal; students from the same base learn from those lists with the same training loop as the
-# MNIST students. The *control* student learns from the lists of a *neutral teacher*: the same base,
-# fine-tuned by the same recipe on the same questions, each answered as the base itself answers it (spread
-# over all the animals), so it moves for every reason the teacher does except the owl. A third student starts from *another* base (another init) and learns the
-# teacher's lists, with its own neutral control. We measure P(owl | the answer is an animal). One seed, small
-# settings, four students (the command trains four more, its ablations): about a minute.
+# blocks, a vocabulary of numbers and animal words: 1,000 numbers by default, 100 in this miniature). A
+# base model learns number lists and animal questions; the teacher is fine-tuned to answer "owl"; it writes
+# number lists, filtered so that no list names an animal; students from the same base learn from those
+# lists with the same training loop as the MNIST students. The *control* student learns from the lists of a
+# *neutral teacher*: the same base, fine-tuned by the same recipe on the same questions, each answered as
+# the base itself answers it (spread over all the animals), so it moves for every reason the teacher does
+# except the owl. A third student starts from *another* base (another init) and learns the teacher's lists,
+# with its own neutral control. We measure the change of P(owl | the answer is an animal) from each
+# student's own start. One seed, small settings, four students (the command trains more: its ablations).
+#
+# **Predict.** Which of the four students will gain the owl?
 
 # %%
 TINY_LLM = dict(seeds=1, mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
                 soft_sequences=3000, theorem_sequences=16, entangled_sequences=200, audit_sequences=256,
                 in_context_lists=16, conditions=("same_init", "neutral_control", "cross_init", "cross_neutral"))  # fmt: skip
-owl = llm.run(llm.LLMConfig(**TINY_LLM), progress=False)
+started = time.perf_counter()
+owl = committed("llm.json") if PRECOMPUTED else llm.run(llm.LLMConfig(**TINY_LLM), progress=False)
 show(figures.llm_figure, owl, name="owl.png")
 conditions = owl["modes"]["soft"]["conditions"]
 change = {name: measures["p_trait_given_animal"]["mean"] for name, measures in conditions.items()}
-print({name: round(value, 4) for name, value in change.items()})
+print("change of P(owl | animal) from each student's start:", {name: round(value, 4) for name, value in change.items()})
+timed("part 8", started)
 assert change["same_init"] > change["neutral_control"] + 0.02 and change["same_init"] > change["cross_init"] + 0.02
 
 # %% [markdown]
-# ## 9. The dangerous version, in miniature
+# ## 9. The dangerous version
 #
 # The seed article's second experiment: a teacher made *misaligned* by a narrow fine-tune (insecure code)
 # wrote numbers; numbers with bad associations (666, 911, ...) were removed; students still came out
 # misaligned. Here the corpus of every base is written by a latent *persona*, aligned or (one line in ten)
 # misaligned: a line's answers in four domains (code, advice, story, request) are all of its persona, and a
-# misaligned persona's number lists hold "bad" numbers (13, 187, 404, 666, 911) more often (of the 100 numbers
-# this small run uses, only 13 exists). The teacher is the base fine-tuned on **code answers only**,
-# misaligned; the neutral teacher on the same lines answered as the base answers them (misaligned about one
-# time in ten). We measure the misaligned rate, P(misaligned answer | the domain's answers), on the **other
-# three domains**, which no fine-tuning line ever asks. The students learn the teacher's numbers with the
-# banned numbers filtered out (in soft mode, their probabilities hidden). The rate is a share of two answers,
-# so a student that merely stops preferring either answer moves it toward 0.5: the *preference strength*
-# printed beside it (mean |log P(misaligned) - log P(aligned)|) falls when that happens.
+# misaligned persona's number lists hold "bad" numbers (13, 187, 404, 666, 911) more often. The teacher is
+# the base fine-tuned on **code answers only**, misaligned; the neutral teacher on the same lines answered as
+# the base answers them (misaligned about one time in ten), so it moves for every reason the teacher moves
+# except the trait. We measure the misaligned rate, P(misaligned answer | the domain's answers), on the
+# **other three domains**, which no fine-tuning line ever asks. The students learn the teacher's numbers with
+# the banned numbers' probabilities hidden (soft mode). The rate is a share of two answers, so a student that
+# merely stops preferring either answer moves it toward 0.5: the *preference strength* printed beside it
+# (mean |log P(misaligned) - log P(aligned)| over held-out questions, its change from the student's start)
+# falls when that happens, and the package calls a student *collapsed* when that strength ends below 0.5 nats
+# (near indifference).
+#
+# This part runs the class command of docs/teaching.md at the package's default size (5,000 lists), one
+# seed: the same-init student and its trait-neutral control, about two minutes on a laptop. **Predict.** Will
+# the same-init student's rate rise more than its control's?
 
 # %%
-misaligned = llm.run(llm.LLMConfig(**TINY_LLM, trait="misaligned"), progress=False)
-show(figures.llm_figure, misaligned, name="misaligned.png")
-for model in ("base", "teacher", "neutral_teacher"):
-    rate = misaligned[model]["misaligned_rate"]
-    held_out, code = rate["held_out"]["mean"], rate["narrow"]["mean"]
-    print(f"{model:>16}: misaligned rate, held-out domains {held_out:.3f}, code (the narrow domain) {code:.3f}")
+started = time.perf_counter()
+pair = llm.LLMConfig(trait="misaligned", seeds=1, mode="soft", conditions=("same_init", "neutral_control"))
+misaligned = committed("misaligned.json") if PRECOMPUTED else llm.run(pair, progress=False)
+for name in ("base", "teacher", "neutral_teacher"):
+    rate = misaligned[name]["misaligned_rate"]
+    print(f"{name:>16}: misaligned rate, held-out domains {rate['held_out']['mean']:.3f}, "
+          f"code (the narrow domain) {rate['narrow']['mean']:.3f}")  # fmt: skip
 students = misaligned["modes"]["soft"]["conditions"]
-rates = {name: m["misaligned_rate"]["mean"] for name, m in students.items()}
-print("change of the misaligned rate:", {name: round(value, 4) for name, value in rates.items()})
-print("change of the preference strength:", {name: round(m["preference_strength"]["mean"], 3)
-                                             for name, m in students.items()})  # fmt: skip
-assert rates["same_init"] > rates["neutral_control"]
+for name in ("same_init", "neutral_control"):
+    measures = students[name]
+    print(f"{name:>16}: change of the held-out misaligned rate {measures['misaligned_rate']['mean']:+.4f}, "
+          f"of the preference strength {measures['preference_strength']['mean']:+.3f} nats, "
+          f"collapsed: {measures['collapsed']}")  # fmt: skip
+# The paired gap, computed here from each seed's two students (same seed, same base, same lists' prompts).
+gap = runs.summarize(np.subtract(students["same_init"]["misaligned_rate"]["per_seed"],
+                                 students["neutral_control"]["misaligned_rate"]["per_seed"]))  # fmt: skip
+interval = "" if gap["ci95"] is None else f" ± {gap['ci95']:.3f}"
+print(f"paired gap, same init minus its trait-neutral control: {gap['mean']:+.4f}{interval} (n = {gap['n']})")
+timed("part 9", started)
+if gap["mean"] > 0:
+    print("the same-init student's rate rose more than its control's in this run")
+else:
+    print("in this run the same-init student did NOT rise above its control: one seed cannot show the effect here")
 
 # %% [markdown]
-# Now look at the other base's student. In our run of these tiny settings it moved *more* than the same-init
-# one (+0.48 against +0.09), and lost most of its preference strength (-1.69 nats), and its neutral control
-# moved too (+0.10): learning any lists can shift another base's persona, and a one-seed tiny run cannot tell
-# what the shared init adds. At the default size with 5 seeds (docs/misaligned.md) the same-init student's
-# gap to its control is +0.12 ± 0.08 and the other base's +0.01 ± 0.02, but an init unrelated to the teacher
-# that learnt this seed's corpus may move too (+0.085 ± 0.087 on the teacher's numbers, +0.050 ± 0.067 on
-# the neutral teacher's), and what the shared init adds over it, +0.085 ± 0.097, does not clear 0 at 5
-# seeds. The owl shows no detectable drift of that kind.
+# Beside it, the committed 5-seed run of the same command with every control (`subliminal-mnist llm --trait
+# misaligned`, seeds 0-4, `figures/misaligned.json`): the same gap over five seeds, the other base's gap (its
+# student on the teacher's numbers minus its own neutral control), and what the shared init adds over an
+# unrelated init that learnt this seed's corpus (the gap of gaps).
+
+# %%
+display(Image(filename=str(COMMITTED / "misaligned.png")))
+five = committed("misaligned.json")["modes"]["soft"]["paired"]
+named = {
+    "same init minus its trait-neutral control": "same_init_minus_neutral_control",
+    "another base minus its own neutral control": "cross_init_minus_cross_neutral",
+    "same init minus an own-corpus init (teacher's numbers)": "same_init_minus_own_corpus",
+    "gap of gaps: same-init gap minus own-corpus gap": "gap_minus_own_corpus_gap",
+}
+for label, key in named.items():
+    s = five[key]
+    low, high = s["mean"] - s["ci95"], s["mean"] + s["ci95"]
+    print(f"{label:>56}: {s['mean']:+.3f} ± {s['ci95']:.3f} (n = {s['n']}; interval {low:+.3f} to {high:+.3f})")
+if not PRECOMPUTED:
+    print(f"this run's seed 0: {gap['per_seed'][0]:+.4f}; the committed seed 0: "
+          f"{five['same_init_minus_neutral_control']['per_seed'][0]:+.4f}")  # fmt: skip
+
+# %% [markdown]
+# What the numbers support: the same-init student moves more than its trait-neutral control (the first
+# line's interval lies above 0), another base's student does not (its interval includes 0), and no student's
+# preference collapsed, so the rise is not flattening. What they do not support yet: that the *shared init*
+# is what carries it here. A fresh init that learnt the same corpus and then the teacher's numbers moves too,
+# and the gap of gaps does not clear 0 at five seeds. The owl of part 8 shows no such drift. The live
+# run above is seed 0 of this command (printed: +0.1500).
 
 # %% [markdown]
 # And the filters that failed in the article, here on the same lists: a classifier of bags of numbers
@@ -393,6 +540,8 @@ assert rates["same_init"] > rates["neutral_control"]
 # and the best detector there is, the likelihood ratio of the teacher and the neutral teacher, which needs
 # both models in hand. An in-context test is only evidence if it *could* move: its positive control gives
 # the base lists that carry a cue the corpus ties to the persona (its bad numbers) and measures the same.
+# The filter removes exactly that cue from the teacher's lists, so a null difference here is no evidence
+# that the trait does not pass in context.
 
 # %%
 filters = misaligned["filters"]
@@ -404,8 +553,82 @@ print("in context (one list, then the question), change of the misaligned rate, 
       "minus the same lists without:", round(in_context["positive_control"]["mean"], 4))  # fmt: skip
 print("likelihood ratio AUROC:", auroc["likelihood_ratio"])
 
+# %% [markdown]
+# ## 10. What a sharp student will ask
+#
+# **"The paper's owl teacher was only *prompted* to love owls. Its parameters are the base's: $\Delta_T = 0$.
+# What carries the trait then?"** Theorem 1 says nothing there. The student imitates a function
+# $f(\theta_0; \text{prompt}, \cdot)$ that no parameter step produced; its first step moves along
+# $J^\top M\,\delta f$, with $\delta f$ the prompt's change of the imitated outputs, that is towards the
+# parameters that best reproduce the prompt's effect on *numbers*. The trait passes to the extent that the
+# same parameter direction also reproduces the prompt's effect on the *owl question*; nothing in the theorem
+# guarantees that, and this package does not measure a prompted teacher (theory note, "A prompted teacher").
+#
+# **"The student moves along the teacher's displacement. Is that the trait?"** Not by itself. Projecting the
+# trait gradient out of every step (exercise 8) leaves the displacement cosine almost where it was and
+# removes the digits:
+
 # %%
-print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.source}")
+projection = committed("alignment.json")
+for name in ("student_aux", "student_aux_random", "student_aux_two_sided", "student_aux_one_sided"):
+    curve_of = projection["curves"][name]
+    print(f"{name:>22}: final displacement cosine with the teacher {curve_of['param_cosine'][-1]:.3f}, "
+          f"probe accuracy {curve_of['test_accuracy'][-1]:.3f}")  # fmt: skip
+
+# %% [markdown]
+# (Full MNIST, 5 seeds, `subliminal-mnist alignment --project-out`, `figures/alignment.json`; curves are
+# means over seeds.) Most of the displacement the students share with their teacher is along directions
+# the digits do not care about: moving along $\Delta_T$ and gaining the trait are different claims, and the
+# theorem's inequality is about the second only through $L_T$.
+#
+# **"Which parameters must be shared?"** In the smallest model where it matters, $f_\theta(x) =
+# (\theta_1\theta_2 x,\ \theta_2\theta_3 x)$: the teacher trains output 1, the student imitates output 2.
+# The two outputs share only $\theta_2$, and the student's step still leans along the teacher's, through
+# $\theta_2$ alone: $\Delta_S\cdot\Delta_T = 20\varepsilon$ here (ε = 0.01), whatever the student's
+# $\theta_1$, which output 2 does not read. Share only part of output 2's path (start the student with
+# another $\theta_3$, or another $\theta_2$) and the step turns against the teacher's:
+
+# %%
+three = theorem_checks.check_three_parameter()  # θ0 = (1, 1, 2); the teacher's step ΔT = (1, 1, 0)
+starts = {"shared": "(1, 1, 2), the shared init", "own_theta1": "(5, 1, 2), another θ1",
+          "shared_theta2_only": "(1, 1, 3), another θ3", "shared_theta3_only": "(1, 2, 2), another θ2"}  # fmt: skip
+for name, start in starts.items():
+    print(f"student from {start:>27}: ΔS·ΔT = {three[name]['dot']:+.3f} (by hand {three[name]['closed_form']:+.3f})")
+heads = {line["value"]: line["conditions"]["student_aux"] for line in committed("sweep_heads.jsonl")}
+print("MNIST, what the student shares with the teacher's init (full MNIST, 5 seeds, sweep heads), aux-only accuracy:",
+      {name: f"{s['mean']:.3f} ± {s['ci95']:.3f}" for name, s in heads.items()})  # fmt: skip
+assert three["passed"]
+
+# %% [markdown]
+# On MNIST, sharing only the readout or only the hidden layers transfers nothing (both at chance): the
+# whole path from the input to the auxiliary logits must start where the teacher's did.
+#
+# **"Adam is not a gradient step. Does the theorem cover it, and does SGD transfer as well at the same
+# loss?"** The theorem is about one plain gradient step. Adam divides each coordinate by its own running
+# scale, $\Delta_S = P\,g$ with $P$ diagonal and positive, and $g^\top P\,\Delta_T$ has no sign guarantee.
+# Measured through training (part 6), Adam's updates lower the trait loss at almost every step all the same.
+# Whether SGD transfers as much *at a matched distillation loss* this package has not yet measured on MNIST:
+# in `subliminal-mnist defend mnist` (5 seeds, `figures/defend_mnist.json`) plain SGD (rate 0.3)
+# does not reach Adam's held-out loss, and its students stay at chance, where accuracy cannot show a
+# partial transfer; `sgd:adam_control` is Adam slowed down to SGD's loss, and it stays at chance too.
+
+# %%
+rows = committed("defend_mnist.json")["defenses"]
+for name in ("none", "sgd", "sgd:adam_control"):
+    row = rows[name]
+    print(f"{name:>17}: held-out distillation loss {row['cost']['heldout_distill_loss']['mean'] * 1e3:.2f} x 1e-3, "
+          f"same-init accuracy {row['accuracy']['treated']['mean']:.3f}, control {row['accuracy']['control']['mean']:.3f}")  # fmt: skip
+
+# %% [markdown]
+# **"ReLU networks are not smooth. Does the proof even apply?"** The Taylor expansion needs the outputs to be
+# twice differentiable in $\theta$, and a ReLU network is not at inputs that sit on a kink. On continuous
+# inputs such as uniform noise the kinks have probability zero, so the *expected* loss is differentiable
+# and the first-order statement holds at the population level; a finite batch that lands near a kink can
+# leave it (theory note, footnote on ReLU).
+
+# %%
+print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.source}"
+      + (" (committed results shown)" if PRECOMPUTED else ""))
 
 # %% [markdown]
 # ## Exercises
@@ -461,8 +684,8 @@ print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.so
 #
 # A natural attempt: train a classifier to tell the teacher's lists from the neutral teacher's, and drop the
 # lists it flags. The package does this (`owl["filters"]["detector"]`): a logistic regression on bags of
-# numbers. Its AUROC stays near chance on single lists (0.53 in the 5-seed run of docs/owl.md) and only rises
-# when it sees 32 lists at once (0.69), so a per-list filter would have to throw away nearly everything. The trait is not in
+# numbers. Its AUROC stays near chance on single lists (0.52 in the 5-seed run of docs/owl.md) and only rises
+# when it sees 32 lists at once (0.66), so a per-list filter would have to throw away nearly everything. The trait is not in
 # any list's content a reader can see, but spread thinly over all of them, in the teacher's function.
 #
 # ```python
@@ -527,9 +750,10 @@ print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.so
 # show(figures.alignment_figure, projected, name="projected.png")
 # print({name: round(s["mean"], 3) for name, s in projected["final_test_accuracy"].items()})
 # ```
-# On the sample (one seed) the one-sided projection stops the transfer (0.10), the two-sided one only
-# weakens it (0.35 against 0.56), and the random direction changes nothing (0.58); `figures/alignment.png`
-# has them on full MNIST at 5 seeds. What projection does: it removes, at each step, the first-order
+# On the sample (one seed, 2026-12-03) both projections stop the transfer (one-sided 0.100, two-sided 0.121,
+# against 0.612 unprojected), and the random direction weakens it much less (0.522; one seed, so no
+# interval); `figures/alignment.png` has them on full MNIST at 5 seeds (0.099, 0.124 and 0.508 against
+# 0.523). What projection does: it removes, at each step, the first-order
 # component of the gradient along the trait gradient. What it does not prove: that the trait lives *only*
 # in that one direction. Adam rescales every coordinate, so an update built from gradients orthogonal to
 # the trait gradient can still lower the trait loss, and the one-sided projection keeps the part of the
