@@ -22,8 +22,8 @@ subliminal-mnist demo --preset strongest --seeds 5 --conditions student_aux --ou
 subliminal-mnist defend mnist --out . "$@"
 # The owl's defenses (no MNIST needed): soft mode, 5 seeds, one resumable line per row in defend_owl.jsonl.
 subliminal-mnist defend owl --out .
-# Sweeps, 5 seeds per point: a point already in sweep_NAME.jsonl under the same config and versions is not
-# trained again; delete the file to train every point anew.
+# Sweeps, 5 seeds per point: a point already in sweep_NAME.jsonl under the same config, versions and source
+# (`runs.source_fingerprint`) is not trained again; delete the file to train every point anew.
 for name in init_perturbation heads loss noise aux depth teacher_epochs student_epochs width; do
   subliminal-mnist sweep "$name" --out . "$@"
 done

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
+import hashlib
 import importlib.metadata
 import json
 import pathlib
@@ -157,6 +159,58 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{n: importlib.metadata.version(n) for n in names}}
 
 
+# The package's own directory: its Python source is what `source_fingerprint` hashes.
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+def source_fingerprint(root: str | pathlib.Path | None = None) -> str:
+    """A short hash of the code that computes the numbers: the first 16 hex digits of the SHA-256 of
+    every `*.py` file under `root` (default: this package's directory), in the order of their paths
+    relative to it, each path and its bytes hashed (not the package's data, not its `__pycache__`).
+
+    The package's version string does not change when its code does, so a results line or a kept seed
+    is matched on this too (`code`): a line that other code computed is not reused. For the package
+    itself it is computed once per process (the files on disk, read when a run first asks).
+    """
+    if root is None:
+        return _package_fingerprint()
+    root = pathlib.Path(root)
+    digest = hashlib.sha256()
+    sources = sorted((path.relative_to(root).as_posix(), path) for path in root.rglob("*.py")
+                     if "__pycache__" not in path.relative_to(root).parts)  # fmt: skip
+    for name, path in sources:
+        content = path.read_bytes()
+        # Each file's name and length before its bytes: no two different trees hash the same text.
+        digest.update(f"{name}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def _package_fingerprint() -> str:
+    return source_fingerprint(PACKAGE_DIR)
+
+
+def code() -> dict:
+    """What a line or a kept seed records of the code that computed it, and must match to be reused:
+    the package versions (`versions`) and the fingerprint of the package's source (`source_fingerprint`)."""
+    return {"versions": versions(), "source": source_fingerprint()}
+
+
+def code_difference(old: dict, new: dict) -> str:
+    """How the code that wrote `old` differs from `new` (both hold `code()`'s fields), for a log line:
+    e.g. "source 1a2b3c4d5e6f7a8b ≠ 9c8d7e6f5a4b3c2d, jax 0.4.30 ≠ 0.4.31"."""
+    old_source, new_source = old.get("source") or "unrecorded", new.get("source")
+    differences = [f"source {old_source} ≠ {new_source}"] if old_source != new_source else []
+    old_versions, new_versions = old.get("versions") or {}, new.get("versions") or {}
+    differences += [
+        f"{name} {old_versions.get(name, 'unrecorded')} ≠ {new_versions.get(name, 'unrecorded')}"
+        for name in sorted(set(old_versions) | set(new_versions))
+        if old_versions.get(name) != new_versions.get(name)
+    ]
+    return ", ".join(differences) or "the same code"
+
+
 # ----------------------------------------------------------------------------------------------
 # Threads.
 
@@ -197,11 +251,11 @@ def as_json(value):
 class Lines:
     """Finished units of work as a JSON-lines file: a sweep's points, a run's seeds.
 
-    Every `add` rewrites the whole file atomically with the new lines appended, so a run
-    killed at any moment has lost at most the unit it was working on, and the file is
-    never half-written. Threads may add concurrently. `find` returns the latest line
+    Every `add` (new lines appended) or `put` (a line in place of the old ones of its fields)
+    rewrites the whole file atomically, so a run killed at any moment has lost at most the unit
+    it was working on, and the file is never half-written. Threads may add concurrently. `find` returns the latest line
     whose fields equal the given ones (compared as JSON), so a line is reused only for
-    the very settings and versions that wrote it.
+    the very settings and code that wrote it.
     """
 
     def __init__(self, path: str | pathlib.Path | None, lines: list[dict] | None = None):
@@ -222,6 +276,21 @@ class Lines:
             self.write()
         return lines
 
+    def put(self, match: dict, line: dict) -> dict:
+        """`line` in place of every line whose fields equal `match` (where the first of them was), or
+        appended if there is none; the file rewritten atomically. Returns it as JSON holds it."""
+        line, wanted = as_json(line), as_json(match)
+        with self._lock:
+            same = [i for i, old in enumerate(self.lines) if all(old.get(k) == v for k, v in wanted.items())]
+            if same:
+                kept = [old for i, old in enumerate(self.lines) if i not in same[1:]]
+                kept[same[0]] = line
+                self.lines[:] = kept
+            else:
+                self.lines.append(line)
+            self.write()
+        return line
+
     def write(self) -> None:
         if self.path is None:
             return
@@ -230,21 +299,24 @@ class Lines:
 
 
 def point(lines: Lines, fields: dict, compute: Callable[[], dict], label: str, log: Callable[[str], None]) -> dict:
-    """One point of a resumable series (a sweep's value, a dose): the line of `lines` with these
-    `fields` and this package's versions, or `compute()`'s results added as a new line.
+    """One point of a resumable series (a sweep's value, a dose, a defense's row): the line of
+    `lines` with these `fields` and this code (`code`: the package versions and the fingerprint
+    of its source), or `compute()`'s results written as its line, with the code's fields.
 
-    A line from other package versions is not reused (and `log` says so): the numbers of
-    a series come from one version of the code.
+    A line of these `fields` from other code is not reused (and `log` says so): it is computed
+    again, and the new line takes the old one's place, so that the numbers of a series come
+    from one version of the code and the file holds one line per point.
     """
-    current = versions()
-    found = lines.find(**fields, versions=current)
+    current = code()
+    found = lines.find(**fields, **current)
     if found:
         log(f"{label} is in {lines.path}, not trained again")
         return found
-    if lines.find(**fields):
-        log(f"{lines.path} holds {label} from other package versions; training it again")
-    (line,) = lines.add({**fields, **compute(), "versions": current})
-    return line
+    stale = lines.find(**fields)
+    if stale:
+        log(f"{label} in {lines.path} was computed by other code ({code_difference(stale, current)}): "
+            "computing it again")  # fmt: skip
+    return lines.put(fields, {**fields, **compute(), **current})
 
 
 def read_lines(path: str | pathlib.Path | None) -> list[dict]:
@@ -266,10 +338,15 @@ SPEED_ONLY = ("workers",)
 
 
 def identity(config, **more) -> dict:
-    """What a kept seed must match to be reused: the config (less `SPEED_ONLY`), the package
-    versions, and `more` (e.g. the data source)."""
+    """What a kept seed must match to be reused: the config (less `SPEED_ONLY`), the code (`code`:
+    the package versions and its source's fingerprint), and `more` (e.g. the data source)."""
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in SPEED_ONLY}
-    return {"config": fields, "versions": versions(), **more}
+    return {"config": fields, **code(), **more}
+
+
+def _settings(identity: dict) -> dict:
+    """An identity less its code (`code`): the settings it was computed for."""
+    return {k: v for k, v in identity.items() if k not in ("versions", "source")}
 
 
 def checkpoint_path(out: str | pathlib.Path) -> pathlib.Path:
@@ -282,9 +359,10 @@ class Checkpoint:
     """The finished seeds of one run, one line each, kept beside its results (`checkpoint_path`).
 
     A line is {"seed": id, "identity": {...}, "result": {...}}; `identity` is what must
-    match for the result to be reused (the config, the data, the package versions). Lines
-    of another identity are stale: they are dropped at once, and `log` says so. With
-    `path` None the results are kept in memory only (a run that does not resume).
+    match for the result to be reused (`identity()`: the config, the data, the code). Lines
+    of another identity are stale: they are dropped at once, and `log` says so (where only
+    the code differs, how it differs). With `path` None the results are kept in memory only
+    (a run that does not resume).
 
     A result goes through JSON both when it is kept and when it is read back, so a run
     resumed from the file and a run that never stopped summarize the very same numbers.
@@ -296,7 +374,13 @@ class Checkpoint:
         current = [line for line in lines if line.get("identity") == self.identity]
         self._lines = Lines(path, current)
         if len(current) < len(lines):
-            log(f"{path}: {len(lines) - len(current)} finished seeds from another config or version; not reused")
+            stale = [line.get("identity") for line in lines if line.get("identity") != self.identity]
+            other_code = [i for i in stale if isinstance(i, dict) and _settings(i) == _settings(self.identity)]
+            if other_code:
+                log(f"{path}: {len(other_code)} finished seeds were computed by other code "
+                    f"({code_difference(other_code[-1], self.identity)}); not reused")  # fmt: skip
+            if len(other_code) < len(stale):
+                log(f"{path}: {len(stale) - len(other_code)} finished seeds from another config or version; not reused")
             self._lines.write()
         if current:
             done = ", ".join(str(line["seed"]) for line in current)

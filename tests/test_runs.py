@@ -140,3 +140,94 @@ def test_lines_are_rewritten_whole_and_found_by_their_fields(tmp_path, monkeypat
 
 def test_the_checkpoint_lies_beside_the_results():
     assert runs.checkpoint_path("out/results.json") == pathlib.Path("out/results.seeds.jsonl")
+
+
+def _tiny_package(root: pathlib.Path) -> pathlib.Path:
+    (root / "pkg" / "sub" / "__pycache__").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "a.py").write_text("x = 1\n")
+    (root / "pkg" / "sub" / "b.py").write_text("y = 2\n")
+    (root / "pkg" / "sub" / "__pycache__" / "b.cpython-312.pyc").write_bytes(b"\0compiled")
+    (root / "pkg" / "data.npz").write_bytes(b"not source")
+    return root / "pkg"
+
+
+def test_the_source_fingerprint_is_stable_and_changes_with_the_code(tmp_path):
+    package = _tiny_package(tmp_path)
+    first = runs.source_fingerprint(package)
+    assert first == runs.source_fingerprint(package) and len(first) == 16 and int(first, 16) >= 0
+    # Data and compiled files are not the code.
+    (package / "data.npz").write_bytes(b"other data")
+    (package / "sub" / "__pycache__" / "b.cpython-312.pyc").write_bytes(b"recompiled")
+    assert runs.source_fingerprint(package) == first
+    # One byte of one source file is other code; so is a file moved to another path.
+    (package / "sub" / "b.py").write_text("y = 3\n")
+    changed = runs.source_fingerprint(package)
+    assert changed != first
+    (package / "sub" / "b.py").write_text("y = 2\n")
+    assert runs.source_fingerprint(package) == first
+    (package / "sub" / "b.py").rename(package / "b.py")
+    assert runs.source_fingerprint(package) != first
+    # The package's own: the same within a process, the one every line and kept seed records.
+    assert runs.source_fingerprint() == runs.source_fingerprint(runs.PACKAGE_DIR) == runs.code()["source"]
+
+
+def test_a_line_from_other_code_is_computed_again_and_replaced(tmp_path, monkeypatch):
+    path, messages, computed = tmp_path / "series.jsonl", [], []
+
+    def compute():
+        computed.append(1)
+        return {"accuracy": 0.5 + len(computed) / 10}
+
+    def one(fields):
+        return runs.point(runs.Lines(path), fields, compute, "series: point 2/3", messages.append)
+
+    monkeypatch.setattr(runs, "source_fingerprint", lambda root=None: "aaaaaaaaaaaaaaaa")
+    one({"value": 1})
+    first = one({"value": 2})
+    assert len(computed) == 2 and first["source"] == "aaaaaaaaaaaaaaaa" and first["accuracy"] == 0.7
+    # The same code: read back, not computed.
+    assert one({"value": 2}) == first and len(computed) == 2 and "not trained again" in messages[-1]
+    # Other code, the same settings: computed again, said so, and the file keeps one line per point.
+    monkeypatch.setattr(runs, "source_fingerprint", lambda root=None: "bbbbbbbbbbbbbbbb")
+    messages.clear()
+    again = one({"value": 2})
+    assert len(computed) == 3 and again["source"] == "bbbbbbbbbbbbbbbb" and again["accuracy"] == 0.8
+    assert messages == [
+        f"series: point 2/3 in {path} was computed by other code (source aaaaaaaaaaaaaaaa ≠ bbbbbbbbbbbbbbbb): "
+        "computing it again"
+    ]
+    written = runs.read_lines(path)
+    assert [(line["value"], line["source"]) for line in written] == [(1, "aaaaaaaaaaaaaaaa"), (2, "bbbbbbbbbbbbbbbb")]
+    assert one({"value": 2}) == again and len(computed) == 3
+    # A line written before lines recorded their source (the committed figures/*.jsonl) is not reused either.
+    line = written[1]
+    del line["source"]
+    path.write_text(json.dumps(written[0]) + "\n" + json.dumps(line) + "\n" + json.dumps(line) + "\n")
+    messages.clear()
+    one({"value": 2})
+    assert len(computed) == 4 and "(source unrecorded ≠ bbbbbbbbbbbbbbbb)" in messages[0]
+    assert [line["value"] for line in runs.read_lines(path)] == [1, 2], "both stale copies replaced by one line"
+    # Killed while replacing a line: the file keeps its last whole state.
+    monkeypatch.setattr(runs, "source_fingerprint", lambda root=None: "cccccccccccccccc")
+    before = path.read_text()
+    monkeypatch.setattr(type(tmp_path), "write_text", lambda self, text: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        one({"value": 2})
+    monkeypatch.undo()
+    assert path.read_text() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_checkpoint_from_other_code_is_not_resumed_from(tmp_path, monkeypatch):
+    path, messages = tmp_path / "run.seeds.jsonl", []
+    monkeypatch.setattr(runs, "source_fingerprint", lambda root=None: "aaaaaaaaaaaaaaaa")
+    runs.Checkpoint(path, runs.identity(_Config()), messages.append).keep({0: {"accuracy": 0.5}})
+    assert runs.Checkpoint(path, runs.identity(_Config()), messages.append).result(0) == {"accuracy": 0.5}
+    monkeypatch.setattr(runs, "source_fingerprint", lambda root=None: "bbbbbbbbbbbbbbbb")
+    messages.clear()
+    other = runs.Checkpoint(path, runs.identity(_Config()), messages.append)
+    assert other.missing([0]) == [0] and runs.read_lines(path) == []
+    assert messages == [
+        f"{path}: 1 finished seeds were computed by other code (source aaaaaaaaaaaaaaaa ≠ bbbbbbbbbbbbbbbb); "
+        "not reused"
+    ]

@@ -96,7 +96,8 @@ def test_a_line_from_other_versions_or_settings_is_never_reused_silently(tmp_pat
     trained, messages = [], []
     monkeypatch.setattr(experiment, "run", lambda config, mnist, **options: trained.append(config) or line)
     sweep.run("aux", ["3"], TINY, sample, path, progress=False, log=messages.append)
-    assert len(trained) == 1 and "other package versions" in messages[0]
+    assert len(trained) == 1 and "was computed by other code (jax 0.0.1 ≠ " in messages[0]
+    assert len(path.read_text().splitlines()) == 1, "the stale line is replaced, not kept beside the new one"
     messages.clear()
     sweep.run("aux", ["3"], experiment.ExperimentConfig(**{**vars(TINY), "seeds": 2}), sample, path,
               progress=False, log=messages.append)  # fmt: skip
