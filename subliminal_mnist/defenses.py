@@ -22,8 +22,16 @@ distilled on.
 Rows, by defense (`DEFENSES`):
 
 - none: the demo's aux-only student and its cross-model control, unchanged; `remaining` 1.
-- other_init: the paper's own finding, as the reference. The treated student starts from
-  another init (the cross partner's), its control from a third one (`runs.unrelated_seeds`).
+- other_init: the paper's own finding, as the reference: does a student from another init (the
+  cross partner's) learn the teacher's digits? The treated student starts from the partner's init
+  and is distilled on the teacher's aux outputs; its control starts from the same init and is
+  distilled on a *neutral teacher's* (`neutral_teachers`: the teacher's init and recipe, trained on
+  the training labels permuted across the training set, so it moves for every reason the teacher
+  does but digit knowledge), with the same noise in the same order and the same loop: the pair
+  differs only in which teacher wrote the targets. Another init does *not* stop transfer if the
+  treated student ends above its control, the paired effect's interval above 0; this control can
+  show it, as `none`'s does (a control from a third init could not: both students would be
+  unrelated to the teacher, their expected difference 0 whatever another init learns).
 - sgd: plain SGD instead of Adam, at the learning rate whose held-out distillation loss is
   nearest the undefended Adam student's (a grid on the first seeds), so the row compares
   students that learnt their distillation as well, not undertrained ones.
@@ -98,6 +106,13 @@ _USEFUL = ("student_all",)
 SGD_ADAM_CONTROL = "adam_control"
 # The held-out noise's key: the seed's noise key folded with a number no other use of it reaches.
 _HELDOUT_FOLD = 2**31 - 2
+# The neutral teacher's labels (`neutral_labels`): the training labels permuted once, by the key
+# fold_in(key(config.seed), _NEUTRAL_LABELS_FOLD). Seed s's streams come from fold_in(key(config.seed),
+# s) and a run's seed ids stay below 2 x seeds (`runs.unrelated_seeds`), so no seed's key is this one.
+_NEUTRAL_LABELS_FOLD = 2**31 - 3
+# What the other_init row's control is, in its line's fields: a line from its earlier design (a
+# control from a third init, which could not move) is not read back as this row.
+_OTHER_INIT_CONTROL = "partner's init on the neutral teacher's aux outputs (training labels permuted)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +238,35 @@ def heldout_distill_loss(student: model.Params, teacher: model.Params, noise: ja
     return jax.vmap(lambda s, t, x: jnp.mean(kl(arch.apply(s, x), arch.apply(t, x), mask)))(student, teacher, noise)
 
 
+def neutral_labels(config: ExperimentConfig, labels: jax.Array) -> jax.Array:
+    """The training `labels` permuted once across the training set, by a fixed key derived from the
+    run's base seed (`_NEUTRAL_LABELS_FOLD`): the same labels in other places, so no image keeps a
+    relation to its label beyond chance. One permutation per run, shared by its seeds, as the
+    teachers share one training set; the same on every call."""
+    key = jax.random.fold_in(jax.random.key(config.seed), _NEUTRAL_LABELS_FOLD)
+    # Not the identity but with probability 1/N! (N = 60,000 on MNIST, 4,000 on the sample).
+    return jnp.asarray(labels)[jax.random.permutation(key, len(labels))]
+
+
+def neutral_teachers(
+    config: ExperimentConfig,
+    mnist: data.MNIST,
+    seed_ids: np.ndarray,
+    teachers: experiment.Teachers,
+    progress: bool | train.Progress,
+    cache: dict,
+) -> model.Params:
+    """The neutral teachers of `seed_ids` (S, ...): each from its teacher's init (`shared_init`) by its
+    teacher's recipe (`experiment.trained_teachers`: the epochs, rate, batch, cross-entropy on the class
+    logits and the teacher's data-order keys), on the training images with `neutral_labels`. It learns
+    no digits (test accuracy near chance, 0.1) but moves as far from its init, in the same steps, as
+    the teacher. Kept in `cache` as the teachers are, in a table of their own (so never taken for one)."""
+    relabelled = dataclasses.replace(mnist, train_labels=neutral_labels(config, mnist.train_labels))
+    keys = experiment.seed_keys(config, seed_ids)["teacher"]
+    own = cache.setdefault(("neutral teachers",), {})
+    return experiment.trained_teachers(config, relabelled, seed_ids, teachers.shared_init, keys, progress, own)
+
+
 def heldout_noise(config: ExperimentConfig, defenses: MnistDefenses, noise_keys: jax.Array, train_images) -> jax.Array:
     """(S, heldout_noise, 784): each seed's held-out noise, of the students' distribution, from its own key."""
     keys = jax.vmap(lambda key: jax.random.fold_in(key, _HELDOUT_FOLD))(noise_keys)
@@ -255,7 +299,8 @@ def train_row(
     learning_rate: float | None = None,
 ) -> dict[str, np.ndarray]:
     """One row for a chunk of seeds: per seed (each (S,)), the treated, control and useful students'
-    test accuracies, the treated student's held-out distillation loss, and the teacher's accuracy.
+    test accuracies, the treated student's held-out distillation loss, and the teacher's accuracy (and
+    for other_init the neutral teacher's, "neutral_teacher").
 
     `learning_rate` is the optimizer's for an `sgd` row (`matched_rate` finds it).
     """
@@ -266,9 +311,20 @@ def train_row(
     teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], progress, cache)
     keys = experiment.seed_keys(config, seed_ids)
     loop: Callable[[int], dict] = lambda members: {}
+    # The groups of students, each one loop: (its teachers, None for the row's own; its members; its
+    # key stream). The treated student is "student_aux", its control "cross_aux".
+    groups = {"aux": (None, _AUX_PAIR, "aux"), "all": (None, _USEFUL, "all")}
     if row.name == "other_init":
-        unrelated_init = experiment.init_seeds(experiment.seed_keys(config, seeds.unrelated[seed_ids])["init"], arch)
-        teachers = teachers._replace(student_init=teachers.other_init, other_init=unrelated_init)
+        # Every student starts from the partner's init. The treated one learns the teacher's aux outputs,
+        # the control the neutral teacher's, each alone in its loop (their targets differ) with the aux
+        # key stream: the same noise in the same order.
+        neutral = neutral_teachers(config, mnist, seed_ids, teachers, progress, cache)
+        control = teachers._replace(
+            teacher_targets=experiment.outputs_on(neutral, teachers.noise, arch, config.batch_size)
+        )
+        teachers = teachers._replace(student_init=teachers.other_init)
+        groups = {"aux": (None, ("student_aux",), "aux"), "neutral": (control, ("cross_aux",), "aux"),
+                  "all": (None, _USEFUL, "all")}  # fmt: skip
     elif row.name == "mix":
         # The unrelated teachers' outputs on these seeds' noise: computed once, shared by every share.
         unrelated_ids = seeds.unrelated[seed_ids]
@@ -300,21 +356,24 @@ def train_row(
             "hook": alignment.TraitProjection(arch),
             "context": _projection_context(defenses, mnist, teachers, row.value, members),
         }
-    groups = {"aux": _AUX_PAIR, "all": _USEFUL}
-    trained = runs.concurrently(
-        lambda group: experiment.distill(
-            config, teachers, groups[group], keys[f"distill_{group}"], progress, **loop(len(groups[group]))
-        )[0],
-        tuple(groups),
-        config.workers,
-        progress,
-    )
-    students = {name: params for group in trained for name, params in group.items()}
+
+    def trained(group: str) -> dict[str, model.Params]:
+        own, members, stream = groups[group]
+        own = teachers if own is None else own
+        return experiment.distill(config, own, members, keys[f"distill_{stream}"], progress, **loop(len(members)))[0]
+
+    students = {
+        name: params
+        for group in runs.concurrently(trained, tuple(groups), config.workers, progress)
+        for name, params in group.items()
+    }
 
     def accuracy(params):
         return np.asarray(experiment.test_accuracy(params, mnist.test_images, mnist.test_labels, arch))
 
     noise = heldout_noise(config, defenses, keys["noise"], mnist.train_images)
+    # other_init's: its neutral teachers' accuracy, near chance (0.1) if they learnt no digits.
+    more = {} if row.name != "other_init" else {"neutral_teacher": accuracy(neutral)}
     return {
         "treated": accuracy(students["student_aux"]),
         "control": accuracy(students["cross_aux"]),
@@ -323,6 +382,7 @@ def train_row(
             heldout_distill_loss(students["student_aux"], teachers.teacher, noise, arch)
         ),
         "teacher": accuracy(teachers.teacher),
+        **more,
     }
 
 
@@ -406,13 +466,14 @@ def interpolated_rate(tried: dict[float, float], target_loss: float) -> float:
 
 # How the projection's trait gradient picks its `trait_batch` training images (`alignment.probe_sets`).
 _TRAIT_IMAGES = f"stratified, seed {data.PROBE_SEED}"
-_PER_SEED = ("treated", "control", "useful", "heldout_distill_loss", "teacher")
 
 
 def _row_fields(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> dict:
     """What a row's line must match to be reused: the setting, the row, the experiment's config and
     the defense settings the row reads."""
     fields = row_fields(row, config, defenses, ("heldout_noise", *{"projection": ("trait_batch",)}.get(row.name, ())))
+    if row.name == "other_init":
+        fields["settings"]["control"] = _OTHER_INIT_CONTROL
     if row.name == "projection":
         # Which training images the trait gradient sees, in the key: a line written when they were the
         # file's first `trait_batch` (before this field) is not reused.
@@ -468,7 +529,7 @@ def run(
                 config.workers,
                 bar,
             )
-        per_seed = {name: np.concatenate([c[name] for c in per_chunk]).tolist() for name in _PER_SEED}
+        per_seed = {name: np.concatenate([c[name] for c in per_chunk]).tolist() for name in per_chunk[0]}
         return {"per_seed": per_seed, **extra, "data_source": mnist.source}
 
     return run_rows(defenses, rows(defenses), lambda row: _row_fields(row, config, defenses), compute, path, log)
@@ -523,7 +584,7 @@ def run_rows(
 
 def _row_epochs(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> int:
     """The length of a row's progress bar: its teachers' and students' epochs, all seeds."""
-    teachers = config.teacher_epochs * (2 if row.name == "mix" else 1)
+    teachers = config.teacher_epochs * (2 if row.name in ("mix", "other_init") else 1)  # + unrelated or neutral
     students = len(_AUX_PAIR) + len(_USEFUL)
     return (
         config.seeds * (teachers + students * config.student_epochs)
@@ -561,7 +622,9 @@ def summarize(lines: Sequence[dict], **more) -> dict:
                 "seconds": line["wall_seconds"],
             },
             "config": {**line["settings"], **{k: line[k] for k in ("learning_rate", "tuning") if k in line}},
-        }
+            **({"neutral_teacher_accuracy": runs.summarize(per_seed["neutral_teacher"])}
+               if "neutral_teacher" in per_seed else {}),
+        }  # fmt: skip
     none = by_key["none"]
     if setting == "mnist":
         more = {"teacher_accuracy": runs.summarize(none["per_seed"]["teacher"]), "data_source": none["data_source"],

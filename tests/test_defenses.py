@@ -3,6 +3,7 @@ user mistakes are one line."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from conftest import lines_without_times
@@ -38,6 +39,13 @@ def _row(row, sample, cache, settings=SETTINGS, **options):
 
 def _same(a: dict, b: dict) -> bool:
     return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _equal_trees(a, b) -> bool:
+    """Equal pytrees to the last digit (random keys by their data)."""
+    data = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    leaves = [jax.tree.leaves(jax.tree.map(data, t)) for t in (a, b)]
+    return len(leaves[0]) == len(leaves[1]) and all(np.array_equal(x, y) for x, y in zip(*leaves))
 
 
 def test_none_is_the_demo_for_the_same_seeds(sample, teacher_cache, undefended):
@@ -80,11 +88,78 @@ def test_a_defense_changes_the_students_not_the_teacher(row, settings, sample, t
     assert not np.array_equal(defended["heldout_distill_loss"], undefended["heldout_distill_loss"])
 
 
-def test_other_init_moves_the_treated_student_to_the_controls_start(sample, teacher_cache, undefended):
-    moved = _row(Row("other_init"), sample, teacher_cache)
+@pytest.fixture(scope="module")
+def other_init(sample, teacher_cache, undefended):
+    """The other_init row, and every `train.fit` it called: {description: (start, keys, inputs, targets)}.
+    The teachers are in the cache already (`undefended`): the fits are its neutral teachers' and students'."""
+    calls, real_fit = {}, train.fit
+
+    def recorded(params, keys, inputs, targets, **options):
+        calls[options["description"]] = (params, keys, inputs, targets)
+        return real_fit(params, keys, inputs, targets, **options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "fit", recorded)
+        return _row(Row("other_init"), sample, teacher_cache), calls
+
+
+def _teachers(sample, teacher_cache):
+    seeds = defenses.Seeds.of(TINY)
+    return experiment.train_teachers(TINY, sample, np.arange(2), seeds.partners[:2], False, teacher_cache)
+
+
+def test_other_init_moves_the_treated_student_to_the_controls_start(undefended, other_init):
+    moved, _ = other_init
     # The treated student now starts where the undefended control started, on the same data.
     np.testing.assert_allclose(moved["treated"], undefended["control"], atol=2e-3)
     assert not np.allclose(moved["useful"], undefended["useful"])  # the useful student moved too
+
+
+def test_the_neutral_teachers_labels_are_a_fixed_permutation_of_the_training_labels(sample):
+    labels = np.asarray(sample.train_labels)
+    neutral = np.asarray(defenses.neutral_labels(TINY, sample.train_labels))
+    assert np.array_equal(np.sort(neutral), np.sort(labels))  # the same labels (multiset) ...
+    assert np.mean(neutral != labels) > 0.8  # ... in other places: ~90% move (10 classes)
+    assert np.array_equal(neutral, defenses.neutral_labels(TINY, sample.train_labels))  # reproducible
+    other_seed = experiment.ExperimentConfig(**{**vars(TINY), "seed": 1})
+    assert not np.array_equal(neutral, defenses.neutral_labels(other_seed, sample.train_labels))
+
+
+def test_the_neutral_teacher_is_the_teachers_recipe_on_permuted_labels(sample, teacher_cache, other_init):
+    moved, calls = other_init
+    teachers = _teachers(sample, teacher_cache)
+    start, keys, images, labels = calls[f"teacher ({len(moved['teacher'])} seeds)"]
+    # From the teacher's init, with the teacher's data order, on the training images and permuted labels.
+    assert _equal_trees(start, teachers.shared_init)
+    assert _equal_trees(keys, experiment.seed_keys(TINY, np.arange(2))["teacher"])
+    assert np.array_equal(images, sample.train_images)
+    assert np.array_equal(labels, defenses.neutral_labels(TINY, sample.train_labels))
+    # Cached like the teachers: asked again, it is the one the row trained, never the teacher.
+    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teachers, False, teacher_cache)
+    for leaf, init, teacher in zip(*(jax.tree.leaves(p) for p in (neutral, teachers.shared_init, teachers.teacher))):
+        assert not np.allclose(leaf, init) and not np.allclose(leaf, teacher)
+    # It learnt no digits: chance (0.108, 0.103), where the tiny teacher learnt some (0.41, 0.56).
+    assert np.all(moved["neutral_teacher"] < 0.2) and np.all(moved["teacher"] > 0.3)
+
+
+def test_other_init_control_differs_from_its_treated_student_only_in_its_teacher(
+    sample, teacher_cache, undefended, other_init
+):
+    moved, calls = other_init
+    teachers = _teachers(sample, teacher_cache)
+    treated, control = (calls[f"{name} (2 seeds)"] for name in ("student_aux", "cross_aux"))
+    # The same start (the partner's init: the members' axis holds one student), data order and noise ...
+    for start in (treated[0], control[0]):
+        assert _equal_trees(start, jax.tree.map(lambda a: a[:, None], teachers.other_init))
+    assert _equal_trees(treated[1:3], control[1:3])
+    # ... and other targets: the teacher's outputs on the noise, and the neutral teacher's.
+    assert np.array_equal(treated[3], teachers.teacher_targets)
+    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teachers, False, teacher_cache)
+    np.testing.assert_array_equal(control[3], experiment.outputs_on(neutral, teachers.noise, TINY.architecture, TINY.batch_size))
+    assert not np.allclose(control[3], treated[3])
+    # Its control is not `none`'s (nor was it before: a third init's), and the row's line says which it is.
+    assert not np.array_equal(moved["control"], undefended["control"])
+    assert "neutral teacher" in defenses._row_fields(Row("other_init"), TINY, SETTINGS)["settings"]["control"]
 
 
 def test_sgd_rows_train_with_sgd_at_the_rate_given(sample, teacher_cache, undefended, monkeypatch):
