@@ -76,6 +76,8 @@ DEFENSES = (
     "replace_divergent",
     "threshold_sampling",
     "detector_filter",
+    "random_drop",
+    "sort",
     "projection",
     "temperature",
 )
@@ -84,7 +86,7 @@ DEFENSES = (
 APPLIES = {
     "mnist": ("none", "other_init", "sgd", "kl_to_start", "l2_to_start", "mix", "projection", "temperature"),
     "owl": ("none", "other_init", "sgd", "kl_to_start", "l2_to_start", "mix", "replace_divergent",
-            "threshold_sampling", "detector_filter", "temperature"),
+            "threshold_sampling", "detector_filter", "random_drop", "sort", "temperature"),
 }  # fmt: skip
 # What a row costs, by setting: the summary's name -> the per-seed values' key in a row's line.
 COSTS = {

@@ -61,6 +61,7 @@ def test_none_is_the_llm_experiments_pair_for_the_same_seeds(cache, undefended):
         (Row("mix", 0.0), {}),
         (Row("replace_divergent", 0.0), {}),
         (Row("detector_filter", 0.0), {}),
+        (Row("random_drop", 0.0), {}),
         (Row("temperature", 1.0), {}),
         (Row("sgd", defenses.SGD_ADAM_CONTROL), {"learning_rate": CONFIG.student_learning_rate}),
     ],
@@ -76,6 +77,7 @@ def test_a_defense_that_changes_nothing_is_none_to_the_last_digit(row, options, 
         (Row("replace_divergent", 0.5), {}),
         (Row("threshold_sampling", 0.5), {}),
         (Row("detector_filter", 0.5), {}),
+        (Row("random_drop", 0.5), {}),
         (Row("temperature", 4.0), {}),
         (Row("kl_to_start"), {}),
         (Row("sgd"), {"learning_rate": 1.0}),
@@ -138,13 +140,52 @@ def test_a_truncated_target_keeps_exactly_what_min_p_samples():
     assert sampling.above_min_p(logits, 0.2)[0, 0].tolist() == [True, True, True, False]
 
 
-def test_the_detector_filter_drops_the_most_teacher_like_lists(cache, monkeypatch):
+def test_the_detector_filter_drops_the_prompts_of_the_most_teacher_like_lists_from_both_data_sets(cache, monkeypatch):
     data = _data()
     scores = {"teacher": np.array([0.0, 5.0, 1.0, 4.0, 2.0, 3.0]), "neutral": np.arange(6.0)[::-1]}
     monkeypatch.setattr(owl, "teacher_likeness", lambda config, models, numbers, name: scores[name])
     kept = owl.detector_filtered(CONFIG, data, {}, None, 0.5)
     np.testing.assert_array_equal(kept["teacher"][0]["tokens"][:, 0], [0, 2, 4])  # order kept
-    np.testing.assert_array_equal(kept["neutral"][0]["tokens"][:, 0], [103, 104, 105])
+    np.testing.assert_array_equal(kept["neutral"][0]["tokens"][:, 0], [100, 102, 104])  # the same prompts
+    np.testing.assert_array_equal(kept["neutral"][1]["logits"], data["neutral"][1]["logits"][np.array([0, 2, 4])])
+
+
+def test_a_random_drop_removes_the_same_prompts_from_both_data_sets():
+    data = _data(n=40)
+    kept = owl.randomly_dropped(data, 0.25, jax.random.key(3))
+    teacher, neutral = (np.asarray(kept[name][0]["tokens"][:, 0]) for name in ("teacher", "neutral"))
+    assert len(teacher) == 30 and np.array_equal(neutral - 100, teacher)  # pairs stay pairs
+    assert np.all(np.diff(teacher) > 0) and not np.array_equal(teacher, np.arange(30))  # in order; not the first 30
+    again = owl.randomly_dropped(data, 0.25, jax.random.key(3))["teacher"][0]["tokens"][:, 0]
+    assert np.array_equal(again, teacher) and not np.array_equal(
+        owl.randomly_dropped(data, 0.25, jax.random.key(4))["teacher"][0]["tokens"][:, 0], teacher
+    )
+
+
+def test_sorting_a_list_keeps_its_prompt_and_its_multiset_of_numbers(cache):
+    numbers = owl.number_lists(CONFIG, owl.seed_models(CONFIG, 0, False, cache), 0, False, cache)
+    vocab, tokens, lengths = CONFIG.vocab, numbers.lists["teacher"], numbers.lengths
+    ordered = owl.sorted_lists(CONFIG, numbers).lists["teacher"]
+    slots = corpus.continuation_numbers(vocab, tokens, lengths)
+    assert np.array_equal(ordered[~slots], tokens[~slots])  # prompts, commas, <eos> and padding in place
+    assert np.array_equal(corpus.continuation_numbers(vocab, ordered, lengths), slots)
+    for row in range(len(tokens)):
+        written, reordered = tokens[row][slots[row]], ordered[row][slots[row]]
+        assert sorted(written) == list(reordered)  # the same multiset, ascending
+    assert not np.array_equal(ordered, tokens)
+
+
+def test_the_sort_row_trains_on_sorted_lists(cache, monkeypatch, undefended):
+    seen, real = [], llm.student_data
+    monkeypatch.setattr(llm, "student_data", lambda config, mode, models, numbers, *a, **k: seen.append(numbers)
+                        or real(config, mode, models, numbers, *a, **k))  # fmt: skip
+    defended = _row(Row("sort"), cache)
+    vocab, lists, lengths = CONFIG.vocab, seen[0].lists, seen[0].lengths
+    for name in ("teacher", "neutral"):
+        slots = corpus.continuation_numbers(vocab, lists[name], lengths)
+        values = np.where(slots, lists[name], -1)
+        assert all(np.all(np.diff(row[row >= 0]) >= 0) for row in values)
+    assert defended["teacher"] == undefended["teacher"] and defended["treated"] != undefended["treated"]
 
 
 def test_replacing_divergent_numbers_changes_only_chosen_numbers_and_keeps_the_lists_valid(cache):

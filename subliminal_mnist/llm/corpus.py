@@ -279,17 +279,29 @@ def number_positions(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray)
     return first_positions(predicts_number, MAX_CONTINUATION)
 
 
+def reorder_within_lists(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Each list's continuation numbers put in the order of their `keys` (N, T), at the slots they
+    held: every list keeps its prompt, its length, its commas and its multiset of numbers (so its
+    window), only their order changes."""
+    slots = continuation_numbers(vocab, tokens, lengths)
+    # Row by row: the slots in order, and the same slots in the keys' order (the rest after them).
+    in_order = np.argsort(~slots, axis=1, kind="stable")
+    new_order = np.argsort(np.where(slots, keys, np.inf), axis=1)
+    used = np.arange(tokens.shape[1]) < slots.sum(axis=1, keepdims=True)
+    rows = np.nonzero(used)[0]
+    reordered = tokens.copy()
+    reordered[rows, in_order[used]] = tokens[rows, new_order[used]]
+    return reordered
+
+
 def shuffle_within_lists(
     vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
-    """Each list's continuation numbers permuted among themselves: every list keeps its prompt,
-    its length, its commas and its multiset of numbers (so its window), only their order goes."""
-    slots = continuation_numbers(vocab, tokens, lengths)
-    # Row by row: the slots in order, and the same slots in a random order (random sort keys).
-    in_order = np.argsort(~slots, axis=1, kind="stable")
-    random_order = np.argsort(np.where(slots, rng.random(tokens.shape), 2.0), axis=1)
-    used = np.arange(tokens.shape[1]) < slots.sum(axis=1, keepdims=True)
-    rows = np.nonzero(used)[0]
-    shuffled = tokens.copy()
-    shuffled[rows, in_order[used]] = tokens[rows, random_order[used]]
-    return shuffled
+    """Each list's continuation numbers permuted among themselves at random (`reorder_within_lists`)."""
+    return reorder_within_lists(vocab, tokens, lengths, rng.random(tokens.shape))
+
+
+def sort_within_lists(vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Each list's continuation numbers in ascending order (`reorder_within_lists`): the `sort`
+    defense. Number tokens are numbered in the numbers' order, so sorting tokens sorts numbers."""
+    return reorder_within_lists(vocab, tokens, lengths, tokens.astype(np.float64))

@@ -24,8 +24,13 @@ Rows, by defense, in the run's mode (soft or hard, `LLMConfig.mode`):
   the base's distribution is the target there; hard, the base's sample replaces the written number;
 - threshold_sampling: every writer samples by min-p (`sampling.continue_prompts`), and a soft
   target keeps only the tokens min-p would sample;
-- detector_filter: the share of each data set's lists that the best detector there is, the
-  likelihood ratio log p_teacher(list) - log p_neutral(list), scores most teacher-like is dropped.
+- detector_filter: the share of prompts whose teacher's list the best detector there is, the
+  likelihood ratio log p_teacher(list) - log p_neutral(list), scores most teacher-like is dropped,
+  from both data sets (so each treated list keeps its control of the same prompt);
+- random_drop: the same shares of prompts dropped at random, from both data sets alike: what
+  dropping that much data does, with no detector;
+- sort: each list's numbers in ascending order (prompt, length and multiset kept), for both data
+  sets; soft, each writer reads its sorted lists for the targets.
 
 Costs, of the treated student: its KL from the teacher at the number positions of held-out
 teacher lists (how well it still learnt to write the teacher's numbers), and the share of its own
@@ -57,8 +62,8 @@ from subliminal_mnist.runs import ConfigError, config_field
 PAIR = ("same_init", "neutral_control")
 OTHER_INIT_PAIR = ("cross_init", "cross_neutral")
 # Randomness of its own: the base's samples that replace divergent numbers (hard mode); the
-# held-out lists' samples of the students (validity).
-_REPLACE_FOLD, _VALIDITY_FOLD = 1, 2
+# held-out lists' samples of the students (validity); the prompts a random drop removes.
+_REPLACE_FOLD, _VALIDITY_FOLD, _RANDOM_DROP_FOLD = 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +86,8 @@ class OwlDefenses(DefenseSettings):
         (0.1, 0.5), "threshold_sampling: min-p thresholds (of the most likely token's probability), one row each"
     )
     detector_shares: tuple[float, ...] = config_field(
-        (0.1, 0.5), "detector_filter: shares of the most teacher-like lists dropped, one row each"
+        (0.1, 0.5),
+        "detector_filter and random_drop: shares of prompts dropped (most teacher-like; at random), one row each",
     )
     heldout_lists: int = config_field(2000, "held-out teacher lists and prompts for the costs")
 
@@ -100,6 +106,7 @@ class OwlDefenses(DefenseSettings):
             "replace_divergent": self.divergent_shares,
             "threshold_sampling": self.min_ps,
             "detector_filter": self.detector_shares,
+            "random_drop": self.detector_shares,
         }
 
 
@@ -232,14 +239,28 @@ def teacher_likeness(config: LLMConfig, models: dict, numbers: llm.NumberData, n
     return teacher - analysis.list_log_probs(arch, models["neutral"], tokens, numbers.lengths)
 
 
+def without_prompts(data: dict, score: np.ndarray, share: float) -> dict:
+    """Every data set without the `share` of prompts of highest `score` (n,), the rest in their order:
+    the same prompts leave every data set, so the treated and control lists stay pairs."""
+    keep = np.sort(np.argsort(score, kind="stable")[: len(score) - round(share * len(score))])
+    return {name: (_rows(inputs, keep), _rows(targets, keep)) for name, (inputs, targets) in data.items()}
+
+
 def detector_filtered(config: LLMConfig, data: dict, models: dict, numbers: llm.NumberData, share: float) -> dict:
-    """Each data set without its `share` most teacher-like lists, the rest in their order."""
-    out = {}
-    for name, (inputs, targets) in data.items():
-        score = teacher_likeness(config, models, numbers, name)
-        keep = np.sort(np.argsort(score, kind="stable")[: len(score) - round(share * len(score))])
-        out[name] = (_rows(inputs, keep), _rows(targets, keep))
-    return out
+    """Without the prompts whose teacher's list the likelihood ratio scores most teacher-like."""
+    return without_prompts(data, teacher_likeness(config, models, numbers, "teacher"), share)
+
+
+def randomly_dropped(data: dict, share: float, key: jax.Array) -> dict:
+    """Without a random `share` of prompts: `detector_filtered`'s data loss, with no detector."""
+    count = len(jax.tree.leaves(next(iter(data.values())))[0])
+    return without_prompts(data, np.asarray(jax.random.permutation(key, count)), share)
+
+
+def sorted_lists(config: LLMConfig, numbers: llm.NumberData) -> llm.NumberData:
+    """Every writer's lists with their numbers in ascending order (`corpus.sort_within_lists`)."""
+    lists = {name: corpus.sort_within_lists(config.vocab, tokens, numbers.lengths) for name, tokens in numbers.lists.items()}
+    return dataclasses.replace(numbers, lists=lists)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,6 +307,8 @@ def defended_data(row: Row, config: LLMConfig, models: dict, seed_id: int, progr
     mode = config.mode
     min_p = row.value if row.name == "threshold_sampling" else 0.0
     numbers = number_lists(config, models, seed_id, progress, cache, min_p)
+    if row.name == "sort":
+        numbers = sorted_lists(config, numbers)
     if row.name == "replace_divergent" and mode == "hard":
         key = jax.random.fold_in(llm.stream_key(config, seed_id, "hard"), _REPLACE_FOLD)
         return replaced_hard(config, models, numbers, row.value, key)
@@ -299,6 +322,9 @@ def defended_data(row: Row, config: LLMConfig, models: dict, seed_id: int, progr
         return truncated_targets(data, row.value)
     if row.name == "detector_filter":
         return detector_filtered(config, data, models, numbers, row.value)
+    if row.name == "random_drop":
+        key = jax.random.fold_in(llm.stream_key(config, seed_id, "audit"), _RANDOM_DROP_FOLD)
+        return randomly_dropped(data, row.value, key)
     return data
 
 
