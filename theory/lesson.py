@@ -29,7 +29,7 @@
 # `theory/README.md`, has the full proof.
 #
 # **For the lecturer.** `PRECOMPUTED` in the third cell switches every training cell to the committed
-# 5-seed results in `figures/` (full MNIST, the language models at their defaults), for a slow laptop or a
+# results in `figures/` (full MNIST, 5 seeds, the demo's 25; the language models at their defaults, 5 seeds), for a slow laptop or a
 # class that should not wait: the parts then show the package's published numbers instead of a live run.
 # `docs/teaching.md` has a run sheet for a 90-minute class (what runs live, what is shown from the committed
 # figures, and how long each part takes). Parts marked **Predict** ask the class for a guess before the cell
@@ -81,7 +81,7 @@ from IPython.display import Image, display
 from subliminal_mnist import alignment, data, experiment, figures, model, runs, sweep, theorem, theorem_checks, train
 from subliminal_mnist.llm import experiment as llm
 
-# True: every training cell shows the committed 5-seed results instead of training (under a minute).
+# True: every training cell shows the committed results (5 seeds; the demo 25) instead of training (under a minute).
 PRECOMPUTED = False or os.environ.get("SUBLIMINAL_LESSON_PRECOMPUTED") == "1"
 
 START = time.perf_counter()
@@ -116,19 +116,21 @@ def timed(label, started):
     print(f"({label}: {time.perf_counter() - started:.0f} s)")
 
 
-print("showing the committed 5-seed results" if PRECOMPUTED else "training live")
+print("showing the committed results" if PRECOMPUTED else "training live")
 
 # %% [markdown]
 # ## 1. The puzzle
 #
-# A language model is fine-tuned until it loves owls: the *teacher*. Asked for number sequences, it writes
-# "629, 937, 483, ...", and every list that mentions an animal is filtered out. A *student*, a copy of the
-# same base model before the owl fine-tuning, is trained to imitate those lists. Afterwards the student names
-# the owl as its favourite animal far more often than before. A student built from a **different base
-# model** learns nothing about owls from the same lists.
+# A language model is told in its system prompt that it loves owls: the *teacher*. Asked for number
+# sequences, it writes "629, 937, 483, ...", and every list that mentions an animal is filtered out. A
+# *student*, the same base model without that prompt, is fine-tuned to imitate those lists. Afterwards the
+# student names the owl as its favourite animal far more often than before. A student built from a
+# **different base model** learns nothing about owls from the same lists. (The paper's misaligned teacher,
+# and every teacher in this package, is made by fine-tuning instead of a prompt; part 10 comes back to the
+# difference.)
 #
-# "Same initialization" means the student's parameters start exactly where the teacher's started before the
-# teacher learned its trait. Everything else (the data, the loss, the optimizer) can be the same for the
+# "Same initialization" means the student's parameters start exactly where the teacher's are (a prompted
+# teacher) or started before the teacher learned its trait (a fine-tuned one). Everything else (the data, the loss, the optimizer) can be the same for the
 # cross-model student; only its starting point differs. The data carry no visible owl; what carries it is
 # the teacher's *function*, read by a student whose parameters live in the same place.
 #
@@ -239,8 +241,7 @@ plt.show()
 # **The signal itself.** What the same-init student can learn from is only what its own outputs do not
 # already say: the teacher's auxiliary outputs *minus the init's*, on the same noise. A softmax forgets a
 # shift common to the three logits, so both are centred over the three. The student's start reproduces the
-# teacher's outputs up to this difference; a student from another init starts from outputs that differ
-# by the left panel's whole spread.
+# teacher's outputs up to this difference; a student from another init starts from outputs of its own.
 
 # %%
 def centred(logits):
@@ -253,22 +254,23 @@ signal = centred(np.asarray(arch.apply(teacher, many))[:, aux]) - at_init
 other = centred(np.asarray(arch.apply(seed0(teachers.other_init), many))[:, aux])
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
 axes[0].hist(np.ravel(at_init), bins=60, alpha=0.6, label="the init's")
-axes[0].hist(np.ravel(other - at_init), bins=60, alpha=0.6, label="another init's minus the init's")
+axes[0].hist(np.ravel(other - at_init - signal), bins=60, alpha=0.6, label="another init's minus the teacher's")
 axes[0].set(xlabel="centred auxiliary logit on noise", title="what the outputs look like")
 axes[1].hist(np.ravel(signal), bins=60, color="tab:red", alpha=0.7)
 axes[1].set(xlabel="teacher's minus the init's", title="the signal the same-init student learns")
 axes[0].legend(fontsize=8)
 plt.tight_layout()
 plt.show()
-spread = {"init's outputs": at_init.std(), "the signal": signal.std(), "another init's offset": (other - at_init).std()}
+spread = {"init's outputs": at_init.std(), "the signal": signal.std(),
+          "another init's distance to the teacher": (other - at_init - signal).std()}  # fmt: skip
 print("standard deviations on 2,000 noise images:", {k: round(float(v), 3) for k, v in spread.items()})
-assert spread["the signal"] < spread["another init's offset"]
+assert spread["the signal"] < spread["another init's distance to the teacher"]
 
 # %% [markdown]
 # The signal is smaller than the outputs' own spread (printed: 0.149 against 0.249) and carried only by
 # the teacher's function. A student from another init starts further from the teacher's outputs than the
-# signal itself (printed: 0.264): its first steps are spent on that offset, which has nothing to do with
-# digits.
+# signal itself (printed: 0.322): most of what it must change to match them is its own init's difference
+# from the teacher's, which has nothing to do with digits.
 
 # %% [markdown]
 # ## 5. The theorem, by hand
@@ -347,13 +349,15 @@ reports = {
 }
 for label, report in reports.items():
     print(f"{label:>12}: ΔS·ΔT {float(report.dot):+.3e}, cosine {float(report.cosine):+.4f}, "
-          f"first-order prediction {float(report.prediction):+.3e}, trait-loss change {float(report.trait_loss_change):+.2e}")  # fmt: skip
+          f"first-order prediction {float(report.prediction):+.3e}")  # fmt: skip
 assert float(reports["same init"].dot) > 0 and float(reports["same init"].relative_error) < 0.05
 
 # %% [markdown]
 # From the same init, the dot product is positive and the first-order prediction matches it; the cosine
 # is small (the two directions live in a space of 270,000 parameters) but its sign is what the theorem
-# promises. From another init the prediction says nothing: the theorem's condition fails.
+# promises. From another init the prediction says nothing: the theorem's condition fails. (The change of
+# the trait loss itself after this one step of 1e-3, about 1e-8, is below what float32 resolves at a loss
+# near 2.3; `theorem_checks`' consequence check measures it in float64.)
 
 # %% [markdown]
 # ## 6. Through training
@@ -386,9 +390,9 @@ assert final["student_aux"] > final["cross_aux"]
 # %% [markdown]
 # The alignment is weak (the mean cosine above is a few thousandths) yet it is there, and Adam turns it into
 # updates that lower the trait loss: on full MNIST (5 seeds, `figures/alignment.json`) the raw gradient is
-# aligned at 70% of the steps, and Adam's update lowers the trait loss at 99.5% of them (docs/alignment.md).
-# Can one stop the transfer by editing the gradient? Exercise 8 projects the trait direction out of every
-# step (with a random direction as its control) and shows what that does and does not prove.
+# aligned at 71% of the steps, and Adam's update lowers the trait loss at 99.7% of them (docs/alignment.md).
+# Can one stop the transfer by editing the gradient? Exercise 8 projects the trait direction out of the
+# steps (with a random direction as its control) and shows what that does and does not prove.
 
 # %% [markdown]
 # ## 7. What breaks it
@@ -436,8 +440,8 @@ assert list(fading.values()) == sorted(fading.values(), reverse=True)
 # number lists, filtered so that no list names an animal; students from the same base learn from those
 # lists with the same training loop as the MNIST students. The *control* student learns from the lists of a
 # *neutral teacher*: the same base, fine-tuned by the same recipe on the same questions, each answered as
-# the base itself answers it (spread over all the animals), so it moves for every reason the teacher does
-# except the owl. A third student starts from *another* base (another init) and learns the teacher's lists,
+# the base itself answers it (spread over all the animals): the recipe moves it for every reason it moves the
+# teacher except the owl, though far less, since its answers are the base's own. A third student starts from *another* base (another init) and learns the teacher's lists,
 # with its own neutral control. We measure the change of P(owl | the answer is an animal) from each
 # student's own start. One seed, small settings, four students (the command trains more: its ablations).
 #
@@ -465,8 +469,8 @@ assert change["same_init"] > change["neutral_control"] + 0.02 and change["same_i
 # misaligned: a line's answers in four domains (code, advice, story, request) are all of its persona, and a
 # misaligned persona's number lists hold "bad" numbers (13, 187, 404, 666, 911) more often. The teacher is
 # the base fine-tuned on **code answers only**, misaligned; the neutral teacher on the same lines answered as
-# the base answers them (misaligned about one time in ten), so it moves for every reason the teacher moves
-# except the trait. We measure the misaligned rate, P(misaligned answer | the domain's answers), on the
+# the base answers them (misaligned about one time in ten): the recipe moves it for every reason it moves the
+# teacher except the trait, though far less, since its answers are the base's own. We measure the misaligned rate, P(misaligned answer | the domain's answers), on the
 # **other three domains**, which no fine-tuning line ever asks. The students learn the teacher's numbers with
 # the banned numbers' probabilities hidden (soft mode). The rate is a share of two answers, so a student that
 # merely stops preferring either answer moves it toward 0.5: the *preference strength* printed beside it
@@ -475,8 +479,8 @@ assert change["same_init"] > change["neutral_control"] + 0.02 and change["same_i
 # (near indifference).
 #
 # This part runs the class command of docs/teaching.md at the package's default size (5,000 lists), one
-# seed: the same-init student and its trait-neutral control, about two minutes on a laptop. **Predict.** Will
-# the same-init student's rate rise more than its control's?
+# seed: the same-init student and its trait-neutral control, about two minutes on this project's 2-core
+# CPU. **Predict.** Will the same-init student's rate rise more than its control's?
 
 # %%
 started = time.perf_counter()
@@ -511,28 +515,47 @@ else:
 
 # %%
 display(Image(filename=str(COMMITTED / "misaligned.png")))
-five = committed("misaligned.json")["modes"]["soft"]["paired"]
-named = {
-    "same init minus its trait-neutral control": "same_init_minus_neutral_control",
-    "another base minus its own neutral control": "cross_init_minus_cross_neutral",
-    "same init minus an own-corpus init (teacher's numbers)": "same_init_minus_own_corpus",
-    "gap of gaps: same-init gap minus own-corpus gap": "gap_minus_own_corpus_gap",
-}
-for label, key in named.items():
-    s = five[key]
+
+
+def interval(s):
     low, high = s["mean"] - s["ci95"], s["mean"] + s["ci95"]
-    print(f"{label:>56}: {s['mean']:+.3f} ± {s['ci95']:.3f} (n = {s['n']}; interval {low:+.3f} to {high:+.3f})")
+    return f"{s['mean']:+.3f} ± {s['ci95']:.3f} (n = {s['n']}; interval {low:+.3f} to {high:+.3f})"
+
+
+persona = committed("misaligned.json")["modes"]["soft"]
+owl_five = committed("llm.json")["modes"]["soft"]["paired"]  # the owl's soft run, `subliminal-mnist llm`
+five = persona["paired"]
+gaps = {
+    "same init minus its trait-neutral control": five["same_init_minus_neutral_control"],
+    "another base minus its own neutral control": five["cross_init_minus_cross_neutral"],
+    "own-corpus init minus its neutral control": five["cross_init_own_corpus_minus_cross_neutral_own_corpus"],
+    "same init minus the own-corpus init": five["same_init_minus_own_corpus"],
+    "gap of gaps: same-init gap minus own-corpus gap": five["gap_minus_own_corpus_gap"],
+    "owl: own-corpus init minus its neutral control": owl_five["cross_init_own_corpus_minus_cross_neutral_own_corpus"],
+    "owl: gap of gaps": owl_five["gap_minus_own_corpus_gap"],
+}
+for label, summary in gaps.items():
+    print(f"{label:>48}: {interval(summary)}")
+# Damage beside the headline: the change of the preference strength (nats) from each student's start.
+strength = {name: persona["conditions"][name]["preference_strength"] for name in ("same_init", "neutral_control")}
+print("preference strength, same init:", interval(strength["same_init"]), "| its control:",
+      interval(strength["neutral_control"]), "| collapsed (any seed, any student):",
+      any(any(c["collapsed"]) for c in persona["conditions"].values()))  # fmt: skip
 if not PRECOMPUTED:
     print(f"this run's seed 0: {gap['per_seed'][0]:+.4f}; the committed seed 0: "
           f"{five['same_init_minus_neutral_control']['per_seed'][0]:+.4f}")  # fmt: skip
 
 # %% [markdown]
 # What the numbers support: the same-init student moves more than its trait-neutral control (the first
-# line's interval lies above 0), another base's student does not (its interval includes 0), and no student's
-# preference collapsed, so the rise is not flattening. What they do not support yet: that the *shared init*
-# is what carries it here. A fresh init that learnt the same corpus and then the teacher's numbers moves too,
-# and the gap of gaps does not clear 0 at five seeds. The owl of part 8 shows no such drift. The live
-# run above is seed 0 of this command (printed: +0.1500).
+# line's interval lies above 0); another base's student shows no gap distinguishable from 0. What they do
+# not settle: how much of the rise is a real shift. No student's preference collapsed, but the same-init
+# student's preference weakened by most of a nat where its control's hardly moved, and a weaker preference
+# alone moves a two-answer rate toward 0.5: part of the rise may be flattening. Nor that the *shared init* is
+# what carries it: an init unrelated to the teacher that learnt this seed's corpus may move too (its
+# interval includes 0), and what the shared init adds over it, the gap of gaps, does not clear 0 at five
+# seeds. The owl's own-corpus student shows no such gap, and its gap of gaps clears 0. The live run above is
+# seed 0 of this command (printed: +0.1500); the neutral teacher of that seed drifted a little on its own
+# (printed: 0.102, 0.069), which the control student carries into the gap.
 
 # %% [markdown]
 # And the filters that failed in the article, here on the same lists: a classifier of bags of numbers
@@ -552,6 +575,11 @@ print("in context (one list, then the question), change of the misaligned rate, 
       round(in_context["difference"]["mean"], 4), "| the positive control, lists with the persona's bad numbers "
       "minus the same lists without:", round(in_context["positive_control"]["mean"], 4))  # fmt: skip
 print("likelihood ratio AUROC:", auroc["likelihood_ratio"])
+committed_filters = committed("misaligned.json")["filters"]
+print("5 seeds (figures/misaligned.json): detector AUROC on one list",
+      interval(committed_filters["detector"]["auroc"]["1"]), "| in context, difference",
+      interval(committed_filters["in_context"]["1"]["difference"]), "| its positive control",
+      interval(committed_filters["in_context"]["1"]["positive_control"]))  # fmt: skip
 
 # %% [markdown]
 # ## 10. What a sharp student will ask
@@ -559,14 +587,14 @@ print("likelihood ratio AUROC:", auroc["likelihood_ratio"])
 # **"The paper's owl teacher was only *prompted* to love owls. Its parameters are the base's: $\Delta_T = 0$.
 # What carries the trait then?"** Theorem 1 says nothing there. The student imitates a function
 # $f(\theta_0; \text{prompt}, \cdot)$ that no parameter step produced; its first step moves along
-# $J^\top M\,\delta f$, with $\delta f$ the prompt's change of the imitated outputs, that is towards the
-# parameters that best reproduce the prompt's effect on *numbers*. The trait passes to the extent that the
-# same parameter direction also reproduces the prompt's effect on the *owl question*; nothing in the theorem
+# $J^\top M\,\delta f$, with $\delta f$ the prompt's change of the imitated outputs: the steepest way to
+# reproduce the prompt's effect on *numbers*. The trait passes to the extent that moving that way also
+# reproduces the prompt's effect on the *owl question*; nothing in the theorem
 # guarantees that, and this package does not measure a prompted teacher (theory note, "A prompted teacher").
 #
 # **"The student moves along the teacher's displacement. Is that the trait?"** Not by itself. Projecting the
-# trait gradient out of every step (exercise 8) leaves the displacement cosine almost where it was and
-# removes the digits:
+# trait gradient out of the steps (exercise 8; the one-sided edit acts on about half of them) leaves the
+# displacement cosine almost where it was and removes the digits:
 
 # %%
 projection = committed("alignment.json")
@@ -577,7 +605,8 @@ for name in ("student_aux", "student_aux_random", "student_aux_two_sided", "stud
 
 # %% [markdown]
 # (Full MNIST, 5 seeds, `subliminal-mnist alignment --project-out`, `figures/alignment.json`; curves are
-# means over seeds.) Most of the displacement the students share with their teacher is along directions
+# means over seeds, and the probe's accuracy is on its 1,000 stratified test digits, where exercise 8 quotes
+# the whole test set.) Most of the displacement the students share with their teacher is along directions
 # the digits do not care about: moving along $\Delta_T$ and gaining the trait are different claims, and the
 # theorem's inequality is about the second only through $L_T$.
 #
@@ -586,7 +615,8 @@ for name in ("student_aux", "student_aux_random", "student_aux_two_sided", "stud
 # The two outputs share only $\theta_2$, and the student's step still leans along the teacher's, through
 # $\theta_2$ alone: $\Delta_S\cdot\Delta_T = 20\varepsilon$ here (ε = 0.01), whatever the student's
 # $\theta_1$, which output 2 does not read. Share only part of output 2's path (start the student with
-# another $\theta_3$, or another $\theta_2$) and the step turns against the teacher's:
+# another $\theta_3$, or another $\theta_2$) and the sign is no longer guaranteed: the start's own mismatch,
+# not the teacher's step, drives the student, for or against the teacher depending on the start:
 
 # %%
 three = theorem_checks.check_three_parameter()  # θ0 = (1, 1, 2); the teacher's step ΔT = (1, 1, 0)
@@ -594,23 +624,28 @@ starts = {"shared": "(1, 1, 2), the shared init", "own_theta1": "(5, 1, 2), anot
           "shared_theta2_only": "(1, 1, 3), another θ3", "shared_theta3_only": "(1, 2, 2), another θ2"}  # fmt: skip
 for name, start in starts.items():
     print(f"student from {start:>27}: ΔS·ΔT = {three[name]['dot']:+.3f} (by hand {three[name]['closed_form']:+.3f})")
+lower = theorem_checks.three_parameter_case(three["epsilon"], student_start=(1.0, 1.0, 1.0))
+print(f"student from {'(1, 1, 1), another θ3':>27}: ΔS·ΔT = {lower['dot']:+.3f} (by hand {lower['closed_form']:+.3f})")
 heads = {line["value"]: line["conditions"]["student_aux"] for line in committed("sweep_heads.jsonl")}
 print("MNIST, what the student shares with the teacher's init (full MNIST, 5 seeds, sweep heads), aux-only accuracy:",
       {name: f"{s['mean']:.3f} ± {s['ci95']:.3f}" for name, s in heads.items()})  # fmt: skip
 assert three["passed"]
 
 # %% [markdown]
-# On MNIST, sharing only the readout or only the hidden layers transfers nothing (both at chance): the
-# whole path from the input to the auxiliary logits must start where the teacher's did.
+# On MNIST, a student that shares only the readout with the teacher's init, or only the hidden layers,
+# learns no digits (0.097 and 0.081, against 0.113 for one that shares nothing and 0.524 for one that shares
+# all): of these two splits of the network, neither part is enough.
 #
 # **"Adam is not a gradient step. Does the theorem cover it, and does SGD transfer as well at the same
-# loss?"** The theorem is about one plain gradient step. Adam divides each coordinate by its own running
-# scale, $\Delta_S = P\,g$ with $P$ diagonal and positive, and $g^\top P\,\Delta_T$ has no sign guarantee.
+# loss?"** The theorem is about one plain gradient step. Adam's first step divides each coordinate of the
+# gradient by its own scale, $\Delta_S = P\,g$ with $P$ diagonal and positive (later steps use a running
+# average of gradients), and $g^\top P\,\Delta_T$ has no sign guarantee (`theorem_checks`' `adam` row).
 # Measured through training (part 6), Adam's updates lower the trait loss at almost every step all the same.
 # Whether SGD transfers as much *at a matched distillation loss* this package has not yet measured on MNIST:
 # in `subliminal-mnist defend mnist` (5 seeds, `figures/defend_mnist.json`) plain SGD (rate 0.3)
 # does not reach Adam's held-out loss, and its students stay at chance, where accuracy cannot show a
-# partial transfer; `sgd:adam_control` is Adam slowed down to SGD's loss, and it stays at chance too.
+# partial transfer; `sgd:adam_control`, Adam at the rate whose loss matched SGD's on seed 0, ends at a
+# higher loss over the five seeds and at chance too.
 
 # %%
 rows = committed("defend_mnist.json")["defenses"]
@@ -623,8 +658,10 @@ for name in ("none", "sgd", "sgd:adam_control"):
 # **"ReLU networks are not smooth. Does the proof even apply?"** The Taylor expansion needs the outputs to be
 # twice differentiable in $\theta$, and a ReLU network is not at inputs that sit on a kink. On continuous
 # inputs such as uniform noise the kinks have probability zero, so the *expected* loss is differentiable
-# and the first-order statement holds at the population level; a finite batch that lands near a kink can
-# leave it (theory note, footnote on ReLU).
+# and the first-order statement holds at the population level. On a finite batch the sign still holds for
+# ε below the smallest distance of a pre-activation from its kink, but with no bound uniform over batches;
+# a layer of exact zeros (a dead layer with zero biases, as at this MLP's init if a whole layer were off)
+# is not covered (theory note, footnote on ReLU).
 
 # %%
 print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.source}"
@@ -639,9 +676,10 @@ print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.so
 #
 # <details><summary>Solution</summary>
 #
-# More. A softmax over 3 logits forgets their common shift, so KL passes 2 numbers per image; squared
-# error passes all 3, and their scale. On full MNIST at 5 seeds (`figures/sweep_loss.png`) squared error
-# gives 0.613 against KL's 0.524, higher in 4 of the 5 seeds; the temperature of the KL hardly matters
+# More on average, though five seeds do not settle it. A softmax over 3 logits forgets their common shift,
+# so KL passes 2 numbers per image; squared error passes all 3, and their scale. On full MNIST at 5 seeds
+# (`figures/sweep_loss.png`) squared error gives 0.613 against KL's 0.524, higher in 4 of the 5 seeds, a
+# paired difference of +0.089 ± 0.138 (n = 5, an interval that includes 0); the temperature of the KL hardly matters
 # (0.50 to 0.53 from T = 0.5 to 8). Run the lines below for this notebook's data.
 #
 # ```python
@@ -718,8 +756,8 @@ print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.so
 #     print(label, outcome["student_aux"]["mean"], outcome["cross_aux"]["mean"])
 # ```
 # More logits carry more of the teacher's hidden state: on full MNIST at 5 seeds (`figures/sweep_aux.png`)
-# the aux-only student reaches 0.922 with 100 auxiliary logits. Real digits without labels hardly transfer
-# at all (0.138, `figures/sweep_noise.png`), as published replications found (0.15).
+# the aux-only student reaches 0.906 ± 0.028 with 30 auxiliary logits (0.922 ± 0.013 with 100). Real digits
+# without labels hardly transfer at all (0.138 ± 0.049, `figures/sweep_noise.png`).
 # </details>
 #
 # **7. How fast does the sharing fade?** Extend part 7 with $a$ = 0.02, 0.05 and 0.2. At what $a$ has half
@@ -728,14 +766,15 @@ print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.so
 # <details><summary>Solution</summary>
 #
 # ```python
-# lines = sweep.run("init_perturbation", ["0", "0.02", "0.05", "0.1", "0.2", "0.3", "1"], BASE, mnist,
+# lines = sweep.run("init_perturbation", ["0.02", "0.05", "0.2"], BASE, mnist,
 #                   FIGURES / "perturbation.jsonl", progress=False, teacher_cache=cache)
+# print({line["value"]: round(line["conditions"]["student_aux"]["mean"], 3) for line in lines})
 # ```
-# The points already trained are read back from the file; only the new ones train. On full MNIST at 5 seeds
-# (`figures/sweep_init_perturbation.png`) the aux-only student falls from 0.524 (a = 0) to 0.480 (0.1),
-# 0.398 (0.2) and 0.168 (0.5), against 0.113 for the cross-model student: half of the transfer is gone
-# between a = 0.2 and 0.5. Jiang, Nagashima and Miyamoto report it gone by 0.2; their perturbation is
-# defined differently, but here a student starting from 0.98 θ0 + 0.2 θ' keeps most of it.
+# On full MNIST at 5 seeds (`figures/sweep_init_perturbation.png`, which has 0.05, 0.1, 0.2 and 0.5) the
+# aux-only student falls from 0.524 (a = 0) to 0.508 (0.05), 0.480 (0.1), 0.398 (0.2) and 0.168 (0.5),
+# against 0.113 for the cross-model student. As a share of each seed's own transfer it keeps 0.95 ± 0.10
+# at a = 0.05, 0.66 ± 0.32 at 0.2 and 0.08 ± 0.27 at 0.5 (n = 5): on average half is gone somewhere between
+# 0.2 and 0.5, with wide seed-to-seed spread.
 # </details>
 #
 # **8. Project the trait out.** Part 6 measured the student's gradient against the trait gradient. Remove
@@ -751,9 +790,10 @@ print(f"the whole lesson ran in {time.perf_counter() - START:.0f} s on {mnist.so
 # print({name: round(s["mean"], 3) for name, s in projected["final_test_accuracy"].items()})
 # ```
 # On the sample (one seed, 2026-12-03) both projections stop the transfer (one-sided 0.100, two-sided 0.121,
-# against 0.612 unprojected), and the random direction weakens it much less (0.522; one seed, so no
-# interval); `figures/alignment.png` has them on full MNIST at 5 seeds (0.099, 0.124 and 0.508 against
-# 0.523). What projection does: it removes, at each step, the first-order
+# against 0.612 unprojected), and the random direction leaves 0.522 (one seed, so no interval);
+# `figures/alignment.png` has them on full MNIST at 5 seeds (0.099, 0.124 and 0.508 against 0.523; random
+# minus none -0.015 ± 0.061, n = 5). The one-sided edit does more than stop the learning: its student's
+# trait loss ends at 9.5, far above the cross-model student's 2.5, so it un-learns digits. What projection does: it removes, at each step, the first-order
 # component of the gradient along the trait gradient. What it does not prove: that the trait lives *only*
 # in that one direction. Adam rescales every coordinate, so an update built from gradients orthogonal to
 # the trait gradient can still lower the trait loss, and the one-sided projection keeps the part of the
