@@ -603,6 +603,39 @@ def tuning_fits(row: Row, settings: DefenseSettings) -> int:
     return 0 if settings.sgd_learning_rate else len(settings.sgd_grid)
 
 
+# What each row would have shown if its defense did nothing (or, for `none`, if nothing transferred),
+# and why its control can show it: a row whose control could not move is no evidence either way.
+_UNCHANGED = "remaining's interval includes 1"
+REFUTATIONS = {
+    "none": "no transfer: the same-init student's paired effect over its control has an interval that includes 0; "
+            "the control learns the same data from another start (MNIST) or a trait-neutral teacher's (owl), so it can",
+    "other_init": "another init does not stop transfer: its student on the teacher's outputs ends above its control "
+                  "on a neutral teacher's, from the same start (paired interval above 0); only the teacher differs, "
+                  "so it can",
+    "sgd": f"SGD does not stop transfer: {_UNCHANGED}; read only where the row is matched (its held-out loss "
+           "within 10% of Adam's), since an undertrained student transfers less for that reason alone",
+    "sgd:adam_control": "the optimizer, not the loss reached, matters: Adam at SGD's held-out loss keeps as little "
+                        "as SGD; the two differ only in the optimizer",
+    "kl_to_start": f"the penalty does nothing: {_UNCHANGED}; the control is penalized alike, so both can move",
+    "l2_to_start": f"the penalty does nothing: {_UNCHANGED}; the control is penalized alike, so both can move",
+    "mix": f"mixing does nothing: {_UNCHANGED} (a plain dilution predicts about 1 minus the share)",
+    "replace_divergent": f"replacing the most divergent numbers does nothing: {_UNCHANGED}; the control's lists "
+                         "are replaced alike",
+    "threshold_sampling": f"min-p sampling does nothing: {_UNCHANGED}; the control's writer samples alike",
+    "detector_filter": "the detector finds nothing: remaining equals random_drop's at the same share (the same "
+                       "prompts leave the control's data, so pairs stay pairs)",
+    "random_drop": f"dropping that much data does nothing: {_UNCHANGED}; detector_filter's yardstick",
+    "sort": f"order carries nothing: {_UNCHANGED}; the control's lists are sorted alike",
+    "projection": f"removing the trait gradient does nothing: {_UNCHANGED}; the control is projected alike",
+    "temperature": f"the temperature does nothing: {_UNCHANGED}; the control distils at the same temperature",
+}  # fmt: skip
+
+
+def refutation(key: str) -> str:
+    """The one-line refutation of a row (`REFUTATIONS`), by its key ("mix:0.25" is a `mix` row)."""
+    return REFUTATIONS.get(key) or REFUTATIONS[key.split(":")[0]]
+
+
 def summarize(lines: Sequence[dict], **more) -> dict:
     """The table: for each row, its transfer remaining, its effect and its costs (`COSTS`), each a
     summary with Student's t interval (`runs.summarize`); the rows in the order of `lines` (none
@@ -624,6 +657,7 @@ def summarize(lines: Sequence[dict], **more) -> dict:
                 "seconds": line["wall_seconds"],
             },
             "config": {**line["settings"], **{k: line[k] for k in ("learning_rate", "tuning") if k in line}},
+            "refutation": refutation(key),
             **({"neutral_teacher_accuracy": runs.summarize(per_seed["neutral_teacher"])}
                if "neutral_teacher" in per_seed else {}),
         }  # fmt: skip

@@ -208,6 +208,7 @@ def test_rows_and_summary(tmp_path, sample):
     effect = np.subtract(lines[2]["per_seed"]["treated"], lines[2]["per_seed"]["control"])
     assert summary["defenses"]["mix:0.5"]["effect"]["per_seed"] == pytest.approx(effect.tolist())
     assert "n = 2 seeds" in defenses.table(summary)
+    assert summary["defenses"]["mix:0.5"]["refutation"] == defenses.REFUTATIONS["mix"]
 
 
 def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp_path, sample, monkeypatch):
@@ -267,3 +268,11 @@ def test_the_command_trains_writes_and_redraws_without_training(tmp_path, capsys
     monkeypatch.setattr(defenses, "train_row", lambda *a, **k: pytest.fail("--plot-only must not train"))
     assert cli.main([*argv, "--plot-only"]) == 0
     assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_row_states_what_would_refute_it():
+    # A defense added without its refutation fails here; a row key with a strength reads its defense's.
+    assert set(defenses.DEFENSES) <= set(defenses.REFUTATIONS)
+    assert defenses.refutation("mix:0.25") == defenses.REFUTATIONS["mix"]
+    assert defenses.refutation("sgd:adam_control") != defenses.refutation("sgd")
+    assert all("\n" not in text and len(text) < 300 for text in defenses.REFUTATIONS.values())
