@@ -21,6 +21,7 @@ subliminal-mnist demo --preset strongest --seeds 5 --conditions student_aux --ou
 # What stops it: every MNIST defense, 5 seeds, one resumable line per row in defend_mnist.jsonl.
 subliminal-mnist defend mnist --out . "$@"
 # The owl's defenses (no MNIST needed): soft mode, 5 seeds, one resumable line per row in defend_owl.jsonl.
+# Its figure is defend_owl_MODE.png, one per mode (defend_owl_soft.png here).
 subliminal-mnist defend owl --out .
 # Sweeps, 5 seeds per point: a point already in sweep_NAME.jsonl under the same config, versions and source
 # (`runs.source_fingerprint`) is not trained again; delete the file to train every point anew.

@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument(
             "--out",
             default=".",
-            help=f"folder of defend_{setting}.jsonl (resumed if there), .json and .png (default: .)",
+            help=f"folder of defend_{setting}.jsonl (resumed if there), .json and "
+            f"{'.png' if setting == 'mnist' else '_MODE.png (one figure per mode)'} (default: .)",
         )
         one.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
         one.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of a table")
@@ -490,6 +491,8 @@ def _defend(args: argparse.Namespace) -> int:
             lines = defenses.run(config, settings, mnist, lines_path, progress=not args.no_progress)
         summary = defenses.summarize(lines)
     json_path, figure_path = lines_path.with_suffix(".json"), lines_path.with_suffix(".png")
+    if args.setting == "owl":  # one figure per mode: defend_owl_soft.png, defend_owl_hard.png
+        figure_path = out / f"defend_owl_{config.mode}.png"
     files.write_json(json_path, summary)
     figures.defenses_figure(summary, figure_path)
     print(json.dumps(summary) if args.json else f"{defenses.table(summary)}\nwrote {json_path} and {figure_path}")

@@ -11,8 +11,9 @@ import os
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib import ticker
+from matplotlib import patheffects, ticker
 from matplotlib.lines import Line2D
+from matplotlib.transforms import Bbox
 
 from subliminal_mnist import alignment, defenses, experiment, files, sweep
 from subliminal_mnist.llm import dose
@@ -294,13 +295,50 @@ def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def defenses_figure(summary: dict, path: str | os.PathLike) -> None:
-    """Each defense's transfer remaining against its two costs (MNIST: the useful all-logits student's
-    accuracy and the held-out distillation loss; owl: the treated student's held-out KL to the teacher
-    and its list validity), mean and 95% t interval both ways: the defenses that stop the trait without
-    stopping the distillation sit low where the distillation is good."""
+def _clear_labels(fig, labels: list, pad: float = 1.0) -> None:
+    """Move each label (an annotation offset from its point, in order) to the first of a fixed ring of
+    offsets, growing outwards, where its box overlaps no label placed before it and no point's marker and
+    stays inside its axes (failing that, the first clear of the labels): deterministic, so the same summary
+    draws the same figure. The layout is drawn first and then frozen, so the boxes measured are those saved."""
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    renderer = fig.canvas.get_renderer()
+    directions = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    offsets = [(d * dx, d * dy) for d in range(5, 50, 4) for dx, dy in directions]
+
+    def put(label, offset):
+        dx, dy = offset
+        label.xyann = offset
+        label.set_ha("right" if dx < 0 else "left" if dx > 0 else "center")
+        label.set_va("top" if dy < 0 else "bottom" if dy > 0 else "center")
+        return label.get_window_extent(renderer).padded(pad)
+
+    radius = 3.5 * fig.dpi / 72  # a marker, whose number may not cover it either
+    markers = [
+        Bbox.from_extents(*(center - radius), *(center + radius))
+        for center in (label.axes.transData.transform(label.xy) for label in labels)
+    ]
+    placed = []
+    for label in labels:
+        inside = label.axes.get_window_extent(renderer)
+        chosen = fallback = None
+        for offset in offsets:
+            box = put(label, offset)
+            if not any(box.overlaps(other) for other in placed + markers):
+                if inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1):
+                    chosen = offset
+                    break
+                fallback = fallback or offset
+        put(label, chosen or fallback or offsets[0])
+        placed.append(label.get_window_extent(renderer).padded(pad))
+
+
+def defenses_plot(summary: dict):
+    """The figure of `defenses_figure`, not saved: each row's point numbered (1, 2, ... in the summary's
+    order, the number in the point's colour, placed clear of every other number) and a key of the numbers
+    beside the axes."""
     rows = summary["defenses"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained", sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), layout="constrained", sharey=True)
     labels = {
         "useful_accuracy": "useful student's test accuracy (all logits)",
         "heldout_distill_loss": "held-out distillation loss (aux KL)",
@@ -309,22 +347,42 @@ def defenses_figure(summary: dict, path: str | os.PathLike) -> None:
     }
     log_scale = ("heldout_distill_loss", "heldout_kl")
     colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+    numbers, handles = [], []
     for ax, cost in zip(axes, defenses.COSTS[summary["setting"]]):
         for i, (key, row) in enumerate(rows.items()):
             x, y = row["cost"][cost], row["remaining"]
             ax.errorbar(x["mean"], y["mean"], xerr=x["ci95"] or 0, yerr=y["ci95"] or 0, marker="o", capsize=3,
-                        color=colors[i % 20], label=key)  # fmt: skip
-            ax.annotate(key, (x["mean"], y["mean"]), xytext=(4, 4), textcoords="offset points", fontsize=7)
+                        color=colors[i % 20], markeredgecolor="black", markeredgewidth=0.4)  # fmt: skip
+            number = ax.annotate(str(i + 1), (x["mean"], y["mean"]), xytext=(5, 5), textcoords="offset points",
+                                 fontsize=8, fontweight="bold", color=colors[i % 20])  # fmt: skip
+            number.set_path_effects([patheffects.withStroke(linewidth=1.5, foreground="black")])
+            numbers.append(number)
         ax.axhline(1, color="black", linestyle=":", linewidth=0.8)
         ax.axhline(0, color="black", linestyle="--", linewidth=0.8)
         ax.set_xlabel(labels[cost])
         ax.grid(True, alpha=0.3)
         if cost in log_scale:
             ax.set_xscale("log")
+    for i, key in enumerate(rows):
+        handles.append(Line2D([], [], marker="o", linestyle="", color=colors[i % 20], markeredgecolor="black",
+                              markeredgewidth=0.4, label=f"{i + 1}  {key}"))  # fmt: skip
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="point  row", title_fontsize=8,
+               handletextpad=0.3, frameon=False)  # fmt: skip
     axes[0].set_ylabel("transfer remaining (paired effect / undefended)")
     n = rows["none"]["effect"]["n"]
     where = summary["setting"] if summary["setting"] == "mnist" else f"{summary['trait']}, {summary['mode']}"
     fig.suptitle(f"What stops subliminal learning ({where}): {n} seeds, 95% t intervals", fontsize=11)
+    _clear_labels(fig, numbers)
+    return fig
+
+
+def defenses_figure(summary: dict, path: str | os.PathLike) -> None:
+    """Each defense's transfer remaining against its two costs (MNIST: the useful all-logits student's
+    accuracy and the held-out distillation loss; owl: the treated student's held-out KL to the teacher
+    and its list validity), mean and 95% t interval both ways: the defenses that stop the trait without
+    stopping the distillation sit low where the distillation is good. Points are numbered, with a key of
+    the numbers beside the axes, so no two labels overlap however close the points."""
+    fig = defenses_plot(summary)
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)

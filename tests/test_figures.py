@@ -1,6 +1,9 @@
-"""The demo figure is drawn from a results dict."""
+"""The figures are drawn from results dicts: the demo's, and the defenses' with no label over another."""
 
-from subliminal_mnist import experiment, figures
+import matplotlib.pyplot
+import pytest
+
+from subliminal_mnist import defenses, experiment, figures
 
 
 def fake_results(is_sample=False):
@@ -17,3 +20,40 @@ def test_demo_figure_is_a_png(tmp_path):
         figures.demo_figure(fake_results(is_sample), path)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demoFalse.png", "demoTrue.png"]
+
+
+def fake_defenses(setting):
+    """A defenses summary whose points crowd: four rows on one point, three a hair apart, one alone."""
+    where = [(0.5, 0.0)] * 4 + [(0.5 + 1e-3 * i, 0.01 * i) for i in (1, 2, 3)] + [(0.9, 1.0)]
+    keys = ["none", "detector_filter:0.1", "l2_to_start", "temperature:0.25", "mix:0.1", "detector_filter:0.5",
+            "other_init", "temperature:4"]  # fmt: skip
+    rows = {
+        key: {
+            "cost": {cost: {"mean": x, "ci95": 0.01} for cost in defenses.COSTS[setting]},
+            "remaining": {"mean": y, "ci95": 0.05},
+            "effect": {"n": 5},
+        }
+        for key, (x, y) in zip(keys, where)
+    }
+    return {"setting": setting, "defenses": rows, "trait": "owl", "mode": "soft"}
+
+
+@pytest.mark.parametrize("setting", ["mnist", "owl"])
+def test_defenses_figure_labels_overlap_nothing(tmp_path, monkeypatch, setting):
+    # The figure as saved (closing it is skipped to keep it): the points' labels, the key and the title clear
+    # of one another, however many points coincide.
+    drawn = []
+    monkeypatch.setattr(figures.plt, "close", drawn.append)
+    path = tmp_path / f"defend_{setting}.png"
+    figures.defenses_figure(fake_defenses(setting), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig,) = drawn
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for ax in fig.axes for t in ax.texts]  # the points' labels, and the key's lines and title
+    key = [t for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if legend for t in legend.texts]
+    assert len(labels) == 2 * 8  # one label per row and panel
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in [*labels, *key, fig._suptitle] if t]
+    crossed = [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1 :] if box.overlaps(other)]
+    assert not crossed
+    matplotlib.pyplot.close(fig)

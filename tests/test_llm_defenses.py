@@ -287,7 +287,7 @@ def test_the_command_trains_writes_and_redraws_without_training(tmp_path, capsys
         printed["measure"]["label"] == "the misaligned rate on held-out domains"
         and printed["defenses"]["none"]["effect"]["n"] == 1
     )
-    figure = tmp_path / "defend_owl.png"
+    figure = tmp_path / "defend_owl_soft.png"  # one figure per mode
     figure.unlink()
     monkeypatch.setattr(owl, "train_row", lambda *a, **k: pytest.fail("--plot-only must not train"))
     assert cli.main([*argv, *mini, "--plot-only"]) == 0
