@@ -33,8 +33,11 @@ Rows, by defense (`DEFENSES`):
   show it, as `none`'s does (a control from a third init could not: both students would be
   unrelated to the teacher, their expected difference 0 whatever another init learns).
 - sgd: plain SGD instead of Adam, at the learning rate whose held-out distillation loss is
-  nearest the undefended Adam student's (a grid on the first seeds), so the row compares
-  students that learnt their distillation as well, not undertrained ones.
+  the undefended Adam student's (a grid on the first seeds, extended where no two rates bracket
+  it, interpolated between the bracketing rates: `tuned_rate`), so the row compares students that
+  learnt their distillation as well, not undertrained ones; its Adam control is matched alike to
+  the SGD student's loss. Where no rate brackets the target, or the row's mean held-out loss ends
+  more than 10% from the target's, the row is unmatched and draws no conclusion (`optimizer_match`).
 - kl_to_start: KL to the student's own start on every output of the distillation inputs,
   its weight ramped up over the first epoch and then decayed ("liminal training").
 - l2_to_start: |θ - θ0|² / 2, constant weight: weight decay toward the start.
@@ -106,6 +109,16 @@ _USEFUL = ("student_all",)
 # student's. Plain SGD may not reach Adam's loss in the paper's epochs at any rate; then this
 # row tells the optimizer's part from the undertraining's.
 SGD_ADAM_CONTROL = "adam_control"
+# The matching rule of an optimizer row's rate (`tuned_rate`), fixed before any row runs: where no two
+# neighbouring rates of the grid bracket the target held-out loss, the grid is extended beyond its end
+# on the side that might, by this factor per step, at most this many steps; a row is matched where a
+# pair bracketed the target and its mean held-out loss over the seeds is within this share of the
+# target's mean (`optimizer_match`).
+MATCH_EXTENSION_FACTOR = 3.0
+MATCH_EXTENSIONS = 3
+MATCH_TOLERANCE = 0.10
+# Each setting's held-out loss, the one an optimizer row is matched on (a key of a row's per-seed values).
+HELDOUT_LOSS = {"mnist": "heldout_distill_loss", "owl": "heldout_kl"}
 # The held-out noise's key: the seed's noise key folded with a number no other use of it reaches.
 _HELDOUT_FOLD = 2**31 - 2
 # The neutral teacher's labels (`neutral_labels`): the training labels permuted once, by the key
@@ -135,14 +148,15 @@ class DefenseSettings:
     kl_weight: float = config_field(1.0, "kl_to_start: the KL's largest weight (nats per nat of distillation loss)")
     l2_weight: float = config_field(1e-3, "l2_to_start: the weight of |θ - θ0|² / 2")
     sgd_learning_rate: float = config_field(
-        0.0, "sgd: its learning rate; 0: the grid's rate whose held-out distillation loss is nearest Adam's"
+        0.0, "sgd: its learning rate; 0: the rate whose held-out distillation loss is Adam's (the grid's, extended)"
     )
     sgd_grid: tuple[float, ...] = config_field(
-        (0.1, 0.3, 1.0, 3.0, 10.0), "sgd: the learning rates tried on the first seeds when it is 0"
+        (0.1, 0.3, 1.0, 3.0, 10.0),
+        "sgd: the learning rates tried on the first seeds when it is 0 (extended where none brackets Adam's loss)",
     )
     adam_grid: tuple[float, ...] = config_field(
         (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4),
-        "sgd: Adam's rates tried for its control, which distils to the SGD student's held-out loss",
+        "sgd: Adam's rates tried for its control, which distils to the SGD student's held-out loss (extended alike)",
     )
 
     def __post_init__(self):
@@ -399,11 +413,12 @@ def matched_rate(
     grid: Sequence[float],
     progress: bool | train.Progress,
     teacher_cache: dict | None,
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict]:
     """The learning rate at which the treated student, trained with `optimizer_name`, has the held-out
-    distillation loss (mean over `seed_ids`) `target_loss`, interpolated from the rates of `grid`
-    (`interpolated_rate`); and every rate's loss ({rate: loss}, inf where the training diverged). Only
-    the distillation loss decides, never the transfer."""
+    distillation loss (mean over `seed_ids`) `target_loss`, by the matching rule (`tuned_rate`: the
+    rates of `grid`, extended where none bracket the target, interpolated), and its record (every rate's
+    loss, inf where the training diverged; whether a pair bracketed). Only the distillation loss
+    decides, never the transfer."""
     arch = config.architecture
     teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], progress, teacher_cache)
     keys = experiment.seed_keys(config, seed_ids)
@@ -425,9 +440,20 @@ def tuned_rate(
     target_loss: float,
     workers: int,
     progress: bool | train.Progress,
-) -> tuple[float, dict[str, float]]:
-    """`interpolated_rate` from the held-out distillation loss `loss_at(rate, progress)` of every rate of
-    `grid`, and those losses ({rate: loss}, inf where the training diverged)."""
+    extensions: int = MATCH_EXTENSIONS,
+) -> tuple[float, dict]:
+    """The rate of the matching rule, fixed before any row runs, and its record (the line's `tuning`):
+
+    1. train every rate of `grid` (held-out loss `loss_at(rate, progress)` on the tuning seeds; inf
+       where the training diverged);
+    2. while no two neighbouring rates bracket `target_loss` (`bracket`: one loss at or below it, one
+       above, on the stable side), extend the grid beyond its end on the side that might bracket it
+       (`extension`: the end rate times or over `MATCH_EXTENSION_FACTOR`), at most `extensions` times;
+    3. the rate: log-linear between the bracketing rates (`interpolated_rate`), or, where none bracket,
+       the nearest rate tried; the row is then unmatched (`optimizer_match`).
+
+    The record: every rate tried and its loss ({rate: loss}, the grid and its extensions), whether a
+    pair bracketed the target, and the rates the extensions added, in order."""
 
     def finite_loss(rate: float) -> float:
         # A rate that diverges fails its own training only: the others go on (`Progress.child`).
@@ -442,28 +468,113 @@ def tuned_rate(
 
     # Each rate's student is one stream of work: two of them fill two cores.
     tried = dict(zip(grid, runs.concurrently(finite_loss, grid, workers, progress)))
-    return interpolated_rate(tried, target_loss), {f"{rate:g}": loss for rate, loss in tried.items()}
+    added: list[float] = []
+    while bracket(tried, target_loss) is None and len(added) < extensions:
+        rate = extension(tried, target_loss)
+        if rate is None:
+            break
+        tried[rate] = finite_loss(rate)
+        added.append(rate)
+    record = {
+        "tried": {f"{rate:g}": tried[rate] for rate in sorted(tried)},
+        "bracketed": bracket(tried, target_loss) is not None,
+        "extended": [float(rate) for rate in added],
+    }
+    return interpolated_rate(tried, target_loss), record
+
+
+def _stable_rates(tried: dict[float, float]) -> list[float]:
+    """The rates tried, ascending, up to the one with the lowest finite loss (every rate if none is finite):
+    past it a larger rate trains worse because the optimizer is unstable there, and a loss matched on that
+    side is a broken student, not one that distilled as far (measured: the owl's SGD at rate 1)."""
+    rates = sorted(tried)
+    finite = [rate for rate in rates if np.isfinite(tried[rate])]
+    if not finite:
+        return rates
+    best = min(finite, key=tried.get)
+    return [rate for rate in rates if rate <= best]
+
+
+def bracket(tried: dict[float, float], target_loss: float) -> tuple[float, float] | None:
+    """The first two neighbouring stable rates (`_stable_rates`) whose finite losses bracket `target_loss`
+    (one at or below it, one above; equal losses never), or None."""
+    stable = _stable_rates(tried)
+    for low, high in zip(stable, stable[1:]):
+        a, b = tried[low], tried[high]
+        if np.isfinite(a) and np.isfinite(b) and min(a, b) <= target_loss <= max(a, b) and a != b:
+            return low, high
+    return None
+
+
+def extension(tried: dict[float, float], target_loss: float) -> float | None:
+    """The next rate to try where none brackets `target_loss`, on the side that might (the loss falls as
+    the rate grows, on the stable side), by `MATCH_EXTENSION_FACTOR`:
+
+    - every finite stable loss at or below the target, or every training diverged: below the smallest rate;
+    - every finite loss above the target: beyond the rate with the lowest loss where it is an end of the
+      rates tried, above the largest (the loss still falls there) or else below the smallest (a larger
+      rate already trains worse; the lowest loss may lie below);
+    - otherwise (the lowest loss between the ends, or finite losses on both sides with a diverged rate
+      between them) None: no side might.
+
+    None where a pair brackets the target already."""
+    if bracket(tried, target_loss) is not None:
+        return None
+    rates = sorted(tried)
+    stable = _stable_rates(tried)
+    finite = [tried[rate] for rate in stable if np.isfinite(tried[rate])]
+    if not finite or all(loss <= target_loss for loss in finite):
+        return rates[0] / MATCH_EXTENSION_FACTOR
+    if all(loss > target_loss for loss in finite):
+        if stable[-1] == rates[-1]:
+            return rates[-1] * MATCH_EXTENSION_FACTOR
+        if stable[-1] == rates[0]:
+            return rates[0] / MATCH_EXTENSION_FACTOR
+    return None
 
 
 def interpolated_rate(tried: dict[float, float], target_loss: float) -> float:
     """The learning rate at which the loss would be `target_loss`, from the losses `tried` at a grid of
-    rates: between the two neighbouring rates whose losses bracket it, linear in log rate and log loss
-    (a grid is coarse: neighbouring rates may differ 2-fold in loss); where none bracket it, the grid's
-    rate whose loss is nearest in ratio. Only rates up to the one with the lowest loss count: past it a
-    larger rate trains worse because the optimizer is unstable there, and a loss matched on that side is
-    a broken student, not one that distilled as far (measured: the owl's SGD at rate 1)."""
-    rates = sorted(tried)
-    finite = [rate for rate in rates if np.isfinite(tried[rate])]
-    if not finite:
-        return rates[0]
-    best = min(finite, key=tried.get)
-    stable = [rate for rate in rates if rate <= best]
-    for low, high in zip(stable, stable[1:]):
+    rates: between the two neighbouring rates whose losses bracket it (`bracket`), linear in log rate and
+    log loss (a grid is coarse: neighbouring rates may differ 2-fold in loss); where none bracket it, the
+    stable rate (`_stable_rates`) whose loss is nearest in ratio."""
+    pair = bracket(tried, target_loss)
+    if pair is not None:
+        low, high = pair
         a, b = tried[low], tried[high]
-        if np.isfinite(a) and np.isfinite(b) and min(a, b) <= target_loss <= max(a, b) and a != b:
-            share = np.log(target_loss / a) / np.log(b / a)
-            return float(np.exp(np.log(low) + share * np.log(high / low)))
+        share = np.log(target_loss / a) / np.log(b / a)
+        return float(np.exp(np.log(low) + share * np.log(high / low)))
+    stable = _stable_rates(tried)
+    if not any(np.isfinite(tried[rate]) for rate in stable):
+        return stable[0]
     return min(stable, key=lambda rate: abs(np.log(tried[rate] / target_loss)))
+
+
+def optimizer_match(line: dict, target: dict | None, loss_key: str) -> dict:
+    """What an optimizer row (`sgd`, `sgd:adam_control`) says of its match, in the summary: its held-out
+    loss (`loss_key`, per seed) and the target's it was matched to (`target`: `none`'s line for `sgd`, the
+    `sgd` line for its control; None where the run holds none), each a summary, and whether it is
+    `matched`: a pair of rates bracketed the target on the tuning seeds (where a rate was tuned) and its
+    mean over the seeds is within `MATCH_TOLERANCE` of the target's mean. An unmatched row draws no
+    conclusion."""
+    losses = line["per_seed"][loss_key]
+    out = {"heldout_loss": runs.summarize(losses), "target_heldout_loss": None, "matched": False}
+    if target is None:
+        return out
+    target_losses = target["per_seed"][loss_key]
+    out["target_heldout_loss"] = runs.summarize(target_losses)
+    tuning = line.get("tuning") or {"bracketed": True}  # a rate given, not tuned: nothing to bracket
+    bracketed = tuning.get("bracketed")
+    if bracketed is None:  # a line written before the rule recorded it: its own rates and target say
+        tried = {float(rate): loss for rate, loss in tuning["tried"].items()}
+        bracketed = bracket(tried, tuning["target_loss"]) is not None
+    out["matched"] = bool(bracketed and within_tolerance(float(np.mean(losses)), float(np.mean(target_losses))))
+    return out
+
+
+def within_tolerance(loss: float, target_loss: float, tolerance: float = MATCH_TOLERANCE) -> bool:
+    """The matched rule's loss test: |loss - target| <= tolerance x target (both finite)."""
+    return bool(np.isfinite(loss) and np.isfinite(target_loss) and abs(loss - target_loss) <= tolerance * target_loss)
 
 
 # How the projection's trait gradient picks its `trait_batch` training images (`alignment.probe_sets`).
@@ -545,15 +656,17 @@ def sgd_rate(
     SGD's rate: `sgd_learning_rate`, or (when it is 0) the rate whose held-out distillation loss
     (`loss_key`, mean over the `first` seeds) is the undefended Adam student's; its control's (Adam)
     rate: the one whose loss is the SGD row's (the row before it). `matched(target, optimizer_name,
-    grid)` finds a rate (`tuned_rate`)."""
+    grid)` finds a rate by the matching rule (`tuned_rate`) and returns it with its record: the line's
+    `tuning` holds the target, the grid, every rate tried (the grid and its extensions) with its loss,
+    whether a pair bracketed the target, the extensions, and the tuning seeds."""
     control = row.value == SGD_ADAM_CONTROL
     rate = 0.0 if control else settings.sgd_learning_rate
     extra = {}
     if not rate:
         target = float(np.mean(np.asarray(results[-1 if control else 0]["per_seed"][loss_key])[first]))
         grid = settings.adam_grid if control else settings.sgd_grid
-        rate, tried = matched(target, "adam" if control else "sgd", grid)
-        extra["tuning"] = {"target_loss": target, "tried": tried, "seeds": np.asarray(first).tolist()}
+        rate, record = matched(target, "adam" if control else "sgd", grid)
+        extra["tuning"] = {"target_loss": target, "grid": list(grid), **record, "seeds": np.asarray(first).tolist()}
     return rate, {**extra, "learning_rate": rate}
 
 
@@ -595,7 +708,8 @@ def _row_epochs(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> 
 
 
 def tuning_fits(row: Row, settings: DefenseSettings) -> int:
-    """How many students a row trains to find its learning rate (`sgd_rate`)."""
+    """How many students a row trains to find its learning rate (`sgd_rate`): its grid's rates (the
+    matching rule's extensions, at most `MATCH_EXTENSIONS`, may add more)."""
     if row.name != "sgd":
         return 0
     if row.value == SGD_ADAM_CONTROL:
@@ -660,6 +774,7 @@ def summarize(lines: Sequence[dict], **more) -> dict:
             "refutation": refutation(key),
             **({"neutral_teacher_accuracy": runs.summarize(per_seed["neutral_teacher"])}
                if "neutral_teacher" in per_seed else {}),
+            **_optimizer_fields(key, line, by_key),
         }  # fmt: skip
     none = by_key["none"]
     if setting == "mnist":
@@ -673,6 +788,15 @@ def summarize(lines: Sequence[dict], **more) -> dict:
         "devices": jax.local_device_count(),
         "versions": runs.versions(),
     }
+
+
+def _optimizer_fields(key: str, line: dict, by_key: dict) -> dict:
+    """An optimizer row's `optimizer_match` in the summary ({} for other rows): `sgd` against the
+    undefended Adam student (`none`), `sgd:adam_control` against the `sgd` row."""
+    if not key.startswith("sgd"):
+        return {}
+    target = by_key.get(Row("sgd").key if key == Row("sgd", SGD_ADAM_CONTROL).key else "none")
+    return optimizer_match(line, target, HELDOUT_LOSS[line["setting"]])
 
 
 def drawn_lines(path: str | pathlib.Path, wanted: Sequence[Row], setting: str = "mnist") -> list[dict]:
@@ -706,7 +830,10 @@ def table(summary: dict) -> str:
         cost = row["cost"]
         line = f"{key:<24}{cell(row['remaining'], 2):>18}{cell(row['effect']):>18}"
         line += "".join(f"{cell(cost[c], _COST_COLUMNS[c][1]):>22}" for c in costs)
-        out.append(line + f"{cost['seconds']:>7.0f}s")
+        out.append(line + f"{cost['seconds']:>7.0f}s" + ("  unmatched" if row.get("matched") is False else ""))
     n = summary["defenses"]["none"]["effect"]["n"]
     out.append(f"n = {n} seeds; remaining: the paired effect (same init minus control) over the undefended one")
+    if any(row.get("matched") is False for row in summary["defenses"].values()):
+        out.append(f"unmatched: no rate bracketed the other optimizer's held-out loss, or the row's mean is more "
+                   f"than {MATCH_TOLERANCE:.0%} from it; the row draws no conclusion")  # fmt: skip
     return "\n".join(out)

@@ -189,10 +189,111 @@ def test_the_matched_rate_interpolates_between_the_rates_that_bracket_the_target
 def test_matched_rate_tries_every_rate_and_a_diverging_one_is_infinitely_far(sample, teacher_cache):
     grid = (0.01, 1.0, 1e6)
     args = (TINY, SETTINGS, sample, np.arange(1), defenses.Seeds.of(TINY))
-    rate, tried = defenses.matched_rate(*args, 1e-9, "sgd", grid, False, teacher_cache)
-    losses = {float(rate): loss for rate, loss in tried.items()}
+    rate, record = defenses.matched_rate(*args, 1e-9, "sgd", grid, False, teacher_cache)
+    losses = {float(rate): loss for rate, loss in record["tried"].items()}
     assert set(losses) == set(grid) and losses[1e6] == float("inf") and np.isfinite(losses[1.0])
     assert losses[rate] == min(losses.values())  # a target below every loss: the lowest
+    # A larger rate than the best already diverged: no extension can bracket the target, the row is unmatched.
+    assert record["extended"] == [] and record["bracketed"] is False
+
+
+def _tuned(loss_of_rate, grid, target, extensions=defenses.MATCH_EXTENSIONS):
+    """`tuned_rate` on a fake loss-of-rate function, and the rates it trained, in order."""
+    trained = []
+
+    def loss_at(rate, progress):
+        trained.append(rate)
+        return loss_of_rate(rate)
+
+    rate, record = defenses.tuned_rate(loss_at, grid, target, 1, False, extensions)
+    return rate, record, trained
+
+
+def test_the_rule_interpolates_log_linearly_between_the_bracketing_rates():
+    # A power law is a line in log loss against log rate: the interpolation finds its rate exactly.
+    rate, record, trained = _tuned(lambda r: 1e-3 / r**0.5, (0.1, 1.0, 10.0), 1e-3 / 2.0)
+    assert rate == pytest.approx(4.0) and record["bracketed"] and record["extended"] == []
+    assert trained == [0.1, 1.0, 10.0] and list(record["tried"]) == ["0.1", "1", "10"]
+    assert defenses.bracket({0.1: 3e-3, 1.0: 1e-3, 10.0: 2e-4}, 1e-3) == (0.1, 1.0)  # at or below counts
+    assert defenses.bracket({0.1: 3e-3, 1.0: 2e-3, 10.0: 1.5e-3}, 1e-3) is None
+
+
+def test_where_none_brackets_the_grid_extends_on_the_side_that_might_and_stops_there():
+    loss = lambda r: 1e-3 / r  # noqa: E731
+    # Every loss above the target: larger rates, x3 each, until a pair brackets (rate 2: 0.9 and 2.7).
+    rate, record, trained = _tuned(loss, (0.1, 0.3), 5e-4)
+    assert record["extended"] == pytest.approx([0.9, 2.7]) and trained[2:] == record["extended"]
+    assert record["bracketed"] and rate == pytest.approx(2.0)
+    # Every loss below it: smaller rates (rate 0.1: 1/9 and 1/27).
+    rate, record, _ = _tuned(loss, (1.0, 10.0), 1e-2)
+    assert record["extended"] == pytest.approx([1 / 3, 1 / 9, 1 / 27]) and rate == pytest.approx(0.1)
+    # Out of reach: at most MATCH_EXTENSIONS steps, then the nearest rate tried, unmatched.
+    rate, record, trained = _tuned(loss, (0.1, 0.3), 1e-6)
+    assert len(record["extended"]) == defenses.MATCH_EXTENSIONS == 3 and len(trained) == 5
+    assert not record["bracketed"] and rate == pytest.approx(0.3 * 27)
+    assert _tuned(loss, (0.1, 0.3), 1e-6, extensions=1)[1]["extended"] == pytest.approx([0.9])
+    # Past the lowest loss a larger rate is unstable: no side might bracket a target below it, no extension.
+    rising = {0.1: 2e-3, 1.0: 1e-3, 10.0: float("inf")}
+    rate, record, trained = _tuned(rising.get, tuple(rising), 1e-4)
+    assert trained == [0.1, 1.0, 10.0] and not record["bracketed"] and rate == 1.0
+    assert defenses.extension(rising, 1e-4) is None and defenses.extension(rising, 3e-3) == pytest.approx(0.1 / 3)
+    assert defenses.extension({0.1: float("inf")}, 1e-3) == pytest.approx(0.1 / 3)  # every rate diverged
+    # The lowest loss at the smallest rate, above the target: below it, until the lowest loss is between ends.
+    valley = lambda r: 1.5e-3 * (1 + np.log10(r / 0.1) ** 2) if r < 1 else float("inf")  # noqa: E731
+    rate, record, trained = _tuned(valley, (0.1, 0.3, 1.0), 1e-3)
+    assert trained[3:] == pytest.approx([0.1 / 3]) and not record["bracketed"] and rate == 0.1
+
+
+def _line(losses, **more):
+    return {"setting": "mnist", "per_seed": {"heldout_distill_loss": losses}, **more}
+
+
+def test_a_row_is_matched_where_a_pair_bracketed_and_its_mean_loss_is_within_ten_percent():
+    target = _line([1.0, 1.2, 0.8])  # mean 1.0
+    bracketed = {"tuning": {"bracketed": True}}
+    near, far = _line([1.05, 1.1, 1.12], **bracketed), _line([1.1, 1.1, 1.14], **bracketed)  # 1.09, 1.113
+    match = defenses.optimizer_match(near, target, "heldout_distill_loss")
+    assert match["matched"] is True and match["heldout_loss"]["n"] == 3
+    assert match["target_heldout_loss"]["mean"] == pytest.approx(1.0)
+    assert match["heldout_loss"]["per_seed"] == [1.05, 1.1, 1.12]
+    assert defenses.optimizer_match(far, target, "heldout_distill_loss")["matched"] is False
+    below = _line([0.905, 0.905, 0.905], **bracketed)
+    assert defenses.optimizer_match(below, target, "heldout_distill_loss")["matched"] is True
+    # Nothing bracketed on the tuning seed: unmatched, however near the loss ended.
+    unbracketed = _line([1.0, 1.2, 0.8], tuning={"bracketed": False})
+    assert defenses.optimizer_match(unbracketed, target, "heldout_distill_loss")["matched"] is False
+    # A line from before the rule recorded it: its tuning's own rates and target say whether a pair bracketed.
+    for tried, matched in (({"0.1": 2.0, "1": 0.5}, True), ({"0.1": 2.0, "1": 1.5}, False)):
+        old = _line([1.0, 1.0, 1.0], tuning={"target_loss": 1.0, "tried": tried, "seeds": [0]})
+        assert defenses.optimizer_match(old, target, "heldout_distill_loss")["matched"] is matched
+    assert defenses.optimizer_match(near, None, "heldout_distill_loss") == {
+        "heldout_loss": match["heldout_loss"], "target_heldout_loss": None, "matched": False}  # fmt: skip
+    assert not defenses.within_tolerance(float("inf"), 1.0) and defenses.within_tolerance(1.09, 1.0)
+    assert defenses.within_tolerance(0.91, 1.0) and not defenses.within_tolerance(0.89, 1.0)
+
+
+def test_optimizer_rows_carry_their_match_in_the_summary_and_the_table_marks_an_unmatched_one(
+    tmp_path, sample, teacher_cache
+):
+    settings = MnistDefenses(defenses=("sgd",), sgd_grid=(0.3, 3.0), adam_grid=(1e-3, 1e-2), heldout_noise=256)
+    lines = defenses.run(TINY, settings, sample, tmp_path / "d.jsonl", False, lambda m: None, teacher_cache)
+    summary = json.loads(json.dumps(defenses.summarize(lines)))
+    rows = summary["defenses"]
+    assert list(rows) == ["none", "sgd", "sgd:adam_control"] and "matched" not in rows["none"]
+    for key, target in (("sgd", "none"), ("sgd:adam_control", "sgd")):
+        row = rows[key]
+        assert isinstance(row["matched"], bool)
+        assert row["heldout_loss"] == row["cost"]["heldout_distill_loss"]
+        assert row["target_heldout_loss"] == rows[target]["cost"]["heldout_distill_loss"]
+        tuning = row["config"]["tuning"]
+        assert set(tuning) >= {"target_loss", "grid", "tried", "bracketed", "extended", "seeds"}
+        assert len(tuning["tried"]) == len(tuning["grid"]) + len(tuning["extended"])
+        near = defenses.within_tolerance(row["heldout_loss"]["mean"], row["target_heldout_loss"]["mean"])
+        assert row["matched"] == (tuning["bracketed"] and near)
+    rows["sgd"]["matched"], rows["sgd:adam_control"]["matched"] = False, True
+    text = defenses.table(summary).splitlines()
+    assert [line.endswith("unmatched") for line in text[1:4]] == [False, True, False]
+    assert any(line.startswith("unmatched:") for line in text)
 
 
 def test_rows_and_summary(tmp_path, sample):

@@ -232,6 +232,35 @@ def test_rows_by_mode():
         owl.rows(OwlDefenses(defenses=("temperature",)), llm.LLMConfig(mode="hard"))
 
 
+def test_the_owl_sgd_rows_extend_their_grids_and_carry_their_match(tmp_path, monkeypatch):
+    # Fake students (no training): the held-out KL a power law of the rate, SGD's 5 / rate, Adam's 1e-6 / rate;
+    # the undefended Adam student's 0.5. SGD's grid (up to 1) never reaches 0.5: it extends up (3, 9, 27) and
+    # brackets it at rate 10; Adam's (from 1e-5) is below the SGD student's KL: it extends down to 2e-6.
+    trained = []
+
+    def fake_row(row, config, settings, seed_id, partner, progress, cache, learning_rate=None, conditions=None):
+        kl = 0.5 if row.name == "none" else (1e-6 if row.value == defenses.SGD_ADAM_CONTROL else 5.0) / learning_rate
+        trained.append((row.key, learning_rate, conditions))
+        return {"treated": 0.1, "control": 0.0, "heldout_kl": kl, "validity": 1.0, "teacher": 0.3}
+
+    monkeypatch.setattr(owl, "train_row", fake_row)
+    for name in ("seed_models", "number_lists", "heldout_lists"):
+        monkeypatch.setattr(owl, name, lambda *a, **k: None)
+    settings = OwlDefenses(defenses=("sgd",), heldout_lists=64)
+    lines = owl.run(CONFIG, settings, tmp_path / "d.jsonl", progress=False, log=lambda m: None, cache={})
+    summary = json.loads(json.dumps(owl.summarize(lines, CONFIG)))
+    sgd, control = summary["defenses"]["sgd"], summary["defenses"]["sgd:adam_control"]
+    assert sgd["config"]["tuning"]["extended"] == pytest.approx([3.0, 9.0, 27.0])
+    assert sgd["config"]["learning_rate"] == pytest.approx(10.0) and sgd["config"]["tuning"]["bracketed"]
+    assert control["config"]["tuning"]["extended"] == pytest.approx([1e-5 / 3, 1e-5 / 9])
+    assert control["config"]["learning_rate"] == pytest.approx(2e-6)
+    assert [t[1:] for t in trained if t[0] == "sgd"][:6] == [(r, owl.PAIR[:1]) for r in settings.sgd_grid]
+    for row, target in ((sgd, summary["defenses"]["none"]), (control, sgd)):
+        assert row["matched"] is True and row["heldout_loss"]["mean"] == pytest.approx(0.5)
+        assert row["target_heldout_loss"] == target["cost"]["heldout_kl"]
+    assert "matched" not in summary["defenses"]["none"] and "unmatched" not in defenses.table(summary)
+
+
 def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp_path, cache, monkeypatch):
     settings = OwlDefenses(defenses=("mix",), mix_shares=(0.5,), heldout_lists=64)
     whole = tmp_path / "whole.jsonl"

@@ -73,11 +73,12 @@ class OwlDefenses(DefenseSettings):
     setting: ClassVar[str] = "owl"
 
     sgd_grid: tuple[float, ...] = config_field(
-        (0.003, 0.01, 0.03, 0.1, 0.3, 1.0), "sgd: the learning rates tried on the first seed when it is 0"
+        (0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+        "sgd: the learning rates tried on the first seed when it is 0 (extended where none brackets Adam's KL)",
     )
     adam_grid: tuple[float, ...] = config_field(
         (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
-        "sgd: Adam's rates tried for its control, which distils to the SGD student's held-out KL",
+        "sgd: Adam's rates tried for its control, which distils to the SGD student's held-out KL (extended alike)",
     )
     divergent_shares: tuple[float, ...] = config_field(
         (0.1,), "replace_divergent: shares of number positions replaced by the base's, one row each"
