@@ -125,9 +125,6 @@ _HELDOUT_FOLD = 2**31 - 2
 # fold_in(key(config.seed), _NEUTRAL_LABELS_FOLD). Seed s's streams come from fold_in(key(config.seed),
 # s) and a run's seed ids stay below 2 x seeds (`runs.unrelated_seeds`), so no seed's key is this one.
 _NEUTRAL_LABELS_FOLD = 2**31 - 3
-# What the other_init row's control is, in its line's fields: a line from its earlier design (a
-# control from a third init, which could not move) is not read back as this row.
-_OTHER_INIT_CONTROL = "partner's init on the neutral teacher's aux outputs (training labels permuted)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -577,21 +574,12 @@ def within_tolerance(loss: float, target_loss: float, tolerance: float = MATCH_T
     return bool(np.isfinite(loss) and np.isfinite(target_loss) and abs(loss - target_loss) <= tolerance * target_loss)
 
 
-# How the projection's trait gradient picks its `trait_batch` training images (`alignment.probe_sets`).
-_TRAIT_IMAGES = f"stratified, seed {data.PROBE_SEED}"
-
-
 def _row_fields(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> dict:
     """What a row's line must match to be reused: the setting, the row, the experiment's config and
-    the defense settings the row reads."""
-    fields = row_fields(row, config, defenses, ("heldout_noise", *{"projection": ("trait_batch",)}.get(row.name, ())))
-    if row.name == "other_init":
-        fields["settings"]["control"] = _OTHER_INIT_CONTROL
-    if row.name == "projection":
-        # Which training images the trait gradient sees, in the key: a line written when they were the
-        # file's first `trait_batch` (before this field) is not reused.
-        fields["settings"]["trait_images"] = _TRAIT_IMAGES
-    return fields
+    the defense settings the row reads. A line of an earlier design of a row (other_init's third-init
+    control, the projection's first N digits) is not reused either: `runs.point` matches the source's
+    fingerprint too."""
+    return row_fields(row, config, defenses, ("heldout_noise", *{"projection": ("trait_batch",)}.get(row.name, ())))
 
 
 def row_fields(row: Row, config, settings: DefenseSettings, always: tuple[str, ...], more: dict | None = None) -> dict:
@@ -727,7 +715,7 @@ REFUTATIONS = {
                   "on a neutral teacher's, from the same start (paired interval above 0); only the teacher differs, "
                   "so it can",
     "sgd": f"SGD does not stop transfer: {_UNCHANGED}; read only where the row is matched (its held-out loss "
-           "within 10% of Adam's), since an undertrained student transfers less for that reason alone",
+           f"within {MATCH_TOLERANCE:.0%} of Adam's), since an undertrained student transfers less for that reason alone",
     "sgd:adam_control": "the optimizer, not the loss reached, matters: Adam at SGD's held-out loss keeps as little "
                         "as SGD; the two differ only in the optimizer",
     "kl_to_start": f"the penalty does nothing: {_UNCHANGED}; the control is penalized alike, so both can move",
