@@ -26,8 +26,8 @@ Rows, by defense (`DEFENSES`):
   cross partner's) learn the teacher's digits? The treated student starts from the partner's init
   and is distilled on the teacher's aux outputs; its control starts from the same init and is
   distilled on a *neutral teacher's* (`neutral_teachers`: the teacher's init and recipe, trained on
-  the training labels permuted across the training set, so it moves for every reason the teacher
-  does but digit knowledge), with the same noise in the same order and the same loop: the pair
+  the training labels permuted across the training set: the teacher's recipe and steps without digit
+  knowledge; how far it moves from the init is not measured), with the same noise in the same order and the same loop: the pair
   differs only in which teacher wrote the targets. Another init does *not* stop transfer if the
   treated student ends above its control, the paired effect's interval above 0; this control can
   show it, as `none`'s does (a control from a third init could not: both students would be
@@ -272,8 +272,8 @@ def neutral_teachers(
     """The neutral teachers of `seed_ids` (S, ...): each from its teacher's init (`shared_init`) by its
     teacher's recipe (`experiment.trained_teachers`: the epochs, rate, batch, cross-entropy on the class
     logits and the teacher's data-order keys), on the training images with `neutral_labels`. It learns
-    no digits (test accuracy near chance, 0.1) but moves as far from its init, in the same steps, as
-    the teacher. Kept in `cache` as the teachers are, in a table of their own (so never taken for one)."""
+    no digits (test accuracy near chance, 0.1) in the teacher's steps; how far it moves from its init,
+    against the teacher, is not measured. Kept in `cache` as the teachers are, in a table of their own (so never taken for one)."""
     relabelled = dataclasses.replace(mnist, train_labels=neutral_labels(config, mnist.train_labels))
     keys = experiment.seed_keys(config, seed_ids)["teacher"]
     own = cache.setdefault(("neutral teachers",), {})
@@ -716,16 +716,16 @@ REFUTATIONS = {
                   "so it can",
     "sgd": f"SGD does not stop transfer: {_UNCHANGED}; read only where the row is matched (its held-out loss "
            f"within {MATCH_TOLERANCE:.0%} of Adam's), since an undertrained student transfers less for that reason alone",
-    "sgd:adam_control": "the optimizer, not the loss reached, matters: Adam at SGD's held-out loss keeps as little "
-                        "as SGD; the two differ only in the optimizer",
+    "sgd:adam_control": "the loss reached, not the optimizer, matters: Adam at SGD's held-out loss keeps as much as "
+                        "SGD (their paired difference's interval includes 0); read only where both rows are matched",
     "kl_to_start": f"the penalty does nothing: {_UNCHANGED}; the control is penalized alike, so both can move",
     "l2_to_start": f"the penalty does nothing: {_UNCHANGED}; the control is penalized alike, so both can move",
     "mix": f"mixing does nothing: {_UNCHANGED} (a plain dilution predicts about 1 minus the share)",
     "replace_divergent": f"replacing the most divergent numbers does nothing: {_UNCHANGED}; the control's lists "
                          "are replaced alike",
     "threshold_sampling": f"min-p sampling does nothing: {_UNCHANGED}; the control's writer samples alike",
-    "detector_filter": "the detector finds nothing: remaining equals random_drop's at the same share (the same "
-                       "prompts leave the control's data, so pairs stay pairs)",
+    "detector_filter": "the detector finds nothing: its paired remaining minus random_drop's at the same share has "
+                       "an interval that includes 0 (the same prompts leave the control's data, so pairs stay pairs)",
     "random_drop": f"dropping that much data does nothing: {_UNCHANGED}; detector_filter's yardstick",
     "sort": f"order carries nothing: {_UNCHANGED}; the control's lists are sorted alike",
     "projection": f"removing the trait gradient does nothing: {_UNCHANGED}; the control is projected alike",
