@@ -14,7 +14,12 @@ Targets on a 2-core CPU: `defend mnist` 5 seeds under 15 minutes, `defend owl` 5
 
     python benchmarks/defend_speed.py mnist --seeds 1     # full MNIST: set SUBLIMINAL_MNIST_DIR
     python benchmarks/defend_speed.py owl --seeds 1
-    python benchmarks/defend_speed.py owl                 # 5 seeds, every defense
+    python benchmarks/defend_speed.py owl                 # 5 seeds, every defense, soft
+    python benchmarks/defend_speed.py owl --mode hard --defenses other_init mix ...
+    python benchmarks/defend_speed.py mnist --out figures # the committed table: its run is the timed one
+
+`--out` runs in that folder instead of a temporary one (the run must find no lines of its own there,
+or its time is not end to end: the benchmark refuses); the compile cache is still a fresh one.
 """
 
 from __future__ import annotations
@@ -72,19 +77,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("setting", choices=defenses.SETTINGS)
     parser.add_argument("--seeds", type=int, default=defenses.SEEDS, choices=(1, defenses.SEEDS))
+    parser.add_argument("--mode", choices=("soft", "hard"), default="soft", help="owl: the run's mode")
+    parser.add_argument("--defenses", nargs="+", default=(), help="the rows to run (default: every one)")
+    parser.add_argument("--out", help="the folder to run in and keep (default: a temporary one)")
     args = parser.parse_args()
     mnist = data.load() if args.setting == "mnist" else None
     if mnist is not None and mnist.is_sample:
         sys.exit("benchmark needs full MNIST: set SUBLIMINAL_MNIST_DIR")
 
+    command = ["defend", args.setting, "--seeds", str(args.seeds)]
+    command += ["--mode", args.mode] if args.setting == "owl" else []
+    command += ["--defenses", *args.defenses] if args.defenses else []
     with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(args.out or tmp)
+        path = out / (f"defend_owl_{args.mode}.jsonl" if args.setting == "owl" else "defend_mnist.jsonl")
+        if path.exists() and path.stat().st_size:
+            sys.exit(f"{path} holds lines already: the run would resume, not run end to end; move it away")
         matmul_before = matmul_gflops() if mnist else None
-        wall = time_command(tmp, "defend", args.setting, "--seeds", str(args.seeds), outputs=("--out", tmp))
+        # The compile cache is always a fresh, temporary one: `tmp/xla`.
+        wall = time_command(tmp, *command, outputs=("--out", str(out)))
         matmul_after = matmul_gflops() if mnist else None
-        path = pathlib.Path(tmp, f"defend_{args.setting}.jsonl")
         lines = [json.loads(line) for line in path.read_text().splitlines()]
     target = TARGETS[args.setting][args.seeds]
-    print(f"defend {args.setting}: {len(lines)} rows x {args.seeds} seeds, {jax.devices()[0].device_kind}")
+    mode = f" --mode {args.mode}" if args.setting == "owl" else ""
+    print(f"defend {args.setting}{mode}: {len(lines)} rows x {args.seeds} seeds, {jax.devices()[0].device_kind}")
     for line in lines:
         print(f"  {line['defense']:<26} {line['wall_seconds']:7.1f} s")
     print(f"  {'end to end':<26} {wall:7.1f} s (empty compile cache, loading included)")

@@ -20,9 +20,12 @@ subliminal-mnist llm-dose --trait misaligned --mode soft --counts 2500 5000 1000
 subliminal-mnist demo --preset strongest --seeds 5 --conditions student_aux --out strongest.json --figure strongest.png "$@"
 # What stops it: every MNIST defense, 5 seeds, one resumable line per row in defend_mnist.jsonl.
 subliminal-mnist defend mnist --out . "$@"
-# The owl's defenses (no MNIST needed): soft mode, 5 seeds, one resumable line per row in defend_owl.jsonl.
-# Its figure is defend_owl_MODE.png, one per mode (defend_owl_soft.png here).
+# The owl's defenses (no MNIST needed), 5 seeds, one set of files per mode, one resumable line per row in
+# defend_owl_MODE.jsonl: soft, every defense that applies; hard (sampled tokens, the published defenses' own
+# kind of data), the rows compared with published numbers.
 subliminal-mnist defend owl --out .
+subliminal-mnist defend owl --mode hard --out . \
+  --defenses other_init mix replace_divergent threshold_sampling detector_filter random_drop sort
 # Sweeps, 5 seeds per point: a point already in sweep_NAME.jsonl under the same config, versions and source
 # (`runs.source_fingerprint`) is not trained again; delete the file to train every point anew.
 for name in init_perturbation heads loss noise aux depth teacher_epochs student_epochs width; do

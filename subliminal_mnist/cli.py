@@ -222,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument(
             "--out",
             default=".",
-            help=f"folder of defend_{setting}.jsonl (resumed if there), .json and "
-            f"{'.png' if setting == 'mnist' else '_MODE.png (one figure per mode)'} (default: .)",
+            help=f"folder of defend_{setting}{'' if setting == 'mnist' else '_MODE'}.jsonl (resumed if there), "
+            f".json and .png{'' if setting == 'mnist' else ', one set per mode'} (default: .)",
         )
         one.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
         one.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of a table")
@@ -461,7 +461,6 @@ def _sweep(args: argparse.Namespace) -> int:
 def _defend(args: argparse.Namespace) -> int:
     """Train the defenses' missing rows (or none, with --plot-only), then write the table, JSON and figure."""
     out = pathlib.Path(args.out)
-    lines_path = out / f"defend_{args.setting}.jsonl"
     if args.setting == "mnist":
         options = explicit_options(args, experiment.ExperimentConfig)
         config_cls, settings_cls = experiment.ExperimentConfig, defenses.MnistDefenses
@@ -473,6 +472,9 @@ def _defend(args: argparse.Namespace) -> int:
     options.setdefault("seeds", defenses.SEEDS)
     settings = settings_cls(**explicit_options(args, settings_cls))
     config = config_cls(**options)  # fail on a bad option before loading any data
+    # The owl's files are one set per mode (defend_owl_soft.*, defend_owl_hard.*): a run of one mode
+    # never overwrites the other's table.
+    lines_path = out / (f"defend_owl_{config.mode}.jsonl" if args.setting == "owl" else "defend_mnist.jsonl")
     if args.setting == "owl":
         llm_defenses.check_mode(config)
         wanted = llm_defenses.rows(settings, config)
@@ -491,8 +493,6 @@ def _defend(args: argparse.Namespace) -> int:
             lines = defenses.run(config, settings, mnist, lines_path, progress=not args.no_progress)
         summary = defenses.summarize(lines)
     json_path, figure_path = lines_path.with_suffix(".json"), lines_path.with_suffix(".png")
-    if args.setting == "owl":  # one figure per mode: defend_owl_soft.png, defend_owl_hard.png
-        figure_path = out / f"defend_owl_{config.mode}.png"
     files.write_json(json_path, summary)
     figures.defenses_figure(summary, figure_path)
     print(json.dumps(summary) if args.json else f"{defenses.table(summary)}\nwrote {json_path} and {figure_path}")

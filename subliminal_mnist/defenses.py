@@ -27,7 +27,8 @@ Rows, by defense (`DEFENSES`):
   and is distilled on the teacher's aux outputs; its control starts from the same init and is
   distilled on a *neutral teacher's* (`neutral_teachers`: the teacher's init and recipe, trained on
   the training labels permuted across the training set: the teacher's recipe and steps without digit
-  knowledge; how far it moves from the init is not measured), with the same noise in the same order and the same loop: the pair
+  knowledge; how far each teacher moves from the init is measured, `neutral_teacher_distance` and
+  `teacher_distance`), with the same noise in the same order and the same loop: the pair
   differs only in which teacher wrote the targets. Another init does *not* stop transfer if the
   treated student ends above its control, the paired effect's interval above 0; this control can
   show it, as `none`'s does (a control from a third init could not: both students would be
@@ -61,6 +62,7 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from subliminal_mnist import alignment, data, experiment, losses, model, runs, train
 from subliminal_mnist.experiment import ExperimentConfig
@@ -96,6 +98,12 @@ COSTS = {
     "mnist": {"useful_accuracy": "useful", "heldout_distill_loss": "heldout_distill_loss"},
     "owl": {"heldout_kl": "heldout_kl", "validity": "validity"},
 }
+# What each cost cannot leave (low, high; None: no bound): its interval is cut there (`runs.summarize`).
+COST_BOUNDS = {"useful_accuracy": (0.0, 1.0), "heldout_distill_loss": (0.0, None), "heldout_kl": (0.0, None),
+               "validity": (0.0, 1.0)}  # fmt: skip
+# Rows read against another row of the same run, seed by seed: their paired difference in `remaining`
+# (this row's minus that row's) is the comparison their refutation names (`REFUTATIONS`).
+PAIRED_WITH = {"detector_filter": "random_drop", "sgd:adam_control": "sgd"}
 # What the treated and control students' per-seed values are: test accuracies (MNIST), or the
 # change of the trait's headline measure from each student's own start (owl).
 MEASURED = {"mnist": "accuracy", "owl": "change"}
@@ -272,8 +280,8 @@ def neutral_teachers(
     """The neutral teachers of `seed_ids` (S, ...): each from its teacher's init (`shared_init`) by its
     teacher's recipe (`experiment.trained_teachers`: the epochs, rate, batch, cross-entropy on the class
     logits and the teacher's data-order keys), on the training images with `neutral_labels`. It learns
-    no digits (test accuracy near chance, 0.1) in the teacher's steps; how far it moves from its init,
-    against the teacher, is not measured. Kept in `cache` as the teachers are, in a table of their own (so never taken for one)."""
+    no digits (test accuracy near chance, 0.1) in the teacher's steps; how far it moves from its init
+    against the teacher is the other_init row's `neutral_teacher_distance`. Kept in `cache` as the teachers are, in a table of their own (so never taken for one)."""
     relabelled = dataclasses.replace(mnist, train_labels=neutral_labels(config, mnist.train_labels))
     keys = experiment.seed_keys(config, seed_ids)["teacher"]
     own = cache.setdefault(("neutral teachers",), {})
@@ -384,12 +392,27 @@ def train_row(
     def accuracy(params):
         return np.asarray(experiment.test_accuracy(params, mnist.test_images, mnist.test_labels, arch))
 
+    def cross_entropy(params):
+        return np.asarray(experiment.test_cross_entropy(params, mnist.test_images, mnist.test_labels, arch))
+
     noise = heldout_noise(config, defenses, keys["noise"], mnist.train_images)
-    # other_init's: its neutral teachers' accuracy, near chance (0.1) if they learnt no digits.
-    more = {} if row.name != "other_init" else {"neutral_teacher": accuracy(neutral)}
+    more = {}
+    if row.name == "other_init":
+        # Its neutral teachers' accuracy, near chance (0.1) if they learnt no digits, and how far each
+        # teacher moved from the shared init (the neutral teacher's control moves for every reason
+        # the treated student's teacher moves if the two moved alike far).
+        more = {
+            "neutral_teacher": accuracy(neutral),
+            "neutral_teacher_distance": np.asarray(parameter_distance(neutral, teachers.shared_init)),
+            "teacher_distance": np.asarray(parameter_distance(teachers.teacher, teachers.shared_init)),
+        }
     return {
         "treated": accuracy(students["student_aux"]),
         "control": accuracy(students["cross_aux"]),
+        # The cost-free readout below chance accuracy: how far each aux-only student's test cross-entropy
+        # fell from its own start's (nats), so partial transfer shows where accuracy stays at 0.1.
+        "treated_xent_drop": cross_entropy(teachers.student_init) - cross_entropy(students["student_aux"]),
+        "control_xent_drop": cross_entropy(teachers.other_init) - cross_entropy(students["cross_aux"]),
         "useful": accuracy(students["student_all"]),
         "heldout_distill_loss": np.asarray(
             heldout_distill_loss(students["student_aux"], teachers.teacher, noise, arch)
@@ -397,6 +420,12 @@ def train_row(
         "teacher": accuracy(teachers.teacher),
         **more,
     }
+
+
+@jax.jit
+def parameter_distance(params: model.Params, start: model.Params) -> jax.Array:
+    """Each seed's Euclidean distance |θ - θ0| over every parameter: (S, ...), (S, ...) -> (S,)."""
+    return jax.vmap(lambda a, b: optax.tree.norm(jax.tree.map(jnp.subtract, a, b)))(params, start)
 
 
 def matched_rate(
@@ -555,11 +584,11 @@ def optimizer_match(line: dict, target: dict | None, loss_key: str) -> dict:
     mean over the seeds is within `MATCH_TOLERANCE` of the target's mean. An unmatched row draws no
     conclusion."""
     losses = line["per_seed"][loss_key]
-    out = {"heldout_loss": runs.summarize(losses), "target_heldout_loss": None, "matched": False}
+    out = {"heldout_loss": cost_summary(loss_key, losses), "target_heldout_loss": None, "matched": False}
     if target is None:
         return out
     target_losses = target["per_seed"][loss_key]
-    out["target_heldout_loss"] = runs.summarize(target_losses)
+    out["target_heldout_loss"] = cost_summary(loss_key, target_losses)
     tuning = line.get("tuning") or {"bracketed": True}  # a rate given, not tuned: nothing to bracket
     bracketed = tuning.get("bracketed")
     if bracketed is None:  # a line written before the rule recorded it: its own rates and target say
@@ -738,10 +767,36 @@ def refutation(key: str) -> str:
     return REFUTATIONS.get(key) or REFUTATIONS[key.split(":")[0]]
 
 
+def cost_summary(name: str, values) -> dict:
+    """A cost's summary (`runs.summarize`), its interval cut at the cost's bounds (`COST_BOUNDS`; `name`
+    the summary's name or the per-seed key, the same for the held-out losses)."""
+    return runs.summarize(values, COST_BOUNDS[name])
+
+
+def paired_with(key: str, by_key: dict, undefended: np.ndarray) -> dict:
+    """The row's comparison with the row it is read against (`PAIRED_WITH`: detector_filter:0.1 against
+    random_drop:0.1, sgd:adam_control against sgd), seed by seed: {"row": that row's key,
+    "remaining_difference": the summary of this row's remaining minus that row's}; {} for other rows
+    or where the run holds no such row."""
+    name, _, value = key.partition(":")
+    other = PAIRED_WITH.get(key) or (PAIRED_WITH.get(name) and f"{PAIRED_WITH[name]}:{value}")
+    if not other or other not in by_key:
+        return {}
+
+    def remaining(line: dict) -> np.ndarray:
+        return np.subtract(line["per_seed"]["treated"], line["per_seed"]["control"]) / undefended
+
+    difference = remaining(by_key[key]) - remaining(by_key[other])
+    return {"versus": {"row": other, "remaining_difference": runs.summarize(difference)}}
+
+
 def summarize(lines: Sequence[dict], **more) -> dict:
-    """The table: for each row, its transfer remaining, its effect and its costs (`COSTS`), each a
-    summary with Student's t interval (`runs.summarize`); the rows in the order of `lines` (none
-    first). `more`: the setting's own entries (its teacher, its data)."""
+    """The table: for each row, its transfer remaining, its effect and its costs (`COSTS`, each interval
+    cut at its bounds), each a summary with Student's t interval (`runs.summarize`), its `refutation`;
+    MNIST's `xent_effect` (the aux-only students' drops in test cross-entropy from their starts, treated
+    minus control, nats); a row read against another (`PAIRED_WITH`) its `versus`; an optimizer row its
+    match (`optimizer_match`). The rows in the order of `lines` (none first). `more`: the setting's own
+    entries (its teacher, its data)."""
     setting = lines[0]["setting"]
     by_key = {line["defense"]: line for line in lines}
     undefended = np.subtract(by_key["none"]["per_seed"]["treated"], by_key["none"]["per_seed"]["control"])
@@ -755,13 +810,16 @@ def summarize(lines: Sequence[dict], **more) -> dict:
             "effect": runs.summarize(effect),
             MEASURED[setting]: {name: runs.summarize(per_seed[name]) for name in ("treated", "control")},
             "cost": {
-                **{name: runs.summarize(per_seed[k]) for name, k in COSTS[setting].items()},
+                **{name: cost_summary(name, per_seed[k]) for name, k in COSTS[setting].items()},
                 "seconds": line["wall_seconds"],
             },
             "config": {**line["settings"], **{k: line[k] for k in ("learning_rate", "tuning") if k in line}},
             "refutation": refutation(key),
-            **({"neutral_teacher_accuracy": runs.summarize(per_seed["neutral_teacher"])}
-               if "neutral_teacher" in per_seed else {}),
+            **{name: runs.summarize(per_seed[k]) for name, k in _MORE_SUMMARIES.items() if k in per_seed},
+            **({"xent_effect": runs.summarize(np.subtract(per_seed["treated_xent_drop"],
+                                                          per_seed["control_xent_drop"]))}
+               if "treated_xent_drop" in per_seed else {}),
+            **paired_with(key, by_key, undefended),
             **_optimizer_fields(key, line, by_key),
         }  # fmt: skip
     none = by_key["none"]
@@ -776,6 +834,15 @@ def summarize(lines: Sequence[dict], **more) -> dict:
         "devices": jax.local_device_count(),
         "versions": runs.versions(),
     }
+
+
+# A row's own values summarized as they are (the summary's name -> the per-seed key), where it has them:
+# other_init's neutral teacher (its accuracy, near chance, and how far it and the teacher moved).
+_MORE_SUMMARIES = {
+    "neutral_teacher_accuracy": "neutral_teacher",
+    "neutral_teacher_distance": "neutral_teacher_distance",
+    "teacher_distance": "teacher_distance",
+}
 
 
 def _optimizer_fields(key: str, line: dict, by_key: dict) -> dict:
@@ -805,23 +872,40 @@ _COST_COLUMNS = {
 
 
 def table(summary: dict) -> str:
-    """The results as docs/defenses.md shows them: one row per defense, mean ± 95% t interval."""
+    """The results as docs/defenses.md shows them: one row per defense, mean ± 95% t interval (a cost's
+    interval as [low, high] where its bound cuts it), and below, the paired comparisons (`PAIRED_WITH`)."""
 
     def cell(s: dict, digits: int = 3) -> str:
-        return f"{s['mean']:.{digits}f}" + (f" ± {s['ci95']:.{digits}f}" if s["ci95"] is not None else "")
+        mean = f"{s['mean']:.{digits}f}"
+        if s["ci95"] is None:
+            return mean
+        if "interval" in s and s["interval"] != [s["mean"] - s["ci95"], s["mean"] + s["ci95"]]:
+            return mean + " [{:.{d}f}, {:.{d}f}]".format(*s["interval"], d=digits)
+        return mean + f" ± {s['ci95']:.{digits}f}"
 
+    rows = summary["defenses"]
     costs = COSTS[summary["setting"]]
-    header = f"{'defense':<24}{'remaining':>18}{'effect':>18}"
-    header += "".join(f"{_COST_COLUMNS[c][0]:>22}" for c in costs) + f"{'time':>8}"
+    xent = any("xent_effect" in row for row in rows.values())
+    header = f"{'defense':<24}{'remaining':>18}{'effect':>18}" + (f"{'effect (CE)':>18}" if xent else "")
+    header += "".join(f"{_COST_COLUMNS[c][0]:>24}" for c in costs) + f"{'time':>8}"
     out = [header]
-    for key, row in summary["defenses"].items():
+    for key, row in rows.items():
         cost = row["cost"]
         line = f"{key:<24}{cell(row['remaining'], 2):>18}{cell(row['effect']):>18}"
-        line += "".join(f"{cell(cost[c], _COST_COLUMNS[c][1]):>22}" for c in costs)
+        line += f"{cell(row['xent_effect']):>18}" if xent else ""
+        line += "".join(f"{cell(cost[c], _COST_COLUMNS[c][1]):>24}" for c in costs)
         out.append(line + f"{cost['seconds']:>7.0f}s" + ("  unmatched" if row.get("matched") is False else ""))
-    n = summary["defenses"]["none"]["effect"]["n"]
+    n = rows["none"]["effect"]["n"]
     out.append(f"n = {n} seeds; remaining: the paired effect (same init minus control) over the undefended one")
-    if any(row.get("matched") is False for row in summary["defenses"].values()):
+    if xent:
+        out.append("effect (CE): the aux-only students' drop in test cross-entropy from their starts, same init "
+                   "minus control (nats): partial transfer where accuracy stays at chance")  # fmt: skip
+    for key, row in rows.items():
+        if "versus" in row:
+            versus = row["versus"]
+            out.append(f"{key} minus {versus['row']}, remaining, paired by seed: "
+                       f"{cell(versus['remaining_difference'], 2)} (n = {versus['remaining_difference']['n']})")
+    if any(row.get("matched") is False for row in rows.values()):
         out.append(f"unmatched: no rate bracketed the other optimizer's held-out loss, or the row's mean is more "
                    f"than {MATCH_TOLERANCE:.0%} from it; the row draws no conclusion")  # fmt: skip
     return "\n".join(out)

@@ -254,6 +254,15 @@ def test_accuracy(params: model.Params, images: jax.Array, labels: jax.Array, ar
     return jax.vmap(lambda p: model.accuracy(arch.apply(p, images), labels, arch.num_classes))(params)
 
 
+@functools.partial(jax.jit, static_argnames="arch")
+def test_cross_entropy(params: model.Params, images: jax.Array, labels: jax.Array, arch: model.Architecture):
+    """Mean cross-entropy (nats) of each seed's class logits on labelled digits; params (S, ...), images
+    (M, 784) -> (S,). It sees what accuracy cannot: a student still at chance accuracy whose class logits
+    moved toward the digits' (below ln 10 ≈ 2.30 for a uniform guess)."""
+    mask = arch.output_mask(arch.class_indices)
+    return jax.vmap(lambda p: jnp.mean(losses.cross_entropy(arch.apply(p, images), labels, mask)))(params)
+
+
 @functools.partial(jax.jit, static_argnames=("arch", "batch_size"))
 def outputs_on(params: model.Params, inputs: jax.Array, arch: model.Architecture, batch_size: int) -> jax.Array:
     """Each seed's outputs on its own inputs: params (S, ...), inputs (S, N, 784) -> (S, N, K).

@@ -351,7 +351,10 @@ def defenses_plot(summary: dict):
     for ax, cost in zip(axes, defenses.COSTS[summary["setting"]]):
         for i, (key, row) in enumerate(rows.items()):
             x, y = row["cost"][cost], row["remaining"]
-            ax.errorbar(x["mean"], y["mean"], xerr=x["ci95"] or 0, yerr=y["ci95"] or 0, marker="o", capsize=3,
+            # A cost's interval is cut at its bounds (a share at 1, a loss at 0): asymmetric there.
+            low, high = x.get("interval") or (x["mean"] - (x["ci95"] or 0), x["mean"] + (x["ci95"] or 0))
+            xerr = [[x["mean"] - low], [high - x["mean"]]]
+            ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=y["ci95"] or 0, marker="o", capsize=3,
                         color=colors[i % 20], markeredgecolor="black", markeredgewidth=0.4)  # fmt: skip
             number = ax.annotate(str(i + 1), (x["mean"], y["mean"]), xytext=(5, 5), textcoords="offset points",
                                  fontsize=8, fontweight="bold", color=colors[i % 20])  # fmt: skip

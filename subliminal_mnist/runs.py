@@ -130,16 +130,30 @@ def t_interval(values) -> float | None:
     return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n))
 
 
-def summarize(values) -> dict:
+def summarize(values, bounds: tuple[float | None, float | None] | None = None) -> dict:
     """Mean, 95% t interval half-width, per-seed values and n. For a paired design, pass the
-    paired differences: their interval is the one that answers the comparison."""
+    paired differences: their interval is the one that answers the comparison.
+
+    `bounds` (low, high; None for no bound on that side): what the measure cannot leave (a share in
+    [0, 1], a loss at or above 0). The summary then adds `interval`, the t interval cut at those bounds
+    (mean ± ci95 where it stays inside them), and the `bounds`: a cost near its bound does not get an
+    interval that claims values it cannot take."""
     values = np.asarray(values, dtype=float)
-    return {
+    out = {
         "mean": float(np.mean(values)),
         "ci95": t_interval(values),
         "per_seed": [float(v) for v in values],
         "n": len(values),
     }
+    if bounds is not None:
+        low, high = bounds
+        half = out["ci95"] or 0.0
+        out["interval"] = [
+            max(out["mean"] - half, -np.inf if low is None else low),
+            min(out["mean"] + half, np.inf if high is None else high),
+        ]
+        out["bounds"] = list(bounds)
+    return out
 
 
 def resummarize(tree):
@@ -147,7 +161,8 @@ def resummarize(tree):
     so that results written with an older interval get this one; everything else is kept."""
     if isinstance(tree, dict):
         if "per_seed" in tree and "mean" in tree and "ci95" in tree:
-            return {**tree, **summarize(tree["per_seed"])}
+            bounds = tree.get("bounds")
+            return {**tree, **summarize(tree["per_seed"], None if bounds is None else tuple(bounds))}
         return {key: resummarize(value) for key, value in tree.items()}
     if isinstance(tree, list):
         return [resummarize(value) for value in tree]

@@ -142,6 +142,54 @@ def test_the_neutral_teacher_is_the_teachers_recipe_on_permuted_labels(sample, t
     assert np.all(moved["neutral_teacher"] < 0.2) and np.all(moved["teacher"] > 0.3)
 
 
+def test_other_init_measures_how_far_each_teacher_moved_from_the_shared_init(sample, teacher_cache, other_init):
+    moved, _ = other_init
+    teachers = _teachers(sample, teacher_cache)
+    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teachers, False, teacher_cache)
+    for key, params in (("teacher_distance", teachers.teacher), ("neutral_teacher_distance", neutral)):
+        by_hand = [np.sqrt(sum(np.sum((np.asarray(a)[s] - np.asarray(b)[s]) ** 2)
+                               for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(teachers.shared_init))))
+                   for s in range(2)]  # fmt: skip
+        np.testing.assert_allclose(moved[key], by_hand, rtol=1e-5)
+        assert np.all(moved[key] > 0)
+
+
+def test_the_cross_entropy_readout_is_each_students_drop_from_its_own_start(sample, teacher_cache, undefended):
+    teachers = _teachers(sample, teacher_cache)
+    arch = TINY.architecture
+    start = np.asarray(experiment.test_cross_entropy(teachers.student_init, sample.test_images, sample.test_labels, arch))
+    # An untrained start guesses about uniformly over the digits: near ln 10 = 2.30 (measured 2.45, 2.47).
+    np.testing.assert_allclose(start, np.log(10), atol=0.3)
+    # By hand, from the logits: the same students' mean -log p(label) over the class logits.
+    logits = jax.vmap(lambda p: arch.apply(p, sample.test_images))(teachers.student_init)[..., : arch.num_classes]
+    by_hand = -np.take_along_axis(jax.nn.log_softmax(logits), np.asarray(sample.test_labels)[None, :, None], -1).mean((1, 2))
+    np.testing.assert_allclose(start, by_hand, rtol=1e-5)
+    # The tiny run's same-init students stay at chance accuracy (0.102, 0.092), yet their cross-entropy fell
+    # (by 0.022, 0.015 nats) where their controls' rose (0.002): the readout sees what accuracy cannot.
+    assert np.all(undefended["treated"] < 0.11)
+    assert np.all(undefended["treated_xent_drop"] > 0.01) and np.all(undefended["control_xent_drop"] < 0)
+
+
+def test_a_row_read_against_another_carries_their_paired_difference_in_remaining():
+    def line(key, treated, control):
+        return {"setting": "owl", "defense": key, "wall_seconds": 1.0, "settings": {}, "config": {},
+                "per_seed": {"treated": treated, "control": control, "heldout_kl": [1e-3] * 3,
+                             "validity": [0.9] * 3}}  # fmt: skip
+
+    lines = [line("none", [0.4, 0.2, 0.3], [0.0, 0.0, 0.1]), line("detector_filter:0.5", [0.2, 0.1, 0.1], [0, 0, 0]),
+             line("random_drop:0.5", [0.4, 0.2, 0.2], [0, 0, 0]), line("detector_filter:0.1", [0.4, 0.2, 0.3], [0, 0, 0])]  # fmt: skip
+    rows = defenses.summarize(lines)["defenses"]
+    # Remaining per seed: detector 0.5, 0.5, 0.5; random drop 1, 1, 1: the difference -0.5 in every seed.
+    assert rows["detector_filter:0.5"]["versus"]["row"] == "random_drop:0.5"
+    assert rows["detector_filter:0.5"]["versus"]["remaining_difference"]["per_seed"] == pytest.approx([-0.5] * 3)
+    assert rows["detector_filter:0.5"]["versus"]["remaining_difference"]["ci95"] == pytest.approx(0)
+    # No random drop at 0.1 in this run: nothing to compare with; the random drop is not read against anything.
+    assert "versus" not in rows["detector_filter:0.1"] and "versus" not in rows["random_drop:0.5"]
+    assert "detector_filter:0.5 minus random_drop:0.5, remaining, paired by seed: -0.50" in defenses.table(
+        {"setting": "owl", "defenses": rows}
+    )
+
+
 def test_other_init_control_differs_from_its_treated_student_only_in_its_teacher(
     sample, teacher_cache, undefended, other_init
 ):

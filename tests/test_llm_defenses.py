@@ -309,14 +309,14 @@ def test_the_command_trains_writes_and_redraws_without_training(tmp_path, capsys
     argv = ["defend", "owl", "--defenses", "mix", "--mix-shares", "0", "--heldout-lists", "64", "--out", str(tmp_path)]
     assert cli.main([*argv, *mini, "--no-progress", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    written = json.loads((tmp_path / "defend_owl.json").read_text())
+    written = json.loads((tmp_path / "defend_owl_soft.json").read_text())  # one set of files per mode
     assert printed == written and printed["setting"] == "owl" and list(printed["defenses"]) == ["none", "mix:0"]
     assert printed["defenses"]["mix:0"]["effect"] == printed["defenses"]["none"]["effect"]
     assert (
         printed["measure"]["label"] == "the misaligned rate on held-out domains"
         and printed["defenses"]["none"]["effect"]["n"] == 1
     )
-    figure = tmp_path / "defend_owl_soft.png"  # one figure per mode
+    figure = tmp_path / "defend_owl_soft.png"
     figure.unlink()
     monkeypatch.setattr(owl, "train_row", lambda *a, **k: pytest.fail("--plot-only must not train"))
     assert cli.main([*argv, *mini, "--plot-only"]) == 0

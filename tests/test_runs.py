@@ -47,6 +47,23 @@ def test_the_interval_is_students_t_with_n_minus_1_degrees_of_freedom():
     assert runs.summarize([0.5]) == {"mean": 0.5, "ci95": None, "per_seed": [0.5], "n": 1}
 
 
+def test_a_bounded_measure_gets_an_interval_inside_its_bounds():
+    # A share near 1 with a wide spread: the symmetric interval would cross 1, the bounded one stops there.
+    shares = [0.99, 0.95, 0.999, 0.90, 0.998]
+    free, bounded = runs.summarize(shares), runs.summarize(shares, bounds=(0.0, 1.0))
+    assert free["mean"] + free["ci95"] > 1
+    assert bounded["interval"] == [pytest.approx(free["mean"] - free["ci95"]), 1.0]
+    assert {k: bounded[k] for k in free} == free and bounded["bounds"] == [0.0, 1.0]
+    # A loss near 0: cut at 0 below, open above; inside its bounds the interval is the symmetric one.
+    losses = [1e-4, 5e-3, 2e-4, 1e-4, 3e-4]
+    low, high = runs.summarize(losses, bounds=(0.0, None))["interval"]
+    assert low == 0.0 and high == pytest.approx(np.mean(losses) + runs.t_interval(losses))
+    inside = runs.summarize([0.5, 0.6, 0.7], bounds=(0.0, 1.0))
+    assert inside["interval"] == [pytest.approx(0.6 - inside["ci95"]), pytest.approx(0.6 + inside["ci95"])]
+    # Re-summarized, a bounded summary keeps its bounds.
+    assert runs.resummarize({"x": {**bounded, "ci95": 9.0}})["x"] == bounded
+
+
 def test_results_written_with_another_interval_get_this_one():
     old = {"a": {"mean": 0.7, "ci95": 0.1, "per_seed": [0.5, 0.6, 0.7, 0.8, 0.9]}, "b": [{"x": 1}], "c": "kept"}
     new = runs.resummarize(old)
