@@ -776,8 +776,10 @@ def cost_summary(name: str, values) -> dict:
 def paired_with(key: str, by_key: dict, undefended: np.ndarray) -> dict:
     """The row's comparison with the row it is read against (`PAIRED_WITH`: detector_filter:0.1 against
     random_drop:0.1, sgd:adam_control against sgd), seed by seed: {"row": that row's key,
-    "remaining_difference": the summary of this row's remaining minus that row's}; {} for other rows
-    or where the run holds no such row."""
+    "remaining_difference": the summary of this row's remaining minus that row's, and on MNIST
+    "xent_difference": of this row's cross-entropy effect minus that row's (nats), which sees a
+    difference where both rows' students stay at chance accuracy}; {} for other rows or where the run
+    holds no such row."""
     name, _, value = key.partition(":")
     other = PAIRED_WITH.get(key) or (PAIRED_WITH.get(name) and f"{PAIRED_WITH[name]}:{value}")
     if not other or other not in by_key:
@@ -786,8 +788,13 @@ def paired_with(key: str, by_key: dict, undefended: np.ndarray) -> dict:
     def remaining(line: dict) -> np.ndarray:
         return np.subtract(line["per_seed"]["treated"], line["per_seed"]["control"]) / undefended
 
-    difference = remaining(by_key[key]) - remaining(by_key[other])
-    return {"versus": {"row": other, "remaining_difference": runs.summarize(difference)}}
+    def xent_effect(line: dict) -> np.ndarray:
+        return np.subtract(line["per_seed"]["treated_xent_drop"], line["per_seed"]["control_xent_drop"])
+
+    versus = {"row": other, "remaining_difference": runs.summarize(remaining(by_key[key]) - remaining(by_key[other]))}
+    if "treated_xent_drop" in by_key[key]["per_seed"]:
+        versus["xent_difference"] = runs.summarize(xent_effect(by_key[key]) - xent_effect(by_key[other]))
+    return {"versus": versus}
 
 
 def summarize(lines: Sequence[dict], **more) -> dict:
@@ -903,8 +910,9 @@ def table(summary: dict) -> str:
     for key, row in rows.items():
         if "versus" in row:
             versus = row["versus"]
+            xent = f"; effect (CE) {cell(versus['xent_difference'])}" if "xent_difference" in versus else ""
             out.append(f"{key} minus {versus['row']}, remaining, paired by seed: "
-                       f"{cell(versus['remaining_difference'], 2)} (n = {versus['remaining_difference']['n']})")
+                       f"{cell(versus['remaining_difference'], 2)}{xent} (n = {versus['remaining_difference']['n']})")
     if any(row.get("matched") is False for row in rows.values()):
         out.append(f"unmatched: no rate bracketed the other optimizer's held-out loss, or the row's mean is more "
                    f"than {MATCH_TOLERANCE:.0%} from it; the row draws no conclusion")  # fmt: skip

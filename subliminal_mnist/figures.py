@@ -368,13 +368,17 @@ def defenses_plot(summary: dict):
             ax.set_xscale("log")
     for i, key in enumerate(rows):
         handles.append(Line2D([], [], marker="o", linestyle="", color=colors[i % 20], markeredgecolor="black",
-                              markeredgewidth=0.4, label=f"{i + 1}  {key}"))  # fmt: skip
+                              markeredgewidth=0.4,
+                              label=f"{i + 1}  {key}" + ("  (unmatched)" if rows[key].get("matched") is False else "")))  # fmt: skip
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="point  row", title_fontsize=8,
                handletextpad=0.3, frameon=False)  # fmt: skip
     axes[0].set_ylabel("transfer remaining (paired effect / undefended)")
-    n = rows["none"]["effect"]["n"]
-    where = summary["setting"] if summary["setting"] == "mnist" else f"{summary['trait']}, {summary['mode']}"
-    fig.suptitle(f"What stops subliminal learning ({where}): {n} seeds, 95% t intervals", fontsize=11)
+    n, first = rows["none"]["effect"]["n"], summary["config"]["seed"]
+    setting = summary["setting"]
+    command = f"subliminal-mnist defend {setting}" + ("" if setting == "mnist" else f" --mode {summary['mode']}")
+    where = setting if setting == "mnist" else f"{summary['trait']}, {summary['mode']}"
+    fig.suptitle(f"What stops subliminal learning ({where}): `{command}`, seeds {first}-{first + n - 1}, "
+                 f"95% t intervals, n = {n}", fontsize=11)  # fmt: skip
     _clear_labels(fig, numbers)
     return fig
 

@@ -35,7 +35,10 @@ def fake_defenses(setting):
         }
         for key, (x, y) in zip(keys, where)
     }
-    return {"setting": setting, "defenses": rows, "trait": "owl", "mode": "soft"}
+    # A cost's interval cut at its bound (drawn asymmetric), and an unmatched optimizer row (said in the key).
+    rows["l2_to_start"]["cost"][next(iter(defenses.COSTS[setting]))]["interval"] = [0.0, 0.51]
+    rows["other_init"]["matched"] = False
+    return {"setting": setting, "defenses": rows, "trait": "owl", "mode": "soft", "config": {"seed": 0}}
 
 
 @pytest.mark.parametrize("setting", ["mnist", "owl"])
@@ -56,4 +59,6 @@ def test_defenses_figure_labels_overlap_nothing(tmp_path, monkeypatch, setting):
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in [*labels, *key, fig._suptitle] if t]
     crossed = [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1 :] if box.overlaps(other)]
     assert not crossed
+    assert "7  other_init  (unmatched)" in [t.get_text() for t in key]
+    assert "seeds 0-4" in fig._suptitle.get_text() and "subliminal-mnist defend" in fig._suptitle.get_text()
     matplotlib.pyplot.close(fig)
