@@ -800,8 +800,7 @@ def paired_with(key: str, by_key: dict, undefended: np.ndarray) -> dict:
 def summarize(lines: Sequence[dict], **more) -> dict:
     """The table: for each row, its transfer remaining, its effect and its costs (`COSTS`, each interval
     cut at its bounds), each a summary with Student's t interval (`runs.summarize`), its `refutation`;
-    MNIST's `xent_effect` (the aux-only students' drops in test cross-entropy from their starts, treated
-    minus control, nats); a row read against another (`PAIRED_WITH`) its `versus`; an optimizer row its
+    MNIST's `xent_effect` and `xent_remaining` (`_xent_fields`); a row read against another (`PAIRED_WITH`) its `versus`; an optimizer row its
     match (`optimizer_match`). The rows in the order of `lines` (none first). `more`: the setting's own
     entries (its teacher, its data)."""
     setting = lines[0]["setting"]
@@ -823,9 +822,7 @@ def summarize(lines: Sequence[dict], **more) -> dict:
             "config": {**line["settings"], **{k: line[k] for k in ("learning_rate", "tuning") if k in line}},
             "refutation": refutation(key),
             **{name: runs.summarize(per_seed[k]) for name, k in _MORE_SUMMARIES.items() if k in per_seed},
-            **({"xent_effect": runs.summarize(np.subtract(per_seed["treated_xent_drop"],
-                                                          per_seed["control_xent_drop"]))}
-               if "treated_xent_drop" in per_seed else {}),
+            **(_xent_fields(line, by_key["none"]) if "treated_xent_drop" in per_seed else {}),
             **paired_with(key, by_key, undefended),
             **_optimizer_fields(key, line, by_key),
         }  # fmt: skip
@@ -841,6 +838,17 @@ def summarize(lines: Sequence[dict], **more) -> dict:
         "devices": jax.local_device_count(),
         "versions": runs.versions(),
     }
+
+
+def _xent_fields(line: dict, none: dict) -> dict:
+    """MNIST's cross-entropy readout of a row: its paired effect (the aux-only students' drops in test
+    cross-entropy from their starts, treated minus control, nats) and, per seed, that effect over the
+    undefended one (`xent_remaining`, as `remaining` is for accuracy)."""
+
+    def effect(line: dict) -> np.ndarray:
+        return np.subtract(line["per_seed"]["treated_xent_drop"], line["per_seed"]["control_xent_drop"])
+
+    return {"xent_effect": runs.summarize(effect(line)), "xent_remaining": runs.summarize(effect(line) / effect(none))}
 
 
 # A row's own values summarized as they are (the summary's name -> the per-seed key), where it has them:
@@ -893,20 +901,21 @@ def table(summary: dict) -> str:
     rows = summary["defenses"]
     costs = COSTS[summary["setting"]]
     xent = any("xent_effect" in row for row in rows.values())
-    header = f"{'defense':<24}{'remaining':>18}{'effect':>18}" + (f"{'effect (CE)':>18}" if xent else "")
-    header += "".join(f"{_COST_COLUMNS[c][0]:>24}" for c in costs) + f"{'time':>8}"
+    header = f"{'defense':<24}{'remaining':>18}{'effect':>18}"
+    header += f"{'remaining (CE)':>18}{'effect (CE)':>18}" if xent else ""
+    header += "".join(f"{_COST_COLUMNS[c][0]:>28}" for c in costs) + f"{'time':>8}"
     out = [header]
     for key, row in rows.items():
         cost = row["cost"]
         line = f"{key:<24}{cell(row['remaining'], 2):>18}{cell(row['effect']):>18}"
-        line += f"{cell(row['xent_effect']):>18}" if xent else ""
-        line += "".join(f"{cell(cost[c], _COST_COLUMNS[c][1]):>24}" for c in costs)
+        line += f"{cell(row['xent_remaining'], 2):>18}{cell(row['xent_effect']):>18}" if xent else ""
+        line += "".join(f"{cell(cost[c], _COST_COLUMNS[c][1]):>28}" for c in costs)
         out.append(line + f"{cost['seconds']:>7.0f}s" + ("  unmatched" if row.get("matched") is False else ""))
     n = rows["none"]["effect"]["n"]
     out.append(f"n = {n} seeds; remaining: the paired effect (same init minus control) over the undefended one")
     if xent:
-        out.append("effect (CE): the aux-only students' drop in test cross-entropy from their starts, same init "
-                   "minus control (nats): partial transfer where accuracy stays at chance")  # fmt: skip
+        out.append("(CE): the aux-only students' drop in test cross-entropy from their starts, same init minus "
+                   "control (nats), and over the undefended one: partial transfer where accuracy stays at chance")  # fmt: skip
     for key, row in rows.items():
         if "versus" in row:
             versus = row["versus"]

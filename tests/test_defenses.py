@@ -357,6 +357,15 @@ def test_rows_and_summary(tmp_path, sample):
     assert summary["defenses"]["mix:0.5"]["effect"]["per_seed"] == pytest.approx(effect.tolist())
     assert "n = 2 seeds" in defenses.table(summary)
     assert summary["defenses"]["mix:0.5"]["refutation"] == defenses.REFUTATIONS["mix"]
+    # The cross-entropy readout: the students' paired drops, and over the undefended ones seed by seed.
+    def xent(line):
+        return np.subtract(line["per_seed"]["treated_xent_drop"], line["per_seed"]["control_xent_drop"])
+
+    assert summary["defenses"]["mix:0.5"]["xent_effect"]["per_seed"] == pytest.approx(xent(lines[2]).tolist())
+    assert summary["defenses"]["mix:0.5"]["xent_remaining"]["per_seed"] == pytest.approx(
+        (xent(lines[2]) / xent(lines[0])).tolist()
+    )
+    assert "remaining (CE)" in defenses.table(summary)
 
 
 def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp_path, sample, monkeypatch):
