@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from subliminal_mnist import data, model, theorem, train
+from subliminal_mnist import data, lora, model, theorem, train
 from subliminal_mnist.theorem import LOSSES, Alignment, PyTree
 
 # ----------------------------------------------------------------------------------------------
@@ -1131,10 +1131,256 @@ def check_adam() -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Low-rank students and teachers (theory/README.md, "Low-rank adapters"). Every number is first order
+# in ε and exact: the student's step per unit ε is K t = d/dε ΔS at ε = 0 (forward mode over the
+# gradient, `first_order_step`), for the teacher's move t in W's coordinates, and an adapter's step is
+# that step mapped through A Aᵀ (`lora.project`). Its expectation over a random A is the same step
+# through E[A Aᵀ] = (r / fan_in) I on the kernels and 0 on the biases, exactly (the step is linear in
+# A Aᵀ; for two independent adapters, in each).
+
+LORA_MAX_RANK = 8
+LORA_RANKS = (1, 2, 4, 8)  # each draw's rank, cycled
+# The configurations, teacher/student: full fine-tuning or a rank-r adapter on every kernel (B = 0 at
+# the start, A frozen), the student's adapter the teacher's own ("shared") or drawn apart. "E[...]" is
+# the expectation over the random adapter(s) named.
+LORA_CONFIGS = ("full/full", "lora/lora shared", "full/lora", "lora/full", "lora/lora independent",
+                "full/lora E[A_S]", "lora/full E[A_T]", "lora/lora independent E[A_S, A_T]")  # fmt: skip
+# What each configuration measures, in whose coordinates: "weights", ΔS·ΔT over every parameter in W's
+# coordinates (does the student move toward the teacher?); "trait", -∇L_T·ΔS (does the student's L_T
+# fall, to first order?); "adapter", ΔB_S·ΔB_T in the adapters' own coordinates (both adapted).
+LORA_QUANTITIES = {
+    "full/full": ("weights", "trait"),
+    "lora/lora shared": ("adapter", "weights", "trait"),
+    "full/lora": ("weights", "trait"),
+    "lora/full": ("weights", "trait"),
+    "lora/lora independent": ("adapter", "weights", "trait"),
+    "full/lora E[A_S]": ("weights", "trait"),
+    "lora/full E[A_T]": ("weights", "trait"),
+    "lora/lora independent E[A_S, A_T]": ("weights", "trait"),
+}
+# The signs theory/README.md proves (a square of K's form); every other quantity has no guarantee and its
+# check looks for a counterexample. Shared adapter: ΔB_S·ΔB_T = (A Aᵀ g)ᵀ K (A Aᵀ g) = -∇L_T·ΔS. A LoRA
+# teacher and a full student: the theorem in W's coordinates for the teacher's move t = -A Aᵀ g. Two
+# independent adapters, in expectation: (C g)ᵀ K (C g) with C = E[A Aᵀ].
+LORA_PROVED = {
+    ("full/full", "weights"), ("full/full", "trait"), ("lora/lora shared", "adapter"),
+    ("lora/lora shared", "trait"), ("lora/full", "weights"), ("lora/full E[A_T]", "weights"),
+    ("lora/lora independent E[A_S, A_T]", "trait"),
+}  # fmt: skip
+
+
+def first_order_step(params: PyTree, move: PyTree, apply_fn, inputs: jax.Array, loss: str, mask) -> PyTree:
+    """K t: the full student's step ΔS per unit ε, to first order, when the teacher sits at θ0 + ε t
+    (`move` = t): d/dε of `theorem.student_direction` at ε = 0, in forward mode: exact, no difference."""
+
+    def step(epsilon):
+        teacher = jax.tree.map(lambda p, t: p + epsilon * t, params, move)
+        return theorem.student_direction(params, teacher, apply_fn, inputs, loss, mask)
+
+    zero = jnp.zeros((), jax.tree.leaves(params)[0].dtype)
+    return jax.jvp(step, (zero,), (jnp.ones_like(zero),))[1]
+
+
+def _padded_adapter(network: PaddedMLP, key: jax.Array, widths: jax.Array, rank: jax.Array) -> PyTree:
+    """A of a rank-`rank` adapter of the member `widths`: N(0, 1/fan_in) on its real input rows and first
+    `rank` columns, exactly 0 elsewhere (padding adds nothing: a missing unit's row of W never moves)."""
+    sizes = jnp.concatenate([widths, jnp.array([network.num_outputs])])
+    keys = jax.random.split(key, len(network.layer_shapes))
+    down, fan_in = [], jnp.array(model.INPUT_SIZE)
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    for k, (rows, _), fan_out in zip(keys, network.layer_shapes, sizes):
+        exists = (jnp.arange(rows)[:, None] < fan_in) & (jnp.arange(LORA_MAX_RANK)[None, :] < rank)
+        a = jax.random.normal(k, (rows, LORA_MAX_RANK), jnp.float32).astype(dtype) / jnp.sqrt(fan_in)
+        down.append({"kernel": jnp.where(exists, a, 0.0), "bias": jnp.zeros((0,), dtype)})
+        fan_in = jnp.where(fan_out > 0, fan_out, fan_in)
+    return tuple(down)
+
+
+def _expected_projection(network: PaddedMLP, widths: jax.Array, rank: jax.Array, grads: PyTree) -> PyTree:
+    """E[A Aᵀ] G: each kernel's gradient times rank / fan_in (its real fan-in), the biases' 0."""
+    sizes = jnp.concatenate([widths, jnp.array([network.num_outputs])])
+    out, fan_in = [], jnp.array(model.INPUT_SIZE)
+    for layer, fan_out in zip(grads, sizes):
+        out.append({"kernel": layer["kernel"] * rank / fan_in, "bias": jnp.zeros_like(layer["bias"])})
+        fan_in = jnp.where(fan_out > 0, fan_out, fan_in)
+    return tuple(out)
+
+
+def _cosine_of(a: PyTree, b: PyTree) -> jax.Array:
+    return theorem.tree_cosine(a, b)
+
+
+def _lora_case(network: PaddedMLP, case: Cases, rank: jax.Array) -> dict[str, jax.Array]:
+    """For one draw: {"config|quantity": (len(LOSSES),) cosine} of every configuration's quantities
+    (`LORA_QUANTITIES`), and "kinks" (see `_one_case`)."""
+    keys = jax.random.split(jax.random.key(case.seeds), 3)
+    params = network.init(keys[0], case.widths)
+    teacher_down, student_down = (_padded_adapter(network, k, case.widths, rank) for k in keys[1:])
+    dtype = params[0]["kernel"].dtype
+    apply_fn = functools.partial(network.apply, widths=case.widths, relu=case.relu)
+    inputs, trait_images = case.inputs.astype(dtype), case.trait_images.astype(dtype)
+    gradient = jax.grad(theorem.class_trait_loss(apply_fn, trait_images, case.trait_labels))(params)
+    neg = lambda tree: jax.tree.map(jnp.negative, tree)  # noqa: E731
+    expected = functools.partial(_expected_projection, network, case.widths, rank)
+    # The teachers' moves in W's coordinates: full, through the teacher's adapter, and its expectation.
+    moves = {"full": neg(gradient), "lora": lora.project(teacher_down, neg(gradient)), "expected": expected(neg(gradient))}
+    out = {}
+    for loss in LOSSES:
+        kt = {name: first_order_step(params, t, apply_fn, inputs, loss, case.mask) for name, t in moves.items()}
+        # The students' steps in W's coordinates, by configuration: (teacher's move, student's step).
+        configs = {
+            "full/full": ("full", kt["full"]),
+            "lora/lora shared": ("lora", lora.project(teacher_down, kt["lora"])),
+            "full/lora": ("full", lora.project(student_down, kt["full"])),
+            "lora/full": ("lora", kt["lora"]),
+            "lora/lora independent": ("lora", lora.project(student_down, kt["lora"])),
+            "full/lora E[A_S]": ("full", expected(kt["full"])),
+            "lora/full E[A_T]": ("expected", kt["expected"]),
+            "lora/lora independent E[A_S, A_T]": ("expected", expected(kt["expected"])),
+        }
+        # The adapters' own steps: the student's ΔB = A_Sᵀ K t, the teacher's ΔB = -A_Tᵀ g.
+        up = lambda down, grads: jax.tree.map(lambda a, g: a.T @ g if a.ndim == 2 else jnp.zeros((0,), g.dtype), down, grads)  # noqa: E731
+        teacher_up = up(teacher_down, neg(gradient))
+        adapter = {
+            "lora/lora shared": _cosine_of(up(teacher_down, kt["lora"]), teacher_up),
+            "lora/lora independent": _cosine_of(up(student_down, kt["lora"]), teacher_up),
+        }
+        for config, (move, step) in configs.items():
+            values = {"weights": _cosine_of(step, moves[move]), "trait": _cosine_of(step, neg(gradient)),
+                      "adapter": adapter.get(config)}  # fmt: skip
+            for quantity in LORA_QUANTITIES[config]:
+                out.setdefault(f"{config}|{quantity}", []).append(values[quantity])
+    result = {name: jnp.stack(values) for name, values in out.items()}
+    kinks = network.zero_preactivations(params, inputs, case.widths)
+    kinks += network.zero_preactivations(params, trait_images, case.widths)
+    result["kinks"] = jnp.where(case.relu, kinks, 0)
+    return result
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _run_lora_cases(network: PaddedMLP, cases: Cases, ranks: jax.Array) -> dict[str, jax.Array]:
+    return jax.vmap(functools.partial(_lora_case, network))(cases, ranks)
+
+
+def lora_results(rng: np.random.Generator, num_draws: int, images: np.ndarray, labels: np.ndarray):
+    """`num_draws` (rounded up to CALL_SIZE) draws of the family, each with an adapter rank of LORA_RANKS
+    (cycled), in float64: (cases, ranks (n,), {"config|quantity": cosines (n, len(LOSSES)), "kinks": (n,)})."""
+    num_calls = -(-num_draws // CALL_SIZE)
+    calls = [sample_cases(rng, CALL_SIZE, images, labels) for _ in range(num_calls)]
+    ranks = np.resize(np.asarray(LORA_RANKS, np.int32), num_calls * CALL_SIZE)
+    with jax.enable_x64(True):
+        outs = [
+            jax.tree.map(np.asarray, _run_lora_cases(PaddedMLP(), c, jnp.asarray(ranks[i * CALL_SIZE : (i + 1) * CALL_SIZE])))
+            for i, c in enumerate(calls)
+        ]
+    return _concatenate(calls), ranks, _concatenate(outs)
+
+
+def check_lora(cases: Cases, ranks: np.ndarray, cosines: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """One row per configuration of LORA_CONFIGS: for each of its quantities, whether theory/README.md
+    proves its sign ("proved": every draw that meets the assumptions has cosine >= -SIGN_TOLERANCE, else
+    the row fails) or not ("none": the draws searched for a counterexample, found or not, and how many),
+    with the smallest cosine and the share negative. A value that is not finite fails either way."""
+    covered = ~cases.relu | (cosines["kinks"] == 0)
+    rows = {}
+    for config in LORA_CONFIGS:
+        row: dict[str, Any] = {"passed": True}
+        for quantity in LORA_QUANTITIES[config]:
+            values = cosines[f"{config}|{quantity}"]
+            is_finite = np.isfinite(values)
+            negative = covered[:, None] & is_finite & (values < -SIGN_TOLERANCE)
+            proved = (config, quantity) in LORA_PROVED
+            row["passed"] &= bool(is_finite.all() and not (proved and negative.any()))
+            row[quantity] = {
+                "guarantee": "proved" if proved else "none",
+                "negative": f"{int(negative.sum())} of {int(covered.sum()) * values.shape[1]}",
+                "min_cosine": float(np.min(values[covered])) if covered.any() else None,
+                **({} if proved else {"counterexample": _lora_counterexample(cases, ranks, values, negative, covered)}),
+            }
+        rows[f"lora {config}"] = row
+    return rows
+
+
+def _lora_counterexample(cases: Cases, ranks, values: np.ndarray, negative: np.ndarray, covered: np.ndarray) -> str:
+    """The most negative draw in words, or that none of the draws was negative."""
+    if not negative.any():
+        return f"none found in {int(covered.sum()) * values.shape[1]} cases"
+    i, j = np.unravel_index(np.argmin(np.where(negative, values, np.inf)), values.shape)
+    return f"{describe(cases, i)}, rank {ranks[i]}, {LOSSES[j]}: cosine {values[i, j]:.3g}"
+
+
+# A shared adapter guarantees the sign in its own coordinates, and the trait, but not in W's: a worked
+# case. f(x) = w·x, one input x = (1, 1), squared error; a full-rank adapter A = diag(1, 10) (rank 2 =
+# d_in, so the adapter reaches every W, yet AᵀA ≠ I); L_T(W) = -d·W with d = (1, -0.001).
+LORA_EXAMPLE_INPUT, LORA_EXAMPLE_DOWN, LORA_EXAMPLE_TRAIT = (1.0, 1.0), (1.0, 10.0), (1.0, -0.001)
+
+
+def lora_example() -> dict[str, float]:
+    """The worked case, exactly (per unit ε and step size; the factor 2 of the squared error kept):
+    ΔB_T = Aᵀd = (1, -0.01); the student's ΔB_S = Aᵀ K A ΔB_T = 2 (Aᵀx)(Aᵀx·ΔB_T) = 1.8 (1, 10); so
+    ΔB_S·ΔB_T = 1.62 > 0 and the trait term d·(A ΔB_S) = 1.62 > 0, but in W's coordinates
+    (A ΔB_S)·(A ΔB_T) = 1.8 (1, 100)·(1, -0.1) = -16.2 < 0: the student moves away from the teacher's
+    weights while its L_T falls."""
+    x, d = jnp.array(LORA_EXAMPLE_INPUT)[None, :], jnp.array(LORA_EXAMPLE_TRAIT)
+    w0 = {"kernel": jnp.zeros((2, 1))}
+    down = {"kernel": jnp.diag(jnp.array(LORA_EXAMPLE_DOWN))}
+    apply_fn = lambda up, inputs: inputs @ lora.merge(w0, down, up)["kernel"]  # noqa: E731
+    up0 = {"kernel": jnp.zeros((2, 1))}
+    teacher_up = jax.grad(lambda up: jnp.sum(d[:, None] * lora.merge(w0, down, up)["kernel"]))(up0)
+    student_up = first_order_step(up0, teacher_up, apply_fn, x, "mse", None)
+    to_weights = functools.partial(lora.in_weight_space, down, like=w0)
+    return {
+        "adapter_dot": float(optax.tree.vdot(student_up, teacher_up)),
+        "trait": float(jnp.sum(d[:, None] * to_weights(student_up)["kernel"])),
+        "weights_dot": float(optax.tree.vdot(to_weights(student_up), to_weights(teacher_up))),
+    }
+
+
+# No sign in expectation over a random adapter either, where it leaves parameters out: f(x) = w x + b at
+# the one input x = 1, squared error, the kernel w (1 x 1) adapted with A ~ N(0, 1) (E[A²] = 1), the bias b
+# not; L_T(w, b) = -w + 2b, so g = ∇L_T = (-1, 2). The full student's trait term is gᵀKg = 2 (g_w + g_b)² = 2.
+LORA_BIAS_TRAIT = (-1.0, 2.0)
+
+
+def lora_bias_example() -> dict[str, float]:
+    """The worked case, exactly, per unit ε (K = 2 (1, 1)ᵀ(1, 1)): a LoRA student of a full teacher has
+    the trait term gᵀ (A²·[w only]) K g = -2 A² for every A (so -2 in expectation), a full student of a
+    LoRA teacher gᵀ K (A² [w only]) g = -2 A²; the full student of the full teacher +2."""
+    g = {"kernel": jnp.array([[LORA_BIAS_TRAIT[0]]]), "bias": jnp.array([LORA_BIAS_TRAIT[1]])}
+    params = {"kernel": jnp.zeros((1, 1)), "bias": jnp.zeros(1)}
+    apply_fn = lambda p, x: x @ p["kernel"] + p["bias"]  # noqa: E731
+    x = jnp.ones((1, 1))
+    expected = {"kernel": jnp.ones((1, 1)), "bias": jnp.zeros((0,))}  # E[A Aᵀ] = 1: the mean step is C·step
+    neg_g = jax.tree.map(jnp.negative, g)
+
+    def trait(move, through_student):
+        step = first_order_step(params, move, apply_fn, x, "mse", None)
+        step = lora.project(expected, step) if through_student else step
+        return float(optax.tree.vdot(step, neg_g))
+
+    return {
+        "full_full_trait": trait(neg_g, False),
+        "full_teacher_lora_student_trait": trait(neg_g, True),
+        "lora_teacher_full_student_trait": trait(lora.project(expected, neg_g), False),
+    }
+
+
+def check_lora_example() -> dict[str, Any]:
+    """The worked cases: a shared adapter's guaranteed signs positive and W's negative (`lora_example`);
+    the expected trait term of a LoRA student of a full teacher, and of a full student of a LoRA teacher,
+    negative where the full student's is positive (`lora_bias_example`)."""
+    case, bias = lora_example(), lora_bias_example()
+    passed = case["adapter_dot"] > 0 and case["trait"] > 0 > case["weights_dot"]
+    passed &= bias["full_full_trait"] > 0 > max(bias["full_teacher_lora_student_trait"],
+                                                 bias["lora_teacher_full_student_trait"])  # fmt: skip
+    return {"passed": bool(passed), **case, **{f"bias_{k}": v for k, v in bias.items()}}
+
+
+# ----------------------------------------------------------------------------------------------
 # All checks.
 
 
-def run_checks(num_cases: int = 256, key: int = 0, sweep_draws: int = 8) -> dict[str, Any]:
+def run_checks(num_cases: int = 256, key: int = 0, sweep_draws: int = 8, lora_draws: int = 64) -> dict[str, Any]:
     """All checks of the theorem, offline (on the bundled MNIST sample); 30-60 s on 2 CPU cores.
 
     Args:
@@ -1142,6 +1388,7 @@ def run_checks(num_cases: int = 256, key: int = 0, sweep_draws: int = 8) -> dict
         draw counts once per student loss; rounded up to a multiple of 2 * CALL_SIZE).
       key: seed of every random draw.
       sweep_draws: draws swept over SWEEP_EPSILONS for the large-ε check.
+      lora_draws: draws of the low-rank checks (`check_lora`; rounded up to CALL_SIZE).
     Returns {"passed": all passed, "seconds": wall time, "checks": {name: {"passed", numbers...}}}.
     Plain Python values: `json.dumps` takes it as is.
     """
@@ -1168,6 +1415,8 @@ def run_checks(num_cases: int = 256, key: int = 0, sweep_draws: int = 8) -> dict
         "three_parameter": check_three_parameter(),
         "adam": check_adam(),
         "closed_form": check_closed_form(),
+        **check_lora(*lora_results(rng, lora_draws, images, labels)),
+        "lora_example": check_lora_example(),
     }
     return {
         "passed": all(c["passed"] for c in checks.values()),

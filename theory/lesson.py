@@ -642,18 +642,26 @@ assert three["passed"]
 # gradient by its own scale, $\Delta_S = P\,g$ with $P$ diagonal and positive (later steps use a running
 # average of gradients), and $g^\top P\,\Delta_T$ has no sign guarantee (`theorem_checks`' `adam` row).
 # Measured through training (part 6), Adam's updates lower the trait loss at almost every step all the same.
-# Whether SGD transfers as much *at a matched distillation loss* this package has not yet measured on MNIST:
-# in `subliminal-mnist defend mnist` (5 seeds, `figures/defend_mnist.json`) plain SGD (rate 0.3)
-# does not reach Adam's held-out loss, and its students stay at chance, where accuracy cannot show a
-# partial transfer; `sgd:adam_control`, Adam at the rate whose loss matched SGD's on seed 0, ends at a
-# higher loss over the five seeds and at chance too.
+# Whether SGD transfers as much *at a matched distillation loss*, `subliminal-mnist defend mnist` (5 seeds,
+# `figures/defend_mnist.json`) measures where it can: plain SGD at its best rate (0.3) does not reach Adam's
+# held-out loss in the paper's epochs (about 2.4 against 1.2 x 1e-3: *unmatched*, no conclusion against
+# `none`), so its control is Adam at the rate whose loss matches SGD's (matched within 10%). Accuracy stays
+# at chance for both; the test cross-entropy, which sees a partial transfer below chance, falls by about
+# 0.05 nats more for each same-init student than for its control (0.89 for Adam at its own rate), and the
+# two optimizers differ by no more than the interval (the paired difference printed last). At the same
+# loss, the optimizer made no difference in this toy; how far the distillation got did.
 
 # %%
 rows = committed("defend_mnist.json")["defenses"]
 for name in ("none", "sgd", "sgd:adam_control"):
     row = rows[name]
-    print(f"{name:>17}: held-out distillation loss {row['cost']['heldout_distill_loss']['mean'] * 1e3:.2f} x 1e-3, "
-          f"same-init accuracy {row['accuracy']['treated']['mean']:.3f}, control {row['accuracy']['control']['mean']:.3f}")  # fmt: skip
+    match = "" if name == "none" else f" ({'matched' if row['matched'] else 'unmatched'})"
+    print(f"{name:>17}{match}: held-out loss {row['cost']['heldout_distill_loss']['mean'] * 1e3:.2f} x 1e-3, "
+          f"same-init accuracy {row['accuracy']['treated']['mean']:.3f}, control {row['accuracy']['control']['mean']:.3f}, "
+          f"cross-entropy effect {row['xent_effect']['mean']:+.3f} ± {row['xent_effect']['ci95']:.3f} nats")  # fmt: skip
+versus = rows["sgd:adam_control"]["versus"]["xent_difference"]
+print(f"Adam at SGD's loss minus SGD, cross-entropy effect, paired: {versus['mean']:+.3f} ± {versus['ci95']:.3f} "
+      f"(n = {versus['n']})")
 
 # %% [markdown]
 # **"ReLU networks are not smooth. Does the proof even apply?"** The Taylor expansion needs the outputs to be
