@@ -736,7 +736,7 @@ def tuning_fits(row: Row, settings: DefenseSettings) -> int:
 
 # What each row would have shown if its defense did nothing (or, for `none`, if nothing transferred),
 # and why its control can show it: a row whose control could not move is no evidence either way.
-_UNCHANGED = "remaining's interval includes 1"
+_UNCHANGED = "its paired change (effect minus the undefended effect, seed by seed) has an interval that includes 0"
 REFUTATIONS = {
     "none": "no transfer: the same-init student's paired effect over its control has an interval that includes 0; "
             "the control learns the same data from another start (MNIST) or a trait-neutral teacher's (owl), so it can",
@@ -746,14 +746,15 @@ REFUTATIONS = {
     "sgd": f"SGD does not stop transfer: {_UNCHANGED}; read only where the row is matched (its held-out loss "
            f"within {MATCH_TOLERANCE:.0%} of Adam's), since an undertrained student transfers less for that reason alone",
     "sgd:adam_control": "the loss reached, not the optimizer, matters: Adam at SGD's held-out loss keeps as much as "
-                        "SGD (their paired difference's interval includes 0); read only where both rows are matched",
+                        "SGD (their paired effects' difference has an interval that includes 0); read only where "
+                        "this row is matched to SGD's loss",
     "kl_to_start": f"the penalty does nothing: {_UNCHANGED}; the control is penalized alike, so both can move",
     "l2_to_start": f"the penalty does nothing: {_UNCHANGED}; the control is penalized alike, so both can move",
     "mix": f"mixing does nothing: {_UNCHANGED} (a plain dilution predicts about 1 minus the share)",
     "replace_divergent": f"replacing the most divergent numbers does nothing: {_UNCHANGED}; the control's lists "
                          "are replaced alike",
     "threshold_sampling": f"min-p sampling does nothing: {_UNCHANGED}; the control's writer samples alike",
-    "detector_filter": "the detector finds nothing: its paired remaining minus random_drop's at the same share has "
+    "detector_filter": "the detector finds nothing: its paired effect minus random_drop's at the same share has "
                        "an interval that includes 0 (the same prompts leave the control's data, so pairs stay pairs)",
     "random_drop": f"dropping that much data does nothing: {_UNCHANGED}; detector_filter's yardstick",
     "sort": f"order carries nothing: {_UNCHANGED}; the control's lists are sorted alike",
@@ -776,7 +777,8 @@ def cost_summary(name: str, values) -> dict:
 def paired_with(key: str, by_key: dict, undefended: np.ndarray) -> dict:
     """The row's comparison with the row it is read against (`PAIRED_WITH`: detector_filter:0.1 against
     random_drop:0.1, sgd:adam_control against sgd), seed by seed: {"row": that row's key,
-    "remaining_difference": the summary of this row's remaining minus that row's, and on MNIST
+    "effect_difference" and "remaining_difference": the summaries of this row's paired effect (and its
+    remaining) minus that row's, and on MNIST
     "xent_difference": of this row's cross-entropy effect minus that row's (nats), which sees a
     difference where both rows' students stay at chance accuracy}; {} for other rows or where the run
     holds no such row."""
@@ -786,19 +788,27 @@ def paired_with(key: str, by_key: dict, undefended: np.ndarray) -> dict:
         return {}
 
     def remaining(line: dict) -> np.ndarray:
-        return np.subtract(line["per_seed"]["treated"], line["per_seed"]["control"]) / undefended
+        return effect(line) / undefended
 
     def xent_effect(line: dict) -> np.ndarray:
         return np.subtract(line["per_seed"]["treated_xent_drop"], line["per_seed"]["control_xent_drop"])
 
-    versus = {"row": other, "remaining_difference": runs.summarize(remaining(by_key[key]) - remaining(by_key[other]))}
+    def effect(line: dict) -> np.ndarray:
+        return np.subtract(line["per_seed"]["treated"], line["per_seed"]["control"])
+
+    versus = {
+        "row": other,
+        "effect_difference": runs.summarize(effect(by_key[key]) - effect(by_key[other])),
+        "remaining_difference": runs.summarize(remaining(by_key[key]) - remaining(by_key[other])),
+    }
     if "treated_xent_drop" in by_key[key]["per_seed"]:
         versus["xent_difference"] = runs.summarize(xent_effect(by_key[key]) - xent_effect(by_key[other]))
     return {"versus": versus}
 
 
 def summarize(lines: Sequence[dict], **more) -> dict:
-    """The table: for each row, its transfer remaining, its effect and its costs (`COSTS`, each interval
+    """The table: for each row, its transfer remaining, its effect, its `effect_change` (the paired
+    effect minus the undefended one, seed by seed) and its costs (`COSTS`, each interval
     cut at its bounds), each a summary with Student's t interval (`runs.summarize`), its `refutation`;
     MNIST's `xent_effect` and `xent_remaining` (`_xent_fields`); a row read against another (`PAIRED_WITH`) its `versus`; an optimizer row its
     match (`optimizer_match`). The rows in the order of `lines` (none first). `more`: the setting's own
@@ -814,6 +824,9 @@ def summarize(lines: Sequence[dict], **more) -> dict:
             # Per seed, the defended paired effect over that seed's undefended one.
             "remaining": runs.summarize(effect / undefended),
             "effect": runs.summarize(effect),
+            # The same comparison as a paired difference (no ratio): where the undefended effect of a seed
+            # is small, its ratio is noisy, and this is the interval that says whether the defense moved it.
+            "effect_change": runs.summarize(effect - undefended),
             MEASURED[setting]: {name: runs.summarize(per_seed[name]) for name in ("treated", "control")},
             "cost": {
                 **{name: cost_summary(name, per_seed[k]) for name, k in COSTS[setting].items()},
@@ -901,18 +914,19 @@ def table(summary: dict) -> str:
     rows = summary["defenses"]
     costs = COSTS[summary["setting"]]
     xent = any("xent_effect" in row for row in rows.values())
-    header = f"{'defense':<24}{'remaining':>18}{'effect':>18}"
+    header = f"{'defense':<24}{'remaining':>18}{'effect':>18}{'change':>18}"
     header += f"{'remaining (CE)':>18}{'effect (CE)':>18}" if xent else ""
     header += "".join(f"{_COST_COLUMNS[c][0]:>28}" for c in costs) + f"{'time':>8}"
     out = [header]
     for key, row in rows.items():
         cost = row["cost"]
-        line = f"{key:<24}{cell(row['remaining'], 2):>18}{cell(row['effect']):>18}"
+        line = f"{key:<24}{cell(row['remaining'], 2):>18}{cell(row['effect']):>18}{cell(row['effect_change']):>18}"
         line += f"{cell(row['xent_remaining'], 2):>18}{cell(row['xent_effect']):>18}" if xent else ""
         line += "".join(f"{cell(cost[c], _COST_COLUMNS[c][1]):>28}" for c in costs)
         out.append(line + f"{cost['seconds']:>7.0f}s" + ("  unmatched" if row.get("matched") is False else ""))
     n = rows["none"]["effect"]["n"]
-    out.append(f"n = {n} seeds; remaining: the paired effect (same init minus control) over the undefended one")
+    out.append(f"n = {n} seeds; remaining: the paired effect (same init minus control) over the undefended one; "
+               "change: the paired effect minus the undefended one")
     if xent:
         out.append("(CE): the aux-only students' drop in test cross-entropy from their starts, same init minus "
                    "control (nats), and over the undefended one: partial transfer where accuracy stays at chance")  # fmt: skip
@@ -920,8 +934,9 @@ def table(summary: dict) -> str:
         if "versus" in row:
             versus = row["versus"]
             xent = f"; effect (CE) {cell(versus['xent_difference'])}" if "xent_difference" in versus else ""
-            out.append(f"{key} minus {versus['row']}, remaining, paired by seed: "
-                       f"{cell(versus['remaining_difference'], 2)}{xent} (n = {versus['remaining_difference']['n']})")
+            out.append(f"{key} minus {versus['row']}, paired by seed: effect {cell(versus['effect_difference'])}, "
+                       f"remaining {cell(versus['remaining_difference'], 2)}{xent} "
+                       f"(n = {versus['remaining_difference']['n']})")
     if any(row.get("matched") is False for row in rows.values()):
         out.append(f"unmatched: no rate bracketed the other optimizer's held-out loss, or the row's mean is more "
                    f"than {MATCH_TOLERANCE:.0%} from it; the row draws no conclusion")  # fmt: skip

@@ -366,6 +366,11 @@ def defenses_plot(summary: dict):
         ax.grid(True, alpha=0.3)
         if cost in log_scale:
             ax.set_xscale("log")
+            # Plain numbers at 1, 2 and 5 per decade, no minor labels: a range under a decade otherwise
+            # prints its minor ticks' labels over each other.
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     for i, key in enumerate(rows):
         handles.append(Line2D([], [], marker="o", linestyle="", color=colors[i % 20], markeredgecolor="black",
                               markeredgewidth=0.4,

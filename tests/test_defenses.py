@@ -185,7 +185,8 @@ def test_a_row_read_against_another_carries_their_paired_difference_in_remaining
     assert rows["detector_filter:0.5"]["versus"]["remaining_difference"]["ci95"] == pytest.approx(0)
     # No random drop at 0.1 in this run: nothing to compare with; the random drop is not read against anything.
     assert "versus" not in rows["detector_filter:0.1"] and "versus" not in rows["random_drop:0.5"]
-    assert "detector_filter:0.5 minus random_drop:0.5, remaining, paired by seed: -0.50" in defenses.table(
+    assert rows["detector_filter:0.5"]["versus"]["effect_difference"]["per_seed"] == pytest.approx([-0.2, -0.1, -0.1])
+    assert "detector_filter:0.5 minus random_drop:0.5, paired by seed: effect -0.133" in defenses.table(
         {"setting": "owl", "defenses": rows}
     )
 
@@ -355,6 +356,8 @@ def test_rows_and_summary(tmp_path, sample):
     assert unmixed["effect"] == none["effect"] and unmixed["cost"]["useful_accuracy"] == none["cost"]["useful_accuracy"]
     effect = np.subtract(lines[2]["per_seed"]["treated"], lines[2]["per_seed"]["control"])
     assert summary["defenses"]["mix:0.5"]["effect"]["per_seed"] == pytest.approx(effect.tolist())
+    undefended = np.subtract(lines[0]["per_seed"]["treated"], lines[0]["per_seed"]["control"])
+    assert summary["defenses"]["mix:0.5"]["effect_change"]["per_seed"] == pytest.approx((effect - undefended).tolist())
     assert "n = 2 seeds" in defenses.table(summary)
     assert summary["defenses"]["mix:0.5"]["refutation"] == defenses.REFUTATIONS["mix"]
     # The cross-entropy readout: the students' paired drops, and over the undefended ones seed by seed.
