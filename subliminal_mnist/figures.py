@@ -366,9 +366,11 @@ def defenses_plot(summary: dict):
         ax.grid(True, alpha=0.3)
         if cost in log_scale:
             ax.set_xscale("log")
-            # Plain numbers at 1, 2 and 5 per decade, no minor labels: a range under a decade otherwise
-            # prints its minor ticks' labels over each other.
-            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            # Plain numbers, no minor labels (a range under a decade otherwise prints its minor ticks'
+            # labels over each other): at 1, 2 and 5 per decade over a short range, each decade over a long one.
+            low, high = ax.get_xlim()
+            subs = (1.0, 2.0, 5.0) if np.log10(high / low) < 2.5 else (1.0,)
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=subs))
             ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     for i, key in enumerate(rows):
@@ -382,8 +384,8 @@ def defenses_plot(summary: dict):
     setting = summary["setting"]
     command = f"subliminal-mnist defend {setting}" + ("" if setting == "mnist" else f" --mode {summary['mode']}")
     where = setting if setting == "mnist" else f"{summary['trait']}, {summary['mode']}"
-    fig.suptitle(f"What stops subliminal learning ({where}): `{command}`, seeds {first}-{first + n - 1}, "
-                 f"95% t intervals, n = {n}", fontsize=11)  # fmt: skip
+    fig.suptitle(f"What stops subliminal learning ({where}): seeds {first}-{first + n - 1}, n = {n}, 95% t intervals\n"
+                 f"`{command}`", fontsize=11)  # fmt: skip
     _clear_labels(fig, numbers)
     return fig
 

@@ -54,7 +54,8 @@ def test_defenses_figure_labels_overlap_nothing(tmp_path, monkeypatch, setting):
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     labels = [t for ax in fig.axes for t in ax.texts]  # the points' labels, and the key's lines and title
-    key = [t for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if legend for t in legend.texts]
+    legends = [legend for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if legend]
+    key = [t for legend in legends for t in [*legend.texts, legend.get_title()]]
     assert len(labels) == 2 * 8  # one label per row and panel
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in [*labels, *key, fig._suptitle] if t]
     crossed = [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1 :] if box.overlaps(other)]
