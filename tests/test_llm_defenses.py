@@ -232,6 +232,18 @@ def test_rows_by_mode():
         owl.rows(OwlDefenses(defenses=("temperature",)), llm.LLMConfig(mode="hard"))
 
 
+def test_soft_sort_says_it_cannot_refute_what_hard_sort_can():
+    def line(key):
+        return {"setting": "owl", "defense": key, "wall_seconds": 1.0, "settings": {}, "config": {},
+                "per_seed": {"treated": [0.2, 0.3], "control": [0.0, 0.1], "heldout_kl": [1e-3] * 2,
+                             "validity": [0.9] * 2, "teacher": [0.9, 0.9]}}  # fmt: skip
+
+    soft = owl.summarize([line("none"), line("sort")], CONFIG)["defenses"]["sort"]["refutation"]
+    hard = owl.summarize([line("none"), line("sort")], llm.LLMConfig(**{**MINI, "mode": "hard"}))
+    assert soft == owl.SOFT_SORT_REFUTATION and "cannot show whether order carries the trait" in soft
+    assert hard["defenses"]["sort"]["refutation"] == defenses.REFUTATIONS["sort"]
+
+
 def test_the_owl_sgd_rows_extend_their_grids_and_carry_their_match(tmp_path, monkeypatch):
     # Fake students (no training): the held-out KL a power law of the rate, SGD's 5 / rate, Adam's 1e-6 / rate;
     # the undefended Adam student's 0.5. SGD's grid (up to 1) never reaches 0.5: it extends up (3, 9, 27) and
