@@ -648,8 +648,9 @@ assert three["passed"]
 # `none`), so its control is Adam at the rate whose loss matches SGD's (matched within 10%). Accuracy stays
 # at chance for both; the test cross-entropy, which sees a partial transfer below chance, falls by about
 # 0.05 nats more for each same-init student than for its control (0.89 for Adam at its own rate), and the
-# two optimizers differ by no more than the interval (the paired difference printed last). At the same
-# loss, the optimizer made no difference in this toy; how far the distillation got did.
+# two optimizers differ by no more than the interval (the paired difference printed last). At this one loss,
+# matched on the auxiliary logits only, the optimizer made no difference the intervals can see; the row says
+# nothing of other losses.
 
 # %%
 rows = committed("defend_mnist.json")["defenses"]
