@@ -61,17 +61,22 @@ def quoted_commands(text: str) -> list[str]:
     """What follows `subliminal-mnist` in each code span and each line of a code block.
 
     A code span may wrap onto the next line (Markdown reads the line break as a space); in a code
-    block (fenced, or indented by four spaces) a command ends with its line. Either ends at a `#`
-    comment, `;`, `&&` or `|`.
+    block (fenced, or indented by four spaces) a command ends with its line, or, as in a shell, goes on
+    to the next where the line ends with a backslash. Either ends at a `#` comment, `;`, `&&` or `|`.
     """
-    code, prose, fenced = [], [], False
+    code, prose, fenced, continued = [], [], False, False
     for line in text.splitlines():
-        if FENCE.match(line):
+        if continued:  # the previous code line ended with a backslash: this one is the rest of it
+            code[-1] = code[-1][:-1] + " " + line.strip()
+        elif FENCE.match(line):
             fenced = not fenced
+            continue
         elif fenced or line.startswith("    ") and line.lstrip().startswith("subliminal-mnist"):
-            code.append(line)
+            code.append(line.rstrip())
         else:
             prose.append(line)
+            continue
+        continued = code[-1].endswith("\\")
     spans = [span for span in CODE_SPAN.findall("\n".join(prose)) if "subliminal-mnist" in span]
     found = [COMMAND.search(" ".join(piece.split())) for piece in (*spans, *code)]
     return [COMMAND_END.split(match.group(1))[0].strip() for match in found if match]
@@ -119,6 +124,10 @@ def test_the_pages_quote_the_commands_they_are_about():
     quoted = {page: quoted_commands((ROOT / page).read_text()) for page in PAGES}
     assert "demo" in quoted["README.md"] and "defend mnist" in quoted["docs/defenses.md"]
     assert "llm --trait misaligned" in quoted["docs/misaligned.md"]
+    # A shell line continued with a backslash is one command.
+    assert quoted_commands("```bash\nsubliminal-mnist defend owl --mode hard \\\n  --defenses sort\n```") == [
+        "defend owl --mode hard --defenses sort"
+    ]
     # A span wrapped onto the next line is read whole, and a comment is not part of a command.
     assert quoted_commands("see `subliminal-mnist llm\n  --mode soft` and\n    subliminal-mnist theorem   # 30 s") == [
         "llm --mode soft",
