@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from demo_speed import matmul_gflops, sample_flops, time_command
 
-from subliminal_mnist import data, defenses, experiment
+from subliminal_mnist import data, defense_table, defenses, experiment
 
 # (setting, seeds) -> target seconds; one seed is the class's quick look.
 TARGETS = {"mnist": {5: 15 * 60, 1: 3 * 60}, "owl": {5: 30 * 60, 1: 3 * 60}}
@@ -75,8 +75,8 @@ def mnist_flops(lines: list[dict], seeds: int, num_train: int, num_test: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("setting", choices=defenses.SETTINGS)
-    parser.add_argument("--seeds", type=int, default=defenses.SEEDS, choices=(1, defenses.SEEDS))
+    parser.add_argument("setting", choices=defense_table.SETTINGS)
+    parser.add_argument("--seeds", type=int, default=defense_table.SEEDS, choices=(1, defense_table.SEEDS))
     parser.add_argument("--mode", choices=("soft", "hard"), default="soft", help="owl: the run's mode")
     parser.add_argument("--defenses", nargs="+", default=(), help="the rows to run (default: every one)")
     parser.add_argument("--out", help="the folder to run in and keep (default: a temporary one)")

@@ -21,6 +21,7 @@ import numpy as np
 from subliminal_mnist import (
     alignment,
     data,
+    defense_table,
     defenses,
     experiment,
     figures,
@@ -469,7 +470,7 @@ def _defend(args: argparse.Namespace) -> int:
         config_cls, settings_cls = LLMConfig, OwlDefenses
     if "conditions" in options:
         raise runs.ConfigError("defend trains its own students (treated and control); drop --conditions")
-    options.setdefault("seeds", defenses.SEEDS)
+    options.setdefault("seeds", defense_table.SEEDS)
     settings = settings_cls(**explicit_options(args, settings_cls))
     config = config_cls(**options)  # fail on a bad option before loading any data
     # The owl's files are one set per mode (defend_owl_soft.*, defend_owl_hard.*): a run of one mode
@@ -479,23 +480,23 @@ def _defend(args: argparse.Namespace) -> int:
         llm_defenses.check_mode(config)
         wanted = llm_defenses.rows(settings, config)
         lines = (
-            defenses.drawn_lines(lines_path, wanted, "owl")
+            defense_table.drawn_lines(lines_path, wanted, "owl")
             if args.plot_only
             else llm_defenses.run(config, settings, lines_path, progress=not args.no_progress)
         )
         summary = llm_defenses.summarize(lines, config)
     else:
         if args.plot_only:
-            lines = defenses.drawn_lines(lines_path, defenses.rows(settings))
+            lines = defense_table.drawn_lines(lines_path, defense_table.rows(settings))
         else:
             mnist = data.load(args.source, args.data_dir)
             config = experiment.ExperimentConfig(**_for_data(mnist, options))
             lines = defenses.run(config, settings, mnist, lines_path, progress=not args.no_progress)
-        summary = defenses.summarize(lines)
+        summary = defense_table.summarize(lines)
     json_path, figure_path = lines_path.with_suffix(".json"), lines_path.with_suffix(".png")
     files.write_json(json_path, summary)
     figures.defenses_figure(summary, figure_path)
-    print(json.dumps(summary) if args.json else f"{defenses.table(summary)}\nwrote {json_path} and {figure_path}")
+    print(json.dumps(summary) if args.json else f"{defense_table.table(summary)}\nwrote {json_path} and {figure_path}")
     return 0
 
 

@@ -15,7 +15,7 @@ from matplotlib import patheffects, ticker
 from matplotlib.lines import Line2D
 from matplotlib.transforms import Bbox
 
-from subliminal_mnist import alignment, defenses, experiment, files, sweep
+from subliminal_mnist import alignment, defense_table, experiment, files, sweep
 from subliminal_mnist.llm import dose
 
 # Same colour for a condition's two variants (aux only / all logits).
@@ -348,7 +348,7 @@ def defenses_plot(summary: dict):
     log_scale = ("heldout_distill_loss", "heldout_kl")
     colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
     numbers, handles = [], []
-    for ax, cost in zip(axes, defenses.COSTS[summary["setting"]]):
+    for ax, cost in zip(axes, defense_table.COSTS[summary["setting"]]):
         for i, (key, row) in enumerate(rows.items()):
             x, y = row["cost"][cost], row["remaining"]
             # A cost's interval is cut at its bounds (a share at 1, a loss at 0): asymmetric there.

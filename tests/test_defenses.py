@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from conftest import lines_without_times
 
-from subliminal_mnist import cli, data, defenses, experiment, train
-from subliminal_mnist.defenses import MnistDefenses, Row
+from subliminal_mnist import cli, data, defense_table, defenses, experiment, train
+from subliminal_mnist.defense_table import Row
+from subliminal_mnist.defenses import MnistDefenses
 
 TINY = experiment.ExperimentConfig(
     seeds=2, hidden_sizes=(32,), teacher_epochs=2, student_epochs=2, batch_size=256, num_noise=512, workers=1
@@ -170,27 +171,6 @@ def test_the_cross_entropy_readout_is_each_students_drop_from_its_own_start(samp
     assert np.all(undefended["treated_xent_drop"] > 0.01) and np.all(undefended["control_xent_drop"] < 0)
 
 
-def test_a_row_read_against_another_carries_their_paired_difference_in_remaining():
-    def line(key, treated, control):
-        return {"setting": "owl", "defense": key, "wall_seconds": 1.0, "settings": {}, "config": {},
-                "per_seed": {"treated": treated, "control": control, "heldout_kl": [1e-3] * 3,
-                             "validity": [0.9] * 3}}  # fmt: skip
-
-    lines = [line("none", [0.4, 0.2, 0.3], [0.0, 0.0, 0.1]), line("detector_filter:0.5", [0.2, 0.1, 0.1], [0, 0, 0]),
-             line("random_drop:0.5", [0.4, 0.2, 0.2], [0, 0, 0]), line("detector_filter:0.1", [0.4, 0.2, 0.3], [0, 0, 0])]  # fmt: skip
-    rows = defenses.summarize(lines)["defenses"]
-    # Remaining per seed: detector 0.5, 0.5, 0.5; random drop 1, 1, 1: the difference -0.5 in every seed.
-    assert rows["detector_filter:0.5"]["versus"]["row"] == "random_drop:0.5"
-    assert rows["detector_filter:0.5"]["versus"]["remaining_difference"]["per_seed"] == pytest.approx([-0.5] * 3)
-    assert rows["detector_filter:0.5"]["versus"]["remaining_difference"]["ci95"] == pytest.approx(0)
-    # No random drop at 0.1 in this run: nothing to compare with; the random drop is not read against anything.
-    assert "versus" not in rows["detector_filter:0.1"] and "versus" not in rows["random_drop:0.5"]
-    assert rows["detector_filter:0.5"]["versus"]["effect_difference"]["per_seed"] == pytest.approx([-0.2, -0.1, -0.1])
-    assert "detector_filter:0.5 minus random_drop:0.5, paired by seed: effect -0.133" in defenses.table(
-        {"setting": "owl", "defenses": rows}
-    )
-
-
 def test_other_init_control_differs_from_its_treated_student_only_in_its_teacher(
     sample, teacher_cache, undefended, other_init
 ):
@@ -215,23 +195,11 @@ def test_sgd_rows_train_with_sgd_at_the_rate_given(sample, teacher_cache, undefe
     monkeypatch.setattr(train, "fit", lambda *a, **k: seen.append((k.get("optimizer_name"), k["learning_rate"]))
                         or real_fit(*a, **k))  # fmt: skip
     sgd = _row(Row("sgd"), sample, teacher_cache, learning_rate=0.5)
-    control = _row(Row("sgd", defenses.SGD_ADAM_CONTROL), sample, teacher_cache, learning_rate=TINY.learning_rate)
+    control = _row(Row("sgd", defense_table.SGD_ADAM_CONTROL), sample, teacher_cache, learning_rate=TINY.learning_rate)
     students = [s for s in seen if s[0] is not None]
     assert students == [("sgd", 0.5)] * 2 + [("adam", TINY.learning_rate)] * 2  # the two groups of each row
     assert _same(control, undefended), "Adam at the paper's rate is the undefended student"
     assert not np.array_equal(sgd["heldout_distill_loss"], undefended["heldout_distill_loss"])
-
-
-def test_the_matched_rate_interpolates_between_the_rates_that_bracket_the_target():
-    tried = {1e-5: 4e-3, 2e-5: 2e-3, 5e-5: 1e-3, 1e-1: float("inf")}
-    assert defenses.interpolated_rate(tried, 2e-3) == pytest.approx(2e-5)
-    assert defenses.interpolated_rate(tried, np.sqrt(8e-6)) == pytest.approx(np.sqrt(2e-10))  # halfway, in logs
-    assert defenses.interpolated_rate(tried, 1e-6) == 5e-5  # never reached: the nearest in ratio
-    assert defenses.interpolated_rate(tried, 1.0) == 1e-5
-    # Past the lowest loss a larger rate is unstable: a loss matched there is a broken student, not a match.
-    rising = {0.1: 2e-4, 0.3: 1.2e-4, 1.0: 2e-2, 3.0: float("inf")}
-    assert defenses.interpolated_rate(rising, 1e-3) == 0.1
-    assert defenses.interpolated_rate({0.1: float("inf")}, 1e-3) == 0.1
 
 
 def test_matched_rate_tries_every_rate_and_a_diverging_one_is_infinitely_far(sample, teacher_cache):
@@ -245,87 +213,12 @@ def test_matched_rate_tries_every_rate_and_a_diverging_one_is_infinitely_far(sam
     assert record["extended"] == [] and record["bracketed"] is False
 
 
-def _tuned(loss_of_rate, grid, target, extensions=defenses.MATCH_EXTENSIONS):
-    """`tuned_rate` on a fake loss-of-rate function, and the rates it trained, in order."""
-    trained = []
-
-    def loss_at(rate, progress):
-        trained.append(rate)
-        return loss_of_rate(rate)
-
-    rate, record = defenses.tuned_rate(loss_at, grid, target, 1, False, extensions)
-    return rate, record, trained
-
-
-def test_the_rule_interpolates_log_linearly_between_the_bracketing_rates():
-    # A power law is a line in log loss against log rate: the interpolation finds its rate exactly.
-    rate, record, trained = _tuned(lambda r: 1e-3 / r**0.5, (0.1, 1.0, 10.0), 1e-3 / 2.0)
-    assert rate == pytest.approx(4.0) and record["bracketed"] and record["extended"] == []
-    assert trained == [0.1, 1.0, 10.0] and list(record["tried"]) == ["0.1", "1", "10"]
-    assert defenses.bracket({0.1: 3e-3, 1.0: 1e-3, 10.0: 2e-4}, 1e-3) == (0.1, 1.0)  # at or below counts
-    assert defenses.bracket({0.1: 3e-3, 1.0: 2e-3, 10.0: 1.5e-3}, 1e-3) is None
-
-
-def test_where_none_brackets_the_grid_extends_on_the_side_that_might_and_stops_there():
-    loss = lambda r: 1e-3 / r  # noqa: E731
-    # Every loss above the target: larger rates, x3 each, until a pair brackets (rate 2: 0.9 and 2.7).
-    rate, record, trained = _tuned(loss, (0.1, 0.3), 5e-4)
-    assert record["extended"] == pytest.approx([0.9, 2.7]) and trained[2:] == record["extended"]
-    assert record["bracketed"] and rate == pytest.approx(2.0)
-    # Every loss below it: smaller rates (rate 0.1: 1/9 and 1/27).
-    rate, record, _ = _tuned(loss, (1.0, 10.0), 1e-2)
-    assert record["extended"] == pytest.approx([1 / 3, 1 / 9, 1 / 27]) and rate == pytest.approx(0.1)
-    # Out of reach: at most MATCH_EXTENSIONS steps, then the nearest rate tried, unmatched.
-    rate, record, trained = _tuned(loss, (0.1, 0.3), 1e-6)
-    assert len(record["extended"]) == defenses.MATCH_EXTENSIONS == 3 and len(trained) == 5
-    assert not record["bracketed"] and rate == pytest.approx(0.3 * 27)
-    assert _tuned(loss, (0.1, 0.3), 1e-6, extensions=1)[1]["extended"] == pytest.approx([0.9])
-    # Past the lowest loss a larger rate is unstable: no side might bracket a target below it, no extension.
-    rising = {0.1: 2e-3, 1.0: 1e-3, 10.0: float("inf")}
-    rate, record, trained = _tuned(rising.get, tuple(rising), 1e-4)
-    assert trained == [0.1, 1.0, 10.0] and not record["bracketed"] and rate == 1.0
-    assert defenses.extension(rising, 1e-4) is None and defenses.extension(rising, 3e-3) == pytest.approx(0.1 / 3)
-    assert defenses.extension({0.1: float("inf")}, 1e-3) == pytest.approx(0.1 / 3)  # every rate diverged
-    # The lowest loss at the smallest rate, above the target: below it, until the lowest loss is between ends.
-    valley = lambda r: 1.5e-3 * (1 + np.log10(r / 0.1) ** 2) if r < 1 else float("inf")  # noqa: E731
-    rate, record, trained = _tuned(valley, (0.1, 0.3, 1.0), 1e-3)
-    assert trained[3:] == pytest.approx([0.1 / 3]) and not record["bracketed"] and rate == 0.1
-
-
-def _line(losses, **more):
-    return {"setting": "mnist", "per_seed": {"heldout_distill_loss": losses}, **more}
-
-
-def test_a_row_is_matched_where_a_pair_bracketed_and_its_mean_loss_is_within_ten_percent():
-    target = _line([1.0, 1.2, 0.8])  # mean 1.0
-    bracketed = {"tuning": {"bracketed": True}}
-    near, far = _line([1.05, 1.1, 1.12], **bracketed), _line([1.1, 1.1, 1.14], **bracketed)  # 1.09, 1.113
-    match = defenses.optimizer_match(near, target, "heldout_distill_loss")
-    assert match["matched"] is True and match["heldout_loss"]["n"] == 3
-    assert match["target_heldout_loss"]["mean"] == pytest.approx(1.0)
-    assert match["heldout_loss"]["per_seed"] == [1.05, 1.1, 1.12]
-    assert defenses.optimizer_match(far, target, "heldout_distill_loss")["matched"] is False
-    below = _line([0.905, 0.905, 0.905], **bracketed)
-    assert defenses.optimizer_match(below, target, "heldout_distill_loss")["matched"] is True
-    # Nothing bracketed on the tuning seed: unmatched, however near the loss ended.
-    unbracketed = _line([1.0, 1.2, 0.8], tuning={"bracketed": False})
-    assert defenses.optimizer_match(unbracketed, target, "heldout_distill_loss")["matched"] is False
-    # A line from before the rule recorded it: its tuning's own rates and target say whether a pair bracketed.
-    for tried, matched in (({"0.1": 2.0, "1": 0.5}, True), ({"0.1": 2.0, "1": 1.5}, False)):
-        old = _line([1.0, 1.0, 1.0], tuning={"target_loss": 1.0, "tried": tried, "seeds": [0]})
-        assert defenses.optimizer_match(old, target, "heldout_distill_loss")["matched"] is matched
-    assert defenses.optimizer_match(near, None, "heldout_distill_loss") == {
-        "heldout_loss": match["heldout_loss"], "target_heldout_loss": None, "matched": False}  # fmt: skip
-    assert not defenses.within_tolerance(float("inf"), 1.0) and defenses.within_tolerance(1.09, 1.0)
-    assert defenses.within_tolerance(0.91, 1.0) and not defenses.within_tolerance(0.89, 1.0)
-
-
 def test_optimizer_rows_carry_their_match_in_the_summary_and_the_table_marks_an_unmatched_one(
     tmp_path, sample, teacher_cache
 ):
     settings = MnistDefenses(defenses=("sgd",), sgd_grid=(0.3, 3.0), adam_grid=(1e-3, 1e-2), heldout_noise=256)
     lines = defenses.run(TINY, settings, sample, tmp_path / "d.jsonl", False, lambda m: None, teacher_cache)
-    summary = json.loads(json.dumps(defenses.summarize(lines)))
+    summary = json.loads(json.dumps(defense_table.summarize(lines)))
     rows = summary["defenses"]
     assert list(rows) == ["none", "sgd", "sgd:adam_control"] and "matched" not in rows["none"]
     for key, target in (("sgd", "none"), ("sgd:adam_control", "sgd")):
@@ -336,21 +229,21 @@ def test_optimizer_rows_carry_their_match_in_the_summary_and_the_table_marks_an_
         tuning = row["config"]["tuning"]
         assert set(tuning) >= {"target_loss", "grid", "tried", "bracketed", "extended", "seeds"}
         assert len(tuning["tried"]) == len(tuning["grid"]) + len(tuning["extended"])
-        near = defenses.within_tolerance(row["heldout_loss"]["mean"], row["target_heldout_loss"]["mean"])
+        near = defense_table.within_tolerance(row["heldout_loss"]["mean"], row["target_heldout_loss"]["mean"])
         assert row["matched"] == (tuning["bracketed"] and near)
     rows["sgd"]["matched"], rows["sgd:adam_control"]["matched"] = False, True
-    text = defenses.table(summary).splitlines()
+    text = defense_table.table(summary).splitlines()
     assert [line.endswith("unmatched") for line in text[1:4]] == [False, True, False]
     assert any(line.startswith("unmatched:") for line in text)
 
 
 def test_rows_and_summary(tmp_path, sample):
     settings = MnistDefenses(defenses=("mix",), mix_shares=(0.0, 0.5), heldout_noise=256)
-    assert [r.key for r in defenses.rows(settings)] == ["none", "mix:0", "mix:0.5"]
-    every = [r.key for r in defenses.rows(MnistDefenses())]
+    assert [r.key for r in defense_table.rows(settings)] == ["none", "mix:0", "mix:0.5"]
+    every = [r.key for r in defense_table.rows(MnistDefenses())]
     assert every[:4] == ["none", "other_init", "sgd", "sgd:adam_control"] and "projection:two_sided" in every
     lines = defenses.run(TINY, settings, sample, tmp_path / "d.jsonl", progress=False, log=lambda m: None)
-    summary = defenses.summarize(lines)
+    summary = defense_table.summarize(lines)
     none, unmixed = summary["defenses"]["none"], summary["defenses"]["mix:0"]
     assert none["remaining"]["per_seed"] == [1.0, 1.0] and none["remaining"]["n"] == 2
     assert unmixed["effect"] == none["effect"] and unmixed["cost"]["useful_accuracy"] == none["cost"]["useful_accuracy"]
@@ -358,8 +251,8 @@ def test_rows_and_summary(tmp_path, sample):
     assert summary["defenses"]["mix:0.5"]["effect"]["per_seed"] == pytest.approx(effect.tolist())
     undefended = np.subtract(lines[0]["per_seed"]["treated"], lines[0]["per_seed"]["control"])
     assert summary["defenses"]["mix:0.5"]["effect_change"]["per_seed"] == pytest.approx((effect - undefended).tolist())
-    assert "n = 2 seeds" in defenses.table(summary)
-    assert summary["defenses"]["mix:0.5"]["refutation"] == defenses.REFUTATIONS["mix"]
+    assert "n = 2 seeds" in defense_table.table(summary)
+    assert summary["defenses"]["mix:0.5"]["refutation"] == defense_table.REFUTATIONS["mix"]
     # The cross-entropy readout: the students' paired drops, and over the undefended ones seed by seed.
     def xent(line):
         return np.subtract(line["per_seed"]["treated_xent_drop"], line["per_seed"]["control_xent_drop"])
@@ -368,7 +261,7 @@ def test_rows_and_summary(tmp_path, sample):
     assert summary["defenses"]["mix:0.5"]["xent_remaining"]["per_seed"] == pytest.approx(
         (xent(lines[2]) / xent(lines[0])).tolist()
     )
-    assert "remaining (CE)" in defenses.table(summary)
+    assert "remaining (CE)" in defense_table.table(summary)
 
 
 def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp_path, sample, monkeypatch):
@@ -428,11 +321,3 @@ def test_the_command_trains_writes_and_redraws_without_training(tmp_path, capsys
     monkeypatch.setattr(defenses, "train_row", lambda *a, **k: pytest.fail("--plot-only must not train"))
     assert cli.main([*argv, "--plot-only"]) == 0
     assert figure.read_bytes()[:4] == b"\x89PNG"
-
-
-def test_every_row_states_what_would_refute_it():
-    # A defense added without its refutation fails here; a row key with a strength reads its defense's.
-    assert set(defenses.DEFENSES) <= set(defenses.REFUTATIONS)
-    assert defenses.refutation("mix:0.25") == defenses.REFUTATIONS["mix"]
-    assert defenses.refutation("sgd:adam_control") != defenses.refutation("sgd")
-    assert all("\n" not in text and len(text) < 300 for text in defenses.REFUTATIONS.values())

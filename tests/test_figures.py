@@ -3,7 +3,7 @@
 import matplotlib.pyplot
 import pytest
 
-from subliminal_mnist import defenses, experiment, figures
+from subliminal_mnist import defense_table, experiment, figures
 
 
 def fake_results(is_sample=False):
@@ -29,14 +29,14 @@ def fake_defenses(setting):
             "other_init", "temperature:4"]  # fmt: skip
     rows = {
         key: {
-            "cost": {cost: {"mean": x, "ci95": 0.01} for cost in defenses.COSTS[setting]},
+            "cost": {cost: {"mean": x, "ci95": 0.01} for cost in defense_table.COSTS[setting]},
             "remaining": {"mean": y, "ci95": 0.05},
             "effect": {"n": 5},
         }
         for key, (x, y) in zip(keys, where)
     }
     # A cost's interval cut at its bound (drawn asymmetric), and an unmatched optimizer row (said in the key).
-    rows["l2_to_start"]["cost"][next(iter(defenses.COSTS[setting]))]["interval"] = [0.0, 0.51]
+    rows["l2_to_start"]["cost"][next(iter(defense_table.COSTS[setting]))]["interval"] = [0.0, 0.51]
     rows["other_init"]["matched"] = False
     return {"setting": setting, "defenses": rows, "trait": "owl", "mode": "soft", "config": {"seed": 0}}
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import lines_without_times
 
-from subliminal_mnist import cli, defenses, runs
-from subliminal_mnist.defenses import Row
+from subliminal_mnist import cli, defense_table, runs
+from subliminal_mnist.defense_table import Row
 from subliminal_mnist.llm import corpus, sampling
 from subliminal_mnist.llm import defenses as owl
 from subliminal_mnist.llm import experiment as llm
@@ -63,7 +63,7 @@ def test_none_is_the_llm_experiments_pair_for_the_same_seeds(cache, undefended):
         (Row("detector_filter", 0.0), {}),
         (Row("random_drop", 0.0), {}),
         (Row("temperature", 1.0), {}),
-        (Row("sgd", defenses.SGD_ADAM_CONTROL), {"learning_rate": CONFIG.student_learning_rate}),
+        (Row("sgd", defense_table.SGD_ADAM_CONTROL), {"learning_rate": CONFIG.student_learning_rate}),
     ],
 )
 def test_a_defense_that_changes_nothing_is_none_to_the_last_digit(row, options, cache, undefended):
@@ -241,7 +241,7 @@ def test_soft_sort_says_it_cannot_refute_what_hard_sort_can():
     soft = owl.summarize([line("none"), line("sort")], CONFIG)["defenses"]["sort"]["refutation"]
     hard = owl.summarize([line("none"), line("sort")], llm.LLMConfig(**{**MINI, "mode": "hard"}))
     assert soft == owl.SOFT_SORT_REFUTATION and "cannot show whether order carries the trait" in soft
-    assert hard["defenses"]["sort"]["refutation"] == defenses.REFUTATIONS["sort"]
+    assert hard["defenses"]["sort"]["refutation"] == defense_table.REFUTATIONS["sort"]
 
 
 def test_the_owl_sgd_rows_extend_their_grids_and_carry_their_match(tmp_path, monkeypatch):
@@ -251,7 +251,7 @@ def test_the_owl_sgd_rows_extend_their_grids_and_carry_their_match(tmp_path, mon
     trained = []
 
     def fake_row(row, config, settings, seed_id, partner, progress, cache, learning_rate=None, conditions=None):
-        kl = 0.5 if row.name == "none" else (1e-6 if row.value == defenses.SGD_ADAM_CONTROL else 5.0) / learning_rate
+        kl = 0.5 if row.name == "none" else (1e-6 if row.value == defense_table.SGD_ADAM_CONTROL else 5.0) / learning_rate
         trained.append((row.key, learning_rate, conditions))
         return {"treated": 0.1, "control": 0.0, "heldout_kl": kl, "validity": 1.0, "teacher": 0.3}
 
@@ -270,7 +270,7 @@ def test_the_owl_sgd_rows_extend_their_grids_and_carry_their_match(tmp_path, mon
     for row, target in ((sgd, summary["defenses"]["none"]), (control, sgd)):
         assert row["matched"] is True and row["heldout_loss"]["mean"] == pytest.approx(0.5)
         assert row["target_heldout_loss"] == target["cost"]["heldout_kl"]
-    assert "matched" not in summary["defenses"]["none"] and "unmatched" not in defenses.table(summary)
+    assert "matched" not in summary["defenses"]["none"] and "unmatched" not in defense_table.table(summary)
 
 
 def test_a_killed_run_resumes_and_ends_with_the_file_of_an_uninterrupted_one(tmp_path, cache, monkeypatch):

@@ -50,8 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subliminal_mnist import defenses, losses, runs, train
-from subliminal_mnist.defenses import DefenseSettings, Row
+from subliminal_mnist import defense_table, losses, runs, train
+from subliminal_mnist.defense_table import DefenseSettings, Row
 from subliminal_mnist.llm import analysis, corpus, sampling
 from subliminal_mnist.llm import experiment as llm
 from subliminal_mnist.llm.experiment import LLMConfig
@@ -113,7 +113,7 @@ class OwlDefenses(DefenseSettings):
 
 def rows(settings: OwlDefenses, config: LLMConfig) -> list[Row]:
     """The rows of a run in `config.mode`: temperature is a soft student's."""
-    return defenses.rows(settings, excluded=("temperature",) if config.mode == "hard" else ())
+    return defense_table.rows(settings, excluded=("temperature",) if config.mode == "hard" else ())
 
 
 def check_mode(config: LLMConfig) -> None:
@@ -293,7 +293,7 @@ def validity(config: LLMConfig, student, heldout: llm.NumberData, key: jax.Array
 def _loop(row: Row, settings: OwlDefenses, learning_rate: float | None) -> dict:
     """`train.fit`'s settings that the row changes (via `llm.train_students`)."""
     if row.name == "sgd":
-        return {"optimizer_name": "adam" if row.value == defenses.SGD_ADAM_CONTROL else "sgd",
+        return {"optimizer_name": "adam" if row.value == defense_table.SGD_ADAM_CONTROL else "sgd",
                 "learning_rate": learning_rate}  # fmt: skip
     if row.name in ("kl_to_start", "l2_to_start"):
         weight = settings.kl_weight if row.name == "kl_to_start" else settings.l2_weight
@@ -398,7 +398,7 @@ def run(
 
     def compute(row: Row, label: str, results: list[dict]) -> dict:
         extra, rate = {}, None
-        epochs = (config.seeds * 2 + defenses.tuning_fits(row, settings)) * config.student_epochs
+        epochs = (config.seeds * 2 + defense_table.tuning_fits(row, settings)) * config.student_epochs
         prepare = _missing_epochs(config, partners if row.name == "other_init" else (), cache)
         with train.shared_or_own(progress, epochs + prepare, label) as bar:
             if row.name == "sgd":
@@ -408,13 +408,13 @@ def run(
                 heldout_lists(config, settings, models, 0, bar, cache)
 
                 def loss_at(rate: float, progress: bool | train.Progress, optimizer_name: str) -> float:
-                    tried = row._replace(value=defenses.SGD_ADAM_CONTROL if optimizer_name == "adam" else None)
+                    tried = row._replace(value=defense_table.SGD_ADAM_CONTROL if optimizer_name == "adam" else None)
                     one = train_row(tried, config, settings, 0, int(partners[0]), progress, cache, rate, PAIR[:1])
                     return one["heldout_kl"]
 
-                rate, extra = defenses.sgd_rate(
+                rate, extra = defense_table.sgd_rate(
                     row, settings, results, first, "heldout_kl",
-                    lambda target, optimizer_name, grid: defenses.tuned_rate(
+                    lambda target, optimizer_name, grid: defense_table.tuned_rate(
                         functools.partial(loss_at, optimizer_name=optimizer_name), grid, target, config.workers, bar
                     ),
                 )  # fmt: skip
@@ -424,8 +424,8 @@ def run(
             ]
         return {"per_seed": {k: [p[k] for p in per_seed] for k in _PER_SEED}, **extra}
 
-    fields = lambda row: defenses.row_fields(row, config, settings, ("heldout_lists",))  # noqa: E731
-    return defenses.run_rows(settings, todo, fields, compute, path, log)
+    fields = lambda row: defense_table.row_fields(row, config, settings, ("heldout_lists",))  # noqa: E731
+    return defense_table.run_rows(settings, todo, fields, compute, path, log)
 
 
 def _missing_epochs(config: LLMConfig, partners, cache: dict) -> int:
@@ -448,10 +448,10 @@ SOFT_SORT_REFUTATION = (
 
 
 def summarize(lines: list[dict], config: LLMConfig) -> dict:
-    """`defenses.summarize` with the owl's teacher and measure (and soft mode's `sort` refutation)."""
+    """`defense_table.summarize` with the owl's teacher and measure (and soft mode's `sort` refutation)."""
     trait = config.trait_spec
     none = next(line for line in lines if line["defense"] == "none")
-    summary = defenses.summarize(
+    summary = defense_table.summarize(
         lines,
         trait=config.trait,
         mode=config.mode,
