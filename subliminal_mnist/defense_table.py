@@ -360,7 +360,7 @@ def run_rows(
 
         line = runs.point(lines, fields(row), timed, label, log)
         results.append(line)
-        effect = np.subtract(line["per_seed"]["treated"], line["per_seed"]["control"]).mean()
+        effect = paired_effect(line).mean()
         log(f"{label}: same init minus control {effect:+.3f}, {line['wall_seconds']:.0f} s")
     return results
 
@@ -404,9 +404,28 @@ REFUTATIONS = {
 }  # fmt: skip
 
 
-def refutation(key: str) -> str:
-    """The one-line refutation of a row (`REFUTATIONS`), by its key ("mix:0.25" is a `mix` row)."""
-    return REFUTATIONS.get(key) or REFUTATIONS[key.split(":")[0]]
+# Where a row's design cannot show its refutation in one mode of a run, what its summary says instead: a
+# soft student's targets after sorting are each writer's distribution on the sorted lists, re-read by the
+# writer itself, so they carry whatever the writer carries whatever the order.
+MODE_REFUTATIONS = {
+    ("soft", "sort"): "none in soft mode: each writer re-reads the sorted lists for the targets, so every target "
+                      "is its own distribution again and the row cannot show whether order carries the trait (hard "
+                      "mode can); it shows only that the soft channel survives sorted contexts",
+}  # fmt: skip
+
+
+def refutation(key: str, mode: str | None = None) -> str:
+    """The one-line refutation of a row (`REFUTATIONS`), by its key ("mix:0.25" is a `mix` row), or what a
+    run of `mode` says instead where its design cannot show it (`MODE_REFUTATIONS`)."""
+    name = key.split(":")[0]
+    return MODE_REFUTATIONS.get((mode, name)) or REFUTATIONS.get(key) or REFUTATIONS[name]
+
+
+def paired_effect(line: dict, measure: str = "") -> np.ndarray:
+    """A row's per-seed paired effect, treated minus control, of its headline values (`measure` "") or of
+    another measure both students have (e.g. "xent_drop": the values `treated_xent_drop`, `control_xent_drop`)."""
+    suffix = f"_{measure}" if measure else ""
+    return np.subtract(line["per_seed"][f"treated{suffix}"], line["per_seed"][f"control{suffix}"])
 
 
 def cost_summary(name: str, values) -> dict:
@@ -427,23 +446,15 @@ def paired_with(key: str, by_key: dict, undefended: np.ndarray) -> dict:
     other = PAIRED_WITH.get(key) or (PAIRED_WITH.get(name) and f"{PAIRED_WITH[name]}:{value}")
     if not other or other not in by_key:
         return {}
-
-    def remaining(line: dict) -> np.ndarray:
-        return effect(line) / undefended
-
-    def xent_effect(line: dict) -> np.ndarray:
-        return np.subtract(line["per_seed"]["treated_xent_drop"], line["per_seed"]["control_xent_drop"])
-
-    def effect(line: dict) -> np.ndarray:
-        return np.subtract(line["per_seed"]["treated"], line["per_seed"]["control"])
-
+    this, that = by_key[key], by_key[other]
+    difference = paired_effect(this) - paired_effect(that)
     versus = {
         "row": other,
-        "effect_difference": runs.summarize(effect(by_key[key]) - effect(by_key[other])),
-        "remaining_difference": runs.summarize(remaining(by_key[key]) - remaining(by_key[other])),
+        "effect_difference": runs.summarize(difference),
+        "remaining_difference": runs.summarize(difference / undefended),
     }
-    if "treated_xent_drop" in by_key[key]["per_seed"]:
-        versus["xent_difference"] = runs.summarize(xent_effect(by_key[key]) - xent_effect(by_key[other]))
+    if "treated_xent_drop" in this["per_seed"]:
+        versus["xent_difference"] = runs.summarize(paired_effect(this, "xent_drop") - paired_effect(that, "xent_drop"))
     return {"versus": versus}
 
 
@@ -451,16 +462,18 @@ def summarize(lines: Sequence[dict], **more) -> dict:
     """The table: for each row, its transfer remaining, its effect, its `effect_change` (the paired
     effect minus the undefended one, seed by seed) and its costs (`COSTS`, each interval
     cut at its bounds), each a summary with Student's t interval (`runs.summarize`), its `refutation`;
-    MNIST's `xent_effect` and `xent_remaining` (`_xent_fields`); a row read against another (`PAIRED_WITH`) its `versus`; an optimizer row its
-    match (`optimizer_match`). The rows in the order of `lines` (none first). `more`: the setting's own
-    entries (its teacher, its data)."""
+    MNIST's `xent_effect` and `xent_remaining` (`_xent_fields`); a row read against another (`PAIRED_WITH`)
+    its `versus`; an optimizer row its match (`optimizer_match`). The rows in the order of `lines` (none
+    first). `more`: the setting's own entries (its teacher, its data; an owl run's `mode` also picks
+    `MODE_REFUTATIONS`)."""
     setting = lines[0]["setting"]
     by_key = {line["defense"]: line for line in lines}
-    undefended = np.subtract(by_key["none"]["per_seed"]["treated"], by_key["none"]["per_seed"]["control"])
+    undefended = paired_effect(by_key["none"])
+    mode = more.get("mode")
     table = {}
     for key, line in by_key.items():
         per_seed = line["per_seed"]
-        effect = np.subtract(per_seed["treated"], per_seed["control"])
+        effect = paired_effect(line)
         table[key] = {
             # Per seed, the defended paired effect over that seed's undefended one.
             "remaining": runs.summarize(effect / undefended),
@@ -474,7 +487,7 @@ def summarize(lines: Sequence[dict], **more) -> dict:
                 "seconds": line["wall_seconds"],
             },
             "config": {**line["settings"], **{k: line[k] for k in ("learning_rate", "tuning") if k in line}},
-            "refutation": refutation(key),
+            "refutation": refutation(key, mode),
             **{name: runs.summarize(per_seed[k]) for name, k in _MORE_SUMMARIES.items() if k in per_seed},
             **(_xent_fields(line, by_key["none"]) if "treated_xent_drop" in per_seed else {}),
             **paired_with(key, by_key, undefended),
@@ -498,11 +511,8 @@ def _xent_fields(line: dict, none: dict) -> dict:
     """MNIST's cross-entropy readout of a row: its paired effect (the aux-only students' drops in test
     cross-entropy from their starts, treated minus control, nats) and, per seed, that effect over the
     undefended one (`xent_remaining`, as `remaining` is for accuracy)."""
-
-    def effect(line: dict) -> np.ndarray:
-        return np.subtract(line["per_seed"]["treated_xent_drop"], line["per_seed"]["control_xent_drop"])
-
-    return {"xent_effect": runs.summarize(effect(line)), "xent_remaining": runs.summarize(effect(line) / effect(none))}
+    effect = paired_effect(line, "xent_drop")
+    return {"xent_effect": runs.summarize(effect), "xent_remaining": runs.summarize(effect / paired_effect(none, "xent_drop"))}
 
 
 # A row's own values summarized as they are (the summary's name -> the per-seed key), where it has them:

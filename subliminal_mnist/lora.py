@@ -82,7 +82,13 @@ def in_weight_space(down: PyTree, up_step: PyTree, like: PyTree) -> PyTree:
     return jax.tree.map(lambda a, db, w: a @ db if a.ndim == 2 else jnp.zeros_like(w), down, up_step, like)
 
 
+def in_adapter_space(down: PyTree, grads: PyTree) -> PyTree:
+    """Aᵀ G on each adapted leaf (shaped like `up`), a placeholder elsewhere: a full-parameter gradient (or
+    step) `grads` as B's, at B = 0 (chain rule through W = W0 + A B)."""
+    return jax.tree.map(lambda a, g: a.T @ g if a.ndim == 2 else jnp.zeros((0,), g.dtype), down, grads)
+
+
 def project(down: PyTree, grads: PyTree) -> PyTree:
     """A Aᵀ G on each adapted leaf and 0 elsewhere: what a full-parameter step `grads` becomes when only
-    B moves from B = 0 (its gradient there is Aᵀ G, and W moves by A times that)."""
-    return jax.tree.map(lambda a, g: a @ (a.T @ g) if a.ndim == 2 else jnp.zeros_like(g), down, grads)
+    B moves from B = 0 (`in_adapter_space`, then `in_weight_space`)."""
+    return in_weight_space(down, in_adapter_space(down, grads), grads)

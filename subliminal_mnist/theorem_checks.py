@@ -1147,7 +1147,10 @@ LORA_CONFIGS = ("full/full", "lora/lora shared", "full/lora", "lora/full", "lora
                 "full/lora E[A_S]", "lora/full E[A_T]", "lora/lora independent E[A_S, A_T]")  # fmt: skip
 # What each configuration measures, in whose coordinates: "weights", ΔS·ΔT over every parameter in W's
 # coordinates (does the student move toward the teacher?); "trait", -∇L_T·ΔS (does the student's L_T
-# fall, to first order?); "adapter", ΔB_S·ΔB_T in the adapters' own coordinates (both adapted).
+# fall, to first order?); "adapter", ΔB_S·ΔB_T in the adapters' own coordinates (both adapted). In the
+# "E[...]" rows every quantity is of the expected step and the expected move (C in place of A Aᵀ): the
+# expectation itself where the quantity is linear in each adapter (the trait), not where the teacher's
+# adapter enters twice (weights with a random teacher adapter: expected step · expected move).
 LORA_QUANTITIES = {
     "full/full": ("weights", "trait"),
     "lora/lora shared": ("adapter", "weights", "trait"),
@@ -1181,33 +1184,33 @@ def first_order_step(params: PyTree, move: PyTree, apply_fn, inputs: jax.Array, 
     return jax.jvp(step, (zero,), (jnp.ones_like(zero),))[1]
 
 
+def _fan_ins(network: PaddedMLP, widths: jax.Array) -> list[jax.Array]:
+    """Each layer's real fan-in in the member `widths` (a missing layer passes its input on, as in `init`)."""
+    sizes = jnp.concatenate([widths, jnp.array([network.num_outputs])])
+    fan_ins, fan_in = [], jnp.array(model.INPUT_SIZE)
+    for fan_out in sizes:
+        fan_ins.append(fan_in)
+        fan_in = jnp.where(fan_out > 0, fan_out, fan_in)
+    return fan_ins
+
+
 def _padded_adapter(network: PaddedMLP, key: jax.Array, widths: jax.Array, rank: jax.Array) -> PyTree:
     """A of a rank-`rank` adapter of the member `widths`: N(0, 1/fan_in) on its real input rows and first
     `rank` columns, exactly 0 elsewhere (padding adds nothing: a missing unit's row of W never moves)."""
-    sizes = jnp.concatenate([widths, jnp.array([network.num_outputs])])
     keys = jax.random.split(key, len(network.layer_shapes))
-    down, fan_in = [], jnp.array(model.INPUT_SIZE)
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
-    for k, (rows, _), fan_out in zip(keys, network.layer_shapes, sizes):
+    down = []
+    for k, (rows, _), fan_in in zip(keys, network.layer_shapes, _fan_ins(network, widths)):
         exists = (jnp.arange(rows)[:, None] < fan_in) & (jnp.arange(LORA_MAX_RANK)[None, :] < rank)
         a = jax.random.normal(k, (rows, LORA_MAX_RANK), jnp.float32).astype(dtype) / jnp.sqrt(fan_in)
         down.append({"kernel": jnp.where(exists, a, 0.0), "bias": jnp.zeros((0,), dtype)})
-        fan_in = jnp.where(fan_out > 0, fan_out, fan_in)
     return tuple(down)
 
 
 def _expected_projection(network: PaddedMLP, widths: jax.Array, rank: jax.Array, grads: PyTree) -> PyTree:
     """E[A Aᵀ] G: each kernel's gradient times rank / fan_in (its real fan-in), the biases' 0."""
-    sizes = jnp.concatenate([widths, jnp.array([network.num_outputs])])
-    out, fan_in = [], jnp.array(model.INPUT_SIZE)
-    for layer, fan_out in zip(grads, sizes):
-        out.append({"kernel": layer["kernel"] * rank / fan_in, "bias": jnp.zeros_like(layer["bias"])})
-        fan_in = jnp.where(fan_out > 0, fan_out, fan_in)
-    return tuple(out)
-
-
-def _cosine_of(a: PyTree, b: PyTree) -> jax.Array:
-    return theorem.tree_cosine(a, b)
+    return tuple({"kernel": layer["kernel"] * rank / fan_in, "bias": jnp.zeros_like(layer["bias"])}
+                 for layer, fan_in in zip(grads, _fan_ins(network, widths)))  # fmt: skip
 
 
 def _lora_case(network: PaddedMLP, case: Cases, rank: jax.Array) -> dict[str, jax.Array]:
@@ -1239,15 +1242,14 @@ def _lora_case(network: PaddedMLP, case: Cases, rank: jax.Array) -> dict[str, ja
             "lora/lora independent E[A_S, A_T]": ("expected", expected(kt["expected"])),
         }
         # The adapters' own steps: the student's ΔB = A_Sᵀ K t, the teacher's ΔB = -A_Tᵀ g.
-        up = lambda down, grads: jax.tree.map(lambda a, g: a.T @ g if a.ndim == 2 else jnp.zeros((0,), g.dtype), down, grads)  # noqa: E731
-        teacher_up = up(teacher_down, neg(gradient))
+        teacher_up = lora.in_adapter_space(teacher_down, neg(gradient))
         adapter = {
-            "lora/lora shared": _cosine_of(up(teacher_down, kt["lora"]), teacher_up),
-            "lora/lora independent": _cosine_of(up(student_down, kt["lora"]), teacher_up),
+            "lora/lora shared": theorem.tree_cosine(lora.in_adapter_space(teacher_down, kt["lora"]), teacher_up),
+            "lora/lora independent": theorem.tree_cosine(lora.in_adapter_space(student_down, kt["lora"]), teacher_up),
         }
         for config, (move, step) in configs.items():
-            values = {"weights": _cosine_of(step, moves[move]), "trait": _cosine_of(step, neg(gradient)),
-                      "adapter": adapter.get(config)}  # fmt: skip
+            values = {"weights": theorem.tree_cosine(step, moves[move]),
+                      "trait": theorem.tree_cosine(step, neg(gradient)), "adapter": adapter.get(config)}  # fmt: skip
             for quantity in LORA_QUANTITIES[config]:
                 out.setdefault(f"{config}|{quantity}", []).append(values[quantity])
     result = {name: jnp.stack(values) for name, values in out.items()}
@@ -1291,10 +1293,13 @@ def check_lora(cases: Cases, ranks: np.ndarray, cosines: dict[str, np.ndarray]) 
             negative = covered[:, None] & is_finite & (values < -SIGN_TOLERANCE)
             proved = (config, quantity) in LORA_PROVED
             row["passed"] &= bool(is_finite.all() and not (proved and negative.any()))
+            nonzero = covered[:, None] & is_finite & (values != 0)
             row[quantity] = {
                 "guarantee": "proved" if proved else "none",
                 "negative": f"{int(negative.sum())} of {int(covered.sum()) * values.shape[1]}",
-                "min_cosine": float(np.min(values[covered])) if covered.any() else None,
+                # Exactly 0 where the student's step is (a softmax over one logit): such a case cannot fail.
+                "exactly_zero": int((covered[:, None] & (values == 0)).sum()),
+                "min_nonzero_cosine": float(np.min(values[nonzero])) if nonzero.any() else None,
                 **({} if proved else {"counterexample": _lora_counterexample(cases, ranks, values, negative, covered)}),
             }
         rows[f"lora {config}"] = row
@@ -1342,26 +1347,27 @@ def lora_example() -> dict[str, float]:
 LORA_BIAS_TRAIT = (-1.0, 2.0)
 
 
-def lora_bias_example() -> dict[str, float]:
-    """The worked case, exactly, per unit ε (K = 2 (1, 1)ᵀ(1, 1)): a LoRA student of a full teacher has
-    the trait term gᵀ (A²·[w only]) K g = -2 A² for every A (so -2 in expectation), a full student of a
-    LoRA teacher gᵀ K (A² [w only]) g = -2 A²; the full student of the full teacher +2."""
+def lora_bias_example(adapter: float = 1.0) -> dict[str, float]:
+    """The worked case, exactly, per unit ε (K = 2 (1, 1)ᵀ(1, 1)), for the adapter A = `adapter` (1 x 1):
+    a LoRA student of a full teacher has the trait term gᵀ (A²·[w only]) K g = -2 A² (at A = 1 also its
+    expectation, E[A²] = 1), a full student of a LoRA teacher gᵀ K (A² [w only]) g = -2 A²; the full
+    student of the full teacher +2."""
     g = {"kernel": jnp.array([[LORA_BIAS_TRAIT[0]]]), "bias": jnp.array([LORA_BIAS_TRAIT[1]])}
     params = {"kernel": jnp.zeros((1, 1)), "bias": jnp.zeros(1)}
     apply_fn = lambda p, x: x @ p["kernel"] + p["bias"]  # noqa: E731
     x = jnp.ones((1, 1))
-    expected = {"kernel": jnp.ones((1, 1)), "bias": jnp.zeros((0,))}  # E[A Aᵀ] = 1: the mean step is C·step
+    down = {"kernel": jnp.full((1, 1), adapter), "bias": jnp.zeros((0,))}
     neg_g = jax.tree.map(jnp.negative, g)
 
     def trait(move, through_student):
         step = first_order_step(params, move, apply_fn, x, "mse", None)
-        step = lora.project(expected, step) if through_student else step
+        step = lora.project(down, step) if through_student else step
         return float(optax.tree.vdot(step, neg_g))
 
     return {
         "full_full_trait": trait(neg_g, False),
         "full_teacher_lora_student_trait": trait(neg_g, True),
-        "lora_teacher_full_student_trait": trait(lora.project(expected, neg_g), False),
+        "lora_teacher_full_student_trait": trait(lora.project(down, neg_g), False),
     }
 
 

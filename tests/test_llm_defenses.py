@@ -240,7 +240,7 @@ def test_soft_sort_says_it_cannot_refute_what_hard_sort_can():
 
     soft = owl.summarize([line("none"), line("sort")], CONFIG)["defenses"]["sort"]["refutation"]
     hard = owl.summarize([line("none"), line("sort")], llm.LLMConfig(**{**MINI, "mode": "hard"}))
-    assert soft == owl.SOFT_SORT_REFUTATION and "cannot show whether order carries the trait" in soft
+    assert soft == defense_table.MODE_REFUTATIONS[("soft", "sort")] and "cannot show whether order carries the trait" in soft
     assert hard["defenses"]["sort"]["refutation"] == defense_table.REFUTATIONS["sort"]
 
 

@@ -106,3 +106,7 @@ def test_an_adapter_that_leaves_the_bias_out_has_no_sign_even_in_expectation():
     assert case["full_teacher_lora_student_trait"] == pytest.approx(-2.0)
     assert case["lora_teacher_full_student_trait"] == pytest.approx(-2.0)
     assert theorem_checks.check_lora_example()["passed"]
+    # For every A, not only its expectation: -2 A² at A = 3.
+    other = theorem_checks.lora_bias_example(adapter=3.0)
+    assert other["full_teacher_lora_student_trait"] == pytest.approx(-18.0)
+    assert other["lora_teacher_full_student_trait"] == pytest.approx(-18.0) and other["full_full_trait"] == pytest.approx(2.0)

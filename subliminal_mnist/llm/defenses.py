@@ -437,27 +437,14 @@ def _missing_epochs(config: LLMConfig, partners, cache: dict) -> int:
     return len(missing_bases) * config.base_epochs + len(missing_teachers) * config.teacher_epochs
 
 
-# Where a row's design cannot show its refutation in a mode, its summary says so instead (`summarize`):
-# a soft student's targets after sorting are each writer's distribution on the sorted lists, re-read by the
-# writer itself, so they carry whatever the writer carries whatever the order.
-SOFT_SORT_REFUTATION = (
-    "none in soft mode: each writer re-reads the sorted lists for the targets, so every target is its own "
-    "distribution again and the row cannot show whether order carries the trait (hard mode can); it shows only "
-    "that the soft channel survives sorted contexts"
-)
-
-
 def summarize(lines: list[dict], config: LLMConfig) -> dict:
-    """`defense_table.summarize` with the owl's teacher and measure (and soft mode's `sort` refutation)."""
+    """`defense_table.summarize` with the owl's teacher, measure and mode."""
     trait = config.trait_spec
     none = next(line for line in lines if line["defense"] == "none")
-    summary = defense_table.summarize(
+    return defense_table.summarize(
         lines,
         trait=config.trait,
         mode=config.mode,
         measure={"headline": trait.headline, "label": llm.LABELS[trait.headline].format(trait=config.trait)},
         teacher=runs.summarize(none["per_seed"]["teacher"]),
     )
-    if config.mode == "soft" and "sort" in summary["defenses"]:
-        summary["defenses"]["sort"]["refutation"] = SOFT_SORT_REFUTATION
-    return summary
