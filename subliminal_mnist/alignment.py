@@ -90,6 +90,7 @@ class AlignmentConfig(experiment.ExperimentConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self.require_full("alignment")
         for name in ("trait_batch", "probe_test"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

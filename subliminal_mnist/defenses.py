@@ -359,6 +359,7 @@ def run(
 ) -> list[dict]:
     """Every row, trained or read back from `path` (JSON lines, one per finished row; see
     `runs.Lines`): a run killed at any moment resumes at the row it was training."""
+    config.require_full("defend mnist")
     seeds = Seeds.of(config)
     arrays = experiment.on_device(mnist)
     cache = {} if teacher_cache is None else teacher_cache

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from subliminal_mnist import data, losses, model, runs, train
+from subliminal_mnist import data, lora, losses, model, runs, theorem, train
 from subliminal_mnist.runs import ConfigError, config_field
 
 CONDITIONS = ("reference", "teacher", "student_aux", "student_all", "cross_aux", "cross_all")
@@ -55,7 +55,10 @@ STUDENT_GROUPS = {"aux": ("student_aux", "cross_aux"), "all": ("student_all", "c
 # others come from a fresh init. "readout" is the last layer, "hidden" all the others.
 SHARED_LAYERS = ("all", "readout", "hidden", "none")
 # The settings a teacher depends on: points of a sweep that agree on them share its teachers.
-TEACHER_FIELDS = ("seed", "hidden_sizes", "num_aux", "teacher_epochs", "batch_size", "learning_rate", "devices")
+TEACHER_FIELDS = (
+    "seed", "hidden_sizes", "num_aux", "teacher_epochs", "batch_size", "learning_rate", "devices", "teacher_params",
+    "adapter_learning_rate",
+)  # fmt: skip
 # Independent randomness of one seed; each gets its own key split from the seed's key.
 _STREAMS = ("init", "teacher", "noise", "distill_aux", "distill_all")
 
@@ -124,6 +127,23 @@ class ExperimentConfig:
         "layers of the teacher's init the same-init students start from; the others come from a fresh init",
         choices=SHARED_LAYERS,
     )
+    # Low-rank adapters (`lora.py`, theory/README.md section 9): either model may be fine-tuned through a
+    # rank-R adapter on every kernel (biases frozen) instead of in all its parameters.
+    teacher_params: str = config_field(
+        "full", "how the teacher is fine-tuned from its init: full (paper), or lora:R, a rank-R adapter on every kernel"
+    )
+    student_params: str = config_field(
+        "full", "how the students are fine-tuned from their inits: full (paper), or lora:R"
+    )
+    # With the paper's rate an adapter barely moves in 5 epochs (a rank-4 teacher: 0.35 test accuracy, 2 seeds);
+    # LoRA is usually trained at about 10x the rate of full fine-tuning, the rule here (docs/lora.md).
+    adapter_learning_rate: float = config_field(3e-3, "Adam learning rate of a model fine-tuned through an adapter")
+    adapter_init: str = config_field(
+        "shared",
+        "a LoRA student's A: shared, starting with the LoRA teacher's columns (part of the shared init), "
+        "or own, drawn apart; both the same for a full teacher",
+        choices=("shared", "own"),
+    )
     conditions: tuple[str, ...] = config_field(
         CONDITIONS,
         "conditions to train and report; students train in pairs (student_X with cross_X), "
@@ -153,7 +173,7 @@ class ExperimentConfig:
             self,
             at_least_one=("seeds", "num_aux", "batch_size", "workers"),
             not_negative=("teacher_epochs", "student_epochs", "num_noise", "seeds_per_chunk", "devices"),
-            positive=("learning_rate", "kl_temperature", "noise_length_scale"),
+            positive=("learning_rate", "adapter_learning_rate", "kl_temperature", "noise_length_scale"),
         )
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ConfigError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
@@ -161,9 +181,20 @@ class ExperimentConfig:
             raise ConfigError(f"kl_temperature applies to distill_loss kl only, not {self.distill_loss}")
         if not 0 <= self.init_perturbation <= 1:
             raise ConfigError(f"init_perturbation must be in [0, 1], got {self.init_perturbation}")
+        for name in ("teacher_params", "student_params"):
+            try:
+                lora.rank_of(getattr(self, name))
+            except ValueError as e:
+                raise ConfigError(f"{runs.option_name(self, name)}: {e}") from None
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown:
             raise ConfigError(f"no condition {unknown[0]!r}; the conditions are {', '.join(CONDITIONS)}")
+
+    def require_full(self, command: str) -> None:
+        """A one-line `ConfigError` unless both models are fully fine-tuned: `command` trains no adapter."""
+        for name in ("teacher_params", "student_params"):
+            if getattr(self, name) != "full":
+                raise ConfigError(f"{command} fine-tunes every parameter; {name} lora:R is for demo and sweep")
 
     @property
     def architecture(self) -> model.Architecture:
@@ -297,6 +328,8 @@ class Teachers(NamedTuple):
     teacher: model.Params
     noise: jax.Array  # (S, num_noise, 784), the students' only inputs
     teacher_targets: jax.Array  # (S, num_noise, K), the teacher's outputs on that noise
+    teacher_down: model.Params | None = None  # a LoRA teacher's A (`lora.Adapter.down`, seed axis first), else None
+    student_adapter: lora.Adapter | None = None  # LoRA students' A and B = 0 (seed axis first), else None
 
     def init_of(self, student: str) -> model.Params:
         """Where a student condition starts: "student_*" from `student_init`, "cross_*" from the partner's init."""
@@ -305,6 +338,36 @@ class Teachers(NamedTuple):
     def inits_of(self, students: Sequence[str]) -> model.Params:
         """Several students' starts on a member axis after the seed axis: (S, len(students), ...)."""
         return _on_member_axis(*[self.init_of(s) for s in students])
+
+
+# A seed's adapters are drawn from its init key folded with these numbers: the streams of a run
+# without adapters (and so its numbers) are those of a run before adapters existed.
+_TEACHER_ADAPTER, _STUDENT_ADAPTER = 1, 2
+
+
+@functools.partial(jax.jit, static_argnames=("rank", "number"))
+def adapted_starts(
+    params: model.Params, init_keys: jax.Array, rank: int, number: int, shared_down: model.Params | None = None
+) -> lora.Adapted:
+    """Parameters (S, ...) as the start of a training through rank-`rank` adapters: `lora.Adapted`
+    (base, A, B = 0), each seed's A drawn from its init key folded with `number` (`_TEACHER_ADAPTER`,
+    `_STUDENT_ADAPTER`), and starting with `shared_down`'s columns where given (`lora.init`)."""
+
+    def start(params, key, shared):
+        down, up = lora.init(jax.random.fold_in(key, number), params, rank, shared_down=shared)
+        return lora.Adapted(params, down, up)
+
+    return jax.vmap(start)(params, init_keys, shared_down)
+
+
+@jax.jit
+def _merged_seeds(params: lora.Adapted) -> model.Params:
+    return jax.vmap(lora.merged)(params)
+
+
+def merged(params: model.Params | lora.Adapted) -> model.Params:
+    """Trained parameters (S, ...) as the model reads them: an adapted model's W0 + A B, seed by seed."""
+    return _merged_seeds(params) if isinstance(params, lora.Adapted) else params
 
 
 @jax.jit
@@ -362,7 +425,16 @@ def train_teachers(
     # Dispatched first: JAX runs it asynchronously, beside the teacher's training.
     noise = noise_sets(keys["noise"], config, mnist.train_images)
     cache = {} if cache is None else cache
-    teacher = trained_teachers(config, mnist, seed_ids, shared_init, keys["teacher"], progress, cache)
+    trained = trained_teachers(config, mnist, seed_ids, shared_init, keys["teacher"], progress, cache)
+    teacher = merged(trained)
+    teacher_down = trained.down if isinstance(trained, lora.Adapted) else None
+    # LoRA students: one A per seed, from its init key, starting with the teacher's columns if shared.
+    student_rank, student_adapter = lora.rank_of(config.student_params), None
+    if student_rank is not None:
+        shared = teacher_down if config.adapter_init == "shared" else None
+        student_adapter = lora.Adapter(
+            *adapted_starts(shared_init, keys["init"], student_rank, _STUDENT_ADAPTER, shared)[1:]
+        )
     # The teacher's outputs on the noise: computed once per teacher and noise setting, shared by
     # all its students (a few MB a seed, so every noise setting's are kept).
     noise_setting = (config.noise, config.noise_length_scale, config.num_noise)
@@ -377,6 +449,8 @@ def train_teachers(
         teacher=teacher,
         noise=noise,
         teacher_targets=cache[targets_key],
+        teacher_down=teacher_down,
+        student_adapter=student_adapter,
     )
 
 
@@ -395,12 +469,16 @@ def trained_teachers(
     cache: dict,
 ) -> model.Params:
     """The teachers of `seed_ids` (S, ...): trained from `init` with their "teacher" stream `keys`,
-    or, already trained with these settings, taken from `cache` (see `train_teachers`)."""
+    or, already trained with these settings, taken from `cache` (see `train_teachers`). A LoRA teacher
+    (`teacher_params` lora:R) is returned as trained, a `lora.Adapted` (`merged` gives its parameters)."""
     key = teacher_key(config, seed_ids)
     if key in cache:
         if isinstance(progress, train.Progress):
             progress.advance(len(seed_ids) * config.teacher_epochs)
     else:
+        rank = lora.rank_of(config.teacher_params)
+        if rank is not None:
+            init = adapted_starts(init, seed_keys(config, seed_ids)["init"], rank, _TEACHER_ADAPTER)
         cache[key], _ = train.fit(
             init,
             keys,
@@ -444,7 +522,7 @@ def distill(
         raise ValueError(f"give one distinct name per member, got {names} for {len(students)} members")
     options = _distill_options(config, students)
     params, history = train.fit(
-        teachers.inits_of(students),
+        student_starts(teachers, students),
         keys,
         teachers.noise,
         teachers.teacher_targets,
@@ -453,7 +531,51 @@ def distill(
         progress=progress,
         **{**options, **loop},
     )
-    return {name: jax.tree.map(lambda a, m=m: a[:, m], params) for m, name in enumerate(names)}, history
+    return {name: merged(jax.tree.map(lambda a, m=m: a[:, m], params)) for m, name in enumerate(names)}, history
+
+
+def student_starts(teachers: Teachers, students: Sequence[str]) -> model.Params | lora.Adapted:
+    """The loop's start for a group of students, (S, len(students), ...): their inits
+    (`Teachers.inits_of`), or, for LoRA students, each init with the seed's one student adapter
+    (`Teachers.student_adapter`): the same-init and the cross-model student differ only in their base."""
+    if teachers.student_adapter is None:
+        return teachers.inits_of(students)
+    return _on_member_axis(*[lora.Adapted(teachers.init_of(s), *teachers.student_adapter) for s in students])
+
+
+def first_step_trait_cosines(
+    config: ExperimentConfig,
+    teachers: Teachers,
+    students: Sequence[str],
+    images: jax.Array,
+    labels: jax.Array,
+    num_inputs: int,
+) -> np.ndarray:
+    """Theorem 1's quantity for the students as they start: the cosine, in the model's own parameters,
+    between a student's first gradient step (the distillation loss on the first `num_inputs` noise
+    images, full batch) and the trait direction -∇L_T at its start (L_T: cross-entropy on the class
+    logits of the labelled `images`, the teacher's task). Positive: the step lowers the student's
+    digit loss, to first order. A LoRA student's step is its B's, mapped through A (`lora.step_in_weight_space`).
+
+    Returns (S, len(students)). Gradient steps, not Adam's sign-like first step (theory/README.md, section 4)."""
+    starts = student_starts(teachers, students)
+    inputs, targets = teachers.noise[:, :num_inputs], teachers.teacher_targets[:, :num_inputs]
+    objective = _distill_options(config, students)["objective"]
+    return np.asarray(_trait_cosines(starts, inputs, targets, images, labels, objective, config.architecture))
+
+
+@functools.partial(jax.jit, static_argnames="arch")
+def _trait_cosines(starts, inputs, targets, images, labels, objective: train.Objective, arch: model.Architecture):
+    trait_loss = theorem.class_trait_loss(arch, images, labels, arch.class_indices)
+
+    def cosine(start, inputs, targets):
+        weights = jnp.ones(inputs.shape[0])
+        step = jax.tree.map(jnp.negative, jax.grad(objective.batch_loss)(start, inputs, targets, weights))
+        trait = jax.tree.map(jnp.negative, jax.grad(trait_loss)(lora.merged(start)))
+        return theorem.tree_cosine(lora.step_in_weight_space(start, step), trait)
+
+    per_member = jax.vmap(cosine, in_axes=(0, None, None))
+    return jax.vmap(per_member)(starts, inputs, targets)
 
 
 def _distill_options(config: ExperimentConfig, students: Sequence[str]) -> dict:
@@ -465,9 +587,11 @@ def _distill_options(config: ExperimentConfig, students: Sequence[str]) -> dict:
     indices = arch.aux_indices if outputs == {"aux"} else arch.all_indices
     return dict(
         objective=train.Objective(
-            arch, losses.distillation_loss(config.distill_loss, config.kl_temperature), arch.output_mask(indices)
+            _apply_fn(arch, config.student_params),
+            losses.distillation_loss(config.distill_loss, config.kl_temperature),
+            arch.output_mask(indices),
         ),
-        learning_rate=config.learning_rate,
+        learning_rate=_learning_rate(config, config.student_params),
         batch_size=config.batch_size,
         data_axis=0,
         members=True,
@@ -478,16 +602,32 @@ def _teacher_options(config: ExperimentConfig) -> dict:
     """The loop's settings for the teachers: cross-entropy on the class logits, on MNIST shared by all seeds."""
     arch = config.architecture
     return dict(
-        objective=train.Objective(arch, losses.cross_entropy, arch.output_mask(arch.class_indices)),
-        learning_rate=config.learning_rate,
+        objective=train.Objective(
+            _apply_fn(arch, config.teacher_params), losses.cross_entropy, arch.output_mask(arch.class_indices)
+        ),
+        learning_rate=_learning_rate(config, config.teacher_params),
         batch_size=config.batch_size,
         data_axis=None,
     )
 
 
-def _abstract_params(config: ExperimentConfig, num_seeds: int) -> model.Params:
+def _apply_fn(arch: model.Architecture, parameterization: str):
+    """The loop's apply function for a model fine-tuned as `parameterization` says ("full" or "lora:R")."""
+    return arch if lora.rank_of(parameterization) is None else lora.AdaptedApply(arch)
+
+
+def _learning_rate(config: ExperimentConfig, parameterization: str) -> float:
+    return config.learning_rate if lora.rank_of(parameterization) is None else config.adapter_learning_rate
+
+
+def _abstract_params(config: ExperimentConfig, num_seeds: int, parameterization: str = "full"):
+    """The shapes of a chunk's starts (`jax.ShapeDtypeStruct`s): inits, or inits adapted as `parameterization` says."""
     keys = seed_keys(config, np.arange(num_seeds))["init"]
-    return jax.eval_shape(functools.partial(init_seeds, arch=config.architecture), keys)
+    params = jax.eval_shape(functools.partial(init_seeds, arch=config.architecture), keys)
+    rank = lora.rank_of(parameterization)
+    if rank is None:
+        return params
+    return jax.eval_shape(functools.partial(adapted_starts, rank=rank, number=_STUDENT_ADAPTER), params, keys)
 
 
 def compile_teachers(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST) -> None:
@@ -499,7 +639,8 @@ def compile_teachers(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST
         return
     keys = seed_keys(config, np.arange(num_seeds))["teacher"]
     images, labels = (jnp.asarray(a) for a in (mnist.train_images, mnist.train_labels))
-    train.compile_fit(_abstract_params(config, num_seeds), keys, images, labels, **_teacher_options(config))
+    params = _abstract_params(config, num_seeds, config.teacher_params)
+    train.compile_fit(params, keys, images, labels, **_teacher_options(config))
 
 
 def compile_chunk(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST) -> None:
@@ -529,7 +670,7 @@ def compile_students(config: ExperimentConfig, num_seeds: int, num_train: int) -
     compilation is off the critical path.
     """
     arch = config.architecture
-    params = _abstract_params(config, num_seeds)
+    params = _abstract_params(config, num_seeds, config.student_params)
     num_noise = config.num_noise or num_train
     outputs = jax.ShapeDtypeStruct((num_seeds, num_noise, len(arch.all_indices)), jnp.float32)
     noise = jax.ShapeDtypeStruct((num_seeds, num_noise, model.INPUT_SIZE), jnp.float32)

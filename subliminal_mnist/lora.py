@@ -11,12 +11,15 @@ the step is A Aᵀ G: the full step with each adapted matrix's gradient left-mul
 projector-like A Aᵀ, and the unadapted parameters (biases) left where they are.
 
 Nothing here knows a model: `adapted` picks the leaves, `init` draws the adapter, `merge` gives the
-parameters the model's own apply function reads.
+parameters the model's own apply function reads. To train through an adapter, the training loop is not
+changed: its parameters are an `Adapted` model (base, A, B) and its apply function an `AdaptedApply`,
+which lets gradients reach B only, so that Adam (or SGD) leaves the base and A exactly where they are.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,10 +52,17 @@ def adapted(params: PyTree, names: tuple[str, ...] = KERNELS) -> PyTree:
     return jax.tree_util.tree_map_with_path(lambda path, leaf: jnp.ndim(leaf) == 2 and _name(path) in names, params)
 
 
-def init(key: jax.Array, params: PyTree, rank: int, names: tuple[str, ...] = KERNELS) -> Adapter:
+def init(
+    key: jax.Array, params: PyTree, rank: int, names: tuple[str, ...] = KERNELS, shared_down: PyTree = None
+) -> Adapter:
     """A rank-`rank` adapter of `params`: A ~ N(0, 1/d_in) for each adapted leaf (one key each, split
     from `key` in the leaves' order), B = 0. Raises ValueError for a rank below 1 or when no leaf
-    is adapted."""
+    is adapted.
+
+    `shared_down` (optional): another adapter's A over the same parameters (a teacher's, when the adapter
+    is part of the shared init). Each adapted leaf's A then starts with its first min(rank, its rank)
+    columns, and only the rest are drawn: an adapter of the same rank is that adapter's A exactly, a
+    larger one contains its span, a smaller one a part of it."""
     if rank < 1:
         raise ValueError(f"a LoRA rank must be at least 1, got {rank}")
     which = adapted(params, names)
@@ -66,6 +76,10 @@ def init(key: jax.Array, params: PyTree, rank: int, names: tuple[str, ...] = KER
         jax.random.normal(k, (leaf.shape[0], rank), leaf.dtype) / jnp.sqrt(leaf.shape[0]) if flag else empty(leaf)
         for k, leaf, flag in zip(keys, leaves, flags)
     ]
+    if shared_down is not None:
+        shared = jax.tree.leaves(shared_down)
+        down = [jnp.concatenate([s[:, :rank], a[:, s.shape[1] :]], axis=1) if flag else a
+                for a, s, flag in zip(down, shared, flags)]  # fmt: skip
     up = [jnp.zeros((rank, leaf.shape[1]), leaf.dtype) if flag else empty(leaf) for leaf, flag in zip(leaves, flags)]
     return Adapter(jax.tree.unflatten(treedef, down), jax.tree.unflatten(treedef, up))
 
@@ -92,3 +106,58 @@ def project(down: PyTree, grads: PyTree) -> PyTree:
     """A Aᵀ G on each adapted leaf and 0 elsewhere: what a full-parameter step `grads` becomes when only
     B moves from B = 0 (`in_adapter_space`, then `in_weight_space`)."""
     return in_weight_space(down, in_adapter_space(down, grads), grads)
+
+
+class Adapted(NamedTuple):
+    """A model fine-tuned through an adapter, as the training loop's parameters: the frozen `base`
+    parameters and `down` (A), and the trained `up` (B). With `AdaptedApply` as the apply function only
+    `up` receives a gradient."""
+
+    base: PyTree
+    down: PyTree
+    up: PyTree
+
+    def merged(self) -> PyTree:
+        """The parameters the model's own apply function reads: W0 + A B (see `merge`)."""
+        return merge(self.base, self.down, self.up)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptedApply:
+    """A model's apply function over `Adapted` parameters: the model on W0 + A B, with the base and A
+    behind `stop_gradient`, so their gradient is exactly 0 and an optimizer leaves them unchanged
+    (Adam's update of a parameter whose gradient was always 0 is 0). Plain parameters (a fully
+    fine-tuned teacher beside an adapted student) are read as they are. Frozen and compared by value:
+    two of the same model share one compiled training loop."""
+
+    apply_fn: Callable[[PyTree, Any], jax.Array]
+
+    def __call__(self, params: Adapted | PyTree, inputs) -> jax.Array:
+        if not isinstance(params, Adapted):
+            return self.apply_fn(params, inputs)
+        base, down = jax.lax.stop_gradient((params.base, params.down))
+        return self.apply_fn(merge(base, down, params.up), inputs)
+
+
+def step_in_weight_space(params: Adapted | PyTree, step: Adapted | PyTree) -> PyTree:
+    """A step of the loop's parameters as the step of the model's parameters: for an `Adapted` model, its
+    B's step through A (`in_weight_space`; the frozen parts do not move); any other step as it is."""
+    if not isinstance(params, Adapted):
+        return step
+    return in_weight_space(params.down, step.up, params.base)
+
+
+def merged(params: PyTree) -> PyTree:
+    """Parameters as the model reads them: an `Adapted` model merged, any other parameters as they are."""
+    return params.merged() if isinstance(params, Adapted) else params
+
+
+def rank_of(parameterization: str) -> int | None:
+    """The LoRA rank a parameterization names ("lora:R" -> R), None for "full". Raises ValueError
+    (one line) for anything else or a rank below 1."""
+    if parameterization == "full":
+        return None
+    name, _, rank = parameterization.partition(":")
+    if name != "lora" or not rank.isdigit() or int(rank) < 1:
+        raise ValueError(f"{parameterization!r} is not a parameterization: give full or lora:R with a rank R of at least 1")
+    return int(rank)

@@ -17,7 +17,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from subliminal_mnist import data, experiment, runs
+import numpy as np
+
+from subliminal_mnist import alignment, data, experiment, lora, runs
 from subliminal_mnist.experiment import ExperimentConfig
 from subliminal_mnist.runs import ConfigError
 
@@ -44,6 +46,8 @@ class Sweep:
     parse: Callable[[str], Any]  # a command-line value -> the value it stands for (kept in the JSON line)
     setting: Callable[[Any], dict[str, Any]]  # that value -> {field: value}
     help: str = ""
+    # Optional: what else a point measures, (config, data, teacher cache) -> {name: ...}, kept in its line.
+    probe: Callable[[ExperimentConfig, data.MNIST, dict], dict] | None = None
 
 
 def _number(kind: type) -> Callable[[str], Any]:
@@ -89,6 +93,52 @@ def _noise(value: str) -> dict[str, Any]:
     return {"noise": name, **({"noise_length_scale": float(scale)} if scale else {})}
 
 
+def _parameterizations(text: str) -> str:
+    """"TEACHER/STUDENT[/shared|/own]", each "full" or "lora:R" (e.g. "full/lora:16", "lora:4/lora:4/own");
+    kept as written. The third part, whether the student's adapter starts with the teacher's columns,
+    is for a LoRA teacher and a LoRA student only."""
+    parts = text.split("/")
+    try:
+        ranks = [lora.rank_of(part) for part in parts[:2]]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("shared", "own")):
+        raise ConfigError(f"{text!r} is not TEACHER/STUDENT[/shared|/own]")
+    if len(parts) == 3 and None in ranks:
+        raise ConfigError(f"{text!r}: only a LoRA student of a LoRA teacher can share its adapter")
+    return text
+
+
+def _parameterization_setting(value: str) -> dict[str, Any]:
+    teacher, student, *adapter = value.split("/")
+    return {"teacher_params": teacher, "student_params": student, "adapter_init": (adapter or ["shared"])[0]}
+
+
+# The LoRA sweep's readout of Theorem 1 at each point: the students' first gradient step on this many
+# noise images, against the trait gradient on this many labelled training images (stratified).
+FIRST_STEP_INPUTS, TRAIT_BATCH = 1024, 1024
+
+
+def first_step(config: ExperimentConfig, mnist: data.MNIST, teacher_cache: dict) -> dict:
+    """Each aux-only student's first-step trait cosine (`experiment.first_step_trait_cosines`), per seed and
+    summarized: {"first_step": {"student_aux": summary, "cross_aux": summary}}. The point's teachers come
+    from `teacher_cache` (the run that trained them used the same chunks of seeds)."""
+    arrays = experiment.on_device(mnist)
+    probe = alignment.probe_sets(arrays, TRAIT_BATCH)
+    partners = runs.cross_partners(config.seeds, config.seed)
+    students = experiment.STUDENT_GROUPS["aux"]
+    chunk_size = experiment.seeds_per_chunk(config, config.num_noise or len(mnist.train_images))
+    cosines = np.concatenate([
+        experiment.first_step_trait_cosines(
+            config,
+            experiment.train_teachers(config, arrays, seed_ids, partners[seed_ids], False, teacher_cache),
+            students, probe["trait_images"], probe["trait_labels"], FIRST_STEP_INPUTS,
+        )
+        for seed_ids in runs.chunks(range(config.seeds), chunk_size)
+    ])  # fmt: skip
+    return {"first_step": {student: runs.summarize(cosines[:, i]) for i, student in enumerate(students)}}
+
+
 SWEEPS = {
     "width": Sweep(("hidden_sizes",), ("16", "64", "128", "256", "1024", "2048"), _number(int),
                    lambda w: {"hidden_sizes": (w, w)}, "width of both hidden layers"),
@@ -110,6 +160,13 @@ SWEEPS = {
                                lambda a: {"init_perturbation": a}, "share of a fresh init in the students' start"),
     "heads": Sweep(("shared_layers",), experiment.SHARED_LAYERS, _choice(*experiment.SHARED_LAYERS),
                    lambda s: {"shared_layers": s}, "layers of the teacher's init the students start from"),
+    "lora": Sweep(("teacher_params", "student_params", "adapter_init"),
+                  ("full/full", "full/lora:1", "full/lora:4", "full/lora:16", "full/lora:64", "lora:4/full",
+                   "lora:4/lora:1/shared", "lora:4/lora:4/shared", "lora:4/lora:16/shared", "lora:4/lora:64/shared",
+                   "lora:4/lora:1/own", "lora:4/lora:4/own", "lora:4/lora:16/own", "lora:4/lora:64/own"),
+                  _parameterizations, _parameterization_setting,
+                  "teacher/student fine-tuning: full or a LoRA adapter of rank R (/shared: the student's A starts "
+                  "with the teacher's)", probe=first_step),
 }  # fmt: skip
 
 
@@ -182,8 +239,9 @@ def run(
 
         def train_point(config=config, value=value) -> dict:
             outcome = experiment.run(config, mnist, progress=progress, teacher_cache=teachers)
+            probed = SWEEPS[name].probe(config, mnist, teachers) if SWEEPS[name].probe else {}
             return {"value": value, "fields": list(SWEEPS[name].fields), "data_source": mnist.source,
-                    **{k: outcome[k] for k in _KEPT}}  # fmt: skip
+                    **{k: outcome[k] for k in _KEPT}, **probed}  # fmt: skip
 
         fields = {"sweep": name, "config": dataclasses.asdict(config)}
         line = runs.point(lines, fields, train_point, f"sweep {name}: point {index}/{len(todo)} ({value})", log)
