@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from subliminal_mnist import data, experiment, model, runs, theorem, train
+from subliminal_mnist import data, experiment, lora, model, runs, theorem, train
 from subliminal_mnist.runs import ConfigError, config_field
 
 # The students compared, trained together: same-init, and cross-model as the control.
@@ -90,7 +90,7 @@ class AlignmentConfig(experiment.ExperimentConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.require_full("alignment")
+        lora.require_full(self, "alignment")
         for name in ("trait_batch", "probe_test"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -26,6 +26,7 @@ from subliminal_mnist import (
     experiment,
     figures,
     files,
+    lora,
     runs,
     sweep,
     theorem_checks,
@@ -120,6 +121,11 @@ COMMANDS = {
         "the owl experiment (any trait) against the number of lists, one mode (--mode soft or hard; hard "
         "unless given): resumable, with a figure",
     ),
+    "llm-lora": (
+        "the owl experiment with LoRA teachers or students",
+        "the owl experiment (any trait) over how the teachers and the students are fine-tuned, fully or "
+        "through a low-rank adapter, the treated student paired with its neutral control: resumable, with a figure",
+    ),
     "sweep": (
         "the experiment with one setting changed",
         "the experiment with one setting changed: resumable, with a figure",
@@ -199,6 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     dose_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_options(dose_cmd, LLMConfig)
     dose_cmd.set_defaults(handler=_llm_dose)
+
+    lora_cmd = _add_command(commands, "llm-lora")
+    lora_cmd.add_argument(
+        "--values", nargs="+", default=list(dose.LORA_VALUES), metavar="TEACHER/STUDENT[/shared|/own]",
+        help="the points, each full or lora:R (default: the issue's 11, full/full ... lora:4/lora:16/own)",
+    )  # fmt: skip
+    lora_cmd.add_argument(
+        "--out", default=".", help="folder of sweep_lora_owl.jsonl (resumed if there) and sweep_lora_owl.png (default: .)"
+    )
+    lora_cmd.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
+    lora_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_options(lora_cmd, LLMConfig)
+    lora_cmd.set_defaults(handler=_llm_lora)
 
     sweep_cmd = _add_command(commands, "sweep")
     sweep_cmd.add_argument("name", help=f"the setting to sweep: {', '.join(sweep.SWEEPS)}")
@@ -429,6 +448,25 @@ def _llm_dose(args: argparse.Namespace) -> int:
         dose.run(base, args.counts, lines_path, progress=not args.no_progress)
         lines = dose.drawn_lines(lines_path)  # every point of the file, this series and the others
     figures.llm_dose_figure(lines, figure_path)
+    print(f"wrote {figure_path} from {len(lines)} points of {lines_path}")
+    return 0
+
+
+def _llm_lora(args: argparse.Namespace) -> int:
+    """Train the LoRA sweep's missing owl points (or none, with --plot-only), then draw its figure."""
+    options = explicit_options(args, LLMConfig)
+    conflicts = [f for f in (*lora.PARAMETERIZATION_FIELDS, "conditions", "no_audit") if f in options]
+    if conflicts:
+        raise runs.ConfigError(f"llm-lora sets {conflicts[0]} itself; drop that option")
+    base = LLMConfig(**options)
+    configs = [dose.lora_config(base, value) for value in args.values]  # a bad value fails before any training
+    out = pathlib.Path(args.out)
+    lines_path, figure_path = out / "sweep_lora_owl.jsonl", out / "sweep_lora_owl.png"
+    if args.plot_only:
+        lines = dose.drawn_lora_lines(configs, lines_path)
+    else:
+        lines = dose.run_lora(base, args.values, lines_path, progress=not args.no_progress)
+    figures.lora_owl_figure(lines, figure_path)
     print(f"wrote {figure_path} from {len(lines)} points of {lines_path}")
     return 0
 

@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from subliminal_mnist import alignment, data, experiment, losses, model, runs, train
+from subliminal_mnist import alignment, data, experiment, lora, losses, model, runs, train
 from subliminal_mnist.defense_table import (
     SGD_ADAM_CONTROL,
     DefenseSettings,
@@ -359,7 +359,7 @@ def run(
 ) -> list[dict]:
     """Every row, trained or read back from `path` (JSON lines, one per finished row; see
     `runs.Lines`): a run killed at any moment resumes at the row it was training."""
-    config.require_full("defend mnist")
+    lora.require_full(config, "defend mnist")
     seeds = Seeds.of(config)
     arrays = experiment.on_device(mnist)
     cache = {} if teacher_cache is None else teacher_cache

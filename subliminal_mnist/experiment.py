@@ -183,20 +183,10 @@ class ExperimentConfig:
             raise ConfigError(f"kl_temperature applies to distill_loss kl only, not {self.distill_loss}")
         if not 0 <= self.init_perturbation <= 1:
             raise ConfigError(f"init_perturbation must be in [0, 1], got {self.init_perturbation}")
-        for name in ("teacher_params", "student_params"):
-            try:
-                lora.rank_of(getattr(self, name))
-            except ValueError as e:
-                raise ConfigError(f"{runs.option_name(self, name)}: {e}") from None
+        lora.check_parameterizations(self)
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown:
             raise ConfigError(f"no condition {unknown[0]!r}; the conditions are {', '.join(CONDITIONS)}")
-
-    def require_full(self, command: str) -> None:
-        """A one-line `ConfigError` unless both models are fully fine-tuned: `command` trains no adapter."""
-        for name in ("teacher_params", "student_params"):
-            if getattr(self, name) != "full":
-                raise ConfigError(f"{command} fine-tunes every parameter; {name} lora:R is for demo and sweep")
 
     @property
     def architecture(self) -> model.Architecture:

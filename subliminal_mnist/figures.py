@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,7 +16,7 @@ from matplotlib import patheffects, ticker
 from matplotlib.lines import Line2D
 from matplotlib.transforms import Bbox
 
-from subliminal_mnist import alignment, defense_table, experiment, files, sweep
+from subliminal_mnist import alignment, defense_table, experiment, files, runs, sweep
 from subliminal_mnist.llm import dose
 
 # Same colour for a condition's two variants (aux only / all logits).
@@ -204,11 +205,9 @@ def llm_figure(results: dict, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def sweep_figure(name: str, lines: list[dict], path: str | os.PathLike) -> None:
-    """A sweep: the aux-only student's and its cross-model control's test accuracy against the swept
-    value (mean and 95% interval), the teacher's accuracy and chance marked."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
-    x = np.arange(len(lines))
+def _accuracy_panel(ax, lines: list[dict], x: np.ndarray) -> None:
+    """A sweep's test accuracies at positions `x`: the teacher, the aux-only student and its cross-model
+    control (mean and 95% interval), chance, and a "leak" over each point whose control is above chance."""
     for condition in ("teacher", "student_aux", "cross_aux"):
         means = [line["conditions"][condition]["mean"] for line in lines]
         errors = [line["conditions"][condition]["ci95"] or 0.0 for line in lines]
@@ -222,17 +221,89 @@ def sweep_figure(name: str, lines: list[dict], path: str | os.PathLike) -> None:
             cross = line["conditions"]["cross_aux"]
             ax.annotate("leak", (position, cross["mean"] + cross["ci95"]), xytext=(0, 4), textcoords="offset points",
                         ha="center", fontsize=8, color=_COLORS["cross_aux"])  # fmt: skip
-    ax.set_xticks(x, [str(line["value"]) for line in lines])
-    ax.set_xlabel(f"{name}: {sweep.SWEEPS[name].help}")
-    ax.set_ylabel("MNIST test accuracy")
-    ax.set_ylim(0, 1)
-    ax.yaxis.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)  # off the data
-    seeds = {line["config"]["seeds"] for line in lines}
-    ax.set_title(f"sweep {name}: {'/'.join(map(str, sorted(seeds)))} seeds per point, 95% t intervals", fontsize=10)
+
+
+def _seeds_per_point(lines: list[dict]) -> str:
+    return "/".join(map(str, sorted({line["config"]["seeds"] for line in lines})))
+
+
+def sweep_figure(name: str, lines: list[dict], path: str | os.PathLike) -> None:
+    """A sweep: the aux-only student's and its cross-model control's test accuracy against the swept
+    value (mean and 95% interval), the teacher's accuracy and chance marked. A sweep whose points carry
+    their students' first step (`first_step`, the lora sweep) gets two more panels (`first_step_figure`)."""
+    if all("first_step" in line for line in lines):
+        fig = first_step_figure(name, lines)
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+        x = np.arange(len(lines))
+        _accuracy_panel(ax, lines, x)
+        ax.set_xticks(x, [str(line["value"]) for line in lines])
+        ax.set_xlabel(f"{name}: {sweep.SWEEPS[name].help}")
+        ax.set_ylabel("MNIST test accuracy")
+        ax.set_ylim(0, 1)
+        ax.yaxis.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)  # off the data
+        ax.set_title(f"sweep {name}: {_seeds_per_point(lines)} seeds per point, 95% t intervals", fontsize=10)
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)
+
+
+# The paired effect's colour: the aux-only student's against its control's.
+_PAIRED_COLOR = "#6a1b9a"
+
+
+def paired_accuracy_effect(line: dict) -> dict:
+    """A sweep point's paired effect: the aux-only student's minus its cross-model control's test accuracy,
+    seed by seed (both lists are in seed order), summarized (`runs.summarize`: mean and 95% t interval)."""
+    aux, cross = (line["conditions"][condition]["per_seed"] for condition in ("student_aux", "cross_aux"))
+    return runs.summarize(np.subtract(aux, cross))
+
+
+def first_step_figure(name: str, lines: list[dict]):
+    """The figure of a sweep whose points carry their students' first step (the lora sweep), not saved: three
+    panels over the points in order, (a) the test accuracies as `sweep_figure` draws them, (b) the paired
+    effect (aux-only minus cross-model accuracy, per seed) and (c) each aux-only student's first-step trait
+    cosine (`experiment.first_step_trait_cosines`, Theorem 1's quantity), means and 95% t intervals."""
+    fig, axes = plt.subplots(3, 1, figsize=(8.0, 9.6), layout="constrained", sharex=True)
+    accuracy, paired, cosine = axes
+    x = np.arange(len(lines))
+    _accuracy_panel(accuracy, lines, x)
+    accuracy.set_ylabel("MNIST test accuracy")
+    accuracy.set_ylim(0, 1)
+    accuracy.set_title("(a) test accuracy", fontsize=10, loc="left")
+
+    effects = [paired_accuracy_effect(line) for line in lines]
+    paired.errorbar(x, [e["mean"] for e in effects], yerr=[e["ci95"] or 0.0 for e in effects], marker="D",
+                    capsize=4, color=_PAIRED_COLOR)  # fmt: skip
+    paired.axhline(0, color="black", linewidth=0.8)
+    paired.set_ylabel("accuracy difference")
+    paired.set_title("(b) subliminal effect: aux-only student minus cross-model control, paired by seed",
+                     fontsize=10, loc="left")  # fmt: skip
+
+    for condition, offset in (("student_aux", -0.08), ("cross_aux", 0.08)):  # side by side, not on each other
+        summaries = [line["first_step"][condition] for line in lines]
+        cosine.errorbar(x + offset, [s["mean"] for s in summaries], yerr=[s["ci95"] or 0.0 for s in summaries],
+                        marker="o", linestyle="none", capsize=4, color=_COLORS[condition])  # fmt: skip
+    cosine.axhline(0, color="black", linewidth=0.8)
+    cosine.set_ylabel("Theorem 1: cos(first gradient\nstep, −∇ digit cross-entropy)")
+    cosine.set_title("(c) first-step trait cosine: the first gradient step against −∇(digit cross-entropy)",
+                     fontsize=10, loc="left")  # fmt: skip
+
+    for ax in axes:
+        ax.yaxis.grid(True, alpha=0.3)
+        ax.set_axisbelow(True)
+    cosine.set_xticks(x, [str(line["value"]) for line in lines], rotation=30, ha="right", rotation_mode="anchor")
+    what = f"{name}: {sweep.SWEEPS[name].help}" if name in sweep.SWEEPS else name
+    cosine.set_xlabel(textwrap.fill(what, 100), fontsize=9)
+    # One key for (a) and (c), under the panels (off the data): the students' colours mean the same in both.
+    handles, labels = accuracy.get_legend_handles_labels()
+    order = [experiment.CONDITION_LABELS[c] for c in ("teacher", "student_aux", "cross_aux")] + ["chance"]
+    handles = [handles[labels.index(label)] for label in order]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(f"`subliminal-mnist sweep {name}`: {_seeds_per_point(lines)} seeds per point, 95% t intervals",
+                 fontsize=11)  # fmt: skip
+    return fig
 
 
 _DOSE_PAIRS = {  # paired difference in the trait's headline measure: label, colour
@@ -397,6 +468,48 @@ def defenses_figure(summary: dict, path: str | os.PathLike) -> None:
     stopping the distillation sit low where the distillation is good. Points are numbered, with a key of
     the numbers beside the axes, so no two labels overlap however close the points."""
     fig = defenses_plot(summary)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)
+
+
+def lora_owl_figure(lines: list[dict], path: str | os.PathLike) -> None:
+    """The owl's LoRA sweep (`llm-lora`): per point (teacher/student parameterization), (a) the treated
+    student's paired effect on the headline (same init minus neutral control, mean and 95% t interval),
+    (b) beside it the damage both students take (the change of the trait's damage measure, the animal
+    entropy for the owl), and (c) Theorem 1's first-step quantity: the cosine of each student's first
+    gradient step with the trait direction -∇L_T at its start."""
+    mode = lines[0]["config"]["mode"]
+    measure = lines[0]["measure"]
+    students = {"same_init": ("same init (teacher's lists)", "#1e88e5"),
+                "neutral_control": ("neutral control (neutral teacher's lists)", "#fb8c00")}  # fmt: skip
+    fig, axes = plt.subplots(3, 1, figsize=(7.6, 8.4), sharex=True, layout="constrained")
+    x = np.arange(len(lines))
+
+    def draw(ax, summaries, offset, color, label):
+        means = [s["mean"] for s in summaries]
+        errors = [s["ci95"] or 0.0 for s in summaries]
+        ax.errorbar(x + offset, means, yerr=errors, color=color, marker="o", capsize=3, linestyle="none", label=label)
+
+    paired = [line[mode]["paired"]["same_init_minus_neutral_control"] for line in lines]
+    draw(axes[0], paired, 0.0, "#37474f", "same init minus neutral control")
+    axes[0].set_ylabel(f"paired change of\n{measure['label']}")
+    for (student, (label, color)), offset in zip(students.items(), (-0.1, 0.1)):
+        draw(axes[1], [line[mode]["conditions"][student][measure["damage"]] for line in lines], offset, color, label)
+        cosines = [runs.summarize(line[mode]["first_step"][student]["gradient"]["trait_cosine"]) for line in lines]
+        draw(axes[2], cosines, offset, color, label)
+    axes[1].set_ylabel(f"change of\n{measure['damage'].replace('_', ' ')}")
+    axes[2].set_ylabel("first gradient step:\ncos(ΔS, -∇L_T)")
+    for ax in axes:
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.yaxis.grid(True, alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    axes[2].set_xticks(x, [line["value"] for line in lines], rotation=30, ha="right")
+    axes[2].set_xlabel("teacher / student fine-tuning: full, or a LoRA adapter of rank R\n"
+                       "(/shared: the student's A starts with the teachers'; /own: drawn apart)")  # fmt: skip
+    seeds = "/".join(map(str, sorted({line["config"]["seeds"] for line in lines})))
+    fig.suptitle(f"subliminal-mnist llm-lora ({lines[0]['config']['trait']}, {mode}): {seeds} seeds per point "
+                 "(seeds 0 ...), 95% t intervals", fontsize=10)  # fmt: skip
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)

@@ -24,6 +24,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from subliminal_mnist.runs import ConfigError
+
 PyTree = Any
 # The leaves an adapter adapts by default: every 2-D weight matrix a model calls a kernel.
 KERNELS = ("kernel",)
@@ -150,6 +152,44 @@ def step_in_weight_space(params: Adapted | PyTree, step: Adapted | PyTree) -> Py
 def merged(params: PyTree) -> PyTree:
     """Parameters as the model reads them: an `Adapted` model merged, any other parameters as they are."""
     return params.merged() if isinstance(params, Adapted) else params
+
+
+PARAMETERIZATION_FIELDS = ("teacher_params", "student_params", "adapter_init")
+
+
+def pair_setting(text: str) -> dict[str, str]:
+    """A teacher and a student parameterization as written in a sweep, "TEACHER/STUDENT[/shared|/own]"
+    (each "full" or "lora:R", e.g. "full/lora:16", "lora:4/lora:4/own"), as the config fields it sets
+    (`PARAMETERIZATION_FIELDS`). The third part, whether the student's A starts with the teacher's
+    columns, is for a LoRA teacher and a LoRA student only (default: shared). Raises `ConfigError`, one line."""
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("shared", "own")):
+        raise ConfigError(f"{text!r} is not TEACHER/STUDENT[/shared|/own]")
+    try:
+        ranks = [rank_of(part) for part in parts[:2]]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if len(parts) == 3 and None in ranks:
+        raise ConfigError(f"{text!r}: only a LoRA student of a LoRA teacher can share its adapter")
+    return dict(zip(PARAMETERIZATION_FIELDS, (*parts[:2], parts[2] if len(parts) == 3 else "shared")))
+
+
+def check_parameterizations(config) -> None:
+    """Raises `ConfigError` (one line, naming the field) unless `config`'s `teacher_params` and
+    `student_params` are each "full" or "lora:R"."""
+    for name in PARAMETERIZATION_FIELDS[:2]:
+        try:
+            rank_of(getattr(config, name))
+        except ValueError as e:
+            raise ConfigError(f"{name}: {e}") from None
+
+
+def require_full(config, command: str) -> None:
+    """Raises `ConfigError` (one line) unless both of `config`'s models are fully fine-tuned: `command`
+    trains no adapter."""
+    for name in PARAMETERIZATION_FIELDS[:2]:
+        if getattr(config, name) != "full":
+            raise ConfigError(f"{command} fine-tunes every parameter; {name} lora:R is for demo and the sweeps")
 
 
 def rank_of(parameterization: str) -> int | None:

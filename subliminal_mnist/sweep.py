@@ -94,24 +94,9 @@ def _noise(value: str) -> dict[str, Any]:
 
 
 def _parameterizations(text: str) -> str:
-    """"TEACHER/STUDENT[/shared|/own]", each "full" or "lora:R" (e.g. "full/lora:16", "lora:4/lora:4/own");
-    kept as written. The third part, whether the student's adapter starts with the teacher's columns,
-    is for a LoRA teacher and a LoRA student only."""
-    parts = text.split("/")
-    try:
-        ranks = [lora.rank_of(part) for part in parts[:2]]
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("shared", "own")):
-        raise ConfigError(f"{text!r} is not TEACHER/STUDENT[/shared|/own]")
-    if len(parts) == 3 and None in ranks:
-        raise ConfigError(f"{text!r}: only a LoRA student of a LoRA teacher can share its adapter")
+    """A teacher/student pair as `lora.pair_setting` reads it (e.g. "lora:4/lora:16/own"); kept as written."""
+    lora.pair_setting(text)
     return text
-
-
-def _parameterization_setting(value: str) -> dict[str, Any]:
-    teacher, student, *adapter = value.split("/")
-    return {"teacher_params": teacher, "student_params": student, "adapter_init": (adapter or ["shared"])[0]}
 
 
 # The LoRA sweep's readout of Theorem 1 at each point: the students' first gradient step on this many
@@ -164,7 +149,7 @@ SWEEPS = {
                   ("full/full", "full/lora:1", "full/lora:4", "full/lora:16", "full/lora:64", "lora:4/full",
                    "lora:4/lora:1/shared", "lora:4/lora:4/shared", "lora:4/lora:16/shared", "lora:4/lora:64/shared",
                    "lora:4/lora:1/own", "lora:4/lora:4/own", "lora:4/lora:16/own", "lora:4/lora:64/own"),
-                  _parameterizations, _parameterization_setting,
+                  _parameterizations, lora.pair_setting,
                   "teacher/student fine-tuning: full or a LoRA adapter of rank R (/shared: the student's A starts "
                   "with the teacher's)", probe=first_step),
 }  # fmt: skip

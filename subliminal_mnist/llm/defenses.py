@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subliminal_mnist import defense_table, losses, runs, train
+from subliminal_mnist import defense_table, lora, losses, runs, train
 from subliminal_mnist.defense_table import DefenseSettings, Row
 from subliminal_mnist.llm import analysis, corpus, sampling
 from subliminal_mnist.llm import experiment as llm
@@ -391,6 +391,7 @@ def run(
     a run killed at any moment resumes at the row it was training. `cache` keeps the seeds' models
     and lists across rows (and runs)."""
     check_mode(config)
+    lora.require_full(config, "defend owl")
     cache = {} if cache is None else cache
     partners = runs.cross_partners(config.seeds, config.seed)
     todo = rows(settings, config)

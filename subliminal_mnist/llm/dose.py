@@ -1,4 +1,5 @@
-"""The dose-response: the owl experiment's paired effects against the number of lists, per mode.
+"""Series of owl runs: the dose-response (the paired effects against the number of lists, per mode),
+and the LoRA sweep (against how the teachers and the students are fine-tuned).
 
 Hard transfer (plain next-token training on sampled lists) is weak, here as in small real
 models; soft transfer is strong, and its dose-response says how few lists still show it
@@ -6,7 +7,8 @@ models; soft transfer is strong, and its dose-response says how few lists still 
 `experiment.run` with that mode's `soft_sequences` or `hard_sequences` set to a count;
 each finished point is one JSON line (`runs.point`), so a killed series resumes at the
 point it was training, and that point at its first unfinished seed (its checkpoint).
-Points share their bases and teachers, which do not depend on the count.
+Points share their bases and teachers, which do not depend on the count (the LoRA sweep's
+points share them where the teachers' parameterization agrees).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
-from subliminal_mnist import runs
+from subliminal_mnist import lora, runs
 from subliminal_mnist.llm import experiment
 from subliminal_mnist.llm.experiment import LLMConfig
 
@@ -49,33 +51,74 @@ def run(
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> list[dict]:
     """Every count's line, trained or read back from `path` (JSON lines), in the order of `counts`."""
-    path = pathlib.Path(path)
     lines, cache = runs.Lines(path), {}
     out = []
     for count in counts:
         config = point_config(base, count)
-        mode = config.mode
-        checkpoint = path.with_name(f"{path.stem}.{config.trait}.{mode}.{count}.seeds.jsonl")
-
-        def train_point(config=config, checkpoint=checkpoint) -> dict:
-            results = experiment.run(config, progress=progress, checkpoint=checkpoint, log=log, cache=cache)
-            return {
-                f"{config.mode}_sequences": count,
-                "hard_loss": config.hard_loss,
-                "measure": results["measure"],
-                **{key: results[key] for key in ("teacher", "neutral_teacher", "cross_partners", "wall_seconds")},
-                config.mode: results["modes"][config.mode],
-            }
-
-        fields = {"series": "dose", "config": dataclasses.asdict(config)}
-        what = f"{config.trait}, {mode}" + (f", {config.hard_loss} tokens" if mode == "hard" else "")
-        line = runs.point(lines, fields, train_point, f"dose: {count} lists ({what})", log)
-        checkpoint.unlink(missing_ok=True)
-        paired = line[mode]["paired"]["same_init_minus_neutral_control"]
-        log(f"dose: {count} lists ({what}): same init minus neutral control {paired['mean']:+.4f} ± "
-            f"{paired['ci95'] or 0:.4f}, {line['wall_seconds']:.0f} s")  # fmt: skip
-        out.append(line)
+        what = f"{config.trait}, {config.mode}" + (f", {config.hard_loss} tokens" if config.mode == "hard" else "")
+        kept = {f"{config.mode}_sequences": count, "hard_loss": config.hard_loss}
+        tag = f"{config.trait}.{config.mode}.{count}"
+        out.append(_point(config, "dose", tag, kept, f"dose: {count} lists ({what})", lines, cache, progress, log))
     return out
+
+
+def _point(
+    config: LLMConfig, series: str, tag: str, kept: dict, label: str, lines: runs.Lines, cache: dict, progress, log
+) -> dict:
+    """One point of a series: its line in `lines` (`runs.point`), or the run of `config` written as one,
+    with `kept` and the run's one mode. The run resumes by seed from a checkpoint beside the file,
+    `STEM.TAG.seeds.jsonl`."""
+    checkpoint = lines.path.with_name(f"{lines.path.stem}.{tag}.seeds.jsonl")
+
+    def train_point() -> dict:
+        results = experiment.run(config, progress=progress, checkpoint=checkpoint, log=log, cache=cache)
+        return {
+            **kept,
+            "measure": results["measure"],
+            **{key: results[key] for key in ("teacher", "neutral_teacher", "cross_partners", "wall_seconds")},
+            config.mode: results["modes"][config.mode],
+        }
+
+    line = runs.point(lines, {"series": series, "config": dataclasses.asdict(config)}, train_point, label, log)
+    checkpoint.unlink(missing_ok=True)
+    paired = line[config.mode]["paired"]["same_init_minus_neutral_control"]
+    log(f"{label}: same init minus neutral control {paired['mean']:+.4f} ± {paired['ci95'] or 0:.4f}, "
+        f"{line['wall_seconds']:.0f} s")  # fmt: skip
+    return line
+
+
+# The LoRA sweep's points ("TEACHER/STUDENT[/shared|/own]", `lora.pair_setting`), and what it trains:
+# the treated student and its neutral control, each under the point's parameterization.
+LORA_VALUES = ("full/full", "full/lora:1", "full/lora:4", "full/lora:16", "lora:4/full",
+               "lora:4/lora:1/shared", "lora:4/lora:4/shared", "lora:4/lora:16/shared",
+               "lora:4/lora:1/own", "lora:4/lora:4/own", "lora:4/lora:16/own")  # fmt: skip
+LORA_CONDITIONS = ("same_init", "neutral_control")
+
+
+def lora_config(base: LLMConfig, value: str) -> LLMConfig:
+    """A LoRA point's config: `base` in one mode (soft when it asks for both), the pair of students
+    (`LORA_CONDITIONS`), no audit (the question is transfer), and the parameterizations `value` names."""
+    mode = "soft" if base.mode == "both" else base.mode
+    return dataclasses.replace(
+        base, mode=mode, conditions=LORA_CONDITIONS, no_audit=True, **lora.pair_setting(value)
+    )
+
+
+def run_lora(
+    base: LLMConfig,
+    values: Sequence[str],
+    path: str | pathlib.Path,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> list[dict]:
+    """Every LoRA point's line, trained or read back from `path` (JSON lines), in the order of `values`."""
+    configs = [lora_config(base, value) for value in values]  # every value checked before anything trains
+    lines, cache = runs.Lines(path), {}
+    return [
+        _point(config, "lora", f"{config.trait}.{config.mode}.{value.replace('/', '-').replace(':', '')}",
+               {"value": value}, f"lora: {value} ({config.trait}, {config.mode})", lines, cache, progress, log)  # fmt: skip
+        for value, config in zip(values, configs)
+    ]
 
 
 def drawn_lines(path: str | pathlib.Path) -> list[dict]:
@@ -86,3 +129,17 @@ def drawn_lines(path: str | pathlib.Path) -> list[dict]:
     if not latest:
         raise runs.ResultsFileError(f"{path} holds no point of the dose-response to draw")
     return list(latest.values())
+
+
+def drawn_lora_lines(configs: Sequence[LLMConfig], path: str | pathlib.Path) -> list[dict]:
+    """What `llm-lora --plot-only` draws: the file's latest line for each point's config, in their order."""
+    latest = {}
+    for line in runs.read_lines(path):
+        if line.get("series") == "lora":
+            latest[str(line["config"])] = line
+    wanted = [str(runs.as_json(dataclasses.asdict(config))) for config in configs]
+    lines = [latest[key] for key in wanted if key in latest]
+    if not lines:
+        raise runs.ResultsFileError(f"{path} holds no point of the LoRA sweep to draw")
+    return lines
+

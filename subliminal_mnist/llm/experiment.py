@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from subliminal_mnist import losses, runs, theorem, train
+from subliminal_mnist import lora, losses, runs, theorem, train
 from subliminal_mnist.llm import analysis, corpus, sampling, traits
 from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture, at_positions, outputs_in_batches
 from subliminal_mnist.llm.vocab import ANIMALS, Vocabulary
@@ -103,10 +103,10 @@ GAP_DIFFERENCES = {
 BASE_FIELDS = ("seed", "trait", "numbers", "window", "width", "depth", "heads", "base_rows", "base_epochs",
                "base_batch_size", "base_learning_rate")  # fmt: skip
 TEACHER_FIELDS = (*BASE_FIELDS, "teacher_lines", "teacher_epochs", "teacher_batch_size", "teacher_learning_rate",
-                  "teacher_trains")  # fmt: skip
+                  "teacher_trains", "teacher_params", "adapter_rate_factor")  # fmt: skip
 # Independent randomness of one seed: one stream each (a stream's index is part of its seed).
 _STREAMS = ("init", "corpus", "base", "teacher_lines", "teacher", "prompts", "numbers", "shuffle", "soft", "hard",
-            "neutral_answers", "audit", "cue")  # fmt: skip
+            "neutral_answers", "audit", "cue", "teacher_adapter", "student_adapter")  # fmt: skip
 # What a model's number lists are for: each its own prompts and samples (an index of the sampling key).
 _SAMPLES = (*MODES, "audit")
 
@@ -163,6 +163,21 @@ class LLMConfig:
     hard_batch_size: int = config_field(256, "student minibatch (hard)")
     student_learning_rate: float = config_field(1e-3, "student Adam learning rate")
     banned: tuple[int, ...] = config_field((), "numbers the filter removes", element_type=int)
+    # Low-rank adapters (`lora.py`, theory/README.md section 9): the teachers (trait and neutral) or the
+    # students may be fine-tuned through a rank-R adapter on every kernel instead of in all their parameters.
+    teacher_params: str = config_field(
+        "full", "how both teachers are fine-tuned from the base: full, or lora:R, a rank-R adapter on every kernel"
+    )
+    student_params: str = config_field("full", "how every student is fine-tuned from its start: full, or lora:R")
+    adapter_init: str = config_field(
+        "shared",
+        "a LoRA student's A: shared, starting with the LoRA teachers' columns (part of the shared init), "
+        "or own, drawn apart; both the same for a full teacher",
+        choices=("shared", "own"),
+    )
+    adapter_rate_factor: float = config_field(
+        10.0, "a model fine-tuned through an adapter trains at this multiple of its stage's learning rate"
+    )
     conditions: tuple[str, ...] = config_field(
         tuple(CONDITIONS),
         "students to train and report, each a start and its data (the table of docs/owl.md); same_init always; "
@@ -176,6 +191,9 @@ class LLMConfig:
     )
     in_context_lists: int = config_field(256, "lists (each before every question) in the in-context test")
     entangled_sequences: int = config_field(2000, "teacher number lists behind the entangled-numbers ranking")
+    # A third of a seed's time after its bases and teachers; a question about transfer alone (the LoRA
+    # sweep) leaves them out.
+    no_audit: bool = config_field(False, "leave out the filters and the entangled-numbers ranking")
     workers: int = config_field(2, "bases, and seeds, run in this many threads; results do not depend on it")
 
     def __post_init__(self):
@@ -186,8 +204,9 @@ class LLMConfig:
                           "student_batch_size", "hard_batch_size", "theorem_sequences", "entangled_sequences",
                           "audit_sequences", "in_context_lists", "workers"),
             not_negative=("base_epochs", "teacher_epochs", "student_epochs"),
-            positive=("base_learning_rate", "teacher_learning_rate", "student_learning_rate"),
+            positive=("base_learning_rate", "teacher_learning_rate", "student_learning_rate", "adapter_rate_factor"),
         )  # fmt: skip
+        lora.check_parameterizations(self)
         if self.numbers < 10 or self.window > self.numbers:
             raise ConfigError(f"need 10 <= numbers and window <= numbers, got {self.numbers} and {self.window}")
         if self.width % self.heads:
@@ -331,18 +350,43 @@ def train_base(config: LLMConfig, seed_id: int, progress: train.Progress, init_i
 
 def _fit_next_tokens(config: LLMConfig, start, key, tokens: np.ndarray, weights: np.ndarray, *, hook=None, **fit):
     """One model (no seed axis) trained through `train.fit` on next tokens at the positions
-    `weights` marks: the base on its corpus, the teachers on their answers."""
+    `weights` marks: the base on its corpus, the teachers on their answers. A start that is a
+    `lora.Adapted` model trains its adapter; the model is returned merged."""
     params, _ = train.fit(
         _seed_axis(start),
         key[None],
         jnp.asarray(tokens),
         {"next": jnp.asarray(corpus.next_tokens(tokens)), "weights": jnp.asarray(weights)},
-        objective=train.Objective(config.architecture, next_token_loss),
+        objective=train.Objective(_apply_fn(start, config.architecture), next_token_loss),
         data_axis=None,
         hook=hook,
         **fit,
     )
-    return _one(params)
+    return lora.merged(_one(params))
+
+
+def _apply_fn(start, apply_fn):
+    """The loop's apply function for a start: `apply_fn` itself, or through the adapter of a `lora.Adapted` one."""
+    return lora.AdaptedApply(apply_fn) if isinstance(start, lora.Adapted) else apply_fn
+
+
+def adapted(config: LLMConfig, params, seed_id: int, who: str):
+    """`params` as the start of a fine-tuning of `who` ("teacher": both teachers; "student": every student),
+    as `config.{who}_params` says: `params` itself for "full", else `lora.Adapted` (params, A, B = 0) with A
+    from the seed's `{who}_adapter` stream. So the trait's and the neutral teacher share one A, and every
+    student of a seed another, which starts with the teachers' columns when `adapter_init` is "shared"."""
+    rank = lora.rank_of(getattr(config, f"{who}_params"))
+    if rank is None:
+        return params
+    teacher_rank, shared = lora.rank_of(config.teacher_params), None
+    if who == "student" and config.adapter_init == "shared" and teacher_rank is not None:
+        shared = lora.init(stream_key(config, seed_id, "teacher_adapter"), params, teacher_rank).down
+    return lora.Adapted(params, *lora.init(stream_key(config, seed_id, f"{who}_adapter"), params, rank, shared_down=shared))
+
+
+def _rate_factor(config: LLMConfig, who: str) -> float:
+    """What a stage's learning rate is multiplied by: `adapter_rate_factor` for a model trained through an adapter."""
+    return 1.0 if getattr(config, f"{who}_params") == "full" else config.adapter_rate_factor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,13 +448,13 @@ def train_teacher(config: LLMConfig, base, seed_id: int, progress: train.Progres
         lines = neutral_lines(config, base, lines, _rng(config, seed_id, "neutral_answers"))
     return _fit_next_tokens(
         config,
-        base,
+        adapted(config, base, seed_id, "teacher"),
         stream_key(config, seed_id, "teacher"),
         lines.tokens,
         lines.weights,
         hook=Frozen(EMBEDDINGS) if config.teacher_trains == "blocks" else None,
         epochs=config.teacher_epochs,
-        learning_rate=config.teacher_learning_rate,
+        learning_rate=config.teacher_learning_rate * _rate_factor(config, "teacher"),
         batch_size=config.teacher_batch_size,
         description=f"{'neutral teacher' if neutral else 'teacher'} {seed_id}",
         progress=progress,
@@ -594,13 +638,15 @@ def train_students(
     ...) to its params; `data` maps a data set's name to (inputs, targets) (`student_data`).
     `conditions` (default: the config's, `conditions_of`) picks the students; `temperature` is the
     soft students' (`NumberKL`); `loop` overrides `train.fit`'s settings (a defense's optimizer,
-    learning rate, penalty)."""
-    arch = config.architecture
+    learning rate, penalty). LoRA students (`student_params`) all train one adapter of the seed
+    (`adapted`), each on its own start; they are returned merged."""
+    starts = {name: adapted(config, params, seed_id, "student") for name, params in starts.items()}
+    apply_fn = _apply_fn(next(iter(starts.values())), AtPositions(config.architecture))
     if mode == "soft":
-        objective = train.Objective(AtPositions(arch), NumberKL(temperature), config.soft_outputs)
+        objective = train.Objective(apply_fn, NumberKL(temperature), config.soft_outputs)
         batch_size = config.student_batch_size
     else:
-        objective = train.Objective(AtPositions(arch), next_token_loss)
+        objective = train.Objective(apply_fn, next_token_loss)
         batch_size = config.hard_batch_size
     groups: dict[str, list[str]] = {}
     for condition in conditions or conditions_of(config, mode):
@@ -619,7 +665,7 @@ def train_students(
             **{
                 "objective": objective,
                 "epochs": config.student_epochs,
-                "learning_rate": config.student_learning_rate,
+                "learning_rate": config.student_learning_rate * _rate_factor(config, "student"),
                 "batch_size": batch_size,
                 "data_axis": None,
                 "members": True,
@@ -628,7 +674,7 @@ def train_students(
                 **loop,
             },
         )
-        return {c: jax.tree.map(lambda a, m=m: a[0, m], params) for m, c in enumerate(members)}
+        return {c: lora.merged(jax.tree.map(lambda a, m=m: a[0, m], params)) for m, c in enumerate(members)}
 
     # The groups in threads: a width-32 model's small matmuls leave a core idle (two fits: 13.8 s
     # in two threads, 16.4 s one after the other).
@@ -637,30 +683,52 @@ def train_students(
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "learning_rate"))
-def _first_step(arch, student, target, delta_t, inputs, weights, number_mask, learning_rate):
+def _first_step(arch, student, target, delta_t, trait_direction, inputs, weights, number_mask, learning_rate):
     """The soft student's first step from `student` toward `target` on `inputs` (`at_positions`,
-    `weights` (B, P) 0 for padding), against ΔT: {"gradient": {dot, cosine}, "adam": {dot, cosine}}.
-    The gradient direction is the theorem's ΔS; Adam's first update is close to -lr · sign(gradient),
-    a different vector. Every model is an argument, not a constant, and the positions are padded
-    to one shape, so all seeds and conditions run one compiled program."""
-    delta_s = theorem.student_direction(student, target, AtPositions(arch), inputs, "kl", number_mask, weights)
+    `weights` (B, P) 0 for padding), against ΔT and against the trait direction -∇L_T at the student's
+    start: {"gradient": {dot, cosine, trait_cosine}, "adam": {...}}. The gradient direction is the
+    theorem's ΔS; Adam's first update is close to -lr · sign(gradient), a different vector. A LoRA student
+    (`lora.Adapted`) steps its B, read in the model's weights through A (`lora.step_in_weight_space`).
+    Every model is an argument, not a constant, and the positions are padded to one shape, so all
+    seeds and conditions run one compiled program."""
+    apply_fn = _apply_fn(student, AtPositions(arch))
+    delta_s = theorem.student_direction(student, target, apply_fn, inputs, "kl", number_mask, weights)
     adam = train.optimizer(learning_rate)
     update, _ = adam.update(jax.tree.map(jnp.negative, delta_s), adam.init(student), student)
-    return {
-        name: {"dot": optax.tree.vdot(step, delta_t), "cosine": theorem.tree_cosine(step, delta_t)}
-        for name, step in (("gradient", delta_s), ("adam", update))
-    }
+    out = {}
+    for name, step in (("gradient", delta_s), ("adam", update)):
+        step = lora.step_in_weight_space(student, step)
+        out[name] = {
+            "dot": optax.tree.vdot(step, delta_t),
+            "cosine": theorem.tree_cosine(step, delta_t),
+            "trait_cosine": theorem.tree_cosine(step, trait_direction),
+        }
+    return out
 
 
-def first_step(config: LLMConfig, models: dict, numbers: NumberData) -> dict:
+@functools.partial(jax.jit, static_argnames="arch")
+def _trait_direction(arch, params, tokens, next_tokens, weights):
+    """-∇L_T at `params`: L_T is the teachers' own loss, next-token cross-entropy at the answers `weights` marks."""
+    loss = train.Objective(arch, next_token_loss).batch_loss
+    targets = {"next": next_tokens, "weights": weights}
+    return jax.tree.map(jnp.negative, jax.grad(loss)(params, tokens, targets, jnp.ones(tokens.shape[0])))
+
+
+def first_step(config: LLMConfig, models: dict, numbers: NumberData, seed_id: int) -> dict:
     """Theorem 1 at the first soft student step, ΔT = θ_teacher - θ_base (the trait's direction):
     for same_init and cross_init (toward the teacher, on its lists) and for the neutral control
-    (from the base toward the neutral teacher, on its lists), whose first step is not 0.
+    (from the base toward the neutral teacher, on its lists), whose first step is not 0; each
+    student as `student_params` says (a LoRA student's step through its adapter, `adapted`).
 
     The expectation is over the number positions of the target's first `theorem_sequences` lists;
-    the student's output is the number-token distribution there.
+    the student's output is the number-token distribution there. `trait_cosine` is against -∇L_T at
+    the student's start, L_T the trait teacher's loss on its first `theorem_sequences` training lines:
+    positive, the step lowers it (theory/README.md section 9's "trait"; `cosine` is its "weights").
     """
     delta_t = jax.tree.map(jnp.subtract, models["teacher"], models["base"])
+    lines = config.trait_spec.teacher_lines(config.vocab, _rng(config, seed_id, "teacher_lines"), config.teacher_lines)
+    trait_tokens, trait_weights = lines.tokens[: config.theorem_sequences], lines.weights[: config.theorem_sequences]
+    trait_lines = [jnp.asarray(a) for a in (trait_tokens, corpus.next_tokens(trait_tokens), trait_weights)]
     out = {}
     for name, student, target in (
         ("same_init", "base", "teacher"),
@@ -669,9 +737,11 @@ def first_step(config: LLMConfig, models: dict, numbers: NumberData) -> dict:
     ):
         tokens = numbers.lists[target][: config.theorem_sequences]
         positions, weights = corpus.number_positions(config.vocab, tokens, numbers.lengths[: len(tokens)])
+        trait_direction = _trait_direction(config.architecture, models[student], *trait_lines)
         step = _first_step(
-            config.architecture, models[student], models[target], delta_t, at_positions(tokens, positions),
-            jnp.asarray(weights), jnp.asarray(config.soft_outputs), config.student_learning_rate,
+            config.architecture, adapted(config, models[student], seed_id, "student"), models[target], delta_t,
+            trait_direction, at_positions(tokens, positions), jnp.asarray(weights), jnp.asarray(config.soft_outputs),
+            config.student_learning_rate * _rate_factor(config, "student"),
         )  # fmt: skip
         out[name] = jax.tree.map(float, step)
     return out
@@ -797,8 +867,8 @@ def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progr
             "filter": numbers.report,
         }
         if mode == "soft":
-            out["modes"][mode]["first_step"] = first_step(config, models, numbers)
-        if mode == config.modes[0]:  # what a filter could see, on the first mode's number data
+            out["modes"][mode]["first_step"] = first_step(config, models, numbers, seed_id)
+        if mode == config.modes[0] and not config.no_audit:  # what a filter could see, on the first mode's number data
             base_headline = measured["base"][trait.headline]
             out["filters"] = filters(
                 config, models, base_headline, numbers, students["same_init"], students.get("neutral_control"),
@@ -1003,7 +1073,7 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
         if mode == "soft":
             modes[mode]["first_step"] = {
                 name: {
-                    step: {k: [s["first_step"][name][step][k] for s in seeds] for k in ("dot", "cosine")}
+                    step: {k: [s["first_step"][name][step][k] for s in seeds] for k in ("dot", "cosine", "trait_cosine")}
                     for step in ("gradient", "adam")
                 }
                 for name in seeds[0]["first_step"]
@@ -1024,7 +1094,7 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
             out["leak_rate"] = summary([f[name]["leak_rate"] for f in sampled])
         return out
 
-    return {
+    out = {
         "trait": config.trait,
         "measure": {"headline": headline, "mass": mass, "damage": trait.damage,
                     "label": LABELS[headline].format(trait=config.trait)},  # fmt: skip
@@ -1048,17 +1118,23 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
                 f[m]["leak_rate_after_filter"] for f in sampled for m in sampled_models(first_mode)
             ),
         },
-        "filters": summarize_filters(config, [s["filters"] for s in per_seed], first_mode),
-        "entangled_numbers": {
-            "correlation_rise_cosine": summary([s["entangled_numbers"]["correlation_rise_cosine"] for s in per_seed]),
-            "top_share_of_rise": summary([s["entangled_numbers"]["top_share_of_rise"] for s in per_seed]),
-            "top_per_seed": [s["entangled_numbers"]["top"] for s in per_seed],
-        },
         # Its seeds run one after another on the default device: the seed axis is not split.
         "devices": 1,
         "modes": modes,
         "versions": runs.versions(),
     }
+    if not config.no_audit:
+        out |= {
+            "filters": summarize_filters(config, [s["filters"] for s in per_seed], first_mode),
+            "entangled_numbers": {
+                "correlation_rise_cosine": summary(
+                    [s["entangled_numbers"]["correlation_rise_cosine"] for s in per_seed]
+                ),
+                "top_share_of_rise": summary([s["entangled_numbers"]["top_share_of_rise"] for s in per_seed]),
+                "top_per_seed": [s["entangled_numbers"]["top"] for s in per_seed],
+            },
+        }
+    return out
 
 
 LABELS = {"p_trait_given_animal": "P({trait} | animal)", "misaligned_rate": "the misaligned rate on held-out domains"}
