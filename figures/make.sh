@@ -28,6 +28,9 @@ subliminal-mnist defend owl --mode hard --out . \
   --defenses other_init mix replace_divergent threshold_sampling detector_filter random_drop sort
 # Sweeps, 5 seeds per point: a point already in sweep_NAME.jsonl under the same config, versions and source
 # (`runs.source_fingerprint`) is not trained again; delete the file to train every point anew.
-for name in init_perturbation heads loss noise aux depth teacher_epochs student_epochs width; do
+for name in init_perturbation heads loss noise aux depth teacher_epochs student_epochs width lora; do
   subliminal-mnist sweep "$name" --out . "$@"
 done
+# LoRA against full fine-tuning for the owl (no MNIST needed): 11 teacher/student points, soft, 5 seeds each,
+# the treated student paired with its neutral control (docs/lora.md).
+subliminal-mnist llm-lora --out .

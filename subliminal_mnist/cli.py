@@ -511,6 +511,7 @@ def _defend(args: argparse.Namespace) -> int:
     options.setdefault("seeds", defense_table.SEEDS)
     settings = settings_cls(**explicit_options(args, settings_cls))
     config = config_cls(**options)  # fail on a bad option before loading any data
+    lora.require_full(config, f"defend {args.setting}")
     # The owl's files are one set per mode (defend_owl_soft.*, defend_owl_hard.*): a run of one mode
     # never overwrites the other's table.
     lines_path = out / (f"defend_owl_{config.mode}.jsonl" if args.setting == "owl" else "defend_mnist.jsonl")

@@ -535,39 +535,47 @@ def student_starts(teachers: Teachers, students: Sequence[str]) -> model.Params 
     return _on_member_axis(*[lora.Adapted(teachers.init_of(s), *teachers.student_adapter) for s in students])
 
 
-def first_step_trait_cosines(
+def first_step_cosines(
     config: ExperimentConfig,
     teachers: Teachers,
     students: Sequence[str],
     images: jax.Array,
     labels: jax.Array,
     num_inputs: int,
-) -> np.ndarray:
-    """Theorem 1's quantity for the students as they start: the cosine, in the model's own parameters,
-    between a student's first gradient step (the distillation loss on the first `num_inputs` noise
-    images, full batch) and the trait direction -∇L_T at its start (L_T: cross-entropy on the class
-    logits of the labelled `images`, the teacher's task). Positive: the step lowers the student's
-    digit loss, to first order. A LoRA student's step is its B's, mapped through A (`lora.step_in_weight_space`).
+) -> dict[str, np.ndarray]:
+    """Theorem 1's quantities for the students as they start, each a cosine in the model's own parameters
+    with a student's first gradient step ΔS (the distillation loss on the first `num_inputs` noise images,
+    full batch; a LoRA student's step is its B's, mapped through A, `lora.step_in_weight_space`):
 
-    Returns (S, len(students)). Gradient steps, not Adam's sign-like first step (theory/README.md, section 4)."""
+    - "weights": with the teacher's move ΔT = θT - θ0, whatever the teacher's training (the theorem holds
+      for any ΔT): ≥ 0 to first order in |ΔT| for a same-init full student (theory/README.md, section 9's
+      "weights" column); for a cross-model student, which starts elsewhere, a control;
+    - "trait": with -∇L_T at the student's start (L_T: cross-entropy on the class logits of the labelled
+      `images`, the teacher's task): positive, the step lowers the student's digit loss, to first order.
+      The theorem's "trait" column is for a teacher that took L_T's gradient step, not for a trained one.
+
+    Returns {name: (S, len(students))}. Gradient steps, not Adam's sign-like first step (section 4)."""
     starts = student_starts(teachers, students)
     inputs, targets = teachers.noise[:, :num_inputs], teachers.teacher_targets[:, :num_inputs]
     objective = _distill_options(config, students)["objective"]
-    return np.asarray(_trait_cosines(starts, inputs, targets, images, labels, objective, config.architecture))
+    delta_t = jax.tree.map(jnp.subtract, teachers.teacher, teachers.shared_init)
+    cosines = _first_step_cosines(starts, delta_t, inputs, targets, images, labels, objective, config.architecture)
+    return {name: np.asarray(values) for name, values in cosines.items()}
 
 
 @functools.partial(jax.jit, static_argnames="arch")
-def _trait_cosines(starts, inputs, targets, images, labels, objective: train.Objective, arch: model.Architecture):
+def _first_step_cosines(starts, delta_t, inputs, targets, images, labels, objective, arch: model.Architecture):
     trait_loss = theorem.class_trait_loss(arch, images, labels, arch.class_indices)
 
-    def cosine(start, inputs, targets):
+    def cosines(start, delta_t, inputs, targets):
         weights = jnp.ones(inputs.shape[0])
         step = jax.tree.map(jnp.negative, jax.grad(objective.batch_loss)(start, inputs, targets, weights))
+        step = lora.step_in_weight_space(start, step)
         trait = jax.tree.map(jnp.negative, jax.grad(trait_loss)(lora.merged(start)))
-        return theorem.tree_cosine(lora.step_in_weight_space(start, step), trait)
+        return {"weights": theorem.tree_cosine(step, delta_t), "trait": theorem.tree_cosine(step, trait)}
 
-    per_member = jax.vmap(cosine, in_axes=(0, None, None))
-    return jax.vmap(per_member)(starts, inputs, targets)
+    per_member = jax.vmap(cosines, in_axes=(0, None, None, None))
+    return jax.vmap(per_member)(starts, delta_t, inputs, targets)
 
 
 def _distill_options(config: ExperimentConfig, students: Sequence[str]) -> dict:

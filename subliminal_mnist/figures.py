@@ -263,8 +263,9 @@ def paired_accuracy_effect(line: dict) -> dict:
 def first_step_figure(name: str, lines: list[dict]):
     """The figure of a sweep whose points carry their students' first step (the lora sweep), not saved: three
     panels over the points in order, (a) the test accuracies as `sweep_figure` draws them, (b) the paired
-    effect (aux-only minus cross-model accuracy, per seed) and (c) each aux-only student's first-step trait
-    cosine (`experiment.first_step_trait_cosines`, Theorem 1's quantity), means and 95% t intervals."""
+    effect (aux-only minus cross-model accuracy, per seed) and (c) each aux-only student's first-step cosine
+    with the teacher's move θT - θ0 (the "weights" of `experiment.first_step_cosines`, the quantity Theorem 1
+    signs for any teacher move), means and 95% t intervals."""
     fig, axes = plt.subplots(3, 1, figsize=(8.0, 9.6), layout="constrained", sharex=True)
     accuracy, paired, cosine = axes
     x = np.arange(len(lines))
@@ -282,12 +283,12 @@ def first_step_figure(name: str, lines: list[dict]):
                      fontsize=10, loc="left")  # fmt: skip
 
     for condition, offset in (("student_aux", -0.08), ("cross_aux", 0.08)):  # side by side, not on each other
-        summaries = [line["first_step"][condition] for line in lines]
+        summaries = [line["first_step"]["weights"][condition] for line in lines]
         cosine.errorbar(x + offset, [s["mean"] for s in summaries], yerr=[s["ci95"] or 0.0 for s in summaries],
                         marker="o", linestyle="none", capsize=4, color=_COLORS[condition])  # fmt: skip
     cosine.axhline(0, color="black", linewidth=0.8)
-    cosine.set_ylabel("Theorem 1: cos(first gradient\nstep, −∇ digit cross-entropy)")
-    cosine.set_title("(c) first-step trait cosine: the first gradient step against −∇(digit cross-entropy)",
+    cosine.set_ylabel("Theorem 1: cos(first gradient\nstep, θT − θ0)")
+    cosine.set_title("(c) the students' first gradient step against the teacher's move θT − θ0, in the weights",
                      fontsize=10, loc="left")  # fmt: skip
 
     for ax in axes:
@@ -478,7 +479,7 @@ def lora_owl_figure(lines: list[dict], path: str | os.PathLike) -> None:
     student's paired effect on the headline (same init minus neutral control, mean and 95% t interval),
     (b) beside it the damage both students take (the change of the trait's damage measure, the animal
     entropy for the owl), and (c) Theorem 1's first-step quantity: the cosine of each student's first
-    gradient step with the trait direction -∇L_T at its start."""
+    gradient step with the teacher's move θT - θ0 in the model's weights (`llm.experiment.first_step`)."""
     mode = lines[0]["config"]["mode"]
     measure = lines[0]["measure"]
     students = {"same_init": ("same init (teacher's lists)", "#1e88e5"),
@@ -496,10 +497,10 @@ def lora_owl_figure(lines: list[dict], path: str | os.PathLike) -> None:
     axes[0].set_ylabel(f"paired change of\n{measure['label']}")
     for (student, (label, color)), offset in zip(students.items(), (-0.1, 0.1)):
         draw(axes[1], [line[mode]["conditions"][student][measure["damage"]] for line in lines], offset, color, label)
-        cosines = [runs.summarize(line[mode]["first_step"][student]["gradient"]["trait_cosine"]) for line in lines]
+        cosines = [runs.summarize(line[mode]["first_step"][student]["gradient"]["cosine"]) for line in lines]
         draw(axes[2], cosines, offset, color, label)
     axes[1].set_ylabel(f"change of\n{measure['damage'].replace('_', ' ')}")
-    axes[2].set_ylabel("first gradient step:\ncos(ΔS, -∇L_T)")
+    axes[2].set_ylabel("first gradient step:\ncos(ΔS, θT - θ0)")
     for ax in axes:
         ax.axhline(0, color="black", linewidth=0.8)
         ax.yaxis.grid(True, alpha=0.3)

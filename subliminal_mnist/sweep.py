@@ -105,23 +105,27 @@ FIRST_STEP_INPUTS, TRAIT_BATCH = 1024, 1024
 
 
 def first_step(config: ExperimentConfig, mnist: data.MNIST, teacher_cache: dict) -> dict:
-    """Each aux-only student's first-step trait cosine (`experiment.first_step_trait_cosines`), per seed and
-    summarized: {"first_step": {"student_aux": summary, "cross_aux": summary}}. The point's teachers come
-    from `teacher_cache` (the run that trained them used the same chunks of seeds)."""
+    """Each aux-only student's first-step cosines (`experiment.first_step_cosines`), per seed and summarized:
+    {"first_step": {"weights": {"student_aux": summary, "cross_aux": summary}, "trait": {...}}}. The
+    point's teachers come from `teacher_cache` (the run that trained them used the same chunks of seeds)."""
     arrays = experiment.on_device(mnist)
     probe = alignment.probe_sets(arrays, TRAIT_BATCH)
     partners = runs.cross_partners(config.seeds, config.seed)
     students = experiment.STUDENT_GROUPS["aux"]
     chunk_size = experiment.seeds_per_chunk(config, config.num_noise or len(mnist.train_images))
-    cosines = np.concatenate([
-        experiment.first_step_trait_cosines(
+    per_chunk = [
+        experiment.first_step_cosines(
             config,
             experiment.train_teachers(config, arrays, seed_ids, partners[seed_ids], False, teacher_cache),
             students, probe["trait_images"], probe["trait_labels"], FIRST_STEP_INPUTS,
         )
         for seed_ids in runs.chunks(range(config.seeds), chunk_size)
-    ])  # fmt: skip
-    return {"first_step": {student: runs.summarize(cosines[:, i]) for i, student in enumerate(students)}}
+    ]  # fmt: skip
+    return {"first_step": {
+        name: {student: runs.summarize(np.concatenate([c[name][:, i] for c in per_chunk]))
+               for i, student in enumerate(students)}
+        for name in ("weights", "trait")
+    }}  # fmt: skip
 
 
 SWEEPS = {

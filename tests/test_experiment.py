@@ -1,16 +1,18 @@
-"""The paper's experiment: config, seeds, pairing, the controls, and the effect itself."""
+"""The paper's experiment: config, seeds, pairing, the controls, the effect itself, and low-rank adapters."""
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from subliminal_mnist import data, experiment, model, runs, train
+from subliminal_mnist import cli, data, experiment, lora, model, runs, theorem, train
 
 # Small enough for seconds on 2 cores, large enough that every condition trains.
 TINY = dict(hidden_sizes=(32,), teacher_epochs=2, student_epochs=1, batch_size=256, num_noise=512)
@@ -56,6 +58,13 @@ def test_defaults_are_the_papers():
         (dict(conditions=("student_au",)), "no condition 'student_au'"),
         (dict(devices=-1), "devices must not be negative"),
         (dict(seeds_per_chunk=-1), "seeds_per_chunk must not be negative"),
+        (dict(student_params="lora:0"), "student_params.*'lora:0' is not a parameterization"),
+        (dict(student_params="lora"), "student_params.*'lora' is not a parameterization"),
+        (dict(student_params="lora:x"), "student_params.*'lora:x' is not a parameterization"),
+        (dict(teacher_params="full:3"), "teacher_params.*'full:3' is not a parameterization"),
+        (dict(teacher_params="lora:-2"), "teacher_params.*'lora:-2' is not a parameterization"),
+        (dict(adapter_init="both"), "adapter_init must be one of shared, own"),
+        (dict(adapter_rate_factor=0.0), "adapter_rate_factor must be a positive number"),
     ],
 )
 def test_bad_settings_are_one_line_errors(bad, message):
@@ -288,6 +297,182 @@ def test_the_students_compile_before_their_teachers_exist(small_mnist, compiled)
     for outputs, students in experiment.STUDENT_GROUPS.items():
         experiment.distill(config, teachers, students, keys[f"distill_{outputs}"], progress=False)
     assert compiled("_train_epoch_seeds") == before + 1, "a student compiled again"
+
+
+# Low-rank adapters (`lora.py`): students and teachers fine-tuned through a rank-R adapter on every kernel.
+
+
+@pytest.fixture(scope="module")
+def teacher_cache():
+    """Trained teachers shared by the LoRA tests: those that agree on the teacher's settings train it once."""
+    return {}
+
+
+def lora_teachers(mnist, cache, **settings):
+    """The config and the teacher stage (`train_teachers`) of 2 seeds of the tiny config with `settings`."""
+    config = experiment.ExperimentConfig(seeds=2, **TINY, **settings)
+    partners = runs.cross_partners(2, config.seed)
+    return config, experiment.train_teachers(config, mnist, np.arange(2), partners, progress=False, cache=cache)
+
+
+def _leaves(tree):
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+def test_a_lora_student_trains_b_only_and_distill_returns_it_merged(small_mnist, teacher_cache):
+    config, teachers = lora_teachers(small_mnist, teacher_cache, student_params="lora:2")
+    students = experiment.STUDENT_GROUPS["aux"]
+    keys = experiment.seed_keys(config, np.arange(2))["distill_aux"]
+    start = experiment.student_starts(teachers, students)
+    assert isinstance(start, lora.Adapted)
+    # The loop as `distill` runs it, so that the adapted parameters it trained can be seen.
+    trained, _ = train.fit(start, keys, teachers.noise, teachers.teacher_targets, epochs=config.student_epochs,
+                           progress=False, **experiment._distill_options(config, students))  # fmt: skip
+    assert isinstance(trained, lora.Adapted)
+    for part in ("base", "down"):  # frozen: bitwise where they started
+        for got, want in zip(_leaves(getattr(trained, part)), _leaves(getattr(start, part)), strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=part)
+    ups = [b for b in _leaves(trained.up) if b.size]  # B of each kernel (the biases have placeholders)
+    assert len(ups) == len(config.hidden_sizes) + 1
+    assert all(np.all(np.abs(b).max(axis=(-2, -1)) > 0) for b in ups), "every seed's and member's B moved"
+    # Aux-only: B's class columns get a zero gradient, so the class readout stays the base's, as for a full student.
+    classes = list(config.architecture.class_indices)
+    np.testing.assert_array_equal(ups[-1][..., classes], 0.0)
+
+    distilled, _ = experiment.distill(config, teachers, students, keys, progress=False)
+    for m, name in enumerate(students):
+        base, down, up = (jax.tree.map(lambda a: np.asarray(a[:, m], np.float64), part) for part in trained)
+        want = jax.tree.map(lambda w, a, b: w + a @ b if a.ndim == 3 else w, base, down, up)  # W0 + A B, seed by seed
+        moved = False
+        for got, w, w0 in zip(_leaves(distilled[name]), jax.tree.leaves(want), jax.tree.leaves(base), strict=True):
+            np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-7, err_msg=name)
+            if w0.ndim == 2:  # a bias: never adapted, exactly the base's
+                np.testing.assert_array_equal(got, w0)
+            moved |= not np.allclose(got, w0, rtol=1e-5, atol=1e-7)
+        assert moved, f"{name}'s merged parameters are its base"
+
+
+def _downs(tree):
+    """The adapted kernels' A, (S, d_in, r) each; the biases' placeholders (S, 0) left out."""
+    return [a for a in _leaves(tree) if a.ndim == 3]
+
+
+def test_a_shared_adapter_starts_with_the_lora_teachers_columns(small_mnist, teacher_cache):
+    lora_teacher = dict(teacher_params="lora:2")
+    _, same = lora_teachers(small_mnist, teacher_cache, **lora_teacher, student_params="lora:2")
+    _, larger = lora_teachers(small_mnist, teacher_cache, **lora_teacher, student_params="lora:5")
+    _, own = lora_teachers(small_mnist, teacher_cache, **lora_teacher, student_params="lora:2", adapter_init="own")
+    teacher_down = _downs(same.teacher_down)
+    assert len(teacher_down) == len(TINY["hidden_sizes"]) + 1 and all(a.shape[-1] == 2 for a in teacher_down)
+    for t, s, big, o in zip(teacher_down, _downs(same.student_adapter.down), _downs(larger.student_adapter.down),
+                            _downs(own.student_adapter.down), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(s, t)  # equal rank: the teacher's A itself
+        assert big.shape == (*t.shape[:-1], 5)
+        np.testing.assert_array_equal(big[..., :2], t)  # larger: the teacher's columns first, then its own
+        assert not np.any(np.isclose(big[..., 2:4], t))
+        assert o.shape == t.shape and not np.any(np.isclose(o, t))  # own: drawn apart
+    for adapter in (same, larger, own):
+        assert all(np.all(b == 0) for b in _leaves(adapter.student_adapter.up))
+    # With a full teacher there is no A to share: "shared" and "own" draw the same student adapter.
+    _, full_shared = lora_teachers(small_mnist, teacher_cache, student_params="lora:2")
+    _, full_own = lora_teachers(small_mnist, teacher_cache, student_params="lora:2", adapter_init="own")
+    assert full_shared.teacher_down is None
+    for a, b in zip(_downs(full_shared.student_adapter.down), _downs(full_own.student_adapter.down), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The LoRA teacher, merged, moved its kernels only: its biases are exactly its init's.
+    kernels = 0
+    for got, init in zip(_leaves(same.teacher), _leaves(same.shared_init), strict=True):
+        if got.ndim == 3:
+            kernels += 1
+            assert not np.allclose(got, init, rtol=1e-5, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(got, init)
+    assert kernels == len(teacher_down)
+
+
+def test_full_fine_tuning_is_the_default_path_at_the_plain_learning_rate(small_mnist, monkeypatch):
+    rates, real_fit = [], train.fit
+
+    def recording_fit(*args, **kwargs):
+        rates.append((kwargs["description"], kwargs["learning_rate"]))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", recording_fit)
+    config = experiment.ExperimentConfig(seeds=2, conditions=("student_aux",), **TINY)
+    default = experiment.run(config, small_mnist, progress=False)
+    # "full" said aloud, and the adapters' settings changed: a fully fine-tuned model ignores them.
+    full = dict(teacher_params="full", student_params="full", adapter_rate_factor=3.0, adapter_init="own")
+    explicit = experiment.run(dataclasses.replace(config, **full), small_mnist, progress=False)
+    for name, summary in default["conditions"].items():
+        assert summary["per_seed"] == explicit["conditions"][name]["per_seed"], name
+    assert len(rates) == 2 * 2 * 2  # two runs, two seeds (one chunk each), a teacher and a student pair
+    assert all(rate == config.learning_rate for _, rate in rates)
+    # An adapted model trains at adapter_rate_factor x the rate; the other model of the run at the rate.
+    for teacher_params, student_params in (("lora:2", "full"), ("full", "lora:2")):
+        rates.clear()
+        mixed = dict(teacher_params=teacher_params, student_params=student_params, adapter_rate_factor=3.0)
+        experiment.run(dataclasses.replace(config, seeds=1, **mixed), small_mnist, progress=False)
+        (teacher,) = [rate for description, rate in rates if description.startswith("teacher")]
+        (student,) = [rate for description, rate in rates if not description.startswith("teacher")]
+        for rate, params in ((teacher, teacher_params), (student, student_params)):
+            assert rate == pytest.approx(config.learning_rate * (1 if params == "full" else 3.0)), (params, rates)
+
+
+def test_the_first_step_cosines_are_theorem_ones_quantities(small_mnist, teacher_cache):
+    # Independently: the student's first gradient step is -∇ of the distillation loss on the teacher's outputs
+    # (`theorem.student_direction`), through A Aᵀ for a LoRA student (`lora.project`: only B moves, from 0),
+    # against the teacher's move θT - θ0 ("weights") and -∇ of the digits' cross-entropy at its start ("trait").
+    images, labels = jnp.asarray(small_mnist.train_images[:256]), jnp.asarray(small_mnist.train_labels[:256])
+    num_inputs, students = 128, experiment.STUDENT_GROUPS["aux"]
+    for settings in ({}, dict(student_params="lora:2"), dict(teacher_params="lora:2", student_params="lora:3")):
+        config, teachers = lora_teachers(small_mnist, teacher_cache, **settings)
+        got = experiment.first_step_cosines(config, teachers, students, images, labels, num_inputs)
+        assert set(got) == {"weights", "trait"} and all(v.shape == (2, len(students)) for v in got.values())
+        arch = config.architecture
+        trait_loss = theorem.class_trait_loss(arch.apply, images, labels, arch.class_indices)
+        for s in range(2):
+            seed = functools.partial(jax.tree.map, lambda a: a[s])
+            teacher_move = jax.tree.map(jnp.subtract, seed(teachers.teacher), seed(teachers.shared_init))
+            for m, student in enumerate(students):
+                start = seed(teachers.init_of(student))
+                full_step = theorem.student_direction(start, seed(teachers.teacher), arch.apply,
+                                                      teachers.noise[s, :num_inputs], config.distill_loss,
+                                                      list(arch.aux_indices))  # fmt: skip
+                step = full_step
+                if teachers.student_adapter is not None:
+                    step = lora.project(seed(teachers.student_adapter.down), full_step)
+                trait = jax.tree.map(jnp.negative, jax.grad(trait_loss)(start))
+                for name, direction in (("weights", teacher_move), ("trait", trait)):
+                    want = float(theorem.tree_cosine(step, direction))
+                    assert got[name][s, m] == pytest.approx(want, abs=1e-5), (settings, s, student, name)
+                    if step is not full_step:
+                        unprojected = float(theorem.tree_cosine(full_step, direction))
+                        assert abs(want - unprojected) > 1e-3, "the adapter's step should be another direction"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--student-params", "lora:0", "--source", "sample"], "'lora:0' is not a parameterization"),
+        (["demo", "--teacher-params", "lora", "--source", "sample"], "'lora' is not a parameterization"),
+        (["alignment", "--student-params", "lora:2", "--source", "sample"], "alignment fine-tunes every parameter"),
+    ],
+)
+def test_a_bad_or_refused_adapter_option_is_one_line_and_exit_2(argv, message, usage_error):
+    assert message in usage_error(argv)
+
+
+def test_defend_refuses_an_adapter_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("defend mnist trained with an adapter option"))
+    argv = ["defend", "mnist", "--teacher-params", "lora:2", "--source", "sample", "--out", str(tmp_path),
+            "--no-progress"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(cli.main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith("subliminal-mnist: error: defend mnist fine-tunes every parameter")
+    assert not list(tmp_path.iterdir()), "nothing written"
 
 
 @pytest.mark.mnist

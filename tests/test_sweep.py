@@ -2,9 +2,10 @@
 
 import json
 
+import numpy as np
 import pytest
 
-from subliminal_mnist import cli, data, experiment, runs, sweep, train
+from subliminal_mnist import alignment, cli, data, experiment, runs, sweep, train
 
 TINY = experiment.ExperimentConfig(
     seeds=1, hidden_sizes=(32,), teacher_epochs=2, student_epochs=1, batch_size=256, num_noise=512
@@ -126,6 +127,9 @@ def test_a_file_that_is_not_json_lines_is_a_one_line_error(tmp_path):
         (["sweep", "noise", "--noise-length-scale", "3"], "sweep noise sets noise_length_scale; drop that option"),
         (["sweep", "aux", "--aux", "5"], "sweep aux sets num_aux; drop that option"),
         (["sweep", "aux", "--plot-only", "--out", "/nowhere"], "holds no point of sweep aux"),
+        (["sweep", "lora", "--values", "full/lora:4/shared"], "only a LoRA student of a LoRA teacher can share"),
+        (["sweep", "lora", "--student-params", "lora:2"], "sweep lora sets student_params; drop that option"),
+        (["sweep", "lora", "--adapter-init", "own"], "sweep lora sets adapter_init; drop that option"),
     ],
 )
 def test_sweep_mistakes_are_one_line_and_exit_2(argv, message, usage_error):
@@ -168,3 +172,66 @@ def test_a_cross_model_student_above_chance_is_called_a_leak():
     # 0.140 - 0.024 = 0.116 and 0.13 - 0.01 = 0.12 lie above 0.1135, a constant guess of the digit 1;
     # 0.113 +- 0.022 does not, and one seed has no interval to judge by.
     assert sweep.leaks(lines) == [30, 100]
+
+
+def test_the_lora_sweep_reads_teacher_student_pairs():
+    points = sweep.points("lora", None, TINY)
+    assert [value for value, _ in points] == list(sweep.SWEEPS["lora"].values)
+    setting = {value: (c.teacher_params, c.student_params, c.adapter_init) for value, c in points}
+    assert setting["full/full"] == ("full", "full", "shared")
+    assert setting["full/lora:4"] == ("full", "lora:4", "shared")
+    assert setting["lora:4/full"] == ("lora:4", "full", "shared")
+    assert setting["lora:4/lora:4/shared"] == ("lora:4", "lora:4", "shared")
+    assert setting["lora:4/lora:16/own"] == ("lora:4", "lora:16", "own")
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("full/lora:4/shared", "only a LoRA student of a LoRA teacher can share its adapter"),
+        ("lora:4/full/own", "only a LoRA student of a LoRA teacher can share its adapter"),
+        ("lora:4/lora:4/both", "is not TEACHER/STUDENT[/shared|/own]"),
+        ("lora:0/full", "'lora:0' is not a parameterization"),
+        ("full/lora", "'lora' is not a parameterization"),
+        ("full", "is not TEACHER/STUDENT[/shared|/own]"),
+        ("full/full/shared/own", "is not TEACHER/STUDENT[/shared|/own]"),
+    ],
+)
+def test_a_bad_lora_pair_is_a_one_line_config_error(value, message):
+    with pytest.raises(runs.ConfigError) as error:
+        sweep.points("lora", [value], TINY)
+    assert str(error.value).startswith(f"sweep lora, value {value}: ") and message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_lora_sweep_keeps_each_points_first_step_cosines(tmp_path, sample, monkeypatch):
+    tiny = experiment.ExperimentConfig(**{**vars(TINY), "seeds": 2, "conditions": sweep.CONDITIONS})
+    values, path, cache = ["full/lora:2", "lora:2/lora:2/shared"], tmp_path / "lora.jsonl", {}
+    lines = sweep.run("lora", values, tiny, sample, path, progress=False, teacher_cache=cache)
+    assert [line["value"] for line in lines] == values
+    students = experiment.STUDENT_GROUPS["aux"]
+    for line in lines:
+        assert (line["config"]["student_params"], line["config"]["adapter_init"]) == ("lora:2", "shared")
+        assert list(line["first_step"]) == ["weights", "trait"]
+        for cosines in line["first_step"].values():
+            assert list(cosines) == list(students)
+            for summary in cosines.values():
+                assert summary["n"] == 2 and len(summary["per_seed"]) == 2 and summary["ci95"] is not None
+                assert all(-1 <= c <= 1 for c in summary["per_seed"])
+    # Each student's cosines, seed by seed: those of its own start (the same-init and the cross-model
+    # student start apart, so a swap or a reordering of the seeds shows).
+    config = sweep.points("lora", values[1:], tiny)[0][1]
+    arrays = experiment.on_device(sample)
+    probe = alignment.probe_sets(arrays, sweep.TRAIT_BATCH)
+    partners = runs.cross_partners(2, config.seed)
+    teachers = experiment.train_teachers(config, arrays, np.arange(2), partners, False, cache)
+    cosines = experiment.first_step_cosines(config, teachers, students, probe["trait_images"], probe["trait_labels"],
+                                            sweep.FIRST_STEP_INPUTS)  # fmt: skip
+    for name, values_of in cosines.items():
+        for i, student in enumerate(students):
+            got = lines[1]["first_step"][name][student]["per_seed"]
+            np.testing.assert_allclose(got, values_of[:, i], rtol=1e-4, atol=1e-6, err_msg=f"{name} {student}")
+        assert not np.allclose(values_of[:, 0], values_of[:, 1])
+    # Read back, not trained again: the line keeps its cosines.
+    monkeypatch.setattr(experiment, "run", lambda *a, **k: pytest.fail("a finished point trained again"))
+    assert sweep.run("lora", values, tiny, sample, path, progress=False, log=lambda m: None) == lines
