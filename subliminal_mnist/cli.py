@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the points, each full or lora:R (default: the issue's 11, full/full ... lora:4/lora:16/own)",
     )  # fmt: skip
     lora_cmd.add_argument(
-        "--out", default=".", help="folder of sweep_lora_owl.jsonl (resumed if there) and sweep_lora_owl.png (default: .)"
+        "--out", default=".",
+        help="folder of sweep_lora_owl_MODE.jsonl (resumed if there) and sweep_lora_owl_MODE.png (default: .)",
     )
     lora_cmd.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
     lora_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -460,8 +461,9 @@ def _llm_lora(args: argparse.Namespace) -> int:
         raise runs.ConfigError(f"llm-lora sets {conflicts[0]} itself; drop that option")
     base = LLMConfig(**options)
     configs = [dose.lora_config(base, value) for value in args.values]  # a bad value fails before any training
-    out = pathlib.Path(args.out)
-    lines_path, figure_path = out / "sweep_lora_owl.jsonl", out / "sweep_lora_owl.png"
+    # One set of files per mode (sweep_lora_owl_soft.*, sweep_lora_owl_hard.*), as the owl's defenses.
+    out, mode = pathlib.Path(args.out), configs[0].mode
+    lines_path, figure_path = out / f"sweep_lora_owl_{mode}.jsonl", out / f"sweep_lora_owl_{mode}.png"
     if args.plot_only:
         lines = dose.drawn_lora_lines(configs, lines_path)
     else:
