@@ -124,6 +124,7 @@ def test_the_pages_quote_the_commands_they_are_about():
     quoted = {page: quoted_commands((ROOT / page).read_text()) for page in PAGES}
     assert "demo" in quoted["README.md"] and "defend mnist" in quoted["docs/defenses.md"]
     assert "llm --trait misaligned" in quoted["docs/misaligned.md"]
+    assert "sweep lora --out figures" in quoted["docs/lora.md"] and "llm-lora --out figures" in quoted["docs/lora.md"]
     # A shell line continued with a backslash is one command.
     assert quoted_commands("```bash\nsubliminal-mnist defend owl --mode hard \\\n  --defenses sort\n```") == [
         "defend owl --mode hard --defenses sort"
@@ -136,7 +137,7 @@ def test_the_pages_quote_the_commands_they_are_about():
 
 
 def test_the_docs_directory_has_a_page_per_topic():
-    topics = {"mnist", "theorem", "alignment", "owl", "misaligned", "sweeps", "defenses", "speed", "teaching"}
+    topics = {"mnist", "theorem", "alignment", "owl", "misaligned", "sweeps", "defenses", "lora", "speed", "teaching"}
     assert {f"docs/{topic}.md" for topic in topics} <= set(PAGES)
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 150
