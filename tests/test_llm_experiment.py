@@ -1,15 +1,19 @@
-"""The owl experiment: settings, data preparation, students through the one loop, a small run end to end."""
+"""The owl experiment: settings, data preparation, students through the one loop, a small run end to end;
+teachers and students through a low-rank adapter."""
 
 import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from subliminal_mnist import runs, train
+from subliminal_mnist import lora, runs, theorem, train
 from subliminal_mnist.llm import corpus, sampling, traits
 from subliminal_mnist.llm import experiment as llm
+from subliminal_mnist.llm.transformer import AtPositions, at_positions
 from subliminal_mnist.llm.vocab import Vocabulary
 
 # Small enough for a short run on 2 cores, large enough that the models write number lists and that a
@@ -317,3 +321,190 @@ def test_fewer_conditions_train_fewer_models_and_leave_the_others_as_they_were(m
         assert soft["conditions"][condition]["misaligned_rate"]["per_seed"][0] == pytest.approx(
             mini_run["modes"]["soft"]["conditions"][condition]["misaligned_rate"]["per_seed"][0], abs=1e-6
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Low-rank adapters (`lora.py`): teachers and students of the owl fine-tuned through a rank-R adapter.
+
+# MINI with LoRA teachers and students (rank 2; the student's A shared with the teachers'), and fewer lists.
+LORA = dict(MINI, teacher_params="lora:2", student_params="lora:2", soft_sequences=64)
+
+
+def _is_kernel(path) -> bool:
+    return "kernel" in jax.tree_util.keystr(path)
+
+
+def _moved(after, before) -> dict[str, tuple[bool, bool]]:
+    """Each leaf's path: (whether it is a kernel, whether any of its entries changed)."""
+    moved = jax.tree_util.tree_map_with_path(
+        lambda path, a, b: (jax.tree_util.keystr(path), _is_kernel(path), bool(np.any(np.asarray(a) != np.asarray(b)))),
+        after,
+        before,
+    )
+    leaves = jax.tree.leaves(moved, is_leaf=lambda x: isinstance(x, tuple))
+    return {name: (kernel, changed) for name, kernel, changed in leaves}
+
+
+def _outside_span(down, after, before) -> list[float]:
+    """For each adapted leaf, ‖(I - A A⁺) ΔW‖ / ‖ΔW‖ (ΔW = after - before): 0 when ΔW lies in A's columns."""
+    out = []
+    for a, w, w0 in zip(jax.tree.leaves(down), jax.tree.leaves(after), jax.tree.leaves(before)):
+        if a.ndim == 2:
+            a, delta = np.asarray(a, np.float64), np.asarray(w, np.float64) - np.asarray(w0, np.float64)
+            out.append(float(np.linalg.norm(delta - a @ np.linalg.pinv(a) @ delta) / np.linalg.norm(delta)))
+    return out
+
+
+def _teacher_down(config, base, seed_id=0):
+    """The teachers' A as `lora` draws it from the seed's teacher_adapter stream, independently of `adapted`."""
+    return lora.init(llm.stream_key(config, seed_id, "teacher_adapter"), base, lora.rank_of(config.teacher_params)).down
+
+
+@pytest.fixture(scope="module")
+def lora_models():
+    """Seed 0 of a LoRA-teacher run: its base, an untrained other start, both teachers (the starts their
+    fine-tunings got recorded), and their number lists."""
+    config = llm.LLMConfig(**LORA)
+    base = llm.train_base(config, 0, QUIET)
+    starts, real_fit = [], llm._fit_next_tokens
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llm, "_fit_next_tokens", lambda c, s, *a, **k: starts.append(s) or real_fit(c, s, *a, **k))
+        teacher, neutral = (llm.train_teacher(config, base, 0, QUIET, neutral=n) for n in (False, True))
+    models = {"base": base, "cross_base": config.architecture.init(jax.random.key(7)), "teacher": teacher,
+              "neutral": neutral}  # fmt: skip
+    numbers = llm.number_data(config, {m: models[m] for m in ("teacher", "neutral")}, 0, 64, "soft", QUIET)
+    return config, models, numbers, starts
+
+
+def test_lora_teachers_move_only_their_kernels_and_share_the_seeds_one_adapter(lora_models):
+    config, models, _, starts = lora_models
+    base = models["base"]
+    for name in ("teacher", "neutral"):
+        moved = _moved(models[name], base)
+        # Embeddings, norms' scales and biases exactly the base's; every kernel (the unembedding too) moved.
+        assert all(changed == kernel for kernel, changed in moved.values()), (name, moved)
+    # Both fine-tunings started from the base through one A, the seed's teacher_adapter stream's, with B = 0.
+    assert len(starts) == 2 and all(isinstance(start, lora.Adapted) for start in starts)
+    want = _teacher_down(config, base)
+    for start in (*starts, llm.adapted(config, base, 0, "teacher")):
+        jax.tree.map(np.testing.assert_array_equal, start.down, want)
+        jax.tree.map(np.testing.assert_array_equal, start.base, base)
+        assert not any(np.any(np.asarray(b)) for b in jax.tree.leaves(start.up))
+    # And what each teacher learnt lies in A's columns: it was trained through it (a rank-2 A of 16 or 64 rows
+    # leaves most of a free move outside).
+    for name in ("teacher", "neutral"):
+        assert max(_outside_span(want, models[name], base)) < 1e-4, name
+
+
+def test_a_students_adapter_is_the_teachers_when_shared_its_own_otherwise_and_none_when_full():
+    config = llm.LLMConfig(**LORA)
+    params = config.architecture.init(jax.random.key(0))
+    teachers = _teacher_down(config, params)
+    shared = llm.adapted(config, params, 0, "student")
+    own = llm.adapted(dataclasses.replace(config, adapter_init="own"), params, 0, "student")
+    assert isinstance(shared, lora.Adapted) and isinstance(own, lora.Adapted)
+    jax.tree.map(np.testing.assert_array_equal, shared.down, teachers)  # exactly the teachers' A
+    adapted_leaves = [(o, t) for o, t in zip(jax.tree.leaves(own.down), jax.tree.leaves(teachers)) if t.ndim == 2]
+    assert all(not np.allclose(o, t) for o, t in adapted_leaves), "an own A is drawn apart, on every kernel"
+    for student in (shared, own):
+        jax.tree.map(np.testing.assert_array_equal, student.base, params)
+        assert not any(np.any(np.asarray(b)) for b in jax.tree.leaves(student.up))
+    # Another seed's teachers have another A.
+    other_seed = llm.adapted(config, params, 1, "student").down
+    assert not np.allclose(jax.tree.leaves(other_seed)[0], jax.tree.leaves(teachers)[0])
+    # A full teacher has no columns to share: shared and own are the same A, the student_adapter stream's.
+    full_teacher = dataclasses.replace(config, teacher_params="full")
+    downs = [llm.adapted(dataclasses.replace(full_teacher, adapter_init=i), params, 0, "student").down
+             for i in ("shared", "own")]  # fmt: skip
+    jax.tree.map(np.testing.assert_array_equal, *downs)
+    students = lora.init(llm.stream_key(config, 0, "student_adapter"), params, 2).down
+    jax.tree.map(np.testing.assert_array_equal, downs[0], students)
+    # Full fine-tuning: the parameters themselves, for a student and for a teacher.
+    full = dataclasses.replace(config, teacher_params="full", student_params="full")
+    assert llm.adapted(full, params, 0, "student") is params and llm.adapted(full, params, 0, "teacher") is params
+
+
+def test_lora_students_train_one_adapter_at_the_adapter_rate_and_return_merged(lora_models, monkeypatch):
+    config, models, numbers, _ = lora_models
+    config = dataclasses.replace(config, adapter_rate_factor=4.0)
+    conditions = ("same_init", "neutral_control", "cross_init")
+    data = llm.student_data(config, "soft", models, numbers, 0, QUIET, conditions)
+    starts = {name: models[name] for name in ("base", "cross_base")}
+    fits, real_fit = [], train.fit
+    monkeypatch.setattr(train, "fit", lambda p, *a, **k: fits.append((p, k["learning_rate"])) or real_fit(p, *a, **k))
+    students = llm.train_students(config, "soft", starts, data, 0, QUIET, conditions=conditions)
+    assert sorted(students) == sorted(conditions)
+    assert len(fits) == 2  # the teacher's lists (same_init, cross_init), the neutral teacher's (neutral_control)
+    assert all(isinstance(params, lora.Adapted) for params, _ in fits)
+    assert all(rate == config.student_learning_rate * 4.0 for _, rate in fits), [rate for _, rate in fits]
+    down = _teacher_down(config, models["base"])  # shared, of the same rank: the teachers' A exactly
+    for condition, params in students.items():
+        assert not isinstance(params, lora.Adapted), "returned merged"
+        start = starts[llm.CONDITIONS[condition][0]]
+        moved = _moved(params, start)
+        assert all(changed == kernel for kernel, changed in moved.values()), (condition, moved)
+        assert max(_outside_span(down, params, start)) < 1e-4, condition  # every member through that one A
+    # Full students: the plain parameters at exactly the student rate, and they move more than their kernels.
+    full = dataclasses.replace(config, student_params="full")
+    fits.clear()
+    (student,) = llm.train_students(full, "soft", starts, data, 0, QUIET, conditions=("same_init",)).values()
+    assert len(fits) == 1 and not isinstance(fits[0][0], lora.Adapted)
+    assert fits[0][1] == full.student_learning_rate
+    assert any(changed and not kernel for kernel, changed in _moved(student, starts["base"]).values())
+
+
+def test_a_lora_students_first_step_is_the_full_step_through_its_adapter(lora_models):
+    config, models, numbers, _ = lora_models
+    arch, delta_t = config.architecture, jax.tree.map(jnp.subtract, models["teacher"], models["base"])
+    # The trait's direction -∇L_T: the teacher's cross-entropy at the answers of its first lines (one a line).
+    lines = config.trait_spec.teacher_lines(config.vocab, llm._rng(config, 0, "teacher_lines"), config.teacher_lines)
+    trait_tokens, trait_weights = lines.tokens[: config.theorem_sequences], lines.weights[: config.theorem_sequences]
+
+    def trait_loss(params):
+        log_p = jax.nn.log_softmax(arch.apply(params, jnp.asarray(trait_tokens)), axis=-1)
+        answers = jnp.asarray(corpus.next_tokens(trait_tokens))[..., None]
+        return -jnp.sum(trait_weights * jnp.take_along_axis(log_p, answers, axis=-1)[..., 0])
+
+    direction = jax.jit(theorem.student_direction, static_argnums=(2, 4))  # compiled: faster than op by op
+    trait_gradient = jax.jit(jax.grad(trait_loss))
+
+    def independent(start, target, down, learning_rate):
+        tokens = numbers.lists[target][: config.theorem_sequences]
+        positions, weights = corpus.number_positions(config.vocab, tokens, numbers.lengths[: len(tokens)])
+        full = direction(models[start], models[target], AtPositions(arch), at_positions(tokens, positions), "kl",
+                         jnp.asarray(config.soft_outputs), jnp.asarray(weights))  # fmt: skip
+        gradient = full if down is None else lora.project(down, full)
+        # Adam's first update, of B (in A's coordinates) for a LoRA student, read in the weights.
+        moved = full if down is None else lora.in_adapter_space(down, full)
+        adam = train.optimizer(learning_rate)
+        update, _ = adam.update(jax.tree.map(jnp.negative, moved), adam.init(moved))
+        adam_step = update if down is None else lora.in_weight_space(down, update, models[start])
+        trait = jax.tree.map(jnp.negative, trait_gradient(models[start]))
+        return {name: {"dot": float(optax.tree.vdot(step, delta_t)),
+                       "cosine": float(theorem.tree_cosine(step, delta_t)),
+                       "trait_cosine": float(theorem.tree_cosine(step, trait))}
+                for name, step in (("gradient", gradient), ("adam", adam_step))}, full  # fmt: skip
+
+    students = (("same_init", "base", "teacher"), ("cross_init", "cross_base", "teacher"),
+                ("neutral_control", "base", "neutral"))  # fmt: skip
+    # A rank-3 student with an A of its own (not the teachers' rank 2), and a full student.
+    low_rank = dataclasses.replace(config, student_params="lora:3", adapter_init="own")
+    down = lora.init(llm.stream_key(config, 0, "student_adapter"), models["base"], 3).down
+    full = dataclasses.replace(config, student_params="full")
+    for settings, down, rate in ((low_rank, down, config.student_learning_rate * config.adapter_rate_factor),
+                                 (full, None, config.student_learning_rate)):  # fmt: skip
+        got = llm.first_step(settings, models, numbers, 0)
+        assert set(got) == {name for name, *_ in students}
+        for name, start, target in students:
+            want, full_step = independent(start, target, down, rate)
+            for step in ("gradient", "adam"):
+                # float32 and another program: Adam's near-sign step and the neutral control's small move
+                # amplify the last bits (its rate's factor, 10 or 1, is far outside these tolerances).
+                close = dict(cosine=1e-5, dot=1e-3) if step == "gradient" else dict(cosine=1e-4, dot=1e-2)
+                for key in ("cosine", "trait_cosine"):
+                    want_key = pytest.approx(want[step][key], abs=close["cosine"])
+                    assert got[name][step][key] == want_key, (name, step, key)
+                assert got[name][step]["dot"] == pytest.approx(want[step]["dot"], rel=close["dot"]), (name, step)
+            if down is not None:
+                unprojected = float(theorem.tree_cosine(full_step, delta_t))
+                assert abs(want["gradient"]["cosine"] - unprojected) > 1e-3, "the adapter's step is another direction"
