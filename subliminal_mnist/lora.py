@@ -189,7 +189,9 @@ def require_full(config, command: str) -> None:
     trains no adapter."""
     for name in PARAMETERIZATION_FIELDS[:2]:
         if getattr(config, name) != "full":
-            raise ConfigError(f"{command} fine-tunes every parameter; {name} lora:R is for demo and the sweeps")
+            raise ConfigError(
+                f"{command} fine-tunes every parameter; {name} lora:R is for demo, sweep lora, llm and llm-lora"
+            )
 
 
 def rank_of(parameterization: str) -> int | None:
@@ -199,5 +201,7 @@ def rank_of(parameterization: str) -> int | None:
         return None
     name, _, rank = parameterization.partition(":")
     if name != "lora" or not rank.isdigit() or int(rank) < 1:
-        raise ValueError(f"{parameterization!r} is not a parameterization: give full or lora:R with a rank R of at least 1")
+        raise ValueError(
+            f"{parameterization!r} is not a parameterization: give full or lora:R with a rank R of at least 1"
+        )
     return int(rank)

@@ -114,11 +114,12 @@ def run_lora(
     """Every LoRA point's line, trained or read back from `path` (JSON lines), in the order of `values`."""
     configs = [lora_config(base, value) for value in values]  # every value checked before anything trains
     lines, cache = runs.Lines(path), {}
-    return [
-        _point(config, "lora", f"{config.trait}.{config.mode}.{value.replace('/', '-').replace(':', '')}",
-               {"value": value}, f"lora: {value} ({config.trait}, {config.mode})", lines, cache, progress, log)  # fmt: skip
-        for value, config in zip(values, configs)
-    ]
+    out = []
+    for value, config in zip(values, configs):
+        tag = f"{config.trait}.{config.mode}.{value.replace('/', '-').replace(':', '')}"
+        label = f"lora: {value} ({config.trait}, {config.mode})"
+        out.append(_point(config, "lora", tag, {"value": value}, label, lines, cache, progress, log))
+    return out
 
 
 def drawn_lines(path: str | pathlib.Path) -> list[dict]:

@@ -381,7 +381,8 @@ def adapted(config: LLMConfig, params, seed_id: int, who: str):
     teacher_rank, shared = lora.rank_of(config.teacher_params), None
     if who == "student" and config.adapter_init == "shared" and teacher_rank is not None:
         shared = lora.init(stream_key(config, seed_id, "teacher_adapter"), params, teacher_rank).down
-    return lora.Adapted(params, *lora.init(stream_key(config, seed_id, f"{who}_adapter"), params, rank, shared_down=shared))
+    key = stream_key(config, seed_id, f"{who}_adapter")
+    return lora.Adapted(params, *lora.init(key, params, rank, shared_down=shared))
 
 
 def _rate_factor(config: LLMConfig, who: str) -> float:
@@ -712,6 +713,10 @@ def _trait_direction(arch, params, tokens, next_tokens, weights):
     loss = train.Objective(arch, next_token_loss).batch_loss
     targets = {"next": next_tokens, "weights": weights}
     return jax.tree.map(jnp.negative, jax.grad(loss)(params, tokens, targets, jnp.ones(tokens.shape[0])))
+
+
+# What `first_step` reports of each step: against ΔT (dot, cosine) and against the trait's gradient.
+_FIRST_STEP_KEYS = ("dot", "cosine", "trait_cosine")
 
 
 def first_step(config: LLMConfig, models: dict, numbers: NumberData, seed_id: int) -> dict:
@@ -1073,7 +1078,7 @@ def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, sec
         if mode == "soft":
             modes[mode]["first_step"] = {
                 name: {
-                    step: {k: [s["first_step"][name][step][k] for s in seeds] for k in ("dot", "cosine", "trait_cosine")}
+                    step: {k: [s["first_step"][name][step][k] for s in seeds] for k in _FIRST_STEP_KEYS}
                     for step in ("gradient", "adam")
                 }
                 for name in seeds[0]["first_step"]
