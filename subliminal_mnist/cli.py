@@ -446,7 +446,7 @@ def _llm_dose(args: argparse.Namespace) -> int:
     if args.plot_only:
         lines = dose.drawn_lines(lines_path)
     else:
-        dose.run(base, args.counts, lines_path, progress=not args.no_progress)
+        dose.run("dose", dose.dose_points(base, args.counts), lines_path, progress=not args.no_progress)
         lines = dose.drawn_lines(lines_path)  # every point of the file, this series and the others
     figures.llm_dose_figure(lines, figure_path)
     print(f"wrote {figure_path} from {len(lines)} points of {lines_path}")
@@ -460,14 +460,15 @@ def _llm_lora(args: argparse.Namespace) -> int:
     if conflicts:
         raise runs.ConfigError(f"llm-lora sets {conflicts[0]} itself; drop that option")
     base = LLMConfig(**options)
-    configs = [dose.lora_config(base, value) for value in args.values]  # a bad value fails before any training
+    points = dose.lora_points(base, args.values)  # a bad value fails before any training
+    configs = [point.config for point in points]
     # One set of files per mode (sweep_lora_owl_soft.*, sweep_lora_owl_hard.*), as the owl's defenses.
     out, mode = pathlib.Path(args.out), configs[0].mode
     lines_path, figure_path = out / f"sweep_lora_owl_{mode}.jsonl", out / f"sweep_lora_owl_{mode}.png"
     if args.plot_only:
         lines = dose.drawn_lora_lines(configs, lines_path)
     else:
-        lines = dose.run_lora(base, args.values, lines_path, progress=not args.no_progress)
+        lines = dose.run("lora", points, lines_path, progress=not args.no_progress)
     figures.lora_owl_figure(lines, figure_path)
     print(f"wrote {figure_path} from {len(lines)} points of {lines_path}")
     return 0

@@ -24,7 +24,7 @@ def test_points_share_their_models_resume_and_draw(tmp_path, monkeypatch):
     trained, real_base = [], llm.train_base
     monkeypatch.setattr(llm, "train_base", lambda *a, **k: trained.append(a[1]) or real_base(*a, **k))
     path = tmp_path / "llm_dose.jsonl"
-    lines = dose.run(TINY, [300, 600], path, progress=False, log=lambda message: None)
+    lines = dose.run("dose", dose.dose_points(TINY, [300, 600]), path, progress=False, log=lambda message: None)
     assert [line["hard_sequences"] for line in lines] == [300, 600]
     assert len(trained) == 2, "the bases of the second count are the first's (the seed's and its partner's)"
     assert all(line["config"]["mode"] == "hard" for line in lines)
@@ -41,12 +41,13 @@ def test_points_share_their_models_resume_and_draw(tmp_path, monkeypatch):
 
     monkeypatch.setattr(llm, "run", no_training)
     messages = []
-    again = dose.run(TINY, [300, 600], path, progress=False, log=messages.append)
+    again = dose.run("dose", dose.dose_points(TINY, [300, 600]), path, progress=False, log=messages.append)
     assert json.dumps(again) == json.dumps(lines) and "not trained again" in messages[0]
     # A soft point of the same file: its own mode and count, its own line, the same bases (cached in the
     # run that trained them, so a new run trains them again: two more).
     monkeypatch.undo()
-    soft = dose.run(dataclasses.replace(TINY, mode="soft"), [300], path, progress=False, log=lambda message: None)
+    points = dose.dose_points(dataclasses.replace(TINY, mode="soft"), [300])
+    soft = dose.run("dose", points, path, progress=False, log=lambda message: None)
     assert soft[0]["config"]["mode"] == "soft" and soft[0]["soft_sequences"] == 300
     assert set(soft[0]["soft"]["paired"]) == {"same_init_minus_neutral_control"}  # no base control in soft mode
     drawn = dose.drawn_lines(path)
@@ -125,7 +126,7 @@ def test_lora_points_train_each_parameterization_resume_and_draw(tmp_path, monke
     monkeypatch.setattr(llm, "run", lambda *a, **k: results.append(real_run(*a, **k)) or results[-1])
     monkeypatch.setattr(llm, "filters", lambda *a, **k: audits.append(a) or pytest.fail("no_audit ran the filters"))
     path = tmp_path / "sweep_lora_owl.jsonl"
-    lines = dose.run_lora(base, values, path, progress=False, log=lambda message: None)
+    lines = dose.run("lora", dose.lora_points(base, values), path, progress=False, log=lambda message: None)
     assert [line["value"] for line in lines] == values and len(path.read_text().splitlines()) == 2
     assert [(line["config"]["teacher_params"], line["config"]["student_params"]) for line in lines] == [
         ("full", "full"), ("lora:2", "lora:2")
@@ -144,7 +145,7 @@ def test_lora_points_train_each_parameterization_resume_and_draw(tmp_path, monke
     # Read back: nothing trains, the same lines.
     monkeypatch.setattr(llm, "run", _no_training)
     messages = []
-    again = dose.run_lora(base, values, path, progress=False, log=messages.append)
+    again = dose.run("lora", dose.lora_points(base, values), path, progress=False, log=messages.append)
     assert json.dumps(again) == json.dumps(lines) and "not trained again" in messages[0]
     # What --plot-only draws: the points asked for, in their order.
     configs = [dose.lora_config(base, value) for value in values]

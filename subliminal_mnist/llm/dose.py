@@ -17,6 +17,7 @@ import dataclasses
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from subliminal_mnist import lora, runs
 from subliminal_mnist.llm import experiment
@@ -43,27 +44,42 @@ def line_mode(line: dict) -> str:
     return line["config"]["mode"]
 
 
-def run(
-    base: LLMConfig,
-    counts: Sequence[int],
-    path: str | pathlib.Path,
-    progress: bool = True,
-    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
-) -> list[dict]:
-    """Every count's line, trained or read back from `path` (JSON lines), in the order of `counts`."""
-    lines, cache = runs.Lines(path), {}
-    out = []
+class Point(NamedTuple):
+    """One point of a series: its config, the tag of its checkpoint's name, what its line keeps beside the
+    run's results, and its label in the log."""
+
+    config: LLMConfig
+    tag: str
+    kept: dict
+    label: str
+
+
+def dose_points(base: LLMConfig, counts: Sequence[int]) -> list[Point]:
+    """The dose-response's points: `base` in one mode with each count of lists (`point_config`)."""
+    points = []
     for count in counts:
         config = point_config(base, count)
         what = f"{config.trait}, {config.mode}" + (f", {config.hard_loss} tokens" if config.mode == "hard" else "")
         kept = {f"{config.mode}_sequences": count, "hard_loss": config.hard_loss}
-        tag = f"{config.trait}.{config.mode}.{count}"
-        out.append(_point(config, "dose", tag, kept, f"dose: {count} lists ({what})", lines, cache, progress, log))
-    return out
+        points.append(Point(config, f"{config.trait}.{config.mode}.{count}", kept, f"dose: {count} lists ({what})"))
+    return points
+
+
+def run(
+    series: str,
+    points: Sequence[Point],
+    path: str | pathlib.Path,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> list[dict]:
+    """Every point's line of a series ("dose", `dose_points`; "lora", `lora_points`), trained or read back
+    from `path` (JSON lines), in their order. Points share the bases and teachers they agree on."""
+    lines, cache = runs.Lines(path), {}
+    return [_point(*point, series, lines, cache, progress, log) for point in points]
 
 
 def _point(
-    config: LLMConfig, series: str, tag: str, kept: dict, label: str, lines: runs.Lines, cache: dict, progress, log
+    config: LLMConfig, tag: str, kept: dict, label: str, series: str, lines: runs.Lines, cache: dict, progress, log
 ) -> dict:
     """One point of a series: its line in `lines` (`runs.point`), or the run of `config` written as one,
     with `kept` and the run's one mode. The run resumes by seed from a checkpoint beside the file,
@@ -104,22 +120,14 @@ def lora_config(base: LLMConfig, value: str) -> LLMConfig:
     )
 
 
-def run_lora(
-    base: LLMConfig,
-    values: Sequence[str],
-    path: str | pathlib.Path,
-    progress: bool = True,
-    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
-) -> list[dict]:
-    """Every LoRA point's line, trained or read back from `path` (JSON lines), in the order of `values`."""
-    configs = [lora_config(base, value) for value in values]  # every value checked before anything trains
-    lines, cache = runs.Lines(path), {}
-    out = []
-    for value, config in zip(values, configs):
+def lora_points(base: LLMConfig, values: Sequence[str]) -> list[Point]:
+    """The LoRA sweep's points (`lora_config`), each value checked before anything trains."""
+    points = []
+    for value in values:
+        config = lora_config(base, value)
         tag = f"{config.trait}.{config.mode}.{value.replace('/', '-').replace(':', '')}"
-        label = f"lora: {value} ({config.trait}, {config.mode})"
-        out.append(_point(config, "lora", tag, {"value": value}, label, lines, cache, progress, log))
-    return out
+        points.append(Point(config, tag, {"value": value}, f"lora: {value} ({config.trait}, {config.mode})"))
+    return points
 
 
 def drawn_lines(path: str | pathlib.Path) -> list[dict]:
