@@ -478,13 +478,16 @@ def lora_owl_figure(lines: list[dict], path: str | os.PathLike) -> None:
     """The owl's LoRA sweep (`llm-lora`): per point (teacher/student parameterization), (a) the treated
     student's paired effect on the headline (same init minus neutral control, mean and 95% t interval),
     (b) beside it the damage both students take (the change of the trait's damage measure, the animal
-    entropy for the owl), and (c) Theorem 1's first-step quantity: the cosine of each student's first
-    gradient step with the teacher's move θT - θ0 in the model's weights (`llm.experiment.first_step`)."""
+    entropy for the owl), and, in soft mode, (c) Theorem 1's first-step quantity: the cosine of each student's
+    first gradient step with the teacher's move θT - θ0 in the model's weights (`llm.experiment.first_step`;
+    a hard run has none: its students learn sampled tokens, not the teacher's distribution)."""
     mode = lines[0]["config"]["mode"]
     measure = lines[0]["measure"]
     students = {"same_init": ("same init (teacher's lists)", "#1e88e5"),
                 "neutral_control": ("neutral control (neutral teacher's lists)", "#fb8c00")}  # fmt: skip
-    fig, axes = plt.subplots(3, 1, figsize=(7.6, 8.4), sharex=True, layout="constrained")
+    first_step = "first_step" in lines[0][mode]
+    panels = 3 if first_step else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(7.6, 2.8 * panels), sharex=True, layout="constrained")
     x = np.arange(len(lines))
 
     def draw(ax, summaries, offset, color, label):
@@ -497,16 +500,17 @@ def lora_owl_figure(lines: list[dict], path: str | os.PathLike) -> None:
     axes[0].set_ylabel(f"paired change of\n{measure['label']}")
     for (student, (label, color)), offset in zip(students.items(), (-0.1, 0.1)):
         draw(axes[1], [line[mode]["conditions"][student][measure["damage"]] for line in lines], offset, color, label)
-        cosines = [runs.summarize(line[mode]["first_step"][student]["gradient"]["cosine"]) for line in lines]
-        draw(axes[2], cosines, offset, color, label)
+        if first_step:
+            cosines = [runs.summarize(line[mode]["first_step"][student]["gradient"]["cosine"]) for line in lines]
+            draw(axes[2], cosines, offset, color, label)
+            axes[2].set_ylabel("first gradient step:\ncos(ΔS, θT - θ0)")
     axes[1].set_ylabel(f"change of\n{measure['damage'].replace('_', ' ')}")
-    axes[2].set_ylabel("first gradient step:\ncos(ΔS, θT - θ0)")
     for ax in axes:
         ax.axhline(0, color="black", linewidth=0.8)
         ax.yaxis.grid(True, alpha=0.3)
     axes[1].legend(fontsize=8, loc="best")
-    axes[2].set_xticks(x, [line["value"] for line in lines], rotation=30, ha="right")
-    axes[2].set_xlabel("teacher / student fine-tuning: full, or a LoRA adapter of rank R\n"
+    axes[-1].set_xticks(x, [line["value"] for line in lines], rotation=30, ha="right")
+    axes[-1].set_xlabel("teacher / student fine-tuning: full, or a LoRA adapter of rank R\n"
                        "(/shared: the student's A starts with the teachers'; /own: drawn apart)")  # fmt: skip
     seeds = "/".join(map(str, sorted({line["config"]["seeds"] for line in lines})))
     fig.suptitle(f"subliminal-mnist llm-lora ({lines[0]['config']['trait']}, {mode}): {seeds} seeds per point "

@@ -159,3 +159,9 @@ def test_lora_points_train_each_parameterization_resume_and_draw(tmp_path, monke
     (fig,) = drawn
     assert len(fig.axes) == 3
     assert [t.get_text() for t in fig.axes[2].get_xticklabels()] == values
+    # A hard run has no first step (its students learn sampled tokens): two panels, no error.
+    without_first_step = [{k: v for k, v in line["soft"].items() if k != "first_step"} for line in lines]
+    hard = [{**line, "config": {**line["config"], "mode": "hard"}, "hard": soft}
+            for line, soft in zip(lines, without_first_step)]  # fmt: skip
+    figures.lora_owl_figure(hard, tmp_path / "sweep_lora_owl_hard.png")
+    assert len(drawn[-1].axes) == 2
