@@ -34,3 +34,5 @@ done
 # LoRA against full fine-tuning for the owl (no MNIST needed): 11 teacher/student points, soft, 5 seeds each,
 # the treated student paired with its neutral control (docs/lora.md).
 subliminal-mnist llm-lora --out .
+subliminal-mnist llm-lora --mode hard --values full/full full/lora:4 full/lora:16 lora:4/full \
+  lora:4/lora:4/shared lora:4/lora:4/own --out .
