@@ -92,7 +92,9 @@ def main() -> int:
         sys.exit("the timed commands read full MNIST: set SUBLIMINAL_MNIST_DIR")
     reference = args.folder / "reference.json"
     if args.action == "record":
-        measured = measure(args.folder)
+        with tempfile.TemporaryDirectory() as tmp:  # the results JSON are kept in the reference, not beside it
+            measured = measure(pathlib.Path(tmp))
+        args.folder.mkdir(parents=True, exist_ok=True)
         reference.write_text(json.dumps(measured, indent=1))
         print(f"recorded {', '.join(measured['results'])} and {len(measured['seconds'])} times in {reference}")
         return 0
