@@ -329,7 +329,7 @@ class Teachers(NamedTuple):
 
     def inits_of(self, students: Sequence[str]) -> model.Params:
         """Several students' starts on a member axis after the seed axis: (S, len(students), ...)."""
-        return _on_member_axis(*[self.init_of(s) for s in students])
+        return train.stack_members(*[self.init_of(s) for s in students])
 
 
 # A seed's adapters are drawn from its init key folded with these numbers: the streams of a run
@@ -360,12 +360,6 @@ def _merged_seeds(params: lora.Adapted) -> model.Params:
 def merged(params: model.Params | lora.Adapted) -> model.Params:
     """Trained parameters (S, ...) as the model reads them: an adapted model's W0 + A B, seed by seed."""
     return _merged_seeds(params) if isinstance(params, lora.Adapted) else params
-
-
-@jax.jit
-def _on_member_axis(*params: model.Params) -> model.Params:
-    """Parameters (S, ...) -> one pytree (S, len(params), ...), in one program (eagerly: a stack per leaf)."""
-    return jax.tree.map(lambda *members: jnp.stack(members, axis=1), *params)
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "shared_layers"))
@@ -532,7 +526,7 @@ def student_starts(teachers: Teachers, students: Sequence[str]) -> model.Params 
     (`Teachers.student_adapter`): the same-init and the cross-model student differ only in their base."""
     if teachers.student_adapter is None:
         return teachers.inits_of(students)
-    return _on_member_axis(*[lora.Adapted(teachers.init_of(s), *teachers.student_adapter) for s in students])
+    return train.stack_members(*[lora.Adapted(teachers.init_of(s), *teachers.student_adapter) for s in students])
 
 
 def first_step_cosines(
@@ -675,7 +669,7 @@ def compile_students(config: ExperimentConfig, num_seeds: int, num_train: int) -
     outputs = jax.ShapeDtypeStruct((num_seeds, num_noise, len(arch.all_indices)), jnp.float32)
     noise = jax.ShapeDtypeStruct((num_seeds, num_noise, model.INPUT_SIZE), jnp.float32)
     students = STUDENT_GROUPS["aux"]
-    inits = _on_member_axis.lower(*[params] * len(students))
+    inits = train.stack_members.lower(*[params] * len(students))
     inits.compile()
     keys = seed_keys(config, np.arange(num_seeds))["distill_aux"]
     train.compile_fit(inits.out_info, keys, noise, outputs, **_distill_options(config, students))

@@ -197,6 +197,13 @@ class Penalty:
         return jnp.sum(weights * per_example) / jnp.sum(weights)
 
 
+@jax.jit
+def stack_members(*params: PyTree) -> PyTree:
+    """Several models' parameters, each with the seed axis first (S, ...), as one pytree with a member axis after
+    it (S, len(params), ...): the start of a `fit` with `members`. One program (eagerly: a stack per leaf)."""
+    return jax.tree.map(lambda *members: jnp.stack(members, axis=1), *params)
+
+
 def epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
     """A shuffled epoch as (indices, weights), both (steps, batch_size).
 

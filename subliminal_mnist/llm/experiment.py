@@ -657,7 +657,7 @@ def train_students(
         members = groups[data_name]
         inputs, targets = data[data_name]
         params, _ = train.fit(
-            _seed_axis(jax.tree.map(lambda *m: jnp.stack(m), *[starts[CONDITIONS[c][0]] for c in members])),
+            train.stack_members(*[_seed_axis(starts[CONDITIONS[c][0]]) for c in members]),
             # One key for every group: row i of each group's data (the same prompt) comes in the
             # same minibatch at the same step, so the paired students differ only by their data.
             stream_key(config, seed_id, mode)[None],
