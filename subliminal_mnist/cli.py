@@ -16,7 +16,6 @@ import sys
 from typing import Any, NoReturn, Sequence
 
 import jax
-import numpy as np
 
 from subliminal_mnist import (
     alignment,
@@ -272,18 +271,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _table(results: dict) -> str:
-    rows = [f"{'condition':<26}{'accuracy':>9}{'95% CI':>10}{'seeds':>7}"]
-    for name in (n for n in experiment.CONDITIONS if n in results["conditions"]):
-        summary = results["conditions"][name]
-        ci = f"±{summary['ci95']:.3f}" if summary["ci95"] is not None else "n/a"
-        rows.append(
-            f"{experiment.CONDITION_LABELS[name]:<26}{summary['mean']:>9.3f}{ci:>10}{len(summary['per_seed']):>7}"
-        )
-    rows.append(f"data: {results['data_source']}; {results['wall_seconds']:.0f} s")
-    return "\n".join(rows)
-
-
 def _for_data(mnist: data.MNIST, options: dict[str, Any]) -> dict[str, Any]:
     """The options for this data: on the offline sample, said loudly, its preset under the options given."""
     if not mnist.is_sample:
@@ -326,50 +313,12 @@ def _finish(args: argparse.Namespace, results: dict, checkpoint) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     return _run_experiment(
-        args, experiment.ExperimentConfig, experiment.run, figures.demo_figure, _table, resumable=True
+        args, experiment.ExperimentConfig, experiment.run, figures.demo_figure, experiment.table, resumable=True
     )
-
-
-def _alignment_table(results: dict) -> str:
-    header = ("student", "accuracy", "trait loss", "projected", "removed", "grad cos", "last-epoch distill loss")
-    rows = [f"{header[0]:<26}{header[1]:>9}{header[2]:>11}{header[3]:>10}{header[4]:>9}{header[5]:>10}{header[6]:>25}"]
-    for name, curves in results["curves"].items():
-        rows.append(
-            f"{name:<26}{results['final_test_accuracy'][name]['mean']:>9.3f}{curves['trait_loss'][-1]:>11.3f}"
-            f"{np.mean(curves['projected']):>10.0%}{np.mean(curves['removed_fraction']):>9.4f}"
-            f"{np.mean(curves['grad_cosine']):>10.4f}{np.mean(curves['loss'][-results['steps_per_epoch'] :]):>25.3e}"
-        )
-    rows.append(
-        "accuracy and trait loss at the end; projected: share of steps edited; removed: mean share of the "
-        "gradient's norm the edit removed"
-    )
-    aligned, by_epoch = results["claims"]["alignment"], results["claims"]["transfer_by_epoch"]
-    rows.append(
-        "steps whose distillation gradient descends the trait loss: "
-        f"same init {aligned['same_init_share_of_steps_aligned']:.0%}, "
-        f"cross-model {aligned['cross_model_share_of_steps_aligned']:.0%}; "
-        "whose Adam update lowers it: "
-        f"same init {aligned['same_init_share_of_updates_lowering_trait_loss']:.0%}, "
-        f"cross-model {aligned['cross_model_share_of_updates_lowering_trait_loss']:.0%}"
-    )
-    for label, key in (
-        ("accuracy gain", "accuracy_gain_per_epoch"),
-        ("trait-loss drop", "trait_loss_drop_per_epoch"),
-        ("cos(θS-θS0, θT-θ0) gain", "param_cosine_gain_per_epoch"),
-    ):
-        rows.append(f"{label} per epoch: " + ", ".join(f"{g:+.3f}" for g in by_epoch[key]))
-    if "projection" in results["claims"]:
-        answer = results["claims"]["projection"]["suppresses_transfer_without_pushing_trait_loss_up"]
-        rows.append(
-            "suppresses transfer without raising the trait loss above the unprojected cross-model student's: "
-            + (", ".join(answer) or "none of the projections")
-        )
-    rows.append(f"data: {results['data_source']}; {results['wall_seconds']:.0f} s")
-    return "\n".join(rows)
 
 
 def _alignment(args: argparse.Namespace) -> int:
-    return _run_experiment(args, alignment.AlignmentConfig, alignment.run, figures.alignment_figure, _alignment_table)
+    return _run_experiment(args, alignment.AlignmentConfig, alignment.run, figures.alignment_figure, alignment.table)
 
 
 def _llm_table(results: dict) -> str:

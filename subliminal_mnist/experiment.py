@@ -778,3 +778,16 @@ def run(
         "versions": runs.versions(),
         "wall_seconds": time.perf_counter() - start,
     }
+
+
+def table(results: dict) -> str:
+    """The results of `run` as the command prints them: each condition's accuracy, interval and seeds."""
+    rows = [f"{'condition':<26}{'accuracy':>9}{'95% CI':>10}{'seeds':>7}"]
+    for name in (n for n in CONDITIONS if n in results["conditions"]):
+        summary = results["conditions"][name]
+        ci = f"±{summary['ci95']:.3f}" if summary["ci95"] is not None else "n/a"
+        rows.append(
+            f"{CONDITION_LABELS[name]:<26}{summary['mean']:>9.3f}{ci:>10}{len(summary['per_seed']):>7}"
+        )
+    rows.append(f"data: {results['data_source']}; {results['wall_seconds']:.0f} s")
+    return "\n".join(rows)
