@@ -229,9 +229,9 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
     shared = probe_sets(mnist, config.trait_batch, config.probe_test)
     test_images, test_labels = mnist.test_images, mnist.test_labels
 
-    def chunk(seed_ids: np.ndarray, bar: train.Progress) -> tuple[dict, dict, np.ndarray]:
+    def chunk(seed_ids: np.ndarray) -> tuple[dict, dict, np.ndarray]:
         """One chunk's per-step history {name: {metric: (S, epochs, steps)}}, final and teacher accuracies."""
-        teachers = experiment.train_teachers(config, mnist, seed_ids, partners[seed_ids], bar)
+        teachers = experiment.train_teachers(config, mnist, seed_ids, partners[seed_ids])
         keys = experiment.seed_keys(config, seed_ids)
         context = {
             **per_member(shared, len(members), len(seed_ids)),
@@ -241,8 +241,9 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
             "projection": jnp.broadcast_to(codes, (len(seed_ids), len(members))),
             "random_direction": per_member(random_directions(keys["distill_aux"], teachers.shared_init), len(members)),
         }
+        recipe = dataclasses.replace(experiment.distill_recipe(config, students), hook=TraitProbe(arch))
         trained, history = experiment.distill(
-            config, teachers, students, keys["distill_aux"], bar, names=names, hook=TraitProbe(arch), context=context
+            config, teachers, students, keys["distill_aux"], recipe=recipe, context=context, names=names
         )
         histories = {name: {metric: values[:, m] for metric, values in history.items()} for m, name in enumerate(names)}
         final = {
@@ -254,11 +255,10 @@ def run(config: AlignmentConfig, mnist: data.MNIST, progress: bool = True) -> di
 
     chunk_size = experiment.seeds_per_chunk(config, config.num_noise or len(mnist.train_images))
     seed_chunks = list(runs.chunks(range(config.seeds), chunk_size))
-    total = config.seeds * (config.teacher_epochs + len(members) * config.student_epochs)
-    with train.shared_or_own(progress, total, f"{config.seeds} seeds") as bar:
+    with runs.showing(progress):
         # Compiled once here, not by each thread at its first chunk.
         experiment.compile_teachers(config, len(seed_chunks[0]), mnist)
-        per_chunk = runs.concurrently(lambda seed_ids: chunk(seed_ids, bar), seed_chunks, config.workers, bar)
+        per_chunk = runs.parallel_map(chunk, seed_chunks, config.workers, f"{config.seeds} seeds", unit="chunk")
     histories, final_accuracy, teacher_accuracy = zip(*per_chunk)
     curves = {
         name: {metric: np.concatenate([h[name][metric] for h in histories]) for metric in METRICS} for name in names

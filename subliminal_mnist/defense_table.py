@@ -160,17 +160,16 @@ def rows(settings: DefenseSettings, excluded: tuple[str, ...] = ()) -> list[Row]
 
 
 def tuned_rate(
-    loss_at: Callable[[float, bool | train.Progress], float],
+    loss_at: Callable[[float], float],
     grid: Sequence[float],
     target_loss: float,
     workers: int,
-    progress: bool | train.Progress,
     extensions: int = MATCH_EXTENSIONS,
 ) -> tuple[float, dict]:
     """The rate of the matching rule, fixed before any row runs, and its record (the line's `tuning`):
 
-    1. train every rate of `grid` (held-out loss `loss_at(rate, progress)` on the tuning seeds; inf
-       where the training diverged);
+    1. train every rate of `grid` (held-out loss `loss_at(rate)` on the tuning seeds; inf where the training
+       diverged), in `workers` threads (a row's one `runs.parallel_map`);
     2. while no two neighbouring rates bracket `target_loss` (`bracket`: one loss at or below it, one
        above, on the stable side), extend the grid beyond its end on the side that might bracket it
        (`extension`: the end rate times or over `MATCH_EXTENSION_FACTOR`), at most `extensions` times;
@@ -181,10 +180,9 @@ def tuned_rate(
     pair bracketed the target, and the rates the extensions added, in order."""
 
     def finite_loss(rate: float) -> float:
-        # A rate that diverges fails its own training only: the others go on (`Progress.child`).
-        own = progress.child() if isinstance(progress, train.Progress) else progress
+        # A rate that diverges fails its own training only: the others go on.
         try:
-            loss = loss_at(rate, own)
+            loss = loss_at(rate)
         except train.TrainingDiverged:
             return float("inf")
         # A rate so large that the parameters stay finite but the outputs overflow (measured at 1e6)
@@ -192,7 +190,7 @@ def tuned_rate(
         return loss if np.isfinite(loss) else float("inf")
 
     # Each rate's student is one stream of work: two of them fill two cores.
-    tried = dict(zip(grid, runs.concurrently(finite_loss, grid, workers, progress)))
+    tried = dict(zip(grid, runs.parallel_map(finite_loss, grid, workers, "learning rates", unit="rate")))
     added: list[float] = []
     while bracket(tried, target_loss) is None and len(added) < extensions:
         rate = extension(tried, target_loss)
@@ -363,16 +361,6 @@ def run_rows(
         effect = paired_effect(line).mean()
         log(f"{label}: same init minus control {effect:+.3f}, {line['wall_seconds']:.0f} s")
     return results
-
-
-def tuning_fits(row: Row, settings: DefenseSettings) -> int:
-    """How many students a row trains to find its learning rate (`sgd_rate`): its grid's rates (the
-    matching rule's extensions, at most `MATCH_EXTENSIONS`, may add more)."""
-    if row.name != "sgd":
-        return 0
-    if row.value == SGD_ADAM_CONTROL:
-        return len(settings.adam_grid)
-    return 0 if settings.sgd_learning_rate else len(settings.sgd_grid)
 
 
 # What each row would have shown if its defense did nothing (or, for `none`, if nothing transferred),

@@ -74,7 +74,6 @@ from subliminal_mnist.defense_table import (
     run_rows,
     sgd_rate,
     tuned_rate,
-    tuning_fits,
 )
 from subliminal_mnist.experiment import ExperimentConfig
 from subliminal_mnist.runs import ConfigError, config_field
@@ -154,7 +153,6 @@ def neutral_teachers(
     mnist: data.MNIST,
     seed_ids: np.ndarray,
     teachers: experiment.Teachers,
-    progress: bool | train.Progress,
     cache: dict,
 ) -> model.Params:
     """The neutral teachers of `seed_ids` (S, ...): each from its teacher's init (`shared_init`) by its
@@ -165,7 +163,7 @@ def neutral_teachers(
     relabelled = dataclasses.replace(mnist, train_labels=neutral_labels(config, mnist.train_labels))
     keys = experiment.seed_keys(config, seed_ids)["teacher"]
     own = cache.setdefault(("neutral teachers",), {})
-    return experiment.trained_teachers(config, relabelled, seed_ids, teachers.shared_init, keys, progress, own)
+    return experiment.trained_teachers(config, relabelled, seed_ids, teachers.shared_init, keys, own)
 
 
 def heldout_noise(config: ExperimentConfig, defenses: MnistDefenses, noise_keys: jax.Array, train_images) -> jax.Array:
@@ -195,7 +193,6 @@ def train_row(
     mnist: data.MNIST,
     seed_ids: np.ndarray,
     seeds: Seeds,
-    progress: bool | train.Progress = True,
     teacher_cache: dict | None = None,
     learning_rate: float | None = None,
 ) -> dict[str, np.ndarray]:
@@ -209,9 +206,11 @@ def train_row(
     cache = {} if teacher_cache is None else teacher_cache
     if row.name == "temperature":
         config = dataclasses.replace(config, kl_temperature=row.value)
-    teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], progress, cache)
+    teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], cache)
     keys = experiment.seed_keys(config, seed_ids)
-    loop: Callable[[int], dict] = lambda members: {}
+    # How a group of students trains, given its members: the experiment's recipe, with the row's change.
+    recipe: Callable[[Sequence[str]], train.Recipe] = functools.partial(experiment.distill_recipe, config)
+    context: Callable[[int], dict | None] = lambda members: None
     # The groups of students, each one loop: (its teachers, None for the row's own; its members; its
     # key stream). The treated student is "student_aux", its control "cross_aux".
     groups = {"aux": (None, _AUX_PAIR, "aux"), "all": (None, _USEFUL, "all")}
@@ -219,7 +218,7 @@ def train_row(
         # Every student starts from the partner's init. The treated one learns the teacher's aux outputs,
         # the control the neutral teacher's, each alone in its loop (their targets differ) with the aux
         # key stream: the same noise in the same order.
-        neutral = neutral_teachers(config, mnist, seed_ids, teachers, progress, cache)
+        neutral = neutral_teachers(config, mnist, seed_ids, teachers, cache)
         control = teachers._replace(
             teacher_targets=experiment.outputs_on(neutral, teachers.noise, arch, config.batch_size)
         )
@@ -235,39 +234,33 @@ def train_row(
             unrelated_keys = experiment.seed_keys(config, unrelated_ids)
             unrelated_init = experiment.init_seeds(unrelated_keys["init"], arch)
             unrelated = experiment.trained_teachers(
-                config, mnist, unrelated_ids, unrelated_init, unrelated_keys["teacher"], progress, cache
+                config, mnist, unrelated_ids, unrelated_init, unrelated_keys["teacher"], cache
             )
             cache[mixed_key] = experiment.outputs_on(unrelated, teachers.noise, arch, config.batch_size)
-        elif isinstance(progress, train.Progress):
-            progress.advance(len(seed_ids) * config.teacher_epochs)  # the bar counts the unrelated teacher
         mixed = cache[mixed_key]
         count = round(row.value * teachers.noise.shape[1])  # the noise is i.i.d.: its first images are a random share
         targets = jnp.concatenate([mixed[:, :count], teachers.teacher_targets[:, count:]], axis=1)
         teachers = teachers._replace(teacher_targets=targets)
     elif row.name == "sgd":
         # The SGD row proper, or its Adam control: Adam at the rate that distils as (un)well as SGD did.
-        optimizer_name = "adam" if row.value == SGD_ADAM_CONTROL else "sgd"
-        loop = lambda members: {"optimizer_name": optimizer_name, "learning_rate": learning_rate}
+        optimizer = "adam" if row.value == SGD_ADAM_CONTROL else "sgd"
+        change = {"optimizer": optimizer, "learning_rate": learning_rate}
+        recipe = lambda members: dataclasses.replace(experiment.distill_recipe(config, members), **change)
     elif row.name in ("kl_to_start", "l2_to_start"):
         weight = defenses.kl_weight if row.name == "kl_to_start" else defenses.l2_weight
         penalty = train.Penalty(row.name, weight, ramp=row.name == "kl_to_start")
-        loop = lambda members: {"penalty": penalty}
+        recipe = lambda members: dataclasses.replace(experiment.distill_recipe(config, members), penalty=penalty)
     elif row.name == "projection":
-        loop = lambda members: {
-            "hook": alignment.TraitProjection(arch),
-            "context": _projection_context(defenses, mnist, teachers, row.value, members),
-        }
+        hook = alignment.TraitProjection(arch)
+        recipe = lambda members: dataclasses.replace(experiment.distill_recipe(config, members), hook=hook)
+        context = lambda members: _projection_context(defenses, mnist, teachers, row.value, members)
 
-    def trained(group: str) -> dict[str, model.Params]:
-        own, members, stream = groups[group]
-        own = teachers if own is None else own
-        return experiment.distill(config, own, members, keys[f"distill_{stream}"], progress, **loop(len(members)))[0]
-
-    students = {
-        name: params
-        for group in runs.concurrently(trained, tuple(groups), config.workers, progress)
-        for name, params in group.items()
-    }
+    students = {}
+    for own, members, stream in groups.values():  # one group after the other: the run's threads are its chunks
+        students |= experiment.distill(
+            config, teachers if own is None else own, members, keys[f"distill_{stream}"],
+            recipe=recipe(members), context=context(len(members)),
+        )[0]  # fmt: skip
 
     def accuracy(params):
         return np.asarray(experiment.test_accuracy(params, mnist.test_images, mnist.test_labels, arch))
@@ -315,29 +308,27 @@ def matched_rate(
     seed_ids: np.ndarray,
     seeds: Seeds,
     target_loss: float,
-    optimizer_name: str,
+    optimizer: str,
     grid: Sequence[float],
-    progress: bool | train.Progress,
     teacher_cache: dict | None,
 ) -> tuple[float, dict]:
-    """The learning rate at which the treated student, trained with `optimizer_name`, has the held-out
+    """The learning rate at which the treated student, trained with `optimizer`, has the held-out
     distillation loss (mean over `seed_ids`) `target_loss`, by the matching rule (`tuned_rate`: the
     rates of `grid`, extended where none bracket the target, interpolated), and its record (every rate's
     loss, inf where the training diverged; whether a pair bracketed). Only the distillation loss
     decides, never the transfer."""
     arch = config.architecture
-    teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], progress, teacher_cache)
+    teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], teacher_cache)
     keys = experiment.seed_keys(config, seed_ids)
     noise = heldout_noise(config, defenses, keys["noise"], mnist.train_images)
+    students = ("student_aux",)
 
-    def loss_at(rate: float, progress: bool | train.Progress) -> float:
-        student = experiment.distill(
-            config, teachers, ("student_aux",), keys["distill_aux"], progress,
-            optimizer_name=optimizer_name, learning_rate=rate,
-        )[0]["student_aux"]  # fmt: skip
+    def loss_at(rate: float) -> float:
+        recipe = dataclasses.replace(experiment.distill_recipe(config, students), optimizer=optimizer, learning_rate=rate)
+        student = experiment.distill(config, teachers, students, keys["distill_aux"], recipe=recipe)[0]["student_aux"]
         return float(np.mean(heldout_distill_loss(student, teachers.teacher, noise, arch)))
 
-    return tuned_rate(loss_at, grid, target_loss, config.workers, progress)
+    return tuned_rate(loss_at, grid, target_loss, config.workers)
 
 
 def _row_fields(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> dict:
@@ -368,32 +359,20 @@ def run(
 
     def compute(row: Row, label: str, results: list[dict]) -> dict:
         extra, rate = {}, None
-        with train.shared_or_own(progress, _row_epochs(row, config, defenses), label) as bar:
-            if row.name == "sgd":
-                first = seed_chunks[0]
-                rate, extra = sgd_rate(
-                    row, defenses, results, first, "heldout_distill_loss",
-                    lambda target, optimizer_name, grid: matched_rate(
-                        config, defenses, arrays, first, seeds, target, optimizer_name, grid, bar, cache
-                    ),
-                )  # fmt: skip
-            per_chunk = runs.concurrently(
-                lambda ids: train_row(row, config, defenses, arrays, ids, seeds, bar, cache, rate),
-                seed_chunks,
-                config.workers,
-                bar,
-            )
+        if row.name == "sgd":
+            first = seed_chunks[0]
+            rate, extra = sgd_rate(
+                row, defenses, results, first, "heldout_distill_loss",
+                lambda target, optimizer, grid: matched_rate(
+                    config, defenses, arrays, first, seeds, target, optimizer, grid, cache
+                ),
+            )  # fmt: skip
+        per_chunk = runs.parallel_map(
+            lambda ids: train_row(row, config, defenses, arrays, ids, seeds, cache, rate),
+            seed_chunks, config.workers, label, unit="chunk",
+        )  # fmt: skip
         per_seed = {name: np.concatenate([c[name] for c in per_chunk]).tolist() for name in per_chunk[0]}
         return {"per_seed": per_seed, **extra, "data_source": mnist.source}
 
-    return run_rows(defenses, rows(defenses), lambda row: _row_fields(row, config, defenses), compute, path, log)
-
-
-def _row_epochs(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> int:
-    """The length of a row's progress bar: its teachers' and students' epochs, all seeds."""
-    teachers = config.teacher_epochs * (2 if row.name in ("mix", "other_init") else 1)  # + unrelated or neutral
-    students = len(_AUX_PAIR) + len(_USEFUL)
-    return (
-        config.seeds * (teachers + students * config.student_epochs)
-        + tuning_fits(row, defenses) * config.student_epochs
-    )
+    with runs.showing(progress):
+        return run_rows(defenses, rows(defenses), lambda row: _row_fields(row, config, defenses), compute, path, log)

@@ -16,13 +16,12 @@ Every stage trains all seeds of a chunk at once through the one loop in
 numbers only by the float rounding of batched against single matmuls. The
 same-init and the cross-model student of each output set train together, as
 two members of one loop on the same noise in the same order: they differ only
-in where they start. Chunks, and the two student pairs of a chunk, run in
-concurrent threads (`workers`), which changes the speed, not the numbers.
+in where they start. Chunks run in concurrent threads (`workers`, the run's one
+`runs.parallel_map`), which changes the speed, not the numbers.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import pathlib
@@ -393,7 +392,6 @@ def train_teachers(
     mnist: data.MNIST,
     seed_ids: np.ndarray,
     partner_ids: np.ndarray,
-    progress: bool | train.Progress = True,
     cache: dict | None = None,
 ) -> Teachers:
     """Inits, trained teachers and their outputs on each seed's noise, for a chunk of seeds.
@@ -411,7 +409,7 @@ def train_teachers(
     # Dispatched first: JAX runs it asynchronously, beside the teacher's training.
     noise = noise_sets(keys["noise"], config, mnist.train_images)
     cache = {} if cache is None else cache
-    trained = trained_teachers(config, mnist, seed_ids, shared_init, keys["teacher"], progress, cache)
+    trained = trained_teachers(config, mnist, seed_ids, shared_init, keys["teacher"], cache)
     teacher = merged(trained)
     teacher_down = trained.down if isinstance(trained, lora.Adapted) else None
     # LoRA students: one A per seed, from its init key, starting with the teacher's columns if shared.
@@ -451,30 +449,19 @@ def trained_teachers(
     seed_ids: np.ndarray,
     init: model.Params,
     keys: jax.Array,
-    progress: bool | train.Progress,
     cache: dict,
 ) -> model.Params:
     """The teachers of `seed_ids` (S, ...): trained from `init` with their "teacher" stream `keys`,
     or, already trained with these settings, taken from `cache` (see `train_teachers`). A LoRA teacher
     (`teacher_params` lora:R) is returned as trained, a `lora.Adapted` (`merged` gives its parameters)."""
     key = teacher_key(config, seed_ids)
-    if key in cache:
-        if isinstance(progress, train.Progress):
-            progress.advance(len(seed_ids) * config.teacher_epochs)
-    else:
+    if key not in cache:
         rank = lora.rank_of(config.teacher_params)
         if rank is not None:
             init = adapted_starts(init, seed_keys(config, seed_ids)["init"], rank, _TEACHER_ADAPTER)
-        cache[key], _ = train.fit(
-            init,
-            keys,
-            jnp.asarray(mnist.train_images),
-            jnp.asarray(mnist.train_labels),
-            epochs=config.teacher_epochs,
-            description=f"teacher ({len(seed_ids)} seeds)",
-            progress=progress,
-            **_teacher_options(config),
-        )
+        recipe = dataclasses.replace(teacher_recipe(config), name=f"teacher ({len(seed_ids)} seeds)")
+        images, labels = jnp.asarray(mnist.train_images), jnp.asarray(mnist.train_labels)
+        cache[key], _ = train.fit(init, keys, images, labels, recipe, data_axis=None)
     return cache[key]
 
 
@@ -483,21 +470,20 @@ def distill(
     teachers: Teachers,
     students: Sequence[str],
     keys: jax.Array,
-    progress: bool | train.Progress = True,
     *,
+    recipe: train.Recipe | None = None,
+    context=None,
     names: Sequence[str] | None = None,
-    **loop,
 ) -> tuple[dict[str, model.Params], dict[str, np.ndarray]]:
     """Train student conditions of a chunk on their teacher's outputs on noise, e.g. ("student_aux", "cross_aux").
 
     The students must share their outputs ("*_aux" or "*_all"). They train as
     members of one loop, each from its own init (`Teachers.init_of`), on the same
-    noise in the same order. `loop` (optional) overrides or adds settings of the loop
-    (`train.fit`): `hook=..., context=...` to watch or edit each step (the context has the
-    member axis after the seed axis), a `penalty`, another `optimizer_name` and
-    `learning_rate` (a defense, `defenses.py`). A condition may appear more than once, e.g. as several
-    members whose steps the hook edits differently (chosen by their context):
-    then `names`, one per member and distinct, key the returned parameters.
+    noise in the same order, as `recipe` says (default: `distill_recipe`; a defense
+    replaces its optimizer, learning rate or penalty, `defenses.py`; a hook watches or edits
+    each step, with `context`, which has the member axis after the seed axis). A condition may
+    appear more than once, e.g. as several members whose steps the hook edits differently (chosen
+    by their context): then `names`, one per member and distinct, key the returned parameters.
 
     Returns:
       {name: params (S, ...)}, one per member, keyed by `names` (default: the student
@@ -506,17 +492,11 @@ def distill(
     names = tuple(students if names is None else names)
     if len(names) != len(students) or len(set(names)) != len(names):
         raise ValueError(f"give one distinct name per member, got {names} for {len(students)} members")
-    options = _distill_options(config, students)
-    params, history = train.fit(
-        student_starts(teachers, students),
-        keys,
-        teachers.noise,
-        teachers.teacher_targets,
-        epochs=config.student_epochs,
-        description=f"{'+'.join(students)} ({len(keys)} seeds)",
-        progress=progress,
-        **{**options, **loop},
+    recipe = dataclasses.replace(
+        distill_recipe(config, students) if recipe is None else recipe, name=f"{'+'.join(students)} ({len(keys)} seeds)"
     )
+    starts, noise, targets = student_starts(teachers, students), teachers.noise, teachers.teacher_targets
+    params, history = train.fit(starts, keys, noise, targets, recipe, members=True, context=context)
     return {name: merged(jax.tree.map(lambda a, m=m: a[:, m], params)) for m, name in enumerate(names)}, history
 
 
@@ -551,7 +531,7 @@ def first_step_cosines(
     Returns {name: (S, len(students))}. Gradient steps, not Adam's sign-like first step (section 4)."""
     starts = student_starts(teachers, students)
     inputs, targets = teachers.noise[:, :num_inputs], teachers.teacher_targets[:, :num_inputs]
-    objective = _distill_options(config, students)["objective"]
+    objective = distill_recipe(config, students).objective
     delta_t = jax.tree.map(jnp.subtract, teachers.teacher, teachers.shared_init)
     cosines = _first_step_cosines(starts, delta_t, inputs, targets, images, labels, objective, config.architecture)
     return {name: np.asarray(values) for name, values in cosines.items()}
@@ -572,36 +552,32 @@ def _first_step_cosines(starts, delta_t, inputs, targets, images, labels, object
     return jax.vmap(per_member)(starts, delta_t, inputs, targets)
 
 
-def _distill_options(config: ExperimentConfig, students: Sequence[str]) -> dict:
-    """The loop's settings for a group of students: the distillation loss on the outputs they share."""
+def distill_recipe(config: ExperimentConfig, students: Sequence[str]) -> train.Recipe:
+    """How a group of students trains (`distill`): the distillation loss on the outputs they share, members
+    of one loop."""
     outputs = {student.rsplit("_", 1)[1] for student in students}  # "aux" or "all"
     if len(outputs) != 1:
         raise ValueError(f"students that train together must share their outputs, got {students}")
     arch = config.architecture
     indices = arch.aux_indices if outputs == {"aux"} else arch.all_indices
-    return dict(
-        objective=train.Objective(
-            _apply_fn(arch, config.student_params),
-            losses.distillation_loss(config.distill_loss, config.kl_temperature),
-            arch.output_mask(indices),
-        ),
-        learning_rate=_learning_rate(config, config.student_params),
-        batch_size=config.batch_size,
-        data_axis=0,
-        members=True,
+    objective = train.Objective(
+        _apply_fn(arch, config.student_params),
+        losses.distillation_loss(config.distill_loss, config.kl_temperature),
+        arch.output_mask(indices),
+    )
+    return train.Recipe(
+        objective, config.student_epochs, _learning_rate(config, config.student_params), config.batch_size
     )
 
 
-def _teacher_options(config: ExperimentConfig) -> dict:
-    """The loop's settings for the teachers: cross-entropy on the class logits, on MNIST shared by all seeds."""
+def teacher_recipe(config: ExperimentConfig) -> train.Recipe:
+    """How the teachers train: cross-entropy on the class logits, on MNIST (shared by all seeds)."""
     arch = config.architecture
-    return dict(
-        objective=train.Objective(
-            _apply_fn(arch, config.teacher_params), losses.cross_entropy, arch.output_mask(arch.class_indices)
-        ),
-        learning_rate=_learning_rate(config, config.teacher_params),
-        batch_size=config.batch_size,
-        data_axis=None,
+    objective = train.Objective(
+        _apply_fn(arch, config.teacher_params), losses.cross_entropy, arch.output_mask(arch.class_indices)
+    )
+    return train.Recipe(
+        objective, config.teacher_epochs, _learning_rate(config, config.teacher_params), config.batch_size
     )
 
 
@@ -634,7 +610,7 @@ def compile_teachers(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST
     keys = seed_keys(config, np.arange(num_seeds))["teacher"]
     images, labels = (jnp.asarray(a) for a in (mnist.train_images, mnist.train_labels))
     params = _abstract_params(config, num_seeds, config.teacher_params)
-    train.compile_fit(params, keys, images, labels, **_teacher_options(config))
+    train.compile_fit(params, keys, images, labels, teacher_recipe(config), data_axis=None)
 
 
 def compile_chunk(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST) -> None:
@@ -672,7 +648,7 @@ def compile_students(config: ExperimentConfig, num_seeds: int, num_train: int) -
     inits = train.stack_members.lower(*[params] * len(students))
     inits.compile()
     keys = seed_keys(config, np.arange(num_seeds))["distill_aux"]
-    train.compile_fit(inits.out_info, keys, noise, outputs, **_distill_options(config, students))
+    train.compile_fit(inits.out_info, keys, noise, outputs, distill_recipe(config, students), members=True)
 
 
 def train_conditions(
@@ -680,34 +656,22 @@ def train_conditions(
     mnist: data.MNIST,
     seed_ids: np.ndarray,
     partner_ids: np.ndarray,
-    progress: bool | train.Progress = True,
     teacher_cache: dict | None = None,
 ) -> dict[str, model.Params]:
     """The parameters of the conditions a run reports (`config.reported`), for a few seeds:
     {condition: params (len(seed_ids), ...)}.
 
     Teacher s and its same-init students start from seed s's init; its
-    cross-model students from seed partner_ids[s]'s init. The groups of students
-    (`STUDENT_GROUPS`) train in concurrent threads. `teacher_cache`: see `train_teachers`.
+    cross-model students from seed partner_ids[s]'s init. `teacher_cache`: see `train_teachers`.
     """
-    total = len(seed_ids) * epochs_per_seed(config)
-    with train.shared_or_own(progress, total, f"{len(seed_ids)} seeds") as progress:
-        teachers = train_teachers(config, mnist, seed_ids, partner_ids, progress, teacher_cache)
-        keys = seed_keys(config, seed_ids)
-        groups = runs.concurrently(
-            lambda outputs: distill(config, teachers, STUDENT_GROUPS[outputs], keys[f"distill_{outputs}"], progress)[0],
-            config.student_groups,
-            config.workers,
-            progress,
-        )
-    students = {name: params for group in groups for name, params in group.items()}
+    teachers = train_teachers(config, mnist, seed_ids, partner_ids, teacher_cache)
+    keys = seed_keys(config, seed_ids)
+    students = {}
+    for outputs in config.student_groups:
+        # One group after the other: a second thread here gained nothing (demo --seeds 1, 2 cores: 18.8-19.5 s
+        # in two threads, 18.6-18.7 s in one); the run's threads are its chunks.
+        students |= distill(config, teachers, STUDENT_GROUPS[outputs], keys[f"distill_{outputs}"])[0]
     return {"reference": teachers.shared_init, "teacher": teachers.teacher, **students}
-
-
-def epochs_per_seed(config: ExperimentConfig) -> int:
-    """Training epochs of one seed, all stages: the length of the run's progress bar per seed."""
-    students = sum(len(STUDENT_GROUPS[group]) for group in config.student_groups)
-    return config.teacher_epochs + students * config.student_epochs
 
 
 def on_device(mnist: data.MNIST) -> data.MNIST:
@@ -740,7 +704,7 @@ def run(
     arrays = on_device(mnist)
 
     def accuracies(seed_ids: np.ndarray) -> None:
-        trained = train_conditions(config, arrays, seed_ids, partners[seed_ids], bar, teacher_cache)
+        trained = train_conditions(config, arrays, seed_ids, partners[seed_ids], teacher_cache)
         per_condition = {
             name: np.asarray(test_accuracy(params, arrays.test_images, arrays.test_labels, config.architecture))
             for name, params in trained.items()
@@ -752,19 +716,15 @@ def run(
     # resumed run computes every seed exactly as an uninterrupted one; a larger chunk may differ in
     # the float rounding of batched against single matmuls.
     seed_chunks = list(runs.chunks(finished.missing(range(config.seeds)), chunk_size))
-    total = sum(len(c) for c in seed_chunks) * epochs_per_seed(config)
     if seed_chunks:
-        with train.shared_or_own(progress, total, f"{config.seeds} seeds") as bar:
-            with concurrent.futures.ThreadPoolExecutor(1) as compiler:
-                # Compiling is a third of a one-seed run. The teachers' loop compiles here while a
-                # background thread compiles the rest of a chunk's first steps, then the students'
-                # loops, while the first teachers train (students need the teachers' outputs to
-                # run, not to compile).
-                compiler.submit(compile_chunk, config, len(seed_chunks[0]), arrays)
-                compile_teachers(config, len(seed_chunks[0]), arrays)
-                # Chunks run concurrently too, so that one chunk's teacher (a single stream of
-                # work) overlaps another's students; at most `workers` chunks hold noise sets at once.
-                runs.concurrently(accuracies, seed_chunks, config.workers, bar)
+        # Compiling is a third of a one-seed run. The teachers' loop compiles here while a background
+        # thread compiles the rest of a chunk's first steps, then the students' loops, while the first
+        # teachers train (students need the teachers' outputs to run, not to compile).
+        with runs.showing(progress), runs.meanwhile(lambda: compile_chunk(config, len(seed_chunks[0]), arrays)):
+            compile_teachers(config, len(seed_chunks[0]), arrays)
+            # Chunks run concurrently, so that one chunk's teacher (a single stream of work) overlaps
+            # another's students; at most `workers` chunks hold noise sets at once.
+            runs.parallel_map(accuracies, seed_chunks, config.workers, f"{config.seeds} seeds", unit="chunk")
     per_seed = [finished.result(s) for s in range(config.seeds)]
     return {
         "conditions": {name: runs.summarize([seed[name] for seed in per_seed]) for name in config.reported},

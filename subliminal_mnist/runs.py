@@ -1,5 +1,6 @@
 """What every run shares: config fields and their errors, seeds and their partners, summaries
-with Student's t intervals, threads, and finished work kept on disk so that a run resumes.
+with Student's t intervals, the run's threads, bars and stop signal, and finished work kept on disk
+so that a run resumes.
 
 The MNIST demo, the alignment probe, the sweeps and the owl experiment import these from
 here; `experiment.py` is the paper's MNIST experiment and nothing else.
@@ -8,6 +9,8 @@ here; `experiment.py` is the paper's MNIST experiment and nothing else.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import hashlib
@@ -21,6 +24,7 @@ from typing import TypeVar
 
 import numpy as np
 from scipy import stats
+from tqdm.auto import tqdm
 
 from subliminal_mnist import files
 
@@ -227,31 +231,86 @@ def code_difference(old: dict, new: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Threads.
+# Threads, bars and the stop signal: the one place a run's scheduling lives.
+#
+# Two things every training of a run must know, without passing them through every function between the
+# run and the loop: whether bars show, and whether the run has stopped (an item failed, or Ctrl-C). They
+# are context variables: a run sets them for its own body (`showing`), `parallel_map` copies them into its
+# threads, and `train.fit` reads them at every epoch (`shown`, `check_stop`). Nothing else reads them.
+
+_SHOWN = contextvars.ContextVar("shown", default=True)
+_STOPS: contextvars.ContextVar[tuple[threading.Event, ...]] = contextvars.ContextVar("stops", default=())
 
 Item, Result = TypeVar("Item"), TypeVar("Result")
 
 
-def concurrently(work: Callable[[Item], Result], items: Sequence[Item], workers: int, progress) -> list[Result]:
-    """[work(item) for item in items], in `workers` threads.
+class Stopped(Exception):
+    """The run this work is part of stopped (another item failed, or Ctrl-C): the loop stops at its next epoch."""
 
-    JAX releases the GIL while XLA computes, so the threads really overlap. If
-    one item fails (or Ctrl-C arrives), `progress` (a `train.Progress`) is cancelled:
-    the other trainings stop at their next epoch instead of running to the end.
+
+@contextlib.contextmanager
+def showing(enabled: bool) -> Iterator[None]:
+    """Within this block, bars show if `enabled`: a run's `--no-progress` is one switch for all its loops."""
+    token = _SHOWN.set(bool(enabled) and _SHOWN.get())
+    try:
+        yield
+    finally:
+        _SHOWN.reset(token)
+
+
+def shown() -> bool:
+    """Whether this run shows its bars (`showing`)."""
+    return _SHOWN.get()
+
+
+def check_stop() -> None:
+    """Raises `Stopped` if a `parallel_map` this work runs in has stopped; the loop calls it at every epoch."""
+    if any(stop.is_set() for stop in _STOPS.get()):
+        raise Stopped
+
+
+def parallel_map(
+    work: Callable[[Item], Result], items: Sequence[Item], workers: int, description: str, unit: str = "item"
+) -> list[Result]:
+    """[work(item) for item in items], in `workers` threads, with a bar over the items.
+
+    A run's only thread pool: a command's top-level `run` maps its independent items (chunks of seeds,
+    seeds, bases, rows, grid rates) with it, and nothing called from an item opens another. JAX releases
+    the GIL while XLA computes, so the threads really overlap. If one item fails (or Ctrl-C arrives), the
+    map stops: the items not started never start, and the trainings of the others raise `Stopped` at their
+    next epoch (`check_stop`) instead of running to the end; the first failure is raised.
     """
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(work, item) for item in items]
+    stop = threading.Event()
+
+    def in_this_run(item: Item) -> Result:
+        _STOPS.set((*_STOPS.get(), stop))  # in this item's own copy of the caller's context
+        return work(item)
+
+    with (
+        concurrent.futures.ThreadPoolExecutor(workers) as pool,
+        tqdm(total=len(items), desc=description, unit=unit, leave=False, disable=not shown()) as bar,
+    ):
+        futures = [pool.submit(contextvars.copy_context().run, in_this_run, item) for item in items]
         try:
-            done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-            for future in futures:  # the first failure, not the first item, decides
-                if future in done and future.exception() is not None:
-                    raise future.exception()
+            for future in concurrent.futures.as_completed(futures):
+                future.result()  # the first failure, whichever item it is, raises here
+                bar.update(1)
             return [future.result() for future in futures]
         except BaseException:
-            progress.cancel()
+            stop.set()
             for future in futures:
                 future.cancel()
             raise
+
+
+@contextlib.contextmanager
+def meanwhile(work: Callable[[], None]) -> Iterator[None]:
+    """Runs `work()` in a background thread while the block runs, and waits for it at the block's end:
+    for work off the critical path, such as compiling a later stage while an earlier one trains."""
+    with concurrent.futures.ThreadPoolExecutor(1) as background:
+        done = background.submit(contextvars.copy_context().run, work)
+        yield
+        done.result()
 
 
 # ----------------------------------------------------------------------------------------------

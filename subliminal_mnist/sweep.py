@@ -116,7 +116,7 @@ def first_step(config: ExperimentConfig, mnist: data.MNIST, teacher_cache: dict)
     per_chunk = [
         experiment.first_step_cosines(
             config,
-            experiment.train_teachers(config, arrays, seed_ids, partners[seed_ids], False, teacher_cache),
+            experiment.train_teachers(config, arrays, seed_ids, partners[seed_ids], teacher_cache),
             students, probe["trait_images"], probe["trait_labels"], FIRST_STEP_INPUTS,
         )
         for seed_ids in runs.chunks(range(config.seeds), chunk_size)

@@ -1,26 +1,27 @@
 """The one training loop: Adam on minibatches, for the teacher, every student and the LLM.
 
 It knows nothing about MLPs or MNIST. What it fits is an `Objective`: an apply
-function, a per-example loss and a mask of the outputs the loss sees. The teacher
-is cross-entropy on the class logits against labels; a student is a
-distillation loss on the auxiliary (or all) logits against the teacher's
-outputs on noise.
+function, a per-example loss and a mask of the outputs the loss sees. How it fits
+it is a `Recipe`: the objective, epochs, learning rate, batch size, optimizer, and
+optionally a penalty and a gradient hook. The teacher is cross-entropy on the class
+logits against labels; a student is a distillation loss on the auxiliary (or all)
+logits against the teacher's outputs on noise; a defense is
+`dataclasses.replace(recipe, ...)`.
 
 Seeds are the leading axis of every array the loop carries (parameters,
 optimizer state, keys), and one epoch of all of them is a single jitted,
 `vmap`-ped `lax.scan` over minibatches. Optionally a second axis holds several
 *members* per seed, models that share the seed's data and data order. The
-Python loop is over epochs only: it advances the progress bar (which several
-loops in concurrent threads may share) and stops at the first non-finite loss.
+Python loop is over epochs only: it shows its bar, stops at the first non-finite
+loss, and stops when its run asks it to (`runs.check_stop`: another item of the
+run failed, or Ctrl-C).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import threading
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,68 +29,13 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from subliminal_mnist import losses
+from subliminal_mnist import losses, runs
 
 PyTree = Any
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-class Cancelled(Exception):
-    """The `Progress` this loop reports to was cancelled (another worker failed, or Ctrl-C)."""
-
-
-class Progress:
-    """One progress bar over the epochs of many `fit` calls, which may run in concurrent threads.
-
-    An experiment shows one bar for all its stages and seeds. `cancel()` stops
-    every loop that reports here at its next epoch, so that a failure or Ctrl-C
-    in one thread does not wait for the others to finish their training.
-    """
-
-    def __init__(self, total: int, description: str, enabled: bool = True):
-        self._bar = tqdm(total=total, desc=description, unit="epoch", disable=not enabled, leave=False)
-        self._cancelled = threading.Event()
-        self._parent: Progress | None = None
-
-    def child(self) -> "Progress":
-        """A `Progress` on the same bar with a cancel of its own, for work whose failure its caller
-        handles (a learning rate of a grid that diverges): that failure cancels the child's loops, not
-        the whole run's; cancelling the whole run still stops the child's."""
-        child = Progress.__new__(Progress)
-        child._bar, child._cancelled, child._parent = self._bar, threading.Event(), self
-        return child
-
-    def check(self) -> None:
-        """Raises `Cancelled` once `cancel()` was called (on this bar or on the one it is a child of)."""
-        if self._cancelled.is_set():
-            raise Cancelled
-        if self._parent is not None:
-            self._parent.check()
-
-    def advance(self, epochs: int = 1) -> None:
-        self._bar.update(epochs)  # tqdm serializes updates from several threads
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-@contextlib.contextmanager
-def shared_or_own(progress: bool | Progress, total: int, description: str) -> Iterator[Progress]:
-    """The shared `Progress` as it is, or a bar of this call's own (shown if `progress` is True)."""
-    if isinstance(progress, Progress):
-        yield progress
-        return
-    own = Progress(total, description, enabled=progress)
-    try:
-        yield own
-    finally:
-        own.close()
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["output_mask"], meta_fields=["apply_fn", "loss_fn"])
@@ -197,6 +143,46 @@ class Penalty:
         return jnp.sum(weights * per_example) / jnp.sum(weights)
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["objective", "epochs", "learning_rate", "penalty"],
+    meta_fields=["batch_size", "optimizer", "hook", "name"],
+)
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How the loop trains: everything but the parameters, the data and their axes.
+
+    One value, so that a stage's recipe is built once and a variant of it is
+    `dataclasses.replace(recipe, optimizer="sgd", learning_rate=...)` (a defense).
+    A pytree: the numbers (epochs, learning rate, the penalty's weight) are traced,
+    so trainings that differ only in them share one compiled epoch, which on a CPU
+    takes longer to compile than to run; batch size, optimizer and hook are static.
+
+    Attributes:
+      objective: what to minimise (`Objective`).
+      epochs: passes over the data.
+      learning_rate: the optimizer's step size.
+      batch_size: examples per step; the last batch of an epoch is partial (`epoch_batches`).
+      optimizer: "adam" (the paper's) or "sgd" (`OPTIMIZERS`).
+      penalty: optional `Penalty` toward the start, added to the loss at every step.
+      hook: optional per-step look at (and edit of) each seed's gradient (`GradientHook`).
+      name: what the epoch bar and the errors call this training.
+    """
+
+    objective: Objective
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    optimizer: str = "adam"
+    penalty: Penalty | None = None
+    hook: GradientHook | None = None
+    name: str = "train"
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"no optimizer {self.optimizer!r}; the optimizers are {', '.join(OPTIMIZERS)}")
+
+
 @jax.jit
 def stack_members(*params: PyTree) -> PyTree:
     """Several models' parameters, each with the seed axis first (S, ...), as one pytree with a member axis after
@@ -224,26 +210,20 @@ def train_epoch(
     key: jax.Array,
     inputs: PyTree,
     targets: jax.Array,
-    *,
-    objective: Objective,
-    learning_rate: float,
-    batch_size: int,
-    hook: GradientHook | None = None,
+    recipe: Recipe,
     context: PyTree = None,
-    optimizer_name: str = "adam",
-    penalty: Penalty | None = None,
     start: PyTree = None,
     epoch: jax.Array | int = 0,
-    epochs: jax.Array | int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One epoch (number `epoch` of `epochs`) for one seed: a `lax.scan` of optimizer steps.
+    """One epoch (number `epoch` of `recipe.epochs`) for one seed: a `lax.scan` of optimizer steps.
 
-    With a `penalty`, each step's loss adds its weighted value, with `start` the parameters
+    With a `recipe.penalty`, each step's loss adds its weighted value, with `start` the parameters
     the training started from; the recorded "loss" stays the objective's alone, beside "penalty".
     Returns the new state and, per step, the loss and the hook's metrics: {name: (steps,)}.
     """
-    update_rule = optimizer(learning_rate, optimizer_name)
-    indices, weights = epoch_batches(key, jax.tree.leaves(inputs)[0].shape[0], batch_size)
+    objective, penalty, hook = recipe.objective, recipe.penalty, recipe.hook
+    update_rule = optimizer(recipe.learning_rate, recipe.optimizer)
+    indices, weights = epoch_batches(key, jax.tree.leaves(inputs)[0].shape[0], recipe.batch_size)
     steps = indices.shape[0]
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -255,8 +235,8 @@ def train_epoch(
                 state.params, batch_inputs, batch_targets, batch_weights
             )
         else:
-            fraction = (epoch * steps + step_index) / (epochs * steps)
-            penalty_weight = penalty.weight_at(fraction, epochs)
+            fraction = (epoch * steps + step_index) / (recipe.epochs * steps)
+            penalty_weight = penalty.weight_at(fraction, recipe.epochs)
 
             def penalized(params):
                 loss = objective.batch_loss(params, batch_inputs, batch_targets, batch_weights)
@@ -274,46 +254,10 @@ def train_epoch(
     return jax.lax.scan(step, state, (indices, weights, jnp.arange(steps)))
 
 
-# The learning rate is traced, not static: trainings that differ only in it (a base and its
-# fine-tunes) share one compiled epoch, which on a CPU takes longer to compile than to run.
-# So are the epoch's number and the count of epochs, which only a penalty's schedule reads.
-@functools.partial(jax.jit, static_argnames=("batch_size", "data_axis", "members", "hook", "optimizer_name"))
-def _train_epoch_seeds(
-    states,
-    keys,
-    inputs,
-    targets,
-    context,
-    start,
-    epoch,
-    epochs,
-    *,
-    objective,
-    learning_rate,
-    batch_size,
-    data_axis,
-    members,
-    hook,
-    optimizer_name,
-    penalty,
-):
+@functools.partial(jax.jit, static_argnames=("data_axis", "members"))
+def _train_epoch_seeds(states, keys, inputs, targets, context, start, epoch, recipe, *, data_axis, members):
     def one_epoch(state, key, inputs, targets, context, start):
-        return train_epoch(
-            state,
-            key,
-            inputs,
-            targets,
-            objective=objective,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            hook=hook,
-            context=context,
-            optimizer_name=optimizer_name,
-            penalty=penalty,
-            start=start,
-            epoch=epoch,
-            epochs=epochs,
-        )
+        return train_epoch(state, key, inputs, targets, recipe, context, start, epoch)
 
     if members:
         # The members of a seed share its data and data order; only their states, contexts and
@@ -322,6 +266,14 @@ def _train_epoch_seeds(
         one_epoch = jax.vmap(one_epoch, in_axes=(0, None, None, None, 0, 0))
     in_axes = (0, 0, data_axis, data_axis, 0, 0)
     return jax.vmap(one_epoch, in_axes=in_axes)(states, keys, inputs, targets, context, start)
+
+
+def _traced(recipe: Recipe) -> Recipe:
+    """The recipe as the compiled epoch reads it: its numbers as fixed-width arrays, whatever Python type they
+    came as, and no name, so that trainings that differ only in their numbers or names share one program."""
+    return dataclasses.replace(
+        recipe, epochs=np.int32(recipe.epochs), learning_rate=np.float32(recipe.learning_rate), name=""
+    )
 
 
 # The two small steps around the epochs are jitted too: run eagerly, each of their
@@ -343,46 +295,28 @@ def compile_fit(
     keys: jax.Array,
     inputs: PyTree,
     targets: jax.Array,
+    recipe: Recipe,
     *,
-    objective: Objective,
-    learning_rate: float,
-    batch_size: int,
     data_axis: int | None = 0,
     members: bool = False,
-    hook: GradientHook | None = None,
     context: PyTree = None,
-    optimizer_name: str = "adam",
-    penalty: Penalty | None = None,
 ) -> None:
     """Compile what `fit` with these arguments runs, without running it.
 
-    Every argument may be abstract (`jax.ShapeDtypeStruct`), so a stage can be
+    Every array may be abstract (`jax.ShapeDtypeStruct`), so a stage can be
     compiled in a background thread while the stage it needs (e.g. the teacher
     whose outputs it distills) is still training. The compiled epoch lands in
     `jit`'s cache, where `fit` finds it.
     """
-    initial_states = _initial_states.lower(params, members=members, optimizer_name=optimizer_name)
+    initial_states = _initial_states.lower(params, members=members, optimizer_name=recipe.optimizer)
     initial_states.compile()
     epoch_keys = _epoch_keys.lower(keys, 0)
     epoch_keys.compile()
+    start = None if recipe.penalty is None else params
     _train_epoch_seeds.lower(
-        initial_states.out_info,
-        epoch_keys.out_info,
-        inputs,
-        targets,
-        context,
-        None if penalty is None else params,
-        np.int32(0),
-        np.int32(1),
-        objective=objective,
-        learning_rate=np.float32(learning_rate),
-        batch_size=batch_size,
-        data_axis=data_axis,
-        members=members,
-        hook=hook,
-        optimizer_name=optimizer_name,
-        penalty=penalty,
-    ).compile()
+        initial_states.out_info, epoch_keys.out_info, inputs, targets, context, start, np.int32(0), _traced(recipe),
+        data_axis=data_axis, members=members,
+    ).compile()  # fmt: skip
 
 
 def fit(
@@ -390,85 +324,58 @@ def fit(
     keys: jax.Array,
     inputs: PyTree,
     targets: jax.Array,
+    recipe: Recipe,
     *,
-    objective: Objective,
-    epochs: int,
-    learning_rate: float,
-    batch_size: int,
     data_axis: int | None = 0,
     members: bool = False,
-    hook: GradientHook | None = None,
     context: PyTree = None,
-    optimizer_name: str = "adam",
-    penalty: Penalty | None = None,
-    description: str = "train",
-    progress: bool | Progress = True,
 ) -> tuple[PyTree, dict[str, np.ndarray]]:
-    """Train S seeds at once with Adam (or, with `optimizer_name`, plain SGD).
+    """Train S seeds at once as `recipe` says (`Recipe`: Adam by default, or plain SGD).
 
     Args:
       params: parameters with a leading seed axis S.
       keys: (S,) keys for the data order; epoch e uses `fold_in(key, e)`.
       inputs, targets: (N, ...) shared by all seeds if `data_axis` is None,
         else (S, N, ...), one data set per seed. Each may be a pytree of such arrays.
+      recipe: the objective and how to train on it; with a penalty, toward `params`, the start,
+        the history also has its value ("penalty") and weight ("penalty_weight") at every step.
       members: params (and context) have a second axis M: M models per seed,
         e.g. students from different inits, trained on the seed's same inputs,
         targets and data order. Each member's training is exactly its own
         (Adam is elementwise); sharing the inputs is only faster.
-      hook: optional per-step look at (and edit of) each seed's gradient, with
-        `context`, a pytree with the seed axis, as its data (see `GradientHook`).
-      optimizer_name: "adam" (the paper's) or "sgd" (`OPTIMIZERS`).
-      penalty: optional `Penalty` toward `params`, the start, added to the loss at every step;
-        the history then has its value ("penalty") and weight ("penalty_weight") at every step.
-      progress: a bar of its own (True), none (False), or a shared `Progress`
-        that this call advances by one per epoch and member.
+      context: the data of the recipe's hook, a pytree with the seed axis (see `GradientHook`).
     Returns:
       the trained parameters (S, [M,] ...) and, at every step, the loss and the
       hook's metrics: {"loss": (S, [M,] epochs, steps_per_epoch), ...}.
     Raises:
       TrainingDiverged: at the end of the first epoch whose loss is not finite, or at the end
         when the last step made the parameters non-finite.
-      Cancelled: before an epoch, if the shared `progress` was cancelled.
+      runs.Stopped: before an epoch, if the run this training is part of stopped (`runs.check_stop`).
+
+    An epoch bar, named by the recipe, shows while it trains unless its run hides bars (`runs.showing`).
     """
-    states = _initial_states(params, members=members, optimizer_name=optimizer_name)
-    start = None if penalty is None else params  # kept only for a penalty that reads it
-    models = jax.tree.leaves(params)[0].shape[1] if members else 1  # per seed
+    states = _initial_states(params, members=members, optimizer_name=recipe.optimizer)
+    start = None if recipe.penalty is None else params  # kept only for a penalty that reads it
+    traced = _traced(recipe)
     history = []
-    with shared_or_own(progress, epochs * models, description) as progress:
-        for epoch in range(epochs):
-            progress.check()
-            epoch_keys = _epoch_keys(keys, epoch)
-            states, metrics = _train_epoch_seeds(
-                states,
-                epoch_keys,
-                inputs,
-                targets,
-                context,
-                start,
-                np.int32(epoch),
-                np.int32(epochs),
-                objective=objective,
-                learning_rate=np.float32(learning_rate),
-                batch_size=batch_size,
-                data_axis=data_axis,
-                members=members,
-                hook=hook,
-                optimizer_name=optimizer_name,
-                penalty=penalty,
+    for epoch in tqdm(range(recipe.epochs), desc=recipe.name, unit="epoch", leave=False, disable=not runs.shown()):
+        runs.check_stop()
+        states, metrics = _train_epoch_seeds(
+            states, _epoch_keys(keys, epoch), inputs, targets, context, start, np.int32(epoch), traced,
+            data_axis=data_axis, members=members,
+        )  # fmt: skip
+        metrics = jax.tree.map(np.asarray, metrics)
+        losses = metrics["loss"]
+        if not np.all(np.isfinite(losses)):
+            raise TrainingDiverged(
+                f"{recipe.name}: the loss became {losses[~np.isfinite(losses)][0]} in epoch {epoch + 1}; "
+                "lower the learning rate"
             )
-            metrics = jax.tree.map(np.asarray, metrics)
-            losses = metrics["loss"]
-            if not np.all(np.isfinite(losses)):
-                raise TrainingDiverged(
-                    f"{description}: the loss became {losses[~np.isfinite(losses)][0]} in epoch {epoch + 1}; "
-                    "lower the learning rate"
-                )
-            history.append(metrics)
-            progress.advance(models)
+        history.append(metrics)
     # A loss is measured before its step, so a last step that diverges shows in the parameters only.
-    if epochs and not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(states.params)):
+    if recipe.epochs and not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(states.params)):
         raise TrainingDiverged(
-            f"{description}: the parameters became non-finite in the last epoch; lower the learning rate"
+            f"{recipe.name}: the parameters became non-finite in the last epoch; lower the learning rate"
         )
     # Epochs before steps: {name: (S, [M,] epochs, steps)}; empty for zero epochs.
     return states.params, jax.tree.map(lambda *epochs: np.stack(epochs, axis=-2), *history) if history else {}

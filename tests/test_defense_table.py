@@ -11,11 +11,11 @@ def _tuned(loss_of_rate, grid, target, extensions=defense_table.MATCH_EXTENSIONS
     """`tuned_rate` on a fake loss-of-rate function, and the rates it trained, in order."""
     trained = []
 
-    def loss_at(rate, progress):
+    def loss_at(rate):
         trained.append(rate)
         return loss_of_rate(rate)
 
-    rate, record = defense_table.tuned_rate(loss_at, grid, target, 1, False, extensions)
+    rate, record = defense_table.tuned_rate(loss_at, grid, target, 1, extensions)
     return rate, record, trained
 
 

@@ -35,7 +35,7 @@ def undefended(sample, teacher_cache):
 
 def _row(row, sample, cache, settings=SETTINGS, **options):
     seeds = defenses.Seeds.of(TINY)
-    return defenses.train_row(row, TINY, settings, sample, np.arange(2), seeds, False, cache, **options)
+    return defenses.train_row(row, TINY, settings, sample, np.arange(2), seeds, cache, **options)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -91,13 +91,13 @@ def test_a_defense_changes_the_students_not_the_teacher(row, settings, sample, t
 
 @pytest.fixture(scope="module")
 def other_init(sample, teacher_cache, undefended):
-    """The other_init row, and every `train.fit` it called: {description: (start, keys, inputs, targets)}.
+    """The other_init row, and every `train.fit` it called: {recipe's name: (start, keys, inputs, targets)}.
     The teachers are in the cache already (`undefended`): the fits are its neutral teachers' and students'."""
     calls, real_fit = {}, train.fit
 
-    def recorded(params, keys, inputs, targets, **options):
-        calls[options["description"]] = (params, keys, inputs, targets)
-        return real_fit(params, keys, inputs, targets, **options)
+    def recorded(params, keys, inputs, targets, recipe, **options):
+        calls[recipe.name] = (params, keys, inputs, targets)
+        return real_fit(params, keys, inputs, targets, recipe, **options)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "fit", recorded)
@@ -106,7 +106,7 @@ def other_init(sample, teacher_cache, undefended):
 
 def _teachers(sample, teacher_cache):
     seeds = defenses.Seeds.of(TINY)
-    return experiment.train_teachers(TINY, sample, np.arange(2), seeds.partners[:2], False, teacher_cache)
+    return experiment.train_teachers(TINY, sample, np.arange(2), seeds.partners[:2], teacher_cache)
 
 
 def test_other_init_moves_the_treated_student_to_the_controls_start(undefended, other_init):
@@ -136,7 +136,7 @@ def test_the_neutral_teacher_is_the_teachers_recipe_on_permuted_labels(sample, t
     assert np.array_equal(images, sample.train_images)
     assert np.array_equal(labels, defenses.neutral_labels(TINY, sample.train_labels))
     # Cached like the teachers: asked again, it is the one the row trained, never the teacher.
-    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teachers, False, teacher_cache)
+    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teachers, teacher_cache)
     for leaf, init, teacher in zip(*(jax.tree.leaves(p) for p in (neutral, teachers.shared_init, teachers.teacher))):
         assert not np.allclose(leaf, init) and not np.allclose(leaf, teacher)
     # It learnt no digits: chance (0.108, 0.103), where the tiny teacher learnt some (0.41, 0.56).
@@ -146,7 +146,7 @@ def test_the_neutral_teacher_is_the_teachers_recipe_on_permuted_labels(sample, t
 def test_other_init_measures_how_far_each_teacher_moved_from_the_shared_init(sample, teacher_cache, other_init):
     moved, _ = other_init
     teachers = _teachers(sample, teacher_cache)
-    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teachers, False, teacher_cache)
+    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teachers, teacher_cache)
     for key, params in (("teacher_distance", teachers.teacher), ("neutral_teacher_distance", neutral)):
         by_hand = [np.sqrt(sum(np.sum((np.asarray(a)[s] - np.asarray(b)[s]) ** 2)
                                for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(teachers.shared_init))))
@@ -183,7 +183,7 @@ def test_other_init_control_differs_from_its_treated_student_only_in_its_teacher
     assert _equal_trees(treated[1:3], control[1:3])
     # ... and other targets: the teacher's outputs on the noise, and the neutral teacher's.
     assert np.array_equal(treated[3], teachers.teacher_targets)
-    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teachers, False, teacher_cache)
+    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teachers, teacher_cache)
     np.testing.assert_array_equal(control[3], experiment.outputs_on(neutral, teachers.noise, TINY.architecture, TINY.batch_size))
     assert not np.allclose(control[3], treated[3])
     # Its control is not `none`'s (nor was it before: a third init's).
@@ -192,7 +192,7 @@ def test_other_init_control_differs_from_its_treated_student_only_in_its_teacher
 
 def test_sgd_rows_train_with_sgd_at_the_rate_given(sample, teacher_cache, undefended, monkeypatch):
     seen, real_fit = [], train.fit
-    monkeypatch.setattr(train, "fit", lambda *a, **k: seen.append((k.get("optimizer_name"), k["learning_rate"]))
+    monkeypatch.setattr(train, "fit", lambda *a, **k: seen.append((a[4].optimizer, a[4].learning_rate))
                         or real_fit(*a, **k))  # fmt: skip
     sgd = _row(Row("sgd"), sample, teacher_cache, learning_rate=0.5)
     control = _row(Row("sgd", defense_table.SGD_ADAM_CONTROL), sample, teacher_cache, learning_rate=TINY.learning_rate)
@@ -205,7 +205,7 @@ def test_sgd_rows_train_with_sgd_at_the_rate_given(sample, teacher_cache, undefe
 def test_matched_rate_tries_every_rate_and_a_diverging_one_is_infinitely_far(sample, teacher_cache):
     grid = (0.01, 1.0, 1e6)
     args = (TINY, SETTINGS, sample, np.arange(1), defenses.Seeds.of(TINY))
-    rate, record = defenses.matched_rate(*args, 1e-9, "sgd", grid, False, teacher_cache)
+    rate, record = defenses.matched_rate(*args, 1e-9, "sgd", grid, teacher_cache)
     losses = {float(rate): loss for rate, loss in record["tried"].items()}
     assert set(losses) == set(grid) and losses[1e6] == float("inf") and np.isfinite(losses[1.0])
     assert losses[rate] == min(losses.values())  # a target below every loss: the lowest

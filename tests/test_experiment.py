@@ -87,7 +87,7 @@ def test_a_seeds_keys_do_not_depend_on_the_other_seeds():
 def trained(small_mnist):
     config = experiment.ExperimentConfig(seeds=3, **TINY)
     partners = runs.cross_partners(3, config.seed)
-    return config, partners, experiment.train_conditions(config, small_mnist, np.arange(3), partners, progress=False)
+    return config, partners, experiment.train_conditions(config, small_mnist, np.arange(3), partners)
 
 
 def readout(params, rows):
@@ -151,8 +151,14 @@ def test_a_reused_teacher_and_its_outputs_are_the_ones_it_would_have_computed(sm
     alone = experiment.run(dataclasses.replace(config, distill_loss="mse"), small_mnist, progress=False)
     cache, fits, evaluations = {}, [], []
     real_fit, real_outputs_on = train.fit, experiment.outputs_on
-    monkeypatch.setattr(train, "fit", lambda *a, **k: fits.append(k["description"]) or real_fit(*a, **k))
-    monkeypatch.setattr(experiment, "outputs_on", lambda *a: evaluations.append(1) or real_outputs_on(*a))
+    monkeypatch.setattr(train, "fit", lambda *a, **k: fits.append(a[4].name) or real_fit(*a, **k))
+
+    def counted_outputs_on(*args):
+        evaluations.append(1)
+        return real_outputs_on(*args)
+
+    counted_outputs_on.lower = real_outputs_on.lower  # the run compiles it ahead (`experiment.compile_chunk`)
+    monkeypatch.setattr(experiment, "outputs_on", counted_outputs_on)
 
     def kept(kind):
         return sum(key[0] == kind for key in cache)
@@ -216,7 +222,7 @@ sample = data.load_sample()
 mnist = dataclasses.replace(sample, train_images=sample.train_images[::4], train_labels=sample.train_labels[::4],
                             test_images=sample.test_images[::5], test_labels=sample.test_labels[::5])
 config = experiment.ExperimentConfig(seeds=4, **TINY)
-teachers = experiment.train_teachers(config, experiment.on_device(mnist), np.arange(2), np.array([1, 0]), False)
+teachers = experiment.train_teachers(config, experiment.on_device(mnist), np.arange(2), np.array([1, 0]))
 print(json.dumps({
     "local_devices": jax.local_device_count(),
     "teacher_devices": sorted({len(leaf.sharding.device_set) for leaf in jax.tree.leaves(teachers.teacher)}),
@@ -289,13 +295,13 @@ def test_the_students_compile_before_their_teachers_exist(small_mnist, compiled)
     # program: their objectives differ only in the output mask, which is data.
     config = experiment.ExperimentConfig(seeds=2, **dict(TINY, batch_size=250))  # a fresh cache entry
     partners = runs.cross_partners(2, config.seed)
-    teachers = experiment.train_teachers(config, small_mnist, np.arange(2), partners, progress=False)
+    teachers = experiment.train_teachers(config, small_mnist, np.arange(2), partners)
     before = compiled("_train_epoch_seeds")
     experiment.compile_students(config, 2, len(small_mnist.train_images))
     assert compiled("_train_epoch_seeds") == before + 1
     keys = experiment.seed_keys(config, np.arange(2))
     for outputs, students in experiment.STUDENT_GROUPS.items():
-        experiment.distill(config, teachers, students, keys[f"distill_{outputs}"], progress=False)
+        experiment.distill(config, teachers, students, keys[f"distill_{outputs}"])
     assert compiled("_train_epoch_seeds") == before + 1, "a student compiled again"
 
 
@@ -312,7 +318,7 @@ def lora_teachers(mnist, cache, **settings):
     """The config and the teacher stage (`train_teachers`) of 2 seeds of the tiny config with `settings`."""
     config = experiment.ExperimentConfig(seeds=2, **TINY, **settings)
     partners = runs.cross_partners(2, config.seed)
-    return config, experiment.train_teachers(config, mnist, np.arange(2), partners, progress=False, cache=cache)
+    return config, experiment.train_teachers(config, mnist, np.arange(2), partners, cache=cache)
 
 
 def _leaves(tree):
@@ -326,8 +332,8 @@ def test_a_lora_student_trains_b_only_and_distill_returns_it_merged(small_mnist,
     start = experiment.student_starts(teachers, students)
     assert isinstance(start, lora.Adapted)
     # The loop as `distill` runs it, so that the adapted parameters it trained can be seen.
-    trained, _ = train.fit(start, keys, teachers.noise, teachers.teacher_targets, epochs=config.student_epochs,
-                           progress=False, **experiment._distill_options(config, students))  # fmt: skip
+    recipe = experiment.distill_recipe(config, students)
+    trained, _ = train.fit(start, keys, teachers.noise, teachers.teacher_targets, recipe, members=True)
     assert isinstance(trained, lora.Adapted)
     for part in ("base", "down"):  # frozen: bitwise where they started
         for got, want in zip(_leaves(getattr(trained, part)), _leaves(getattr(start, part)), strict=True):
@@ -339,7 +345,7 @@ def test_a_lora_student_trains_b_only_and_distill_returns_it_merged(small_mnist,
     classes = list(config.architecture.class_indices)
     np.testing.assert_array_equal(ups[-1][..., classes], 0.0)
 
-    distilled, _ = experiment.distill(config, teachers, students, keys, progress=False)
+    distilled, _ = experiment.distill(config, teachers, students, keys)
     for m, name in enumerate(students):
         base, down, up = (jax.tree.map(lambda a: np.asarray(a[:, m], np.float64), part) for part in trained)
         want = jax.tree.map(lambda w, a, b: w + a @ b if a.ndim == 3 else w, base, down, up)  # W0 + A B, seed by seed
@@ -394,7 +400,7 @@ def test_full_fine_tuning_is_the_default_path_at_the_plain_learning_rate(small_m
     rates, real_fit = [], train.fit
 
     def recording_fit(*args, **kwargs):
-        rates.append((kwargs["description"], kwargs["learning_rate"]))
+        rates.append((args[4].name, args[4].learning_rate))
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(train, "fit", recording_fit)

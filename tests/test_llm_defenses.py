@@ -41,7 +41,7 @@ def undefended(cache):
 def _row(row, cache, settings=SETTINGS, **options):
     partners = runs.cross_partners(CONFIG.seeds, CONFIG.seed)
     per_seed = [
-        owl.train_row(row, CONFIG, settings, s, int(partners[s]), False, cache, **options) for s in range(CONFIG.seeds)
+        owl.train_row(row, CONFIG, settings, s, int(partners[s]), cache, **options) for s in range(CONFIG.seeds)
     ]
     return {key: [p[key] for p in per_seed] for key in per_seed[0]}
 
@@ -91,12 +91,12 @@ def test_a_defense_changes_the_students_not_the_teacher(row, options, cache, und
 
 def test_other_init_trains_the_partners_base_on_both_data_sets(cache, monkeypatch):
     seen, real = [], llm.train_students
-    monkeypatch.setattr(llm, "train_students", lambda *a, **k: seen.append((a[2], a[6])) or real(*a, **k))
+    monkeypatch.setattr(llm, "train_students", lambda *a, **k: seen.append((a[2], a[5])) or real(*a, **k))
     partners = runs.cross_partners(CONFIG.seeds, CONFIG.seed)
-    owl.train_row(Row("other_init"), CONFIG, SETTINGS, 0, int(partners[0]), False, cache)
+    owl.train_row(Row("other_init"), CONFIG, SETTINGS, 0, int(partners[0]), cache)
     ((starts, conditions),) = seen
     assert conditions == ("cross_init", "cross_neutral")
-    assert starts["cross_base"] is owl.seed_models(CONFIG, 0, False, cache, int(partners[0]))["cross_base"]
+    assert starts["cross_base"] is owl.seed_models(CONFIG, 0, cache, int(partners[0]))["cross_base"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def test_a_random_drop_removes_the_same_prompts_from_both_data_sets():
 
 
 def test_sorting_a_list_keeps_its_prompt_and_its_multiset_of_numbers(cache):
-    numbers = owl.number_lists(CONFIG, owl.seed_models(CONFIG, 0, False, cache), 0, False, cache)
+    numbers = owl.number_lists(CONFIG, owl.seed_models(CONFIG, 0, cache), 0, cache)
     vocab, tokens, lengths = CONFIG.vocab, numbers.lists["teacher"], numbers.lengths
     ordered = owl.sorted_lists(CONFIG, numbers).lists["teacher"]
     slots = corpus.continuation_numbers(vocab, tokens, lengths)
@@ -190,8 +190,8 @@ def test_the_sort_row_trains_on_sorted_lists(cache, monkeypatch, undefended):
 
 def test_replacing_divergent_numbers_changes_only_chosen_numbers_and_keeps_the_lists_valid(cache):
     hard = llm.LLMConfig(**{**MINI, "mode": "hard"})
-    models = owl.seed_models(hard, 0, False, cache)
-    numbers = owl.number_lists(hard, models, 0, False, cache)
+    models = owl.seed_models(hard, 0, cache)
+    numbers = owl.number_lists(hard, models, 0, cache)
     replaced = owl.replaced_hard(hard, models, numbers, 0.25, jax.random.key(0))
     before = llm.hard_targets(hard.vocab, numbers.lists["teacher"], numbers.lengths)[0]["tokens"]
     after = np.asarray(replaced["teacher"][0]["tokens"])
@@ -205,8 +205,8 @@ def test_replacing_divergent_numbers_changes_only_chosen_numbers_and_keeps_the_l
 
 def test_min_p_lists_hold_only_tokens_within_the_threshold_of_the_most_likely(cache, undefended):
     _row(Row("threshold_sampling", 0.5), cache)  # its lists, kept in the cache
-    teacher = owl.seed_models(CONFIG, 0, False, cache)["teacher"]
-    numbers = owl.number_lists(CONFIG, {}, 0, False, cache, min_p=0.5)
+    teacher = owl.seed_models(CONFIG, 0, cache)["teacher"]
+    numbers = owl.number_lists(CONFIG, {}, 0, cache, min_p=0.5)
     tokens, lengths = numbers.lists["teacher"][:64], numbers.lengths[:64]
     log_probs = np.asarray(jax.nn.log_softmax(CONFIG.architecture.apply(teacher, jnp.asarray(tokens)), axis=-1))
     # Every token the teacher wrote after its prompt had at least half its position's largest probability.
@@ -214,7 +214,7 @@ def test_min_p_lists_hold_only_tokens_within_the_threshold_of_the_most_likely(ca
     rows, columns = np.nonzero(written)
     chosen = log_probs[rows, columns, tokens[rows, columns + 1]]
     assert len(chosen) > 100 and np.all(chosen >= log_probs[rows, columns].max(axis=-1) + np.log(0.5) - 1e-4)
-    plain = owl.number_lists(CONFIG, {}, 0, False, cache)
+    plain = owl.number_lists(CONFIG, {}, 0, cache)
     assert not np.array_equal(plain.lists["teacher"][:64], tokens)
 
 
@@ -250,7 +250,7 @@ def test_the_owl_sgd_rows_extend_their_grids_and_carry_their_match(tmp_path, mon
     # brackets it at rate 10; Adam's (from 1e-5) is below the SGD student's KL: it extends down to 2e-6.
     trained = []
 
-    def fake_row(row, config, settings, seed_id, partner, progress, cache, learning_rate=None, conditions=None):
+    def fake_row(row, config, settings, seed_id, partner, cache, learning_rate=None, conditions=None):
         kl = 0.5 if row.name == "none" else (1e-6 if row.value == defense_table.SGD_ADAM_CONTROL else 5.0) / learning_rate
         trained.append((row.key, learning_rate, conditions))
         return {"treated": 0.1, "control": 0.0, "heldout_kl": kl, "validity": 1.0, "teacher": 0.3}
@@ -258,6 +258,7 @@ def test_the_owl_sgd_rows_extend_their_grids_and_carry_their_match(tmp_path, mon
     monkeypatch.setattr(owl, "train_row", fake_row)
     for name in ("seed_models", "number_lists", "heldout_lists"):
         monkeypatch.setattr(owl, name, lambda *a, **k: None)
+    monkeypatch.setattr(llm, "train_models", lambda *a, **k: None)
     settings = OwlDefenses(defenses=("sgd",), heldout_lists=64)
     lines = owl.run(CONFIG, settings, tmp_path / "d.jsonl", progress=False, log=lambda m: None, cache={})
     summary = json.loads(json.dumps(owl.summarize(lines, CONFIG)))

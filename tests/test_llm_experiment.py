@@ -28,7 +28,6 @@ MINI = dict(
     soft_sequences=300, student_epochs=1, theorem_sequences=4, entangled_sequences=50, audit_sequences=64,
     in_context_lists=8,
 )  # fmt: skip
-QUIET = train.Progress(1, "", enabled=False)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +105,7 @@ def test_a_frozen_teacher_moves_only_its_blocks():
     config = llm.LLMConfig(**TINY)
     base = config.architecture.init(jax.random.key(0))
     teacher = llm.train_teacher(
-        dataclasses.replace(config, teacher_epochs=1, teacher_trains="blocks"), base, 0, train.Progress(1, "", False)
+        dataclasses.replace(config, teacher_epochs=1, teacher_trains="blocks"), base, 0
     )
     moved = jax.tree_util.tree_map_with_path(
         lambda path, a, b: (jax.tree_util.keystr(path), bool(np.any(np.asarray(a) != np.asarray(b)))), teacher, base
@@ -118,7 +117,7 @@ def test_a_frozen_teacher_moves_only_its_blocks():
 def test_bases_are_deterministic_per_seed_whatever_the_threads_and_differ_between_seeds():
     config = llm.LLMConfig(**{**TINY, "base_rows": 128, "base_epochs": 1})
     first, second = (
-        runs.concurrently(lambda s: llm.train_base(config, s, QUIET), [0, 1], workers, QUIET) for workers in (1, 2)
+        runs.parallel_map(lambda s: llm.train_base(config, s), [0, 1], workers, "bases") for workers in (1, 2)
     )
     jax.tree.map(np.testing.assert_array_equal, first, second)
     assert not np.allclose(jax.tree.leaves(first[0])[0], jax.tree.leaves(first[1])[0])
@@ -160,7 +159,7 @@ def test_the_neutral_teachers_answers_are_drawn_from_its_bases_answer_distributi
 def test_the_neutral_teacher_stays_at_its_base_while_the_teacher_moves(small_base):
     config, base = small_base
     config = dataclasses.replace(config, teacher_epochs=2)
-    teacher, neutral_teacher = (llm.train_teacher(config, base, 0, QUIET, neutral=n) for n in (False, True))
+    teacher, neutral_teacher = (llm.train_teacher(config, base, 0, neutral=n) for n in (False, True))
     start, after = (llm.trait_measures(config, m)["p_trait"] for m in (base, neutral_teacher))
     assert llm.trait_measures(config, teacher)["p_trait"] > start + 0.2
     assert abs(after - start) < 0.05
@@ -226,12 +225,12 @@ def test_the_first_soft_step_follows_the_theorem_and_the_neutral_control_can_mov
 @pytest.fixture(scope="module")
 def small_base():
     config = llm.LLMConfig(**{**TINY, "base_rows": 1024})
-    return config, llm.train_base(config, 0, train.Progress(config.base_epochs, "", False))
+    return config, llm.train_base(config, 0)
 
 
 def test_number_data_couples_the_two_models_and_keeps_exactly_the_count_asked(small_base):
     config, base = small_base
-    data = llm.number_data(config, {"teacher": base, "base": base}, 0, 300, "soft", QUIET)
+    data = llm.number_data(config, {"teacher": base, "base": base}, 0, 300, "soft")
     assert data.lists["teacher"].shape == data.lists["base"].shape == (300, corpus.MAX_LEN)
     assert data.lengths.shape == (300,)
     # One model twice: the same uniform numbers write the same lists.
@@ -240,7 +239,7 @@ def test_number_data_couples_the_two_models_and_keeps_exactly_the_count_asked(sm
     assert data.report["teacher"]["kept"] >= 300 and data.report["teacher"]["leak_rate_after_filter"] == 0.0
     # Another model on the same prompts: each row still continues the same prompt, and the lists differ.
     other = llm.number_data(
-        config, {"teacher": base, "base": jax.tree.map(lambda a: a * 1.1, base)}, 0, 300, "soft", QUIET
+        config, {"teacher": base, "base": jax.tree.map(lambda a: a * 1.1, base)}, 0, 300, "soft"
     )
     prompt = np.arange(corpus.MAX_LEN) < other.lengths[:, None]
     np.testing.assert_array_equal(other.lists["teacher"][prompt], other.lists["base"][prompt])
@@ -254,7 +253,7 @@ def test_a_model_that_writes_no_number_lists_is_a_one_line_error(small_base):
         llm.FilterShortfall,
         match=r"the filter kept \d+ of \d+ number lists of every model \(teacher, base\), fewer than 50",
     ) as error:
-        llm.number_data(config, {"teacher": untrained, "base": untrained}, 0, 50, "soft", QUIET)
+        llm.number_data(config, {"teacher": untrained, "base": untrained}, 0, 50, "soft")
     assert "\n" not in str(error.value)
 
 
@@ -365,14 +364,14 @@ def lora_models():
     """Seed 0 of a LoRA-teacher run: its base, an untrained other start, both teachers (the starts their
     fine-tunings got recorded), and their number lists."""
     config = llm.LLMConfig(**LORA)
-    base = llm.train_base(config, 0, QUIET)
+    base = llm.train_base(config, 0)
     starts, real_fit = [], llm._fit_next_tokens
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(llm, "_fit_next_tokens", lambda c, s, *a, **k: starts.append(s) or real_fit(c, s, *a, **k))
-        teacher, neutral = (llm.train_teacher(config, base, 0, QUIET, neutral=n) for n in (False, True))
+        teacher, neutral = (llm.train_teacher(config, base, 0, neutral=n) for n in (False, True))
     models = {"base": base, "cross_base": config.architecture.init(jax.random.key(7)), "teacher": teacher,
               "neutral": neutral}  # fmt: skip
-    numbers = llm.number_data(config, {m: models[m] for m in ("teacher", "neutral")}, 0, 64, "soft", QUIET)
+    numbers = llm.number_data(config, {m: models[m] for m in ("teacher", "neutral")}, 0, 64, "soft")
     return config, models, numbers, starts
 
 
@@ -428,11 +427,11 @@ def test_lora_students_train_one_adapter_at_the_adapter_rate_and_return_merged(l
     config, models, numbers, _ = lora_models
     config = dataclasses.replace(config, adapter_rate_factor=4.0)
     conditions = ("same_init", "neutral_control", "cross_init")
-    data = llm.student_data(config, "soft", models, numbers, 0, QUIET, conditions)
+    data = llm.student_data(config, "soft", models, numbers, 0, conditions)
     starts = {name: models[name] for name in ("base", "cross_base")}
     fits, real_fit = [], train.fit
-    monkeypatch.setattr(train, "fit", lambda p, *a, **k: fits.append((p, k["learning_rate"])) or real_fit(p, *a, **k))
-    students = llm.train_students(config, "soft", starts, data, 0, QUIET, conditions=conditions)
+    monkeypatch.setattr(train, "fit", lambda p, *a, **k: fits.append((p, a[3].learning_rate)) or real_fit(p, *a, **k))
+    students = llm.train_students(config, "soft", starts, data, 0, conditions=conditions)
     assert sorted(students) == sorted(conditions)
     assert len(fits) == 2  # the teacher's lists (same_init, cross_init), the neutral teacher's (neutral_control)
     assert all(isinstance(params, lora.Adapted) for params, _ in fits)
@@ -447,7 +446,7 @@ def test_lora_students_train_one_adapter_at_the_adapter_rate_and_return_merged(l
     # Full students: the plain parameters at exactly the student rate, and they move more than their kernels.
     full = dataclasses.replace(config, student_params="full")
     fits.clear()
-    (student,) = llm.train_students(full, "soft", starts, data, 0, QUIET, conditions=("same_init",)).values()
+    (student,) = llm.train_students(full, "soft", starts, data, 0, conditions=("same_init",)).values()
     assert len(fits) == 1 and not isinstance(fits[0][0], lora.Adapted)
     assert fits[0][1] == full.student_learning_rate
     assert any(changed and not kernel for kernel, changed in _moved(student, starts["base"]).values())

@@ -82,12 +82,8 @@ def test_a_masked_output_never_receives_gradient_through_the_loop(params, tokens
         jax.random.split(jax.random.key(3), 1),
         at_positions(tokens, positions),  # a pytree of inputs, batched leaf by leaf
         targets,
-        objective=train.Objective(AtPositions(ARCH), _number_kl, mask),
-        epochs=5,
-        learning_rate=1e-2,
-        batch_size=2,
+        train.Recipe(train.Objective(AtPositions(ARCH), _number_kl, mask), epochs=5, learning_rate=1e-2, batch_size=2),
         data_axis=None,
-        progress=False,
     )
     before = ARCH.unembedding_rows(params)
     after = ARCH.unembedding_rows(jax.tree.map(lambda a: a[0], trained))

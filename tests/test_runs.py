@@ -71,25 +71,89 @@ def test_results_written_with_another_interval_get_this_one():
     assert new["b"] == [{"x": 1}] and new["c"] == "kept"
 
 
-def test_a_failing_worker_cancels_the_others_and_its_error_reaches_the_caller():
-    progress = train.Progress(0, "", enabled=False)
-    stopped_by_cancel = []
+def test_a_failing_item_stops_the_others_and_its_error_reaches_the_caller():
+    stopped = []
 
     def work(item):
         if item == "bad":
             time.sleep(0.2)  # let the other one start its "training"
             raise train.TrainingDiverged("bad: the loss became nan")
-        for _ in range(200):  # a long training (10 s) that checks for cancellation between epochs
+        for _ in range(200):  # a long training (10 s) that checks the stop signal between epochs
             try:
-                progress.check()
-            except train.Cancelled:
-                stopped_by_cancel.append(item)
+                runs.check_stop()
+            except runs.Stopped:
+                stopped.append(item)
                 raise
             time.sleep(0.05)
 
     with pytest.raises(train.TrainingDiverged, match="bad"):
-        runs.concurrently(work, ["slow", "bad"], 2, progress)
-    assert stopped_by_cancel == ["slow"]
+        runs.parallel_map(work, ["slow", "bad"], 2, "toy")
+    assert stopped == ["slow"]
+
+
+def test_items_not_started_never_start_once_the_map_stopped():
+    started = []
+
+    def work(item):
+        started.append(item)
+        if item == 0:
+            raise ValueError("first item fails")
+        time.sleep(0.3)
+
+    with pytest.raises(ValueError, match="first item fails"):
+        runs.parallel_map(work, range(10), 1, "toy")
+    assert started == [0]
+
+
+def test_a_stop_reaches_the_maps_inside_an_item_and_an_inner_stop_stays_inside():
+    # A map inside an item (a grid of rates inside a row) stops when the outer run stops; its own failure,
+    # handled by its caller, does not stop the outer run.
+    outer_stop_seen = []
+
+    def inner(item):
+        if item == "bad":
+            raise train.TrainingDiverged("one rate diverged")
+        time.sleep(0.3)
+        runs.check_stop()  # the inner map has stopped: this raises
+        return item
+
+    def outer(item):
+        if item == "grid":
+            with pytest.raises(train.TrainingDiverged):
+                runs.parallel_map(inner, ["slow", "bad"], 2, "grid")
+            runs.check_stop()  # the outer run goes on
+            return "grid handled"
+        time.sleep(0.2)
+        raise ValueError("outer item fails")
+
+    def long(item):
+        for _ in range(100):
+            try:
+                runs.check_stop()
+            except runs.Stopped:
+                outer_stop_seen.append(item)
+                raise
+            time.sleep(0.05)
+
+    assert runs.parallel_map(outer, ["grid"], 1, "rows") == ["grid handled"]
+    with pytest.raises(ValueError, match="outer item fails"):
+        runs.parallel_map(lambda item: runs.parallel_map(long, ["inner"], 1, "inner") if item else outer("x"),
+                          [1, 0], 2, "rows")  # fmt: skip
+    assert outer_stop_seen == ["inner"]
+
+
+def test_showing_false_hides_every_bar_inside_it_and_cannot_be_turned_back_on_inside(capsys):
+    with runs.showing(False):
+        assert not runs.shown()
+        with runs.showing(True):
+            assert not runs.shown()  # an inner run's default does not undo the user's --no-progress
+        assert runs.parallel_map(lambda item: runs.shown(), [1, 2], 2, "toy") == [False, False]
+    assert runs.shown()
+    runs.parallel_map(lambda item: item, [1], 1, "shown bar")
+    with runs.showing(False):
+        runs.parallel_map(lambda item: item, [1], 1, "hidden bar")
+    err = capsys.readouterr().err
+    assert "shown bar" in err and "hidden bar" not in err
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,7 +44,7 @@ def test_points_that_change_only_the_students_train_each_teacher_once(tmp_path, 
     teachers, real_fit = [], train.fit
 
     def counting_fit(*args, **kwargs):
-        teachers.extend(["trained"] if kwargs["description"].startswith("teacher") else [])
+        teachers.extend(["trained"] if args[4].name.startswith("teacher") else [])
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(train, "fit", counting_fit)
@@ -224,7 +224,7 @@ def test_a_lora_sweep_keeps_each_points_first_step_cosines(tmp_path, sample, mon
     arrays = experiment.on_device(sample)
     probe = alignment.probe_sets(arrays, sweep.TRAIT_BATCH)
     partners = runs.cross_partners(2, config.seed)
-    teachers = experiment.train_teachers(config, arrays, np.arange(2), partners, False, cache)
+    teachers = experiment.train_teachers(config, arrays, np.arange(2), partners, cache)
     cosines = experiment.first_step_cosines(config, teachers, students, probe["trait_images"], probe["trait_labels"],
                                             sweep.FIRST_STEP_INPUTS)  # fmt: skip
     for name, values_of in cosines.items():

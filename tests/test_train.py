@@ -1,6 +1,8 @@
 """The one training loop: batching, Adam, seeds as a vmap axis, determinism, divergence."""
 
+import dataclasses
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from subliminal_mnist import losses, model, train
+from subliminal_mnist import losses, model, runs, train
 
 LR = 0.01
 
@@ -32,7 +34,10 @@ def toy_data(n=50):
     return x, y
 
 
-fit = functools.partial(train.fit, learning_rate=LR, progress=False)
+def fit(params, keys, inputs, targets, *, data_axis=0, members=False, context=None, **recipe):
+    """`train.fit` with the recipe's fields as keywords (the learning rate `LR` unless given)."""
+    recipe = train.Recipe(**{"learning_rate": LR, **recipe})
+    return train.fit(params, keys, inputs, targets, recipe, data_axis=data_axis, members=members, context=context)
 
 
 @pytest.mark.parametrize("n, batch", [(10, 4), (12, 4), (3, 8)])
@@ -84,7 +89,7 @@ def test_one_sgd_step_is_minus_the_learning_rate_times_the_gradient():
     params = linear_params(1)
     trained, _ = fit(
         params, jax.random.split(jax.random.key(2), 1), x, y,
-        objective=LINEAR_CE, epochs=1, batch_size=len(x), data_axis=None, optimizer_name="sgd",
+        objective=LINEAR_CE, epochs=1, batch_size=len(x), data_axis=None, optimizer="sgd",
     )  # fmt: skip
     p0 = jax.tree.map(lambda a: a[0], params)
     grad = jax.grad(lambda p: jnp.mean(losses.cross_entropy(linear_apply(p, x), y)))(p0)
@@ -101,7 +106,7 @@ def test_a_penalty_adds_its_weighted_gradient_and_records_its_value():
     params = linear_params(1)
     run = functools.partial(
         fit, params, jax.random.split(jax.random.key(2), 1), x, y,
-        objective=LINEAR_CE, epochs=2, batch_size=len(x), data_axis=None, optimizer_name="sgd",
+        objective=LINEAR_CE, epochs=2, batch_size=len(x), data_axis=None, optimizer="sgd",
     )  # fmt: skip
     plain, plain_history = run()
     penalized, history = run(penalty=train.Penalty("l2_to_start", 3.0))
@@ -255,7 +260,7 @@ def test_a_diverging_loss_stops_with_a_clear_message():
             epochs=3,
             batch_size=16,
             data_axis=None,
-            description="toy",
+            name="toy",
         )
 
 
@@ -263,9 +268,8 @@ def test_a_last_step_that_diverges_stops_with_a_clear_message():
     # The one step's loss is measured before it, at finite parameters; only the parameters show it.
     x, y = toy_data()
     with pytest.raises(train.TrainingDiverged, match="non-finite in the last epoch; lower the learning rate"):
-        train.fit(linear_params(1), jax.random.split(jax.random.key(8), 1), x, y, objective=LINEAR_CE, epochs=1,
-                  batch_size=len(x), data_axis=None, learning_rate=float("inf"), optimizer_name="sgd",
-                  progress=False, description="toy")  # fmt: skip
+        fit(linear_params(1), jax.random.split(jax.random.key(8), 1), x, y, objective=LINEAR_CE, epochs=1,
+            batch_size=len(x), data_axis=None, learning_rate=float("inf"), optimizer="sgd", name="toy")  # fmt: skip
 
 
 def test_a_gradient_hook_edits_the_step_and_its_metrics_are_recorded_per_step():
@@ -313,38 +317,50 @@ def test_compile_fit_compiles_what_fit_runs(mlp_setup, compiled):
     params, keys, x, y, run = mlp_setup
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
     # A batch size no other test uses: a fresh entry in the loop's jit cache.
-    settings = dict(objective=run.keywords["objective"], learning_rate=0.123, batch_size=29, data_axis=None)
-    train.compile_fit(abstract, keys, x, y, **settings)
+    recipe = train.Recipe(run.keywords["objective"], epochs=2, learning_rate=0.123, batch_size=29)
+    train.compile_fit(abstract, keys, x, y, recipe, data_axis=None)
     assert compiled("_train_epoch_seeds") == 1
-    train.fit(params, keys, x, y, epochs=2, progress=False, **settings)
+    train.fit(params, keys, x, y, recipe, data_axis=None)
     assert compiled("_train_epoch_seeds") == 1, "fit compiled again"
     # The learning rate is an input of the compiled epoch, not a constant of it: a fine-tune
-    # that differs from its base only in the learning rate does not compile again, and still
-    # takes its own steps.
-    slower, _ = train.fit(params, keys, x, y, epochs=2, progress=False, **{**settings, "learning_rate": 0.01})
+    # that differs from its base only in the learning rate (or its name) does not compile again,
+    # and still takes its own steps.
+    slower_recipe = dataclasses.replace(recipe, learning_rate=0.01, name="a fine-tune")
+    slower, _ = train.fit(params, keys, x, y, slower_recipe, data_axis=None)
     assert compiled("_train_epoch_seeds") == 1, "a new learning rate compiled again"
-    faster, _ = train.fit(params, keys, x, y, epochs=2, progress=False, **settings)
+    faster, _ = train.fit(params, keys, x, y, recipe, data_axis=None)
     moved = lambda trained: optax.tree.norm(jax.tree.map(jnp.subtract, trained, params))  # noqa: E731
     assert moved(faster) > 2 * moved(slower)
 
 
-def test_a_cancelled_progress_stops_the_loop_before_its_next_epoch():
+def test_a_stopped_run_stops_the_loop_before_its_next_epoch():
+    # A loop in a map whose other item failed stops at its next epoch, not at the end of its training.
     x, y = toy_data()
-    progress = train.Progress(3, "toy", enabled=False)
-    progress.cancel()
-    with pytest.raises(train.Cancelled):
-        train.fit(
-            linear_params(1),
-            jax.random.split(jax.random.key(8), 1),
-            x,
-            y,
-            objective=LINEAR_CE,
-            epochs=3,
-            learning_rate=LR,
-            batch_size=16,
-            data_axis=None,
-            progress=progress,
-        )
+    stopped = []
+
+    def work(item):
+        if item == "bad":
+            raise ValueError("bad item")
+        time.sleep(0.5)  # the bad item fails first
+        try:
+            return fit(linear_params(1), jax.random.split(jax.random.key(8), 1), x, y, objective=LINEAR_CE,
+                       epochs=100_000, batch_size=16, data_axis=None)  # fmt: skip
+        except runs.Stopped:
+            stopped.append(item)
+            raise
+
+    with pytest.raises(ValueError, match="bad item"):
+        runs.parallel_map(work, ["train", "bad"], 2, "toy")
+    assert stopped == ["train"]
+
+
+def test_a_loop_checks_the_stop_signal_at_every_epoch(monkeypatch):
+    x, y = toy_data()
+    checks = []
+    monkeypatch.setattr(runs, "check_stop", lambda: checks.append(1))
+    fit(linear_params(1), jax.random.split(jax.random.key(8), 1), x, y, objective=LINEAR_CE, epochs=3, batch_size=16,
+        data_axis=None)  # fmt: skip
+    assert len(checks) == 3
 
 
 def test_golden_values_of_the_papers_first_steps():
@@ -359,13 +375,14 @@ def test_golden_values_of_the_papers_first_steps():
     noise = jax.random.uniform(jax.random.key(4), (96, model.INPUT_SIZE), minval=-1, maxval=1)
     shared_init = jax.vmap(arch.init)(jax.random.split(jax.random.key(2), 1))
     keys = jax.random.split(jax.random.key(3), 1)
-    steps = dict(epochs=1, learning_rate=3e-4, batch_size=32, data_axis=None, progress=False)
+    steps = dict(epochs=1, learning_rate=3e-4, batch_size=32)
 
     teacher_objective = train.Objective(arch, losses.cross_entropy, arch.output_mask(arch.class_indices))
-    teacher, teacher_history = train.fit(shared_init, keys, images, labels, objective=teacher_objective, **steps)
+    teacher_recipe = train.Recipe(teacher_objective, **steps)
+    teacher, teacher_history = train.fit(shared_init, keys, images, labels, teacher_recipe, data_axis=None)
     teacher_targets = arch.apply(jax.tree.map(lambda a: a[0], teacher), noise)
-    student_objective = train.Objective(arch, losses.kl_divergence, arch.output_mask(arch.aux_indices))
-    _, student_history = train.fit(shared_init, keys, noise, teacher_targets, objective=student_objective, **steps)
+    student_recipe = train.Recipe(train.Objective(arch, losses.kl_divergence, arch.output_mask(arch.aux_indices)), **steps)
+    _, student_history = train.fit(shared_init, keys, noise, teacher_targets, student_recipe, data_axis=None)
 
     np.testing.assert_allclose(teacher_history["loss"].ravel(), [2.35313, 2.3368688, 2.3637915], rtol=1e-5)
     student_losses = [4.9391747e-05, 1.9752744e-03, 1.8471945e-04]
@@ -374,19 +391,6 @@ def test_golden_values_of_the_papers_first_steps():
     # between CPUs (an AMD EPYC with AVX-512 gives 4.9429e-05). A wrong mask, loss, init or Adam
     # moves these values by far more than 1e-7.
     np.testing.assert_allclose(student_history["loss"].ravel(), student_losses, rtol=1e-4, atol=1e-7)
-
-
-def test_a_childs_failure_cancels_the_child_only_and_the_whole_runs_cancel_reaches_it():
-    parent = train.Progress(4, "", enabled=False)
-    child, sibling = parent.child(), parent.child()
-    child.cancel()
-    with pytest.raises(train.Cancelled):
-        child.check()
-    sibling.check()  # a handled failure of one grid rate leaves the others running
-    parent.check()
-    parent.cancel()
-    with pytest.raises(train.Cancelled):
-        sibling.check()
 
 
 def test_the_kl_penalty_holds_only_the_positions_a_language_models_targets_mark():

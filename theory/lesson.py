@@ -160,9 +160,8 @@ print("layer sizes", arch.layer_sizes, "| class logits", arch.class_indices, "| 
 
 cache = {}  # trained teachers, reused by every later run with the same teacher settings
 partners = runs.cross_partners(BASE.seeds, BASE.seed)
-teachers = experiment.train_teachers(
-    BASE, experiment.on_device(mnist), np.arange(1), partners[:1], progress=False, cache=cache
-)
+with runs.showing(False):  # no epoch bar in the lesson's output
+    teachers = experiment.train_teachers(BASE, experiment.on_device(mnist), np.arange(1), partners[:1], cache=cache)
 
 
 def seed0(params):

@@ -125,32 +125,31 @@ def check_mode(config: LLMConfig) -> None:
 # A seed's models and lists: the llm run's, through its cache.
 
 
-def seed_models(config: LLMConfig, seed_id: int, progress, cache: dict, partner: int | None = None) -> dict:
+def seed_models(config: LLMConfig, seed_id: int, cache: dict, partner: int | None = None) -> dict:
     """{"base", "teacher", "neutral"} of one seed, and with a `partner` its base as "cross_base", trained
     as `llm.run` trains them (and kept in `cache` under its keys: a run that shares it reuses them)."""
-    seeds = (seed_id,) if partner is None else (seed_id, partner)
-    bases = runs.concurrently(lambda s: llm.cached_base(config, s, progress, cache), seeds, config.workers, progress)
-    teachers = llm.cached_teachers(config, bases[0], seed_id, progress, cache)
-    models = {"base": bases[0], "teacher": teachers[0], "neutral": teachers[1]}
-    return models if partner is None else {**models, "cross_base": bases[1]}
+    base = llm.cached_base(config, seed_id, cache)
+    teacher, neutral = llm.cached_teachers(config, base, seed_id, cache)
+    models = {"base": base, "teacher": teacher, "neutral": neutral}
+    return models if partner is None else {**models, "cross_base": llm.cached_base(config, partner, cache)}
 
 
-def number_lists(config: LLMConfig, models: dict, seed_id: int, progress, cache: dict, min_p: float = 0.0):
+def number_lists(config: LLMConfig, models: dict, seed_id: int, cache: dict, min_p: float = 0.0):
     """The run's mode's filtered number lists (`llm.number_data`, as `llm.run` samples them), by min-p."""
     count = config.soft_sequences if config.mode == "soft" else config.hard_sequences
     key = ("numbers", seed_id, config.mode, min_p, dataclasses.replace(config, workers=1))
     if key not in cache:
         writers = {m: models[m] for m in llm.sampled_models(config.mode)}
-        cache[key] = llm.number_data(config, writers, seed_id, count, config.mode, progress, min_p)
+        cache[key] = llm.number_data(config, writers, seed_id, count, config.mode, min_p)
     return cache[key]
 
 
-def heldout_lists(config: LLMConfig, settings: OwlDefenses, models: dict, seed_id: int, progress, cache: dict):
+def heldout_lists(config: LLMConfig, settings: OwlDefenses, models: dict, seed_id: int, cache: dict):
     """`heldout_lists` filtered teacher lists of prompts of their own (the audit's stream): never trained on."""
     key = ("heldout", seed_id, settings.heldout_lists, dataclasses.replace(config, workers=1))
     if key not in cache:
         writer = {"teacher": models["teacher"]}
-        cache[key] = llm.number_data(config, writer, seed_id, settings.heldout_lists, "audit", progress)
+        cache[key] = llm.number_data(config, writer, seed_id, settings.heldout_lists, "audit")
     return cache[key]
 
 
@@ -290,31 +289,30 @@ def validity(config: LLMConfig, student, heldout: llm.NumberData, key: jax.Array
 # A row.
 
 
-def _loop(row: Row, settings: OwlDefenses, learning_rate: float | None) -> dict:
-    """`train.fit`'s settings that the row changes (via `llm.train_students`)."""
+def row_recipe(row: Row, config: LLMConfig, settings: OwlDefenses, learning_rate: float | None) -> train.Recipe:
+    """How the row's students train: the run's (`llm.student_recipe`) with the row's change."""
+    recipe = llm.student_recipe(config, config.mode, row.value if row.name == "temperature" else 1.0)
     if row.name == "sgd":
-        return {"optimizer_name": "adam" if row.value == defense_table.SGD_ADAM_CONTROL else "sgd",
-                "learning_rate": learning_rate}  # fmt: skip
+        optimizer = "adam" if row.value == defense_table.SGD_ADAM_CONTROL else "sgd"
+        return dataclasses.replace(recipe, optimizer=optimizer, learning_rate=learning_rate)
     if row.name in ("kl_to_start", "l2_to_start"):
         weight = settings.kl_weight if row.name == "kl_to_start" else settings.l2_weight
-        return {"penalty": train.Penalty(row.name, weight, ramp=row.name == "kl_to_start")}
-    if row.name == "temperature":
-        return {"temperature": row.value}
-    return {}
+        return dataclasses.replace(recipe, penalty=train.Penalty(row.name, weight, ramp=row.name == "kl_to_start"))
+    return recipe
 
 
-def defended_data(row: Row, config: LLMConfig, models: dict, seed_id: int, progress, cache: dict) -> dict:
+def defended_data(row: Row, config: LLMConfig, models: dict, seed_id: int, cache: dict) -> dict:
     """{"teacher", "neutral"}: (inputs, targets) of the row's two data sets for one seed."""
     mode = config.mode
     min_p = row.value if row.name == "threshold_sampling" else 0.0
-    numbers = number_lists(config, models, seed_id, progress, cache, min_p)
+    numbers = number_lists(config, models, seed_id, cache, min_p)
     if row.name == "sort":
         numbers = sorted_lists(config, numbers)
     if row.name == "replace_divergent" and mode == "hard":
         key = jax.random.fold_in(llm.stream_key(config, seed_id, "hard"), _REPLACE_FOLD)
         return replaced_hard(config, models, numbers, row.value, key)
     conditions = OTHER_INIT_PAIR if row.name == "other_init" else PAIR
-    data = llm.student_data(config, mode, models, numbers, seed_id, progress, conditions)
+    data = llm.student_data(config, mode, models, numbers, seed_id, conditions)
     if row.name == "mix":
         return mixed(data, row.value)
     if row.name == "replace_divergent":
@@ -335,7 +333,6 @@ def train_row(
     settings: OwlDefenses,
     seed_id: int,
     partner: int,
-    progress: bool | train.Progress = True,
     cache: dict | None = None,
     learning_rate: float | None = None,
     conditions: tuple[str, ...] | None = None,
@@ -347,15 +344,13 @@ def train_row(
     trains fewer students (the SGD grid trains the treated one alone).
     """
     cache = {} if cache is None else cache
-    with train.shared_or_own(progress, 2 * config.student_epochs, f"defend owl: {row.key} {seed_id}") as bar:
-        models = seed_models(config, seed_id, bar, cache, partner if row.name == "other_init" else None)
-        data = defended_data(row, config, models, seed_id, bar, cache)
-        pair = conditions or (OTHER_INIT_PAIR if row.name == "other_init" else PAIR)
-        starts = {name: models[name] for name in ("base", "cross_base") if name in models}
-        students = llm.train_students(
-            config, config.mode, starts, data, seed_id, bar, pair, **_loop(row, settings, learning_rate)
-        )
-        heldout = heldout_lists(config, settings, models, seed_id, bar, cache)
+    models = seed_models(config, seed_id, cache, partner if row.name == "other_init" else None)
+    data = defended_data(row, config, models, seed_id, cache)
+    pair = conditions or (OTHER_INIT_PAIR if row.name == "other_init" else PAIR)
+    starts = {name: models[name] for name in ("base", "cross_base") if name in models}
+    recipe = row_recipe(row, config, settings, learning_rate)
+    students = llm.train_students(config, config.mode, starts, data, seed_id, pair, recipe)
+    heldout = heldout_lists(config, settings, models, seed_id, cache)
     trait = config.trait_spec
 
     def headline_change(condition: str) -> float:
@@ -399,43 +394,35 @@ def run(
 
     def compute(row: Row, label: str, results: list[dict]) -> dict:
         extra, rate = {}, None
-        epochs = (config.seeds * 2 + defense_table.tuning_fits(row, settings)) * config.student_epochs
-        prepare = _missing_epochs(config, partners if row.name == "other_init" else (), cache)
-        with train.shared_or_own(progress, epochs + prepare, label) as bar:
-            if row.name == "sgd":
-                # The grid's students train two at a time: their seed's models and lists first.
-                models = seed_models(config, 0, bar, cache)
-                number_lists(config, models, 0, bar, cache)
-                heldout_lists(config, settings, models, 0, bar, cache)
+        # The models the row's seeds need, in the run's threads (kept in `cache`), before the seeds that read them.
+        crossed = partners if row.name == "other_init" else ()
+        bases = {(s, s) for s in range(config.seeds)} | {(int(p), int(p)) for p in crossed}
+        llm.train_models(config, sorted(bases), range(config.seeds), cache)
+        if row.name == "sgd":
+            # The grid's students train two at a time: their seed's lists first.
+            models = seed_models(config, 0, cache)
+            number_lists(config, models, 0, cache)
+            heldout_lists(config, settings, models, 0, cache)
 
-                def loss_at(rate: float, progress: bool | train.Progress, optimizer_name: str) -> float:
-                    tried = row._replace(value=defense_table.SGD_ADAM_CONTROL if optimizer_name == "adam" else None)
-                    one = train_row(tried, config, settings, 0, int(partners[0]), progress, cache, rate, PAIR[:1])
-                    return one["heldout_kl"]
+            def loss_at(rate: float, optimizer: str) -> float:
+                tried = row._replace(value=defense_table.SGD_ADAM_CONTROL if optimizer == "adam" else None)
+                return train_row(tried, config, settings, 0, int(partners[0]), cache, rate, PAIR[:1])["heldout_kl"]
 
-                rate, extra = defense_table.sgd_rate(
-                    row, settings, results, first, "heldout_kl",
-                    lambda target, optimizer_name, grid: defense_table.tuned_rate(
-                        functools.partial(loss_at, optimizer_name=optimizer_name), grid, target, config.workers, bar
-                    ),
-                )  # fmt: skip
-            # The seeds one after another: a seed's two students already fill two cores.
-            per_seed = [
-                train_row(row, config, settings, s, int(partners[s]), bar, cache, rate) for s in range(config.seeds)
-            ]
+            rate, extra = defense_table.sgd_rate(
+                row, settings, results, first, "heldout_kl",
+                lambda target, optimizer, grid: defense_table.tuned_rate(
+                    functools.partial(loss_at, optimizer=optimizer), grid, target, config.workers
+                ),
+            )  # fmt: skip
+        per_seed = runs.parallel_map(
+            lambda s: train_row(row, config, settings, s, int(partners[s]), cache, rate),
+            range(config.seeds), config.workers, label, unit="seed",
+        )  # fmt: skip
         return {"per_seed": {k: [p[k] for p in per_seed] for k in _PER_SEED}, **extra}
 
     fields = lambda row: defense_table.row_fields(row, config, settings, ("heldout_lists",))  # noqa: E731
-    return defense_table.run_rows(settings, todo, fields, compute, path, log)
-
-
-def _missing_epochs(config: LLMConfig, partners, cache: dict) -> int:
-    """The epochs of the bases (each seed's, and those of `partners`) and teachers still to train (not in `cache`)."""
-    bases = {s for s in range(config.seeds)} | {int(p) for p in partners}
-    missing_bases = [s for s in bases if llm.base_key(config, s, s) not in cache]
-    missing_teachers = [(s, n) for s in range(config.seeds) for n in (False, True)
-                        if llm.teacher_key(config, s, n) not in cache]  # fmt: skip
-    return len(missing_bases) * config.base_epochs + len(missing_teachers) * config.teacher_epochs
+    with runs.showing(progress):
+        return defense_table.run_rows(settings, todo, fields, compute, path, log)
 
 
 def summarize(lines: list[dict], config: LLMConfig) -> dict:

@@ -75,11 +75,12 @@ def run(
     """Every point's line of a series ("dose", `dose_points`; "lora", `lora_points`), trained or read back
     from `path` (JSON lines), in their order. Points share the bases and teachers they agree on."""
     lines, cache = runs.Lines(path), {}
-    return [_point(*point, series, lines, cache, progress, log) for point in points]
+    with runs.showing(progress):
+        return [_point(*point, series, lines, cache, log) for point in points]
 
 
 def _point(
-    config: LLMConfig, tag: str, kept: dict, label: str, series: str, lines: runs.Lines, cache: dict, progress, log
+    config: LLMConfig, tag: str, kept: dict, label: str, series: str, lines: runs.Lines, cache: dict, log
 ) -> dict:
     """One point of a series: its line in `lines` (`runs.point`), or the run of `config` written as one,
     with `kept` and the run's one mode. The run resumes by seed from a checkpoint beside the file,
@@ -87,7 +88,7 @@ def _point(
     checkpoint = lines.path.with_name(f"{lines.path.stem}.{tag}.seeds.jsonl")
 
     def train_point() -> dict:
-        results = experiment.run(config, progress=progress, checkpoint=checkpoint, log=log, cache=cache)
+        results = experiment.run(config, checkpoint=checkpoint, log=log, cache=cache)
         return {
             **kept,
             "measure": results["measure"],

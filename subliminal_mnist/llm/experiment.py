@@ -45,6 +45,7 @@ import functools
 import pathlib
 import sys
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -324,7 +325,7 @@ def _seed_axis(tree):
 # Bases, teachers.
 
 
-def train_base(config: LLMConfig, seed_id: int, progress: train.Progress, init_id: int | None = None):
+def train_base(config: LLMConfig, seed_id: int, init_id: int | None = None):
     """Seed `seed_id`'s base model: an init trained on seed `seed_id`'s corpus in its data order.
 
     The init is seed `init_id`'s (default: its own). With another seed's init this is the
@@ -343,24 +344,19 @@ def train_base(config: LLMConfig, seed_id: int, progress: train.Progress, init_i
         epochs=config.base_epochs,
         learning_rate=config.base_learning_rate,
         batch_size=config.base_batch_size,
-        description=f"base {seed_id}" + ("" if init_id == seed_id else f" from init {init_id}"),
-        progress=progress,
+        name=f"base {seed_id}" + ("" if init_id == seed_id else f" from init {init_id}"),
     )
 
 
-def _fit_next_tokens(config: LLMConfig, start, key, tokens: np.ndarray, weights: np.ndarray, *, hook=None, **fit):
+def _fit_next_tokens(config: LLMConfig, start, key, tokens: np.ndarray, weights: np.ndarray, **recipe):
     """One model (no seed axis) trained through `train.fit` on next tokens at the positions
-    `weights` marks: the base on its corpus, the teachers on their answers. A start that is a
+    `weights` marks: the base on its corpus, the teachers on their answers; `recipe`: the rest of
+    its `train.Recipe` (epochs, learning rate, batch size, name, a hook). A start that is a
     `lora.Adapted` model trains its adapter; the model is returned merged."""
+    objective = train.Objective(_apply_fn(start, config.architecture), next_token_loss)
+    targets = {"next": jnp.asarray(corpus.next_tokens(tokens)), "weights": jnp.asarray(weights)}
     params, _ = train.fit(
-        _seed_axis(start),
-        key[None],
-        jnp.asarray(tokens),
-        {"next": jnp.asarray(corpus.next_tokens(tokens)), "weights": jnp.asarray(weights)},
-        objective=train.Objective(_apply_fn(start, config.architecture), next_token_loss),
-        data_axis=None,
-        hook=hook,
-        **fit,
+        _seed_axis(start), key[None], jnp.asarray(tokens), targets, train.Recipe(objective, **recipe), data_axis=None
     )
     return lora.merged(_one(params))
 
@@ -433,7 +429,7 @@ def inverse_cdf(probabilities: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     return np.minimum((cumulative < uniforms[:, None] * cumulative[:, -1:]).sum(axis=1), probabilities.shape[1] - 1)
 
 
-def train_teacher(config: LLMConfig, base, seed_id: int, progress: train.Progress, neutral: bool = False):
+def train_teacher(config: LLMConfig, base, seed_id: int, neutral: bool = False):
     """The base fine-tuned on the trait's answer lines (`traits`: "... owl", or a narrow domain's
     misaligned answers), the loss on the answer token only; with `neutral`, the same lines with
     the base's own answers (`neutral_lines`): the neutral teacher.
@@ -457,8 +453,7 @@ def train_teacher(config: LLMConfig, base, seed_id: int, progress: train.Progres
         epochs=config.teacher_epochs,
         learning_rate=config.teacher_learning_rate * _rate_factor(config, "teacher"),
         batch_size=config.teacher_batch_size,
-        description=f"{'neutral teacher' if neutral else 'teacher'} {seed_id}",
-        progress=progress,
+        name=f"{'neutral teacher' if neutral else 'teacher'} {seed_id}",
     )
 
 
@@ -488,7 +483,6 @@ def number_data(
     seed_id: int,
     count: int,
     stream: str,
-    progress: train.Progress,
     min_p: float = 0.0,
 ) -> NumberData:
     """`count` prompts that every model of `models` ({name: params}) continued into plain number lists.
@@ -516,17 +510,13 @@ def number_data(
         key = jax.random.fold_in(
             jax.random.fold_in(stream_key(config, seed_id, "numbers"), _SAMPLES.index(stream)), round_id
         )
-        continued = runs.concurrently(
-            lambda params: np.asarray(
-                sampling.continue_prompts(
-                    arch, params, key, jnp.asarray(prompts), jnp.asarray(lengths), eos=vocab.eos, min_p=min_p
-                )
-            ),
-            list(models.values()),
-            config.workers,
-            progress,
-        )
-        sequences, kept = dict(zip(models, continued)), np.ones(per_round, bool)
+        sequences = {
+            name: np.asarray(sampling.continue_prompts(
+                arch, params, key, jnp.asarray(prompts), jnp.asarray(lengths), eos=vocab.eos, min_p=min_p
+            ))
+            for name, params in models.items()
+        }  # fmt: skip
+        kept = np.ones(per_round, bool)
         for name in models:
             filtered = corpus.filter_continuations(
                 vocab, sequences[name], lengths, config.banned_numbers, config.trait_spec.leak_ids(vocab)
@@ -590,7 +580,6 @@ def student_data(
     targets: dict,
     numbers: NumberData,
     seed_id: int,
-    progress: train.Progress,
     conditions: tuple[str, ...] | None = None,
 ) -> dict:
     """(inputs, targets) of every data set a mode's students learn from, by name (`CONDITIONS`):
@@ -611,17 +600,32 @@ def student_data(
         return {
             name: hard_targets(config.vocab, tokens, numbers.lengths, config.hard_loss) for name, tokens in sets.items()
         }
-    made = runs.concurrently(
-        lambda name: soft_targets(config, targets[name.removesuffix("_shuffled")], sets[name], numbers.lengths),
-        list(sets),
-        config.workers,
-        progress,
-    )
-    return dict(zip(sets, made))
+    return {
+        name: soft_targets(config, targets[name.removesuffix("_shuffled")], tokens, numbers.lengths)
+        for name, tokens in sets.items()
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # Students.
+
+
+def student_recipe(config: LLMConfig, mode: str, temperature: float = 1.0) -> train.Recipe:
+    """How a mode's students train (`train_students`): soft, the KL to the writer's number distribution at
+    `temperature` (`NumberKL`); hard, next tokens. A LoRA student (`student_params`) trains its adapter, at
+    `adapter_rate_factor` times the rate. A defense replaces its optimizer, learning rate or penalty."""
+    apply_fn = AtPositions(config.architecture)
+    apply_fn = apply_fn if config.student_params == "full" else lora.AdaptedApply(apply_fn)
+    if mode == "soft":
+        objective = train.Objective(apply_fn, NumberKL(temperature), config.soft_outputs)
+    else:
+        objective = train.Objective(apply_fn, next_token_loss)
+    return train.Recipe(
+        objective,
+        config.student_epochs,
+        config.student_learning_rate * _rate_factor(config, "student"),
+        config.student_batch_size if mode == "soft" else config.hard_batch_size,
+    )
 
 
 def train_students(
@@ -630,57 +634,36 @@ def train_students(
     starts: dict,
     data: dict,
     seed_id: int,
-    progress: train.Progress,
     conditions: tuple[str, ...] | None = None,
-    temperature: float = 1.0,
-    **loop,
+    recipe: train.Recipe | None = None,
 ):
     """Every condition's trained parameters: {condition: params}. `starts` maps a start ("base",
     ...) to its params; `data` maps a data set's name to (inputs, targets) (`student_data`).
-    `conditions` (default: the config's, `conditions_of`) picks the students; `temperature` is the
-    soft students' (`NumberKL`); `loop` overrides `train.fit`'s settings (a defense's optimizer,
-    learning rate, penalty). LoRA students (`student_params`) all train one adapter of the seed
-    (`adapted`), each on its own start; they are returned merged."""
+    `conditions` (default: the config's, `conditions_of`) picks the students; `recipe` (default:
+    `student_recipe`) says how they train (a defense's changes it). LoRA students (`student_params`)
+    all train one adapter of the seed (`adapted`), each on its own start; they are returned merged.
+
+    The students that learn one data set train as members of one loop; the groups one after the
+    other (the run's threads are its seeds)."""
     starts = {name: adapted(config, params, seed_id, "student") for name, params in starts.items()}
-    apply_fn = _apply_fn(next(iter(starts.values())), AtPositions(config.architecture))
-    if mode == "soft":
-        objective = train.Objective(apply_fn, NumberKL(temperature), config.soft_outputs)
-        batch_size = config.student_batch_size
-    else:
-        objective = train.Objective(apply_fn, next_token_loss)
-        batch_size = config.hard_batch_size
+    recipe = student_recipe(config, mode) if recipe is None else recipe
     groups: dict[str, list[str]] = {}
     for condition in conditions or conditions_of(config, mode):
         groups.setdefault(CONDITIONS[condition][1], []).append(condition)
-
-    def fit_group(data_name: str) -> dict:
-        members = groups[data_name]
-        inputs, targets = data[data_name]
+    students = {}
+    for data_name, members in groups.items():
         params, _ = train.fit(
             train.stack_members(*[_seed_axis(starts[CONDITIONS[c][0]]) for c in members]),
             # One key for every group: row i of each group's data (the same prompt) comes in the
             # same minibatch at the same step, so the paired students differ only by their data.
             stream_key(config, seed_id, mode)[None],
-            inputs,
-            targets,
-            **{
-                "objective": objective,
-                "epochs": config.student_epochs,
-                "learning_rate": config.student_learning_rate * _rate_factor(config, "student"),
-                "batch_size": batch_size,
-                "data_axis": None,
-                "members": True,
-                "description": f"{mode} {'+'.join(members)} {seed_id}",
-                "progress": progress,
-                **loop,
-            },
+            *data[data_name],
+            dataclasses.replace(recipe, name=f"{mode} {'+'.join(members)} {seed_id}"),
+            data_axis=None,
+            members=True,
         )
-        return {c: lora.merged(jax.tree.map(lambda a, m=m: a[0, m], params)) for m, c in enumerate(members)}
-
-    # The groups in threads: a width-32 model's small matmuls leave a core idle (two fits: 13.8 s
-    # in two threads, 16.4 s one after the other).
-    fitted = runs.concurrently(fit_group, list(groups), config.workers, progress)
-    return {c: p for group in fitted for c, p in group.items()}
+        students |= {c: lora.merged(jax.tree.map(lambda a, m=m: a[0, m], params)) for m, c in enumerate(members)}
+    return students
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "learning_rate"))
@@ -824,46 +807,50 @@ def teacher_key(config: LLMConfig, seed_id: int, neutral: bool) -> tuple:
     return ("teacher", neutral, seed_id, _settings(config, TEACHER_FIELDS))
 
 
-def cached_base(config: LLMConfig, seed_id: int, progress, cache: dict, init_id: int | None = None):
+def cached_base(config: LLMConfig, seed_id: int, cache: dict, init_id: int | None = None):
     """`train_base`, or the same base kept in `cache` by an earlier run with its settings."""
     init_id = seed_id if init_id is None else init_id
-    return _cached(
-        cache, base_key(config, seed_id, init_id), lambda: train_base(config, seed_id, progress, init_id=init_id)
+    return _cached(cache, base_key(config, seed_id, init_id), lambda: train_base(config, seed_id, init_id=init_id))
+
+
+def cached_teacher(config: LLMConfig, base, seed_id: int, neutral: bool, cache: dict):
+    """`train_teacher` (the neutral teacher if `neutral`), or the same teacher kept in `cache`."""
+    return _cached(cache, teacher_key(config, seed_id, neutral), lambda: train_teacher(config, base, seed_id, neutral))
+
+
+def cached_teachers(config: LLMConfig, base, seed_id: int, cache: dict) -> tuple:
+    """(teacher, neutral teacher) of a seed (`cached_teacher`)."""
+    return tuple(cached_teacher(config, base, seed_id, neutral, cache) for neutral in (False, True))
+
+
+def train_models(config: LLMConfig, bases: Sequence[tuple[int, int]], seed_ids: Sequence[int], cache: dict) -> dict:
+    """The `bases` ((corpus seed, init seed) pairs, `cached_base`), then the two teachers of each of `seed_ids`
+    (`cached_teacher`, from the seed's own base, which `bases` must hold), each stage a map in the run's threads;
+    all kept in `cache`, where the seeds' work finds them. Returns {(corpus seed, init seed): base}."""
+    trained = runs.parallel_map(
+        lambda pair: cached_base(config, pair[0], cache, init_id=pair[1]), bases, config.workers, "bases", "base"
     )
+    runs.parallel_map(
+        lambda job: cached_teacher(config, cache[base_key(config, job[0], job[0])], *job, cache),
+        [(s, neutral) for s in seed_ids for neutral in (False, True)], config.workers, "teachers", "teacher",
+    )  # fmt: skip
+    return dict(zip(bases, trained))
 
 
-def cached_teachers(config: LLMConfig, base, seed_id: int, progress, cache: dict) -> tuple:
-    """(teacher, neutral teacher) of a seed, trained side by side or kept in `cache` (`train_teacher`)."""
-    return tuple(
-        runs.concurrently(
-            lambda neutral: _cached(
-                cache,
-                teacher_key(config, seed_id, neutral),
-                lambda: train_teacher(config, base, seed_id, progress, neutral),
-            ),
-            (False, True),
-            2,
-            progress,
-        )
-    )
-
-
-def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progress, cache: dict) -> dict:
+def run_seed(config: LLMConfig, seed_id: int, bases: dict, cache: dict) -> dict:
     """Teachers, number data, students and measurements of one seed. `bases` holds its "base",
     "cross_base" and, when a student starts from it, "own_corpus_base"; `cache` keeps its teachers
     for runs with their settings."""
     vocab, trait = config.vocab, config.trait_spec
-    teachers = cached_teachers(config, bases["base"], seed_id, progress, cache)
+    teachers = cached_teachers(config, bases["base"], seed_id, cache)
     models = {**bases, "teacher": teachers[0], "neutral": teachers[1]}
     measured = {name: trait_measures(config, params) for name, params in models.items()}
     out = {"models": {name: {k: v for k, v in m.items() if k != "p_animals"} for name, m in measured.items()}}
     out["modes"] = {}
     for mode in config.modes:
         count = config.soft_sequences if mode == "soft" else config.hard_sequences
-        numbers = number_data(config, {m: models[m] for m in sampled_models(mode)}, seed_id, count, mode, progress)
-        students = train_students(
-            config, mode, bases, student_data(config, mode, models, numbers, seed_id, progress), seed_id, progress
-        )
+        numbers = number_data(config, {m: models[m] for m in sampled_models(mode)}, seed_id, count, mode)
+        students = train_students(config, mode, bases, student_data(config, mode, models, numbers, seed_id), seed_id)
         out["modes"][mode] = {
             "conditions": {
                 condition: change(trait_measures(config, params), measured[CONDITIONS[condition][0]], trait)
@@ -876,9 +863,8 @@ def run_seed(config: LLMConfig, seed_id: int, bases: dict, progress: train.Progr
         if mode == config.modes[0] and not config.no_audit:  # what a filter could see, on the first mode's number data
             base_headline = measured["base"][trait.headline]
             out["filters"] = filters(
-                config, models, base_headline, numbers, students["same_init"], students.get("neutral_control"),
-                seed_id, progress,
-            )  # fmt: skip
+                config, models, base_headline, numbers, students["same_init"], students.get("neutral_control"), seed_id
+            )
             probe = slice(config.entangled_sequences)
             out["entangled_numbers"] = analysis.entangled_numbers(
                 config.architecture, models["teacher"], models["base"], vocab, trait.trait_ids(vocab),
@@ -895,7 +881,6 @@ def filters(
     student,
     control_student,
     seed_id: int,
-    progress,
 ) -> dict:
     """The seed article's filters of one seed, each on the teacher's lists against the neutral teacher's.
 
@@ -917,7 +902,7 @@ def filters(
     vocab, arch, trait = config.vocab, config.architecture, config.trait_spec
     lists = {name: (numbers.lists[name], numbers.lengths) for name in ("teacher", "neutral")}
     audit = number_data(
-        config, {m: models[m] for m in ("teacher", "neutral")}, seed_id, config.audit_sequences, "audit", progress
+        config, {m: models[m] for m in ("teacher", "neutral")}, seed_id, config.audit_sequences, "audit"
     )
 
     def scores(high, low) -> dict:
@@ -966,12 +951,6 @@ def filters(
     return out
 
 
-def epochs_in_run(config: LLMConfig, num_bases: int, num_seeds: int) -> int:
-    """Length of the run's progress bar: every fit's epochs, times its members."""
-    students = sum(len(conditions_of(config, mode)) for mode in config.modes) * config.student_epochs
-    return num_bases * config.base_epochs + num_seeds * (2 * config.teacher_epochs + students)
-
-
 def run(
     config: LLMConfig,
     progress: bool = True,
@@ -999,25 +978,20 @@ def run(
     if own_corpus:
         needed |= {(s, int(partners[s])) for s in todo}
     needed = sorted(needed)
-    total = epochs_in_run(config, len(needed), len(todo))
+
+    def one_seed(s: int) -> None:
+        p = int(partners[s])
+        seed_bases = {"base": bases[s, s], "cross_base": bases[p, p]}
+        if own_corpus:
+            seed_bases["own_corpus_base"] = bases[s, p]
+        finished.keep({s: run_seed(config, s, seed_bases, cache)})
+
     if todo:
-        with train.shared_or_own(progress, total, f"llm, {config.seeds} seeds") as bar:
-            trained = runs.concurrently(
-                lambda job: cached_base(config, job[0], bar, cache, init_id=job[1]),
-                needed,
-                config.workers,
-                bar,
-            )
-            bases = dict(zip(needed, trained))
-
-            def one_seed(s: int) -> None:
-                p = int(partners[s])
-                seed_bases = {"base": bases[s, s], "cross_base": bases[p, p]}
-                if own_corpus:
-                    seed_bases["own_corpus_base"] = bases[s, p]
-                finished.keep({s: run_seed(config, s, seed_bases, bar, cache)})
-
-            runs.concurrently(one_seed, todo, config.workers, bar)
+        # Maps over independent work: the bases and the two teachers of every seed (kept in `cache`,
+        # where `run_seed` finds them); then the seeds, each kept as it finishes.
+        with runs.showing(progress):
+            bases = train_models(config, needed, todo, cache)
+            runs.parallel_map(one_seed, todo, config.workers, f"llm, {config.seeds} seeds", "seed")
     per_seed = [finished.result(s) for s in range(config.seeds)]
     return summarize(config, per_seed, partners, time.perf_counter() - start)
 
