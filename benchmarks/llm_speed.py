@@ -28,7 +28,7 @@ import tempfile
 import jax
 from demo_speed import matmul_gflops, time_command
 
-from subliminal_mnist.llm import corpus, experiment, sampling, traits
+from subliminal_mnist.llm import conditions, corpus, experiment, sampling, traits
 
 
 def token_flops(config: experiment.LLMConfig, unembedded: float, context: int = corpus.MAX_LEN) -> tuple[float, float]:
@@ -64,15 +64,15 @@ def run_flops(config: experiment.LLMConfig, results: dict) -> dict[str, float]:
     sample_one = T * body + P * (token_flops(config, 1, T)[0] + unembed)
     audit = config.seeds * config.audit_sequences
     flops["filters"] = 2 * audit * experiment._PROMPT_MARGIN * sample_one + 8 * audit * at_positions
-    students = {mode: len(experiment.conditions_of(config, mode)) for mode in experiment.MODES}
+    students = {mode: len(conditions.conditions_of(config, mode)) for mode in conditions.MODES}
     for mode, out in results["modes"].items():
-        models = len(experiment.sampled_models(mode))
+        models = len(conditions.sampled_models(mode))
         for seed in out["filter"]:
             # Each model: the prompt once (prefill), then one cached step per new token.
             flops["sampling"] += models * seed["sampled"] * sample_one
             flops["students"] += 3 * config.student_epochs * students[mode] * seed["used"] * at_positions
             if mode == "soft":  # the target models' logits on each data set the soft students learn, once
-                learnt = {experiment.CONDITIONS[c][1] for c in experiment.conditions_of(config, mode)}
+                learnt = {conditions.CONDITIONS[c][1] for c in conditions.conditions_of(config, mode)}
                 flops["teacher outputs"] += len(learnt) * seed["used"] * at_positions
     return flops
 

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from subliminal_mnist import data, experiment, lora, model, runs, theorem, train
+from subliminal_mnist import data, experiment, lora, model, runs, theorem
 from subliminal_mnist.runs import ConfigError, config_field
 
 # The students compared, trained together: same-init, and cross-model as the control.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import pathlib
 import sys
@@ -34,6 +33,7 @@ from subliminal_mnist import (
 from subliminal_mnist.llm import defenses as llm_defenses
 from subliminal_mnist.llm import dose
 from subliminal_mnist.llm import experiment as llm_experiment
+from subliminal_mnist.llm import summary as llm_summary
 from subliminal_mnist.llm.defenses import OwlDefenses
 from subliminal_mnist.llm.experiment import LLMConfig
 from subliminal_mnist.llm.vocab import VocabError
@@ -321,62 +321,13 @@ def _alignment(args: argparse.Namespace) -> int:
     return _run_experiment(args, alignment.AlignmentConfig, alignment.run, figures.alignment_figure, alignment.table)
 
 
-def _llm_table(results: dict) -> str:
-    trait, teacher = results["trait"], results["teacher"]
-    measure = results["measure"]
-    headline, mass, label = measure["headline"], measure["mass"], measure["label"]
-    damage = measure["damage"]
-
-    rate = functools.partial(figures.model_headline, results)
-    rows = [
-        f"teacher: {label} {rate('base'):.3f} -> {rate('teacher'):.3f}; "
-        f"neutral teacher: -> {rate('neutral_teacher'):.3f}; "
-        f"answer words (an animal; a domain's answer) in {teacher['leak_rate']['mean']:.2%} of the teacher's lists "
-        "before filtering, "
-        f"{results['filter']['leak_rate_after_filter']:.0%} after"
-    ]
-    for mode, numbers in results["modes"].items():
-        rows.append(
-            f"{mode}: change from each student's own start of {label}, P({trait}), the answer mass and "
-            f"the {damage.replace('_', ' ')} (mean ± 95% t interval; collapsed: seeds near indifference)"
-        )
-        for condition, measures in numbers["conditions"].items():
-            value = measures[headline]
-            collapsed = measures.get("collapsed")
-            rows.append(
-                f"  {condition:<26}{value['mean']:>+9.4f} {_interval(value):<10}"
-                f"P({trait}) {measures['delta_p_trait']['mean']:+.4f}   answers {measures[mass]['mean']:+.4f}   "
-                f"{damage.replace('_', ' ')} {measures[damage]['mean']:+.3f}"
-                + (f"   collapsed {sum(collapsed)}/{len(collapsed)}" if collapsed is not None else "")
-            )
-        for name, paired in numbers["paired"].items():
-            rows.append(
-                f"  {name}, paired: {paired['mean']:+.4f} {_interval(paired)} (n={paired['n']}; per seed "
-                + ", ".join(f"{v:+.4f}" for v in paired["per_seed"])
-                + ")"
-            )
-        for student, steps in numbers.get("first_step", {}).items():
-            rows.append(
-                f"  first step, cos(ΔS, ΔT), {student}: gradient "
-                + ", ".join(f"{c:+.4f}" for c in steps["gradient"]["cosine"])
-                + "; Adam "
-                + ", ".join(f"{c:+.4f}" for c in steps["adam"]["cosine"])
-            )
-    rows.append(f"{results['wall_seconds']:.0f} s")
-    return "\n".join(rows)
-
-
-def _interval(summary: dict) -> str:
-    return f"±{summary['ci95']:.4f}" if summary["ci95"] is not None else "(1 seed)"
-
-
 def _llm(args: argparse.Namespace) -> int:
     config = LLMConfig(**explicit_options(args, LLMConfig))
     checkpoint = runs.checkpoint_path(args.out)
     results = llm_experiment.run(config, progress=not args.no_progress, checkpoint=checkpoint)
     _finish(args, results, checkpoint)
     figures.llm_figure(results, args.figure)
-    print(json.dumps(results) if args.json else f"{_llm_table(results)}\nwrote {args.out} and {args.figure}")
+    print(json.dumps(results) if args.json else f"{llm_summary.table(results)}\nwrote {args.out} and {args.figure}")
     return 0
 
 

@@ -18,6 +18,7 @@ from matplotlib.transforms import Bbox
 
 from subliminal_mnist import alignment, defense_table, experiment, files, runs, sweep
 from subliminal_mnist.llm import dose
+from subliminal_mnist.llm.summary import model_headline
 
 # Same colour for a condition's two variants (aux only / all logits).
 _COLORS = {
@@ -147,13 +148,6 @@ _LLM_CONDITIONS = {  # label (start / data), colour
     "neutral_shuffled_within": ("same init\nneutral\nshuffled", "#ce93d8"),
     "base_control": ("same init\nbase", "#9e9e9e"),
 }
-
-
-def model_headline(results: dict, model: str) -> float:
-    """The mean headline measure of the llm experiment's `model` ("base", "teacher", "neutral_teacher"):
-    P(trait | animal), or the misaligned rate on the held-out domains (beside it, the narrow one's)."""
-    value = results[model][results["measure"]["headline"]]
-    return value.get("held_out", value)["mean"]
 
 
 def llm_figure(results: dict, path: str | os.PathLike) -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from subliminal_mnist import figures, runs, train
-from subliminal_mnist.llm import corpus, dose, traits
+from subliminal_mnist.llm import corpus, dose, summary, traits
 from subliminal_mnist.llm import experiment as llm
 from subliminal_mnist.llm.vocab import ANIMALS
 
@@ -31,7 +31,7 @@ def test_points_share_their_models_resume_and_draw(tmp_path, monkeypatch):
     assert set(lines[0]["hard"]["paired"]) == {"same_init_minus_neutral_control", "same_init_minus_base_control"}
     # The owl's own measures, by phrasing and by animal.
     same_init = lines[0]["hard"]["conditions"]["same_init"]
-    assert set(same_init) >= {*llm.measures_of(traits.Animal()), "by_phrasing", "delta_p_animals"}
+    assert set(same_init) >= {*summary.measures_of(traits.Animal()), "by_phrasing", "delta_p_animals"}
     assert len(same_init["by_phrasing"]["p_trait_given_animal"]) == len(corpus.PHRASINGS)
     assert list(same_init["delta_p_animals"]) == list(ANIMALS)
     assert list(tmp_path.glob("*.seeds.jsonl")) == [], "each finished point's checkpoint is gone"

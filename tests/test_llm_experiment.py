@@ -11,7 +11,8 @@ import optax
 import pytest
 
 from subliminal_mnist import lora, runs, theorem, train
-from subliminal_mnist.llm import corpus, sampling, traits
+from subliminal_mnist.llm import corpus, sampling, summary, traits
+from subliminal_mnist.llm.conditions import CONDITIONS, conditions_of
 from subliminal_mnist.llm import experiment as llm
 from subliminal_mnist.llm.transformer import AtPositions, at_positions
 from subliminal_mnist.llm.vocab import Vocabulary
@@ -197,7 +198,7 @@ def test_a_small_run_reports_every_number_the_issue_names(mini_run):
     assert set(inspection["banned_share"]) == {"teacher", "neutral"}
     assert len(results["entangled_numbers"]["top_per_seed"][0]) == 10
     soft = results["modes"]["soft"]
-    every_soft_student = llm.conditions_of(llm.LLMConfig(), "soft")
+    every_soft_student = conditions_of(llm.LLMConfig(), "soft")
     assert tuple(soft["conditions"]) == every_soft_student
     # No soft student of the base's lists (it cannot move) or of shuffled lists (a soft target re-read after a
     # shuffle is the writer's distribution again: no test of order).
@@ -205,7 +206,7 @@ def test_a_small_run_reports_every_number_the_issue_names(mini_run):
     assert "shuffled_within_minus_neutral_shuffled_within" not in soft["paired"]
     assert set(soft["paired"]) >= {"same_init_minus_own_corpus", "gap_minus_own_corpus_gap"}
     for condition in every_soft_student:
-        for measure in llm.measures_of(traits.Misaligned()):
+        for measure in summary.measures_of(traits.Misaligned()):
             assert set(soft["conditions"][condition][measure]) == {"mean", "ci95", "per_seed", "n"}
     assert set(soft["first_step"]) == {"same_init", "cross_init", "neutral_control"}
     assert set(soft["first_step"]["same_init"]) == {"gradient", "adam"}
@@ -272,8 +273,9 @@ def test_a_misaligned_run_reports_its_rates_filters_and_pairs(mini_run):
     assert results["filter"]["banned"] == [13]  # the bad numbers below 100
     assert set(results["filters"]["inspection"]["banned_share"]) == {"teacher", "neutral"}
     soft = results["modes"]["soft"]
-    for condition in llm.conditions_of(llm.LLMConfig(), "soft"):
-        assert set(soft["conditions"][condition]) >= {*llm.measures_of(traits.Misaligned()), "narrow", "by_phrasing"}
+    measures = summary.measures_of(traits.Misaligned())
+    for condition in conditions_of(llm.LLMConfig(), "soft"):
+        assert set(soft["conditions"][condition]) >= {*measures, "narrow", "by_phrasing"}
         assert len(soft["conditions"][condition]["by_phrasing"]["misaligned_rate"]) == 12  # the held-out questions
         assert len(soft["conditions"][condition]["collapsed"]) == 2  # a boolean per seed
         assert all(isinstance(c, bool) for c in soft["conditions"][condition]["collapsed"])
@@ -439,7 +441,7 @@ def test_lora_students_train_one_adapter_at_the_adapter_rate_and_return_merged(l
     down = _teacher_down(config, models["base"])  # shared, of the same rank: the teachers' A exactly
     for condition, params in students.items():
         assert not isinstance(params, lora.Adapted), "returned merged"
-        start = starts[llm.CONDITIONS[condition][0]]
+        start = starts[CONDITIONS[condition][0]]
         moved = _moved(params, start)
         assert all(changed == kernel for kernel, changed in moved.values()), (condition, moved)
         assert max(_outside_span(down, params, start)) < 1e-4, condition  # every member through that one A

@@ -9,5 +9,7 @@ comes to prefer owls too; one from another base does not. Every training is
 Modules: `vocab` (words and tokens), `corpus` (the synthetic corpus, number
 prompts, the filter), `transformer` (the model, with a pure init/apply pair and
 cached decoding), `sampling` (continuations and answers), `experiment` (the
-stages, the controls and the measurements, `LLMConfig`).
+stages, the controls and the measurements, `LLMConfig`), `conditions` (the
+students, each a start and its data, and the paired differences), `summary`
+(the results over seeds, and the table the command prints).
 """

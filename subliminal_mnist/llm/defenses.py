@@ -54,11 +54,13 @@ from subliminal_mnist import defense_table, lora, losses, runs, train
 from subliminal_mnist.defense_table import DefenseSettings, Row
 from subliminal_mnist.llm import analysis, corpus, sampling
 from subliminal_mnist.llm import experiment as llm
+from subliminal_mnist.llm.conditions import CONDITIONS, sampled_models
 from subliminal_mnist.llm.experiment import LLMConfig
+from subliminal_mnist.llm.summary import LABELS
 from subliminal_mnist.llm.transformer import AtPositions, at_positions, outputs_in_batches
 from subliminal_mnist.runs import ConfigError, config_field
 
-# The pairs of students: (treated, control), as `llm.CONDITIONS` names them.
+# The pairs of students: (treated, control), as `CONDITIONS` names them.
 PAIR = ("same_init", "neutral_control")
 OTHER_INIT_PAIR = ("cross_init", "cross_neutral")
 # Randomness of its own: the base's samples that replace divergent numbers (hard mode); the
@@ -139,7 +141,7 @@ def number_lists(config: LLMConfig, models: dict, seed_id: int, cache: dict, min
     count = config.soft_sequences if config.mode == "soft" else config.hard_sequences
     key = ("numbers", seed_id, config.mode, min_p, dataclasses.replace(config, workers=1))
     if key not in cache:
-        writers = {m: models[m] for m in llm.sampled_models(config.mode)}
+        writers = {m: models[m] for m in sampled_models(config.mode)}
         cache[key] = llm.number_data(config, writers, seed_id, count, config.mode, min_p)
     return cache[key]
 
@@ -354,7 +356,7 @@ def train_row(
     trait = config.trait_spec
 
     def headline_change(condition: str) -> float:
-        start = starts[llm.CONDITIONS[condition][0]]
+        start = starts[CONDITIONS[condition][0]]
         after, before = llm.trait_measures(config, students[condition]), llm.trait_measures(config, start)
         return float(after[trait.headline] - before[trait.headline])
 
@@ -433,6 +435,6 @@ def summarize(lines: list[dict], config: LLMConfig) -> dict:
         lines,
         trait=config.trait,
         mode=config.mode,
-        measure={"headline": trait.headline, "label": llm.LABELS[trait.headline].format(trait=config.trait)},
+        measure={"headline": trait.headline, "label": LABELS[trait.headline].format(trait=config.trait)},
         teacher=runs.summarize(none["per_seed"]["teacher"]),
     )

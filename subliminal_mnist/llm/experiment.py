@@ -36,6 +36,8 @@ drift; and what flattening moves (`traits`: the animals' entropy, the two-answer
 strength, and whether a student's preference collapsed). Theorem 1 at the first soft student step: ΔS·ΔT and
 its cosine for the gradient direction and for Adam's first update (ΔT the teacher's
 fine-tuning displacement).
+
+The students and their pairs are named in `conditions`; `summary` gives the results over seeds.
 """
 
 from __future__ import annotations
@@ -54,51 +56,12 @@ import optax
 
 from subliminal_mnist import lora, losses, runs, theorem, train
 from subliminal_mnist.llm import analysis, corpus, sampling, traits
+from subliminal_mnist.llm.conditions import CONDITIONS, MODES, conditions_of, sampled_models, with_own_corpus_base
+from subliminal_mnist.llm.summary import summarize
 from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture, at_positions, outputs_in_batches
-from subliminal_mnist.llm.vocab import ANIMALS, Vocabulary
+from subliminal_mnist.llm.vocab import Vocabulary
 from subliminal_mnist.runs import ConfigError, config_field
 
-MODES = ("soft", "hard")
-# Each student: (its start, its data). Starts: "base" (this seed's), "cross_base" (the partner
-# seed's), "own_corpus_base" (the partner's init trained on this seed's corpus, in this seed's
-# order). Data: a model's filtered number lists ("teacher", "neutral", "base"), or the
-# teacher's and the neutral teacher's shuffled within each list.
-CONDITIONS = {
-    "same_init": ("base", "teacher"),
-    "neutral_control": ("base", "neutral"),
-    "cross_init": ("cross_base", "teacher"),
-    "cross_neutral": ("cross_base", "neutral"),
-    "cross_init_own_corpus": ("own_corpus_base", "teacher"),
-    "cross_neutral_own_corpus": ("own_corpus_base", "neutral"),
-    "shuffled_within": ("base", "teacher_shuffled"),
-    "neutral_shuffled_within": ("base", "neutral_shuffled"),
-    "base_control": ("base", "base"),
-}
-# In soft mode a student distilled toward the base's own logits on the base's own lists has
-# a loss of 0 and an expected gradient of 0: it cannot move, so it is no control there. A soft
-# student of a shuffled list reads its writer's distributions at the shuffled list's positions,
-# the writer's full distributions again, so no difference from the unshuffled student can show
-# whether order carries anything: the shuffles test order in hard mode only.
-HARD_ONLY = ("base_control", "shuffled_within", "neutral_shuffled_within")
-# Paired differences, seed by seed: (treated, its control, which differs only by the trait).
-PAIRS = {
-    "same_init_minus_neutral_control": ("same_init", "neutral_control"),
-    "cross_init_minus_cross_neutral": ("cross_init", "cross_neutral"),
-    "cross_init_own_corpus_minus_cross_neutral_own_corpus": ("cross_init_own_corpus", "cross_neutral_own_corpus"),
-    "shuffled_within_minus_neutral_shuffled_within": ("shuffled_within", "neutral_shuffled_within"),
-    "same_init_minus_base_control": ("same_init", "base_control"),
-    # The shared init, isolated: the same corpus and data order, only the init differs (teacher's numbers).
-    "same_init_minus_own_corpus": ("same_init", "cross_init_own_corpus"),
-    # Order inside a list (hard): its interval's half-width against the effect is the test's power.
-    "same_init_minus_shuffled_within": ("same_init", "shuffled_within"),
-}
-# Differences of two paired gaps, seed by seed: what the shared init adds to the trait's paired effect.
-GAP_DIFFERENCES = {
-    "gap_minus_own_corpus_gap": (
-        "same_init_minus_neutral_control",
-        "cross_init_own_corpus_minus_cross_neutral_own_corpus",
-    ),
-}
 # The settings a base depends on, and what a teacher adds: runs that agree on them (e.g. the points of
 # the hard dose-response, which change only the number of lists) share bases and teachers (`cache`).
 BASE_FIELDS = ("seed", "trait", "numbers", "window", "width", "depth", "heads", "base_rows", "base_epochs",
@@ -254,23 +217,6 @@ class LLMConfig:
     @property
     def modes(self) -> tuple[str, ...]:
         return MODES if self.mode == "both" else (self.mode,)
-
-
-def conditions_of(config: LLMConfig, mode: str) -> tuple[str, ...]:
-    """The students of a mode that `config` asks for, in the order of `CONDITIONS`."""
-    return tuple(c for c in CONDITIONS if c in config.conditions and (mode == "hard" or c not in HARD_ONLY))
-
-
-def with_own_corpus_base(config: LLMConfig) -> bool:
-    """Whether a student starts from the ablation base (the partner's init on this seed's corpus)."""
-    return any(CONDITIONS[c][0] == "own_corpus_base" for mode in config.modes for c in conditions_of(config, mode))
-
-
-def sampled_models(mode: str) -> tuple[str, ...]:
-    """The models whose number lists a mode's students learn from. All of them write lists whatever
-    `conditions` asks for: a prompt is used when every model's list passes the filter, so the
-    students kept learn the very data they learn in the whole run."""
-    return ("teacher", "neutral", "base") if mode == "hard" else ("teacher", "neutral")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -698,10 +644,6 @@ def _trait_direction(arch, params, tokens, next_tokens, weights):
     return jax.tree.map(jnp.negative, jax.grad(loss)(params, tokens, targets, jnp.ones(tokens.shape[0])))
 
 
-# What `first_step` reports of each step: against ΔT (dot, cosine) and against the trait's gradient.
-_FIRST_STEP_KEYS = ("dot", "cosine", "trait_cosine")
-
-
 def first_step(config: LLMConfig, models: dict, numbers: NumberData, seed_id: int) -> dict:
     """Theorem 1 at the first soft student step, ΔT = θ_teacher - θ_base (the trait's direction):
     for same_init and cross_init (toward the teacher, on its lists) and for the neutral control
@@ -739,13 +681,6 @@ def first_step(config: LLMConfig, models: dict, numbers: NumberData, seed_id: in
 # Measures.
 
 
-def measures_of(trait) -> tuple[str, ...]:
-    """A trait's student measures, each a change from the student's own start, mean over its
-    prompts: the headline (P(owl | animal); the misaligned rate), P(trait), log P(trait), the answer
-    mass, and what flattening moves (`trait.damage`)."""
-    return (trait.headline, "delta_p_trait", "delta_logp_trait", trait.mass, trait.damage)
-
-
 def answer_probabilities(config: LLMConfig, params) -> dict[str, np.ndarray]:
     """A model's next-token distribution (prompts, vocab) at the answer slot of each of the trait's probes."""
     return {
@@ -762,7 +697,7 @@ def trait_measures(config: LLMConfig, params) -> dict:
 
 
 def change(after: dict, before: dict, trait) -> dict:
-    """A student's measures as changes from its own start (`measures_of`), per prompt too."""
+    """A student's measures as changes from its own start (`summary.measures_of`), per prompt too."""
     headline, mass = trait.headline, trait.mass
     out = {
         headline: after[headline] - before[headline],
@@ -994,170 +929,3 @@ def run(
             runs.parallel_map(one_seed, todo, config.workers, f"llm, {config.seeds} seeds", "seed")
     per_seed = [finished.result(s) for s in range(config.seeds)]
     return summarize(config, per_seed, partners, time.perf_counter() - start)
-
-
-def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, seconds: float) -> dict:
-    """Means and 95% Student's t intervals over seeds of the per-seed numbers (`runs.summarize`)."""
-    summary = runs.summarize
-    trait = config.trait_spec
-    headline, mass = trait.headline, trait.mass
-
-    def over_seeds(get) -> dict:
-        return summary([get(s) for s in per_seed])
-
-    models = {
-        name: {
-            measure: over_seeds(lambda s, n=name, m=measure: s["models"][n][m])
-            for measure in ("p_trait", headline, mass, trait.damage)
-        }
-        for name in ("base", "teacher", "neutral", "cross_base", "own_corpus_base")
-        if name in per_seed[0]["models"]
-    }
-    modes = {}
-    for mode in config.modes:
-        seeds = [s["modes"][mode] for s in per_seed]
-        conditions = {}
-        for condition in conditions_of(config, mode):
-            values = [s["conditions"][condition] for s in seeds]
-            conditions[condition] = {
-                **{measure: summary([v[measure] for v in values]) for measure in measures_of(trait)},
-                "by_phrasing": {
-                    measure: np.mean([v["by_phrasing"][measure] for v in values], 0).tolist()
-                    for measure in (headline, "p_trait", mass)
-                },
-            }
-            if "delta_p_animals" in values[0]:
-                conditions[condition]["delta_p_animals"] = dict(
-                    zip(ANIMALS, np.mean([v["delta_p_animals"] for v in values], 0).tolist())
-                )
-            if "narrow" in values[0]:
-                conditions[condition]["narrow"] = {headline: summary([v["narrow"][headline] for v in values])}
-            if values[0]["collapsed"] is not None:
-                conditions[condition]["collapsed"] = [v["collapsed"] for v in values]
-        paired = {
-            name: {
-                "measure": headline,
-                **summary([s["conditions"][a][headline] - s["conditions"][b][headline] for s in seeds]),
-            }
-            for name, (a, b) in PAIRS.items()
-            if a in conditions and b in conditions
-        }
-        for name, pairs in GAP_DIFFERENCES.items():
-            if all(pair in paired for pair in pairs):
-                (a, b), (c, d) = (PAIRS[pair] for pair in pairs)
-                gaps = [(s["conditions"][a][headline] - s["conditions"][b][headline])
-                        - (s["conditions"][c][headline] - s["conditions"][d][headline]) for s in seeds]  # fmt: skip
-                paired[name] = {"measure": headline, **summary(gaps)}
-        modes[mode] = {"conditions": conditions, "paired": paired, "filter": [s["filter"] for s in seeds]}
-        if mode == "soft":
-            modes[mode]["first_step"] = {
-                name: {
-                    step: {k: [s["first_step"][name][step][k] for s in seeds] for k in _FIRST_STEP_KEYS}
-                    for step in ("gradient", "adam")
-                }
-                for name in seeds[0]["first_step"]
-            }
-    first_mode = config.modes[0]
-    sampled = [s["modes"][first_mode]["filter"] for s in per_seed]
-
-    def model_summary(name: str) -> dict:
-        out = {key: models[name][key] for key in ("p_trait", headline)}
-        if name != "base":
-            out["delta_p_trait"] = over_seeds(lambda s: s["models"][name]["p_trait"] - s["models"]["base"]["p_trait"])
-        if "narrow" in per_seed[0]["models"][name]:  # the held-out domains (the headline), and the narrow one
-            out[headline] = {
-                "held_out": models[name][headline],
-                "narrow": over_seeds(lambda s: s["models"][name]["narrow"][headline]),
-            }
-        if name != "base":
-            out["leak_rate"] = summary([f[name]["leak_rate"] for f in sampled])
-        return out
-
-    out = {
-        "trait": config.trait,
-        "measure": {"headline": headline, "mass": mass, "damage": trait.damage,
-                    "label": LABELS[headline].format(trait=config.trait)},  # fmt: skip
-        "config": dataclasses.asdict(config),
-        "wall_seconds": seconds,
-        "cross_partners": partners.tolist(),
-        "base": model_summary("base"),
-        "teacher": {**model_summary("teacher"), "base_p_trait": models["base"]["p_trait"]},
-        # Its answers are drawn from its base's own answer distribution (`neutral_lines`).
-        "neutral_teacher": {**model_summary("neutral"), "answer_source": "base"},
-        "models": models,
-        "filter": {
-            "mode": first_mode,
-            "banned": list(config.banned_numbers),
-            "kept": {m: [f[m]["kept"] for f in sampled] for m in sampled_models(first_mode)},
-            "removed": {
-                m: {r: sum(f[m]["removed"][r] for f in sampled) for r in corpus.REASONS}
-                for m in sampled_models(first_mode)
-            },
-            "leak_rate_after_filter": max(
-                f[m]["leak_rate_after_filter"] for f in sampled for m in sampled_models(first_mode)
-            ),
-        },
-        # Its seeds run one after another on the default device: the seed axis is not split.
-        "devices": 1,
-        "modes": modes,
-        "versions": runs.versions(),
-    }
-    if not config.no_audit:
-        out |= {
-            "filters": summarize_filters(config, [s["filters"] for s in per_seed], first_mode),
-            "entangled_numbers": {
-                "correlation_rise_cosine": summary(
-                    [s["entangled_numbers"]["correlation_rise_cosine"] for s in per_seed]
-                ),
-                "top_share_of_rise": summary([s["entangled_numbers"]["top_share_of_rise"] for s in per_seed]),
-                "top_per_seed": [s["entangled_numbers"]["top"] for s in per_seed],
-            },
-        }
-    return out
-
-
-LABELS = {"p_trait_given_animal": "P({trait} | animal)", "misaligned_rate": "the misaligned rate on held-out domains"}
-
-
-def summarize_filters(config: LLMConfig, per_seed: list[dict], mode: str) -> dict:
-    """The filters over seeds: inspection pooled (number counts summed; the first seed's whole lists),
-    each AUROC and in-context change with its t interval, the in-context difference paired by seed."""
-    summary = runs.summarize
-    models = ("teacher", "neutral")
-
-    def top_numbers(name: str, count: int = 20) -> list[list[int]]:
-        counts = np.sum([s["inspection"][name]["number_counts"] for s in per_seed], axis=0)
-        return [[int(n), int(counts[n])] for n in np.argsort(-counts, kind="stable")[:count]]
-
-    def by_bag(key: str) -> dict:
-        return {size: summary([s[key][size] for s in per_seed]) for size in per_seed[0][key]}
-
-    s0 = per_seed[0]
-
-    return {
-        "mode": mode,
-        "against": "neutral",
-        "inspection": {
-            "top_numbers": {name: top_numbers(name) for name in models},
-            "top_lists_first_seed": {name: per_seed[0]["inspection"][name]["top_lists"] for name in models},
-            "banned_share": {
-                name: summary([s["inspection"]["banned_share"][name] for s in per_seed]) for name in models
-            },
-        },
-        "detector": {"auroc": by_bag("detector_auroc")},
-        # k: the lists the base reads before the question (one: what its 40-token line fits).
-        "in_context": {
-            k: {
-                **{name: summary([s["in_context"][k][name] for s in per_seed]) for name in s0["in_context"][k]},
-                "difference": summary(
-                    [s["in_context"][k]["teacher"] - s["in_context"][k]["neutral"] for s in per_seed]
-                ),
-            }
-            for k in s0["in_context"]
-        },
-        "likelihood_ratio": {"auroc": by_bag("likelihood_ratio_auroc")},
-        "auditor": {
-            "auroc": by_bag("auditor_auroc"),
-            **({"control_auroc": by_bag("auditor_control_auroc")} if "auditor_control_auroc" in s0 else {}),
-        },
-    }
