@@ -315,23 +315,31 @@ def row_fields(row: Row, config, settings: DefenseSettings, always: tuple[str, .
 
 
 def sgd_rate(
-    row: Row, settings: DefenseSettings, results: list[dict], first: np.ndarray, loss_key: str, matched
+    row: Row,
+    settings: DefenseSettings,
+    results: list[dict],
+    first: np.ndarray,
+    loss_key: str,
+    loss_at: Callable[[float, str], float],
+    workers: int,
 ) -> tuple[float, dict]:
     """An `sgd` row's learning rate and what its line records of how it was found.
 
     SGD's rate: `sgd_learning_rate`, or (when it is 0) the rate whose held-out distillation loss
     (`loss_key`, mean over the `first` seeds) is the undefended Adam student's; its control's (Adam)
-    rate: the one whose loss is the SGD row's (the row before it). `matched(target, optimizer_name,
-    grid)` finds a rate by the matching rule (`tuned_rate`) and returns it with its record: the line's
-    `tuning` holds the target, the grid, every rate tried (the grid and its extensions) with its loss,
-    whether a pair bracketed the target, the extensions, and the tuning seeds."""
+    rate: the one whose loss is the SGD row's (the row before it). Found by the matching rule
+    (`tuned_rate`, in `workers` threads) on `loss_at(rate, optimizer)`, the treated student's held-out
+    loss on the `first` seeds; the line's `tuning` holds the target, the grid, every rate tried (the grid
+    and its extensions) with its loss, whether a pair bracketed the target, the extensions, and the
+    tuning seeds."""
     control = row.value == SGD_ADAM_CONTROL
     rate = 0.0 if control else settings.sgd_learning_rate
     extra = {}
     if not rate:
         target = float(np.mean(np.asarray(results[-1 if control else 0]["per_seed"][loss_key])[first]))
         grid = settings.adam_grid if control else settings.sgd_grid
-        rate, record = matched(target, "adam" if control else "sgd", grid)
+        optimizer = "adam" if control else "sgd"
+        rate, record = tuned_rate(lambda rate: loss_at(rate, optimizer), grid, target, workers)
         extra["tuning"] = {"target_loss": target, "grid": list(grid), **record, "seeds": np.asarray(first).tolist()}
     return rate, {**extra, "learning_rate": rate}
 

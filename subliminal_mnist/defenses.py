@@ -73,7 +73,6 @@ from subliminal_mnist.defense_table import (
     rows,
     run_rows,
     sgd_rate,
-    tuned_rate,
 )
 from subliminal_mnist.experiment import ExperimentConfig
 from subliminal_mnist.runs import ConfigError, config_field
@@ -200,7 +199,7 @@ def train_row(
     test accuracies, the treated student's held-out distillation loss, and the teacher's accuracy (and
     for other_init the neutral teacher's, "neutral_teacher").
 
-    `learning_rate` is the optimizer's for an `sgd` row (`matched_rate` finds it).
+    `learning_rate` is the optimizer's for an `sgd` row (`sgd_rate` finds it).
     """
     arch = config.architecture
     cache = {} if teacher_cache is None else teacher_cache
@@ -301,34 +300,29 @@ def parameter_distance(params: model.Params, start: model.Params) -> jax.Array:
     return jax.vmap(lambda a, b: optax.tree.norm(jax.tree.map(jnp.subtract, a, b)))(params, start)
 
 
-def matched_rate(
+def heldout_loss(
     config: ExperimentConfig,
     defenses: MnistDefenses,
     mnist: data.MNIST,
     seed_ids: np.ndarray,
     seeds: Seeds,
-    target_loss: float,
-    optimizer: str,
-    grid: Sequence[float],
     teacher_cache: dict | None,
-) -> tuple[float, dict]:
-    """The learning rate at which the treated student, trained with `optimizer`, has the held-out
-    distillation loss (mean over `seed_ids`) `target_loss`, by the matching rule (`tuned_rate`: the
-    rates of `grid`, extended where none bracket the target, interpolated), and its record (every rate's
-    loss, inf where the training diverged; whether a pair bracketed). Only the distillation loss
-    decides, never the transfer."""
+) -> Callable[[float, str], float]:
+    """loss_at(rate, optimizer): the treated student's held-out distillation loss (mean over `seed_ids`)
+    trained at that rate with that optimizer, what an `sgd` row's rate is matched on (`sgd_rate`): only
+    the distillation loss decides, never the transfer. The teachers and held-out noise are made once."""
     arch = config.architecture
     teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], teacher_cache)
     keys = experiment.seed_keys(config, seed_ids)
     noise = heldout_noise(config, defenses, keys["noise"], mnist.train_images)
     students = ("student_aux",)
 
-    def loss_at(rate: float) -> float:
+    def loss_at(rate: float, optimizer: str) -> float:
         recipe = dataclasses.replace(experiment.distill_recipe(config, students), optimizer=optimizer, learning_rate=rate)
         student = experiment.distill(config, teachers, students, keys["distill_aux"], recipe=recipe)[0]["student_aux"]
         return float(np.mean(heldout_distill_loss(student, teachers.teacher, noise, arch)))
 
-    return tuned_rate(loss_at, grid, target_loss, config.workers)
+    return loss_at
 
 
 def _row_fields(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> dict:
@@ -361,12 +355,8 @@ def run(
         extra, rate = {}, None
         if row.name == "sgd":
             first = seed_chunks[0]
-            rate, extra = sgd_rate(
-                row, defenses, results, first, "heldout_distill_loss",
-                lambda target, optimizer, grid: matched_rate(
-                    config, defenses, arrays, first, seeds, target, optimizer, grid, cache
-                ),
-            )  # fmt: skip
+            loss_at = heldout_loss(config, defenses, arrays, first, seeds, cache)
+            rate, extra = sgd_rate(row, defenses, results, first, "heldout_distill_loss", loss_at, config.workers)
         per_chunk = runs.parallel_map(
             lambda ids: train_row(row, config, defenses, arrays, ids, seeds, cache, rate),
             seed_chunks, config.workers, label, unit="chunk",

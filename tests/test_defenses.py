@@ -205,7 +205,8 @@ def test_sgd_rows_train_with_sgd_at_the_rate_given(sample, teacher_cache, undefe
 def test_matched_rate_tries_every_rate_and_a_diverging_one_is_infinitely_far(sample, teacher_cache):
     grid = (0.01, 1.0, 1e6)
     args = (TINY, SETTINGS, sample, np.arange(1), defenses.Seeds.of(TINY))
-    rate, record = defenses.matched_rate(*args, 1e-9, "sgd", grid, teacher_cache)
+    loss_at = defenses.heldout_loss(*args, teacher_cache)
+    rate, record = defense_table.tuned_rate(lambda rate: loss_at(rate, "sgd"), grid, 1e-9, 1)
     losses = {float(rate): loss for rate, loss in record["tried"].items()}
     assert set(losses) == set(grid) and losses[1e6] == float("inf") and np.isfinite(losses[1.0])
     assert losses[rate] == min(losses.values())  # a target below every loss: the lowest

@@ -40,7 +40,6 @@ lists, continuing held-out prompts, that pass the filter.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 import sys
 from collections.abc import Callable
@@ -410,12 +409,7 @@ def run(
                 tried = row._replace(value=defense_table.SGD_ADAM_CONTROL if optimizer == "adam" else None)
                 return train_row(tried, config, settings, 0, int(partners[0]), cache, rate, PAIR[:1])["heldout_kl"]
 
-            rate, extra = defense_table.sgd_rate(
-                row, settings, results, first, "heldout_kl",
-                lambda target, optimizer, grid: defense_table.tuned_rate(
-                    functools.partial(loss_at, optimizer=optimizer), grid, target, config.workers
-                ),
-            )  # fmt: skip
+            rate, extra = defense_table.sgd_rate(row, settings, results, first, "heldout_kl", loss_at, config.workers)
         per_seed = runs.parallel_map(
             lambda s: train_row(row, config, settings, s, int(partners[s]), cache, rate),
             range(config.seeds), config.workers, label, unit="seed",
