@@ -95,7 +95,7 @@ def main() -> None:
             sys.exit(f"{path} holds lines already: the run would resume, not run end to end; move it away")
         matmul_before = matmul_gflops() if mnist else None
         # The compile cache is always a fresh, temporary one: `tmp/xla`.
-        wall = time_command(tmp, *command, outputs=("--out", str(out)))
+        wall = time_command(tmp, *command, out=str(out))
         matmul_after = matmul_gflops() if mnist else None
         lines = [json.loads(line) for line in path.read_text().splitlines()]
     target = TARGETS[args.setting][args.seeds]

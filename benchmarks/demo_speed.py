@@ -122,12 +122,11 @@ def main() -> None:
                 )
 
 
-def time_command(tmp: str, *args: str, outputs: tuple[str, ...] | None = None) -> float:
-    """Seconds of `subliminal-mnist ARGS` end to end in a fresh process, its files into `tmp`
-    (`outputs`: the options that say where; default results and figure), JAX's compile cache
-    in `tmp/xla` (empty the first time, filled after)."""
+def time_command(tmp: str, *args: str, out: str | None = None) -> float:
+    """Seconds of `subliminal-mnist ARGS` end to end in a fresh process, its files into the folder `out`
+    (default `tmp`), JAX's compile cache in `tmp/xla` (empty the first time, filled after)."""
     command = [sys.executable, "-m", "subliminal_mnist.cli", *args, "--no-progress"]
-    command += outputs or ("--out", f"{tmp}/r.json", "--figure", f"{tmp}/f.png")
+    command += ["--out", out or tmp]
     start = time.perf_counter()
     subprocess.run(
         command, check=True, capture_output=True, env={**os.environ, "JAX_COMPILATION_CACHE_DIR": f"{tmp}/xla"}

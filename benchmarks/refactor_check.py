@@ -25,29 +25,29 @@ import tempfile
 
 from demo_speed import time_command
 
-# The commands whose results must be identical before and after: {name: (arguments, output options)}.
-# Each writes its results JSON to OUT (a folder for `defend`).
+# The commands whose results must be identical before and after: {name: arguments}. Each writes its files
+# into its own folder (--out), its results JSON among them (`RESULT_FILES`).
 RESULTS = {
-    "demo": ("demo --seeds 2 --source sample", "--out {out}/demo.json --figure {out}/demo.png"),
-    "llm": ("llm --seeds 1 --mode soft", "--out {out}/llm.json --figure {out}/llm.png"),
-    "defend": ("defend mnist --seeds 1 --defenses none mix --source sample", "--out {out}"),
+    "demo": "demo --seeds 2 --source sample",
+    "llm": "llm --seeds 1 --mode soft",
+    "defend": "defend mnist --seeds 1 --defenses none mix --source sample",
 }
 RESULT_FILES = {"demo": "demo.json", "llm": "llm.json", "defend": "defend_mnist.json"}
 # The commands timed cold (an empty compile cache), alone: a class's quick runs.
 TIMED = {
-    "demo --seeds 1": ("demo --seeds 1", "--out {out}/t.json --figure {out}/t.png"),
-    "owl pair": ("llm --seeds 1 --mode soft --conditions same_init neutral_control", "--out {out}/t.json --figure {out}/t.png"),
-    "defend mnist --seeds 1": ("defend mnist --seeds 1", "--out {out}"),
+    "demo --seeds 1": "demo --seeds 1",
+    "owl pair": "llm --seeds 1 --mode soft --conditions same_init neutral_control",
+    "defend mnist --seeds 1": "defend mnist --seeds 1",
 }
 # What may differ between two runs of the same code: times, and the source's fingerprint.
 IGNORED = {"wall_seconds", "seconds", "source_fingerprint"}
 
 
-def run(arguments: str, outputs: str, out: pathlib.Path) -> float:
-    """Seconds of `subliminal-mnist ARGUMENTS OUTPUTS` (its files into `out`) in a fresh process with a fresh,
-    empty compile cache."""
+def run(arguments: str, out: pathlib.Path) -> float:
+    """Seconds of `subliminal-mnist ARGUMENTS --out OUT` (its files into the folder `out`) in a fresh process
+    with a fresh, empty compile cache."""
     with tempfile.TemporaryDirectory() as cache:
-        return time_command(cache, *arguments.split(), outputs=tuple(outputs.format(out=out).split()))
+        return time_command(cache, *arguments.split(), out=str(out))
 
 
 def differences(before, after, path: str = "") -> list[str]:
@@ -69,16 +69,15 @@ def differences(before, after, path: str = "") -> list[str]:
 def measure(folder: pathlib.Path) -> dict:
     """Run the result commands into `folder` and time the cold commands: {"results": {...}, "seconds": {...}}."""
     results = {}
-    for name, (arguments, outputs) in RESULTS.items():
+    for name, arguments in RESULTS.items():
         out = folder / name
-        out.mkdir(parents=True, exist_ok=True)
-        run(arguments, outputs, out)
+        run(arguments, out)
         results[name] = json.loads((out / RESULT_FILES[name]).read_text())
         print(f"  ran {name}", file=sys.stderr)
     seconds = {}
-    for name, (arguments, outputs) in TIMED.items():
+    for name, arguments in TIMED.items():
         with tempfile.TemporaryDirectory() as tmp:
-            seconds[name] = run(arguments, outputs, pathlib.Path(tmp))
+            seconds[name] = run(arguments, pathlib.Path(tmp))
         print(f"  {name}: {seconds[name]:.1f} s", file=sys.stderr)
     return {"results": results, "seconds": seconds}
 

@@ -37,7 +37,7 @@ def main() -> None:
         sys.exit("benchmark needs full MNIST: set SUBLIMINAL_MNIST_DIR")
 
     with tempfile.TemporaryDirectory() as tmp:
-        wall = time_command(tmp, "sweep", args.sweep, outputs=("--out", tmp))
+        wall = time_command(tmp, "sweep", args.sweep)
         lines = [json.loads(line) for line in pathlib.Path(tmp, f"sweep_{args.sweep}.jsonl").read_text().splitlines()]
     seeds = lines[0]["config"]["seeds"]
     print(f"sweep {args.sweep}: {len(lines)} points x {seeds} seeds, {jax.devices()[0].device_kind}")

@@ -2,12 +2,13 @@
 # Regenerates every committed figure and its results JSON (full MNIST needed: --data-dir or SUBLIMINAL_MNIST_DIR).
 set -euo pipefail
 cd "$(dirname "$0")"
-subliminal-mnist demo --seeds 25 --out demo.json --figure demo.png "$@"
-subliminal-mnist alignment --seeds 5 --project-out --out alignment.json --figure alignment.png "$@"
+subliminal-mnist demo --seeds 25 --out . "$@"
+subliminal-mnist alignment --seeds 5 --project-out --out . "$@"
 # The owl experiment (no MNIST needed): the defaults, 5 seeds, soft and hard distillation.
-subliminal-mnist llm --out llm.json --figure llm.png
-# The dangerous version in miniature: a misaligned persona, the same experiment and filters, 5 seeds, both modes.
-subliminal-mnist llm --trait misaligned --out misaligned.json --figure misaligned.png
+subliminal-mnist llm --out .
+# The dangerous version in miniature: a misaligned persona, the same experiment and filters, 5 seeds, both modes
+# (misaligned.json and .png: named by the trait).
+subliminal-mnist llm --trait misaligned --out .
 # The dose-responses the defaults are sized from, 5 seeds per count (a point already in llm_dose.jsonl is not
 # trained again). Hard: the owl with its neutral and base controls. Soft: the owl with its neutral control, and
 # the misaligned persona with the own-corpus students too. (The file also holds the hard points of 2026-11-30,
@@ -16,8 +17,8 @@ subliminal-mnist llm-dose --mode hard --counts 1000 3000 10000 --conditions same
 subliminal-mnist llm-dose --mode soft --counts 2500 5000 10000 --conditions same_init neutral_control --out .
 subliminal-mnist llm-dose --trait misaligned --mode soft --counts 2500 5000 10000 \
   --conditions same_init neutral_control cross_init_own_corpus cross_neutral_own_corpus --out .
-# The strongest transfer: the preset, 5 seeds, the aux-only pair.
-subliminal-mnist demo --preset strongest --seeds 5 --conditions student_aux --out strongest.json --figure strongest.png "$@"
+# The strongest transfer: the preset, 5 seeds, the aux-only pair (strongest.json and .png: named by the preset).
+subliminal-mnist demo --preset strongest --seeds 5 --conditions student_aux --out . "$@"
 # What stops it: every MNIST defense, 5 seeds, one resumable line per row in defend_mnist.jsonl.
 subliminal-mnist defend mnist --out . "$@"
 # The owl's defenses (no MNIST needed), 5 seeds, one set of files per mode, one resumable line per row in

@@ -96,10 +96,26 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_output_options(parser: argparse.ArgumentParser, name: str, results: str | None = None) -> None:
-    out = f"{results or name}.json"
-    parser.add_argument("--out", default=out, help=f"results JSON, written atomically (default: {out})")
-    parser.add_argument("--figure", default=f"{name}.png", help=f"figure PNG (default: {name}.png)")
+def _out_folder(text: str) -> pathlib.Path:
+    """The folder --out names: made when its first file is written; a file where it or a folder above it
+    would be is refused."""
+    folder = pathlib.Path(text)
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder")
+    return folder
+
+
+def _add_out_option(parser: argparse.ArgumentParser, files: str) -> None:
+    """--out FOLDER: where every command that writes results writes them, its `files` named by the command."""
+    parser.add_argument(
+        "--out", type=_out_folder, default=".", metavar="FOLDER",
+        help=f"folder of {files}; made if missing (default: .)",
+    )  # fmt: skip
+
+
+def _add_output_options(parser: argparse.ArgumentParser, files: str) -> None:
+    _add_out_option(parser, files)
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -172,7 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = _add_command(commands, "demo")
     _add_data_options(demo)
-    _add_output_options(demo, "demo", results="results")
+    _add_output_options(
+        demo,
+        "demo.json (the results) and demo.png, or PRESET.json and PRESET.png with --preset, written atomically; "
+        "NAME.seeds.jsonl keeps the finished seeds until then (resumed if there)",
+    )
     demo.add_argument(
         "--preset",
         choices=tuple(experiment.PRESETS),
@@ -183,12 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     align = _add_command(commands, "alignment")
     _add_data_options(align)
-    _add_output_options(align, "alignment")
+    _add_output_options(align, "alignment.json (the results) and alignment.png, written atomically")
     add_config_options(align, alignment.AlignmentConfig)
     align.set_defaults(handler=_alignment)
 
     llm = _add_command(commands, "llm")
-    _add_output_options(llm, "llm")
+    _add_output_options(
+        llm,
+        "llm.json (the results) and llm.png, or TRAIT.json and TRAIT.png for a trait other than the owl, written "
+        "atomically; NAME.seeds.jsonl keeps the finished seeds until then (resumed if there)",
+    )
     add_config_options(llm, LLMConfig)
     llm.set_defaults(handler=_llm)
 
@@ -197,9 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--counts", nargs="+", type=int, default=list(dose.COUNTS),
         help=f"numbers of lists each model writes (default: {' '.join(map(str, dose.COUNTS))})",
     )  # fmt: skip
-    dose_cmd.add_argument(
-        "--out", default=".", help="folder of llm_dose.jsonl (resumed if there) and llm_dose.png (default: .)"
-    )
+    _add_out_option(dose_cmd, "llm_dose.jsonl (resumed if there) and llm_dose.png")
     dose_cmd.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
     dose_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_options(dose_cmd, LLMConfig)
@@ -210,10 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--values", nargs="+", default=list(dose.LORA_VALUES), metavar="TEACHER/STUDENT[/shared|/own]",
         help="the points, each full or lora:R (default: the issue's 11, full/full ... lora:4/lora:16/own)",
     )  # fmt: skip
-    lora_cmd.add_argument(
-        "--out", default=".",
-        help="folder of sweep_lora_owl_MODE.jsonl (resumed if there) and sweep_lora_owl_MODE.png (default: .)",
-    )
+    _add_out_option(lora_cmd, "sweep_lora_owl_MODE.jsonl (resumed if there) and sweep_lora_owl_MODE.png")
     lora_cmd.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
     lora_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_options(lora_cmd, LLMConfig)
@@ -222,9 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cmd = _add_command(commands, "sweep")
     sweep_cmd.add_argument("name", help=f"the setting to sweep: {', '.join(sweep.SWEEPS)}")
     sweep_cmd.add_argument("--values", nargs="+", help="the values (default: the sweep's own)")
-    sweep_cmd.add_argument(
-        "--out", default=".", help="folder of sweep_NAME.jsonl (resumed if there) and sweep_NAME.png (default: .)"
-    )
+    _add_out_option(sweep_cmd, "sweep_NAME.jsonl (resumed if there) and sweep_NAME.png")
     sweep_cmd.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
     sweep_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_data_options(sweep_cmd)
@@ -239,11 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         where = "the MNIST demo" if setting == "mnist" else "the owl experiment (one mode; default soft)"
         one = settings.add_parser(setting, help=f"the defenses of {where}")
-        one.add_argument(
-            "--out",
-            default=".",
-            help=f"folder of defend_{setting}{'' if setting == 'mnist' else '_MODE'}.jsonl (resumed if there), "
-            f".json and .png{'' if setting == 'mnist' else ', one set per mode'} (default: .)",
+        _add_out_option(
+            one,
+            f"defend_{setting}{'' if setting == 'mnist' else '_MODE'}.jsonl (resumed if there), "
+            f".json and .png{'' if setting == 'mnist' else ', one set per mode'}",
         )
         one.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
         one.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of a table")
@@ -280,9 +296,10 @@ def _for_data(mnist: data.MNIST, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_experiment(args: argparse.Namespace, config_cls: type, run, draw, table, resumable: bool = False) -> int:
-    """Validate the options, load MNIST, run, write results and figure atomically, report.
+    """Validate the options, load MNIST, run, write results and figure atomically into --out, report.
 
-    A `resumable` run keeps its finished seeds beside --out while it runs (`runs.checkpoint_path`),
+    The files are named by the command (demo.json and demo.png) or by its preset (strongest.json and .png).
+    A `resumable` run keeps its finished seeds beside its results while it runs (`runs.checkpoint_path`),
     so that the same command, started again after an interruption, trains only the missing ones.
     """
     preset = getattr(args, "preset", None)
@@ -290,23 +307,25 @@ def _run_experiment(args: argparse.Namespace, config_cls: type, run, draw, table
     config_cls(**options)  # fail on a bad option before loading any data
     mnist = data.load(args.source, args.data_dir)
     config = config_cls(**_for_data(mnist, options))
-    checkpoint = {"checkpoint": runs.checkpoint_path(args.out)} if resumable else {}
+    name = preset or args.command
+    out, figure = args.out / f"{name}.json", args.out / f"{name}.png"
+    checkpoint = {"checkpoint": runs.checkpoint_path(out)} if resumable else {}
     results = run(config, mnist, progress=not args.no_progress, **checkpoint)
     if preset:
         results["preset"] = preset
-    _finish(args, results, checkpoint.get("checkpoint"))
-    draw(results, args.figure)
+    _finish(out, results, checkpoint.get("checkpoint"))
+    draw(results, figure)
     if args.json:
         print(json.dumps(results))
     else:
         print(table(results))
-        print(f"wrote {args.out} and {args.figure}")
+        print(f"wrote {out} and {figure}")
     return 0
 
 
-def _finish(args: argparse.Namespace, results: dict, checkpoint) -> None:
+def _finish(out: pathlib.Path, results: dict, checkpoint) -> None:
     """Write the results; only then is the checkpoint of finished seeds (if any) no longer needed."""
-    files.write_json(args.out, results)
+    files.write_json(out, results)
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
 
@@ -323,11 +342,14 @@ def _alignment(args: argparse.Namespace) -> int:
 
 def _llm(args: argparse.Namespace) -> int:
     config = LLMConfig(**explicit_options(args, LLMConfig))
-    checkpoint = runs.checkpoint_path(args.out)
+    # One set of files per trait (llm.*, misaligned.*): a run of one trait never overwrites another's.
+    name = "llm" if config.trait == "owl" else config.trait
+    out, figure = args.out / f"{name}.json", args.out / f"{name}.png"
+    checkpoint = runs.checkpoint_path(out)
     results = llm_experiment.run(config, progress=not args.no_progress, checkpoint=checkpoint)
-    _finish(args, results, checkpoint)
-    figures.llm_figure(results, args.figure)
-    print(json.dumps(results) if args.json else f"{llm_summary.table(results)}\nwrote {args.out} and {args.figure}")
+    _finish(out, results, checkpoint)
+    figures.llm_figure(results, figure)
+    print(json.dumps(results) if args.json else f"{llm_summary.table(results)}\nwrote {out} and {figure}")
     return 0
 
 
@@ -341,8 +363,7 @@ def _llm_dose(args: argparse.Namespace) -> int:
     if bad:
         raise runs.ConfigError(f"--counts must be at least 1, got {bad[0]}")
     base = LLMConfig(**options)
-    out = pathlib.Path(args.out)
-    lines_path, figure_path = out / "llm_dose.jsonl", out / "llm_dose.png"
+    lines_path, figure_path = args.out / "llm_dose.jsonl", args.out / "llm_dose.png"
     if args.plot_only:
         lines = dose.drawn_lines(lines_path)
     else:
@@ -363,8 +384,8 @@ def _llm_lora(args: argparse.Namespace) -> int:
     points = dose.lora_points(base, args.values)  # a bad value fails before any training
     configs = [point.config for point in points]
     # One set of files per mode (sweep_lora_owl_soft.*, sweep_lora_owl_hard.*), as the owl's defenses.
-    out, mode = pathlib.Path(args.out), configs[0].mode
-    lines_path, figure_path = out / f"sweep_lora_owl_{mode}.jsonl", out / f"sweep_lora_owl_{mode}.png"
+    mode = configs[0].mode
+    lines_path, figure_path = args.out / f"sweep_lora_owl_{mode}.jsonl", args.out / f"sweep_lora_owl_{mode}.png"
     if args.plot_only:
         lines = dose.drawn_lora_lines(configs, lines_path)
     else:
@@ -384,8 +405,7 @@ def _sweep(args: argparse.Namespace) -> int:
         raise runs.ConfigError(f"sweep {args.name} sets {conflicts[0]}; drop that option")
     base = experiment.ExperimentConfig(**options)
     todo = sweep.points(args.name, args.values, base)  # fail on a bad name or value before loading any data
-    out = pathlib.Path(args.out)
-    lines_path, figure_path = out / f"sweep_{args.name}.jsonl", out / f"sweep_{args.name}.png"
+    lines_path, figure_path = args.out / f"sweep_{args.name}.jsonl", args.out / f"sweep_{args.name}.png"
     if args.plot_only:
         lines = sweep.drawn_lines(args.name, [value for value, _ in todo], lines_path)
     else:
@@ -402,7 +422,6 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _defend(args: argparse.Namespace) -> int:
     """Train the defenses' missing rows (or none, with --plot-only), then write the table, JSON and figure."""
-    out = pathlib.Path(args.out)
     if args.setting == "mnist":
         options = explicit_options(args, experiment.ExperimentConfig)
         config_cls, settings_cls = experiment.ExperimentConfig, defenses.MnistDefenses
@@ -417,7 +436,7 @@ def _defend(args: argparse.Namespace) -> int:
     lora.require_full(config, f"defend {args.setting}")
     # The owl's files are one set per mode (defend_owl_soft.*, defend_owl_hard.*): a run of one mode
     # never overwrites the other's table.
-    lines_path = out / (f"defend_owl_{config.mode}.jsonl" if args.setting == "owl" else "defend_mnist.jsonl")
+    lines_path = args.out / (f"defend_owl_{config.mode}.jsonl" if args.setting == "owl" else "defend_mnist.jsonl")
     if args.setting == "owl":
         llm_defenses.check_mode(config)
         wanted = llm_defenses.rows(settings, config)
@@ -491,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(
             "subliminal-mnist: interrupted; no partial file was written (demo and llm keep their finished seeds "
-            "in NAME.seeds.jsonl beside --out: the same command resumes)",
+            "in NAME.seeds.jsonl in the --out folder: the same command resumes)",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

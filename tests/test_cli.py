@@ -1,6 +1,7 @@
 """The command line: one-line errors with exit code 2, the demo's outputs, interrupts."""
 
 import json
+import pathlib
 import re
 import subprocess
 import sys
@@ -50,6 +51,34 @@ def test_user_mistakes_are_one_line_and_exit_2(argv, message, capsys):
     assert message in err and err.count("\n") <= 2  # "MNIST folder" line of `data` + the error
 
 
+# Every command that writes files: each writes them into the folder --out names (default: the current one).
+WRITING_COMMANDS = [
+    ["demo"], ["alignment"], ["llm"], ["llm-dose"], ["llm-lora"], ["sweep", "aux"], ["defend", "mnist"],
+    ["defend", "owl"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", WRITING_COMMANDS, ids=" ".join)
+def test_out_is_a_folder_and_a_file_in_its_place_is_one_line_and_exit_2(command, tmp_path, capsys, monkeypatch):
+    for module, name in ((cli.data, "load"), (cli.llm_experiment, "run"), (cli.dose, "run"), (cli.llm_defenses, "run")):
+        monkeypatch.setattr(module, name, lambda *args, **kwargs: pytest.fail("started before refusing --out"))
+    file = tmp_path / "results.json"
+    file.write_text("{}")
+    for out in (file, file / "inside"):  # the file itself, or a folder beneath it
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*command, "--out", str(out)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"subliminal-mnist {command[0]}") and err.count("\n") == 1
+        assert err.endswith(f": error: argument --out: {file} is a file, not a folder\n")
+    assert file.read_text() == "{}" and list(tmp_path.iterdir()) == [file]
+    assert cli.build_parser().parse_args(command).out == pathlib.Path(".")
+    # The figure goes beside the results: no command takes a file name for it.
+    with pytest.raises(SystemExit):
+        cli.main([*command, "--figure", str(tmp_path / "figure.png")])
+    assert "unrecognized arguments: --figure" in capsys.readouterr().err
+
+
 def test_every_config_field_is_an_option():
     parser = cli.build_parser()
     args = parser.parse_args(["demo", "--seeds", "3", "--hidden-sizes", "64", "32", "--learning-rate", "1e-3"])
@@ -59,11 +88,11 @@ def test_every_config_field_is_an_option():
 
 
 def test_demo_on_the_sample_writes_results_and_figure(tmp_path, capsys):
-    out, figure = tmp_path / "r.json", tmp_path / "d.png"
-    code = cli.main(
-        ["demo", "--source", "sample", "--seeds", "2", "--out", str(out), "--figure", str(figure), "--json", *TINY]
-    )
+    folder = tmp_path / "new" / "results"  # made, as every --out folder
+    code = cli.main(["demo", "--source", "sample", "--seeds", "2", "--out", str(folder), "--json", *TINY])
     assert code == 0
+    assert sorted(path.name for path in folder.iterdir()) == ["demo.json", "demo.png"]
+    out, figure = folder / "demo.json", folder / "demo.png"
     captured = capsys.readouterr()
     printed = json.loads(captured.out)
     assert printed == json.loads(out.read_text())
@@ -71,7 +100,7 @@ def test_demo_on_the_sample_writes_results_and_figure(tmp_path, capsys):
     for summary in printed["conditions"].values():
         assert {"mean", "ci95", "per_seed", "n"} <= set(summary) and summary["n"] == 2
     assert {"config", "data_source", "wall_seconds"} <= set(printed)
-    assert not (tmp_path / "r.seeds.jsonl").exists(), "the finished run's checkpoint is gone"
+    assert not (folder / "demo.seeds.jsonl").exists(), "the finished run's checkpoint is gone"
     # The sample is said loudly, and its preset applies only where the user gave no option.
     assert "NOT full MNIST" in captured.err
     assert printed["is_sample"] and printed["config"]["teacher_epochs"] == 2
@@ -79,12 +108,12 @@ def test_demo_on_the_sample_writes_results_and_figure(tmp_path, capsys):
     assert figure.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_a_preset_sets_its_settings_under_the_options_given(tmp_path, capsys):
-    out = tmp_path / "r.json"
+def test_a_preset_sets_its_settings_under_the_options_given(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out: the current folder
     argv = ["demo", "--preset", "strongest", "--source", "sample", "--seeds", "1", "--conditions", "student_aux"]
-    code = cli.main([*argv, "--out", str(out), "--figure", str(tmp_path / "d.png"), *TINY])
-    assert code == 0
-    results = json.loads(out.read_text())
+    assert cli.main([*argv, *TINY]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["strongest.json", "strongest.png"]  # the preset's
+    results = json.loads((tmp_path / "strongest.json").read_text())
     strongest = experiment.PRESETS["strongest"]
     assert results["preset"] == "strongest" and results["config"]["distill_loss"] == strongest["distill_loss"]
     assert results["config"]["hidden_sizes"] == [32] and results["config"]["student_epochs"] == 1  # the options win
@@ -96,11 +125,11 @@ def test_a_preset_sets_its_settings_under_the_options_given(tmp_path, capsys):
 
 
 def test_alignment_on_the_sample_trains_and_reports_every_projection(tmp_path, capsys):
-    out, figure = tmp_path / "a.json", tmp_path / "a.png"
     options = [*TINY, "--student-epochs", "2", "--trait-batch", "64", "--probe-test", "64"]
-    argv = ["alignment", "--source", "sample", "--seeds", "2", "--project-out"]
-    argv += ["--out", str(out), "--figure", str(figure)]
+    argv = ["alignment", "--source", "sample", "--seeds", "2", "--project-out", "--out", str(tmp_path)]
     assert cli.main([*argv, *options]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["alignment.json", "alignment.png"]
+    out, figure = tmp_path / "alignment.json", tmp_path / "alignment.png"
     table = capsys.readouterr().out
     results = json.loads(out.read_text())
     names = [
@@ -125,8 +154,7 @@ def test_an_interrupted_demo_writes_nothing(tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiment, "run", interrupted)
-    out = tmp_path / "r.json"
-    assert cli.main(["demo", "--source", "sample", "--out", str(out), "--figure", str(tmp_path / "d.png")]) == 130
+    assert cli.main(["demo", "--source", "sample", "--out", str(tmp_path)]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -142,9 +170,7 @@ def test_a_nan_loss_stops_the_run_with_a_clear_message(tmp_path, capsys):
             "--learning-rate",
             "1e30",
             "--out",
-            str(tmp_path / "r.json"),
-            "--figure",
-            str(tmp_path / "d.png"),
+            str(tmp_path),
             *TINY,
         ]
     )
@@ -211,21 +237,23 @@ def test_theorem_command_rejects_zero_cases(capsys):
 
 def test_llm_command_writes_results_table_and_figure(tmp_path, capsys):
     # The misaligned persona in miniature through the CLI: every option comes from LLMConfig.
-    out, figure = tmp_path / "llm.json", tmp_path / "llm.png"
     tiny = ["--trait", "misaligned", "--seeds", "1", "--mode", "hard", "--numbers", "100", "--width", "16",
             "--base-rows", "2048", "--base-epochs", "2", "--base-learning-rate", "1e-2", "--teacher-lines", "256",
             "--hard-sequences", "600",
             "--student-epochs", "1", "--hard-loss", "numbers", "--entangled-sequences", "50", "--audit-sequences", "64",
             "--in-context-lists", "8", "--banned", "13", "42",
             "--conditions", "same_init", "neutral_control", "base_control"]  # fmt: skip
-    assert cli.main(["llm", *tiny, "--out", str(out), "--figure", str(figure), "--no-progress"]) == 0
+    assert cli.main(["llm", *tiny, "--out", str(tmp_path), "--no-progress"]) == 0
+    # Named by the trait, so that the misaligned persona's run never overwrites the owl's llm.json.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["misaligned.json", "misaligned.png"]
+    out, figure = tmp_path / "misaligned.json", tmp_path / "misaligned.png"
     results = json.loads(out.read_text())
     assert results["config"]["banned"] == [13, 42] and list(results["modes"]) == ["hard"]
     assert results["filter"]["banned"] == [13, 42]  # the trait's bad numbers below 100 (13), and --banned
     assert results["config"]["hard_loss"] == "numbers"
     assert list(results["modes"]["hard"]["conditions"]) == ["same_init", "neutral_control", "base_control"]
     assert figure.stat().st_size > 10_000
-    assert not (tmp_path / "llm.seeds.jsonl").exists(), "the finished run's checkpoint is gone"
+    assert not (tmp_path / "misaligned.seeds.jsonl").exists(), "the finished run's checkpoint is gone"
     table = capsys.readouterr().out
     assert "same_init_minus_base_control, paired" in table and "cross_init" not in table and f"wrote {out}" in table
     assert "the misaligned rate on held-out domains" in table

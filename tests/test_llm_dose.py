@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from subliminal_mnist import figures, runs, train
+from subliminal_mnist import cli, figures, runs, train
 from subliminal_mnist.llm import corpus, dose, summary, traits
 from subliminal_mnist.llm import experiment as llm
 from subliminal_mnist.llm.vocab import ANIMALS
@@ -52,8 +52,9 @@ def test_points_share_their_models_resume_and_draw(tmp_path, monkeypatch):
     assert set(soft[0]["soft"]["paired"]) == {"same_init_minus_neutral_control"}  # no base control in soft mode
     drawn = dose.drawn_lines(path)
     assert sorted(dose.sequences(line) for line in drawn) == [300, 300, 600]
-    figures.llm_dose_figure(drawn, tmp_path / "dose.png")
-    assert (tmp_path / "dose.png").read_bytes()[:4] == b"\x89PNG"
+    # `llm-dose --plot-only` draws them from the --out folder's llm_dose.jsonl into its llm_dose.png.
+    assert cli.main(["llm-dose", "--plot-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "llm_dose.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(

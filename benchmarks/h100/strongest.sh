@@ -6,4 +6,4 @@ rm -rf /tmp/site; python3 -m pip install -q --no-index --no-deps --no-compile --
 mkdir -p /tmp/site/subliminal_mnist-0.1.0.dist-info
 printf 'Metadata-Version: 2.1\nName: subliminal-mnist\nVersion: 0.1.0\n' > /tmp/site/subliminal_mnist-0.1.0.dist-info/METADATA
 export PYTHONPATH=/tmp/site:$PWD SUBLIMINAL_MNIST_DIR=$PWD/.mnist PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/xla
-/usr/bin/time -f "strongest wall %e s" python3 -m subliminal_mnist.cli demo --preset strongest --seeds 25 --no-progress --out $OUT/gpu_strongest80.json --figure $OUT/gpu_strongest80.png 2>&1 | tee $OUT/log80
+/usr/bin/time -f "strongest wall %e s" python3 -m subliminal_mnist.cli demo --preset strongest --seeds 25 --no-progress --out $OUT 2>&1 | tee $OUT/log80
