@@ -71,6 +71,18 @@ def test_results_written_with_another_interval_get_this_one():
     assert new["b"] == [{"x": 1}] and new["c"] == "kept"
 
 
+def _training(item, stopped: list, epochs: int = 200) -> None:
+    """A long training (10 s at 200 epochs) that checks the stop signal between epochs, as the loop does;
+    records `item` in `stopped` when it stops."""
+    for _ in range(epochs):
+        try:
+            runs.check_stop()
+        except runs.Stopped:
+            stopped.append(item)
+            raise
+        time.sleep(0.05)
+
+
 def test_a_failing_item_stops_the_others_and_its_error_reaches_the_caller():
     stopped = []
 
@@ -78,13 +90,7 @@ def test_a_failing_item_stops_the_others_and_its_error_reaches_the_caller():
         if item == "bad":
             time.sleep(0.2)  # let the other one start its "training"
             raise train.TrainingDiverged("bad: the loss became nan")
-        for _ in range(200):  # a long training (10 s) that checks the stop signal between epochs
-            try:
-                runs.check_stop()
-            except runs.Stopped:
-                stopped.append(item)
-                raise
-            time.sleep(0.05)
+        _training(item, stopped)
 
     with pytest.raises(train.TrainingDiverged, match="bad"):
         runs.parallel_map(work, ["slow", "bad"], 2, "toy")
@@ -105,41 +111,37 @@ def test_items_not_started_never_start_once_the_map_stopped():
     assert started == [0]
 
 
-def test_a_stop_reaches_the_maps_inside_an_item_and_an_inner_stop_stays_inside():
-    # A map inside an item (a grid of rates inside a row) stops when the outer run stops; its own failure,
-    # handled by its caller, does not stop the outer run.
-    outer_stop_seen = []
+def test_a_maps_own_failure_stays_inside_the_item_that_handles_it():
+    # A grid of rates inside a row: one rate's failure stops the grid's other trainings, not the row's run.
+    stopped = []
 
-    def inner(item):
-        if item == "bad":
+    def rate(item):
+        if item == "diverges":
             raise train.TrainingDiverged("one rate diverged")
-        time.sleep(0.3)
-        runs.check_stop()  # the inner map has stopped: this raises
-        return item
+        _training(item, stopped)
 
-    def outer(item):
-        if item == "grid":
-            with pytest.raises(train.TrainingDiverged):
-                runs.parallel_map(inner, ["slow", "bad"], 2, "grid")
-            runs.check_stop()  # the outer run goes on
-            return "grid handled"
-        time.sleep(0.2)
-        raise ValueError("outer item fails")
+    def row(item):
+        with pytest.raises(train.TrainingDiverged):
+            runs.parallel_map(rate, ["slow", "diverges"], 2, "grid")
+        runs.check_stop()  # the row's run goes on
+        return "grid handled"
 
-    def long(item):
-        for _ in range(100):
-            try:
-                runs.check_stop()
-            except runs.Stopped:
-                outer_stop_seen.append(item)
-                raise
-            time.sleep(0.05)
+    assert runs.parallel_map(row, ["sgd"], 1, "rows") == ["grid handled"]
+    assert stopped == ["slow"]
 
-    assert runs.parallel_map(outer, ["grid"], 1, "rows") == ["grid handled"]
-    with pytest.raises(ValueError, match="outer item fails"):
-        runs.parallel_map(lambda item: runs.parallel_map(long, ["inner"], 1, "inner") if item else outer("x"),
-                          [1, 0], 2, "rows")  # fmt: skip
-    assert outer_stop_seen == ["inner"]
+
+def test_a_runs_stop_reaches_a_map_inside_one_of_its_items():
+    stopped = []
+
+    def item(name):
+        if name == "fails":
+            time.sleep(0.2)
+            raise ValueError("another item fails")
+        runs.parallel_map(lambda inner: _training(inner, stopped), ["inner"], 1, "inner")
+
+    with pytest.raises(ValueError, match="another item fails"):
+        runs.parallel_map(item, ["grid", "fails"], 2, "rows")
+    assert stopped == ["inner"]
 
 
 def test_showing_false_hides_every_bar_inside_it_and_cannot_be_turned_back_on_inside(capsys):
