@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 
 from subliminal_mnist import files
 
+T, Item, Result = TypeVar("T"), TypeVar("Item"), TypeVar("Result")
+
 
 class ConfigError(ValueError):
     """An invalid experiment setting; the message is one line for the user."""
@@ -52,6 +54,14 @@ def config_field(
     if isinstance(default, tuple):
         return dataclasses.field(default_factory=lambda: default, metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def stage(kind: type[T], config) -> T:
+    """The part of `config` that one stage of an experiment reads (its base, its teacher), as a `kind`
+    value: a frozen dataclass whose fields are named as the config's. The stage's functions take only this
+    value, so every setting they read is in it, and a cache keyed by it cannot hand back a model trained
+    under other settings (a list of field names kept beside the code could miss one)."""
+    return kind(**{f.name: getattr(config, f.name) for f in dataclasses.fields(kind)})
 
 
 def option_name(config, name: str) -> str:
@@ -240,8 +250,6 @@ def code_difference(old: dict, new: dict) -> str:
 
 _SHOWN = contextvars.ContextVar("shown", default=True)
 _STOPS: contextvars.ContextVar[tuple[threading.Event, ...]] = contextvars.ContextVar("stops", default=())
-
-Item, Result = TypeVar("Item"), TypeVar("Result")
 
 
 class Stopped(Exception):

@@ -314,3 +314,24 @@ def test_a_checkpoint_from_other_code_is_not_resumed_from(tmp_path, monkeypatch)
         f"{path}: 1 finished seeds were computed by other code (source aaaaaaaaaaaaaaaa ≠ bbbbbbbbbbbbbbbb); "
         "not reused"
     ]
+
+
+def test_stage_reads_only_its_fields_and_is_its_own_cache_key():
+    """A stage config takes the config's fields of its names, and two configs that differ only outside the
+    stage give equal (hashable) stages, while a difference inside it gives different ones."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        width: int = 4
+        epochs: int = 2
+        workers: int = 1
+
+    @dataclasses.dataclass(frozen=True)
+    class Base:
+        width: int
+        epochs: int
+
+    assert runs.stage(Base, Config()) == Base(4, 2)
+    assert runs.stage(Base, Config(workers=8)) == runs.stage(Base, Config())
+    assert runs.stage(Base, Config(epochs=3)) != runs.stage(Base, Config())
+    assert len({runs.stage(Base, Config()), runs.stage(Base, Config(workers=8))}) == 1
