@@ -1150,9 +1150,7 @@ LORA_MAX_RANK = 8
 LORA_RANKS = (1, 2, 4, 8)  # each draw's rank, cycled
 # The configurations, teacher/student: full fine-tuning or a rank-r adapter on every kernel (B = 0 at
 # the start, A frozen), the student's adapter the teacher's own ("shared") or drawn apart. "E[...]" is
-# the expectation over the random adapter(s) named.
-LORA_CONFIGS = ("full/full", "lora/lora shared", "full/lora", "lora/full", "lora/lora independent",
-                "full/lora E[A_S]", "lora/full E[A_T]", "lora/lora independent E[A_S, A_T]")  # fmt: skip
+# the expectation over the random adapter(s) named. They are the keys of LORA_QUANTITIES, in order.
 # What each configuration measures, in whose coordinates: "weights", ΔS·ΔT over every parameter in W's
 # coordinates (does the student move toward the teacher?); "trait", -∇L_T·ΔS (does the student's L_T
 # fall, to first order?); "adapter", ΔB_S·ΔB_T in the adapters' own coordinates (both adapted). In the
@@ -1169,6 +1167,7 @@ LORA_QUANTITIES = {
     "lora/full E[A_T]": ("weights", "trait"),
     "lora/lora independent E[A_S, A_T]": ("weights", "trait"),
 }
+LORA_CONFIGS = tuple(LORA_QUANTITIES)
 # The signs theory/README.md proves (a square of K's form); every other quantity has no guarantee and its
 # check looks for a counterexample. Shared adapter: ΔB_S·ΔB_T = (A Aᵀ g)ᵀ K (A Aᵀ g) = -∇L_T·ΔS. A LoRA
 # teacher and a full student: the theorem in W's coordinates for the teacher's move t = -A Aᵀ g. Two
