@@ -50,10 +50,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _field_default(field: dataclasses.Field) -> Any:
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
-
-
 def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """One option per field of `config_cls`, named by the field (or its `flag` metadata).
 
@@ -62,7 +58,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> Non
     """
     group = parser.add_argument_group(f"experiment settings (defaults: the paper's, {config_cls.__name__})")
     for field in dataclasses.fields(config_cls):
-        default = _field_default(field)
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
         flag = "--" + (field.metadata.get("flag") or field.name).replace("_", "-")
         kwargs: dict[str, Any] = {"dest": field.name, "default": None}
         if isinstance(default, bool):
