@@ -43,25 +43,23 @@ def _errorbar(ax, x, summaries: list[dict], **style) -> None:
     ax.errorbar(x, [s["mean"] for s in summaries], yerr=[s["ci95"] or 0.0 for s in summaries], **style)
 
 
+def _bars(ax, labels: list[str], summaries: list[dict], colors: list, capsize: float):
+    """A bar per summary (`runs.summarize`), labelled and coloured, at its mean with its 95% t interval."""
+    errors = [s["ci95"] or 0.0 for s in summaries]
+    return ax.bar(labels, [s["mean"] for s in summaries], yerr=errors, capsize=capsize, color=colors,
+                  edgecolor="black", linewidth=0.6)  # fmt: skip
+
+
 def demo_figure(results: dict, path: str | os.PathLike) -> None:
     """The paper's bar chart: test accuracy of the six conditions, mean and 95% interval."""
     conditions = results["conditions"]
     names = [n for n in experiment.CONDITIONS if n in conditions]
-    means = [conditions[n]["mean"] for n in names]
-    errors = [conditions[n]["ci95"] or 0.0 for n in names]
     seeds = len(conditions[names[0]]["per_seed"])
 
     fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
-    bars = ax.bar(
-        [experiment.CONDITION_LABELS[n].replace(" (", "\n(") for n in names],
-        means,
-        yerr=errors,
-        capsize=5,
-        color=[_COLORS[n] for n in names],
-        edgecolor="black",
-        linewidth=0.6,
-    )
-    ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], padding=3, fontsize=9)
+    labels = [experiment.CONDITION_LABELS[n].replace(" (", "\n(") for n in names]
+    bars = _bars(ax, labels, [conditions[n] for n in names], [_COLORS[n] for n in names], capsize=5)
+    ax.bar_label(bars, labels=[f"{conditions[n]['mean']:.2f}" for n in names], padding=3, fontsize=9)
     ax.axhline(0.1, color="black", linestyle=":", linewidth=1)
     ax.text(len(names) - 0.5, 0.11, "chance", ha="right", va="bottom", fontsize=8)
     ax.set_ylim(0, 1.05)
@@ -168,18 +166,11 @@ def llm_figure(results: dict, path: str | os.PathLike) -> None:
     for ax, mode in zip(axes[0], modes):
         conditions = results["modes"][mode]["conditions"]
         names = [n for n in _LLM_CONDITIONS if n in conditions]
-        means = [conditions[n][headline]["mean"] for n in names]
-        errors = [conditions[n][headline]["ci95"] or 0.0 for n in names]
-        bars = ax.bar(
-            [_LLM_CONDITIONS[n][0] for n in names],
-            means,
-            yerr=errors,
-            capsize=4,
-            color=[_LLM_CONDITIONS[n][1] for n in names],
-            edgecolor="black",
-            linewidth=0.6,
-        )
-        for bar, mean, error in zip(bars, means, errors):  # above the interval, not on it
+        summaries = [conditions[n][headline] for n in names]
+        labels = [_LLM_CONDITIONS[n][0] for n in names]
+        bars = _bars(ax, labels, summaries, [_LLM_CONDITIONS[n][1] for n in names], capsize=4)
+        for bar, summary in zip(bars, summaries):  # above the interval, not on it
+            mean, error = summary["mean"], summary["ci95"] or 0.0
             top = mean + error if mean >= 0 else mean - error
             ax.annotate(f"{mean:+.3f}", (bar.get_x() + bar.get_width() / 2, top), xytext=(0, 3 if mean >= 0 else -3),
                         textcoords="offset points", ha="center", va="bottom" if mean >= 0 else "top", fontsize=8)  # fmt: skip
