@@ -303,6 +303,10 @@ def claims(curves: dict[str, dict[str, np.ndarray]], final_accuracy: dict[str, n
         values = same[metric]  # (S, epochs, steps)
         return (values[:, 1:, 0] - values[:, :-1, 0]).mean(0)
 
+    def first_epoch_most(changes: np.ndarray) -> bool | None:
+        # None for a single epoch: there is no change from one epoch to the next to compare.
+        return bool(changes.argmax() == 0) if len(changes) else None
+
     accuracy_gains, trait_loss_drops = per_epoch_change("test_accuracy"), -per_epoch_change("trait_loss")
     param_cosine_gains = per_epoch_change("param_cosine")
     result = {
@@ -324,9 +328,9 @@ def claims(curves: dict[str, dict[str, np.ndarray]], final_accuracy: dict[str, n
             "trait_loss_drop_per_epoch": trait_loss_drops.tolist(),
             "param_cosine_gain_per_epoch": param_cosine_gains.tolist(),
             "mean_grad_cosine_per_epoch": same["grad_cosine"].mean((0, 2)).tolist(),
-            "first_epoch_gains_most_accuracy": bool(accuracy_gains.argmax() == 0),
-            "first_epoch_drops_trait_loss_most": bool(trait_loss_drops.argmax() == 0),
-            "first_epoch_gains_most_param_cosine": bool(param_cosine_gains.argmax() == 0),
+            "first_epoch_gains_most_accuracy": first_epoch_most(accuracy_gains),
+            "first_epoch_drops_trait_loss_most": first_epoch_most(trait_loss_drops),
+            "first_epoch_gains_most_param_cosine": first_epoch_most(param_cosine_gains),
         },
     }
     if len(curves) > len(_STUDENTS):
@@ -412,7 +416,7 @@ def table(results: dict) -> str:
         ("trait-loss drop", "trait_loss_drop_per_epoch"),
         ("cos(θS-θS0, θT-θ0) gain", "param_cosine_gain_per_epoch"),
     ):
-        rows.append(f"{label} per epoch: " + ", ".join(f"{g:+.3f}" for g in by_epoch[key]))
+        rows.append(f"{label} per epoch: " + (", ".join(f"{g:+.3f}" for g in by_epoch[key]) or "none (one epoch)"))
     if "projection" in results["claims"]:
         answer = results["claims"]["projection"]["suppresses_transfer_without_pushing_trait_loss_up"]
         rows.append(

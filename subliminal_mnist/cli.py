@@ -50,10 +50,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _field_default(field: dataclasses.Field) -> Any:
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
-
-
 def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """One option per field of `config_cls`, named by the field (or its `flag` metadata).
 
@@ -62,7 +58,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> Non
     """
     group = parser.add_argument_group(f"experiment settings (defaults: the paper's, {config_cls.__name__})")
     for field in dataclasses.fields(config_cls):
-        default = _field_default(field)
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
         flag = "--" + (field.metadata.get("flag") or field.name).replace("_", "-")
         kwargs: dict[str, Any] = {"dest": field.name, "default": None}
         if isinstance(default, bool):
@@ -86,11 +82,12 @@ def explicit_options(args: argparse.Namespace, config_cls: type) -> dict[str, An
     return {name: tuple(v) if isinstance(v, list) else v for name, v in given.items() if v is not None}
 
 
+_DATA_DIR_HELP = "folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)"
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--data-dir", help="folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)"
-    )
+    source.add_argument("--data-dir", help=_DATA_DIR_HELP)
     source.add_argument(
         "--source", choices=("idx", "tfds", "sample"), default="idx", help="where MNIST comes from (default: idx)"
     )
@@ -106,17 +103,22 @@ def _out_folder(text: str) -> pathlib.Path:
     return folder
 
 
-def _add_out_option(parser: argparse.ArgumentParser, files: str) -> None:
-    """--out FOLDER: where every command that writes results writes them, its `files` named by the command."""
+def _add_output_options(
+    parser: argparse.ArgumentParser, files: str, json_option: bool = True, plot_only: bool = False
+) -> None:
+    """The options of every command that writes results: --out FOLDER, where it writes them (its `files`, named
+    by the command), and --no-progress; --plot-only for a series drawn from its file, --json where it prints
+    its results."""
     parser.add_argument(
         "--out", type=_out_folder, default=".", metavar="FOLDER",
         help=f"folder of {files}; made if missing (default: .)",
     )  # fmt: skip
-
-
-def _add_output_options(parser: argparse.ArgumentParser, files: str) -> None:
-    _add_out_option(parser, files)
-    parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of a table")
+    if plot_only:
+        parser.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
+    if json_option:
+        parser.add_argument(
+            "--json", action="store_true", help="print the results as JSON on stdout instead of a table"
+        )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -221,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--counts", nargs="+", type=int, default=list(dose.COUNTS),
         help=f"numbers of lists each model writes (default: {' '.join(map(str, dose.COUNTS))})",
     )  # fmt: skip
-    _add_out_option(dose_cmd, "llm_dose.jsonl (resumed if there) and llm_dose.png")
-    dose_cmd.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
-    dose_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_output_options(
+        dose_cmd, "llm_dose.jsonl (resumed if there) and llm_dose.png", json_option=False, plot_only=True
+    )
     add_config_options(dose_cmd, LLMConfig)
     dose_cmd.set_defaults(handler=_llm_dose)
 
@@ -232,18 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--values", nargs="+", default=list(dose.LORA_VALUES), metavar="TEACHER/STUDENT[/shared|/own]",
         help="the points, each full or lora:R (default: the issue's 11, full/full ... lora:4/lora:16/own)",
     )  # fmt: skip
-    _add_out_option(lora_cmd, "sweep_lora_owl_MODE.jsonl (resumed if there) and sweep_lora_owl_MODE.png")
-    lora_cmd.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
-    lora_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_output_options(
+        lora_cmd,
+        "sweep_lora_owl_MODE.jsonl (resumed if there) and sweep_lora_owl_MODE.png",
+        json_option=False,
+        plot_only=True,
+    )
     add_config_options(lora_cmd, LLMConfig)
     lora_cmd.set_defaults(handler=_llm_lora)
 
     sweep_cmd = _add_command(commands, "sweep")
     sweep_cmd.add_argument("name", help=f"the setting to sweep: {', '.join(sweep.SWEEPS)}")
     sweep_cmd.add_argument("--values", nargs="+", help="the values (default: the sweep's own)")
-    _add_out_option(sweep_cmd, "sweep_NAME.jsonl (resumed if there) and sweep_NAME.png")
-    sweep_cmd.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
-    sweep_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_output_options(
+        sweep_cmd, "sweep_NAME.jsonl (resumed if there) and sweep_NAME.png", json_option=False, plot_only=True
+    )
     _add_data_options(sweep_cmd)
     add_config_options(sweep_cmd, experiment.ExperimentConfig)
     sweep_cmd.set_defaults(handler=_sweep)
@@ -256,14 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         where = "the MNIST demo" if setting == "mnist" else "the owl experiment (one mode; default soft)"
         one = settings.add_parser(setting, help=f"the defenses of {where}")
-        _add_out_option(
+        _add_output_options(
             one,
             f"defend_{setting}{'' if setting == 'mnist' else '_MODE'}.jsonl (resumed if there), "
             f".json and .png{'' if setting == 'mnist' else ', one set per mode'}",
+            plot_only=True,
         )
-        one.add_argument("--plot-only", action="store_true", help="redraw the figure from the file, train nothing")
-        one.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of a table")
-        one.add_argument("--no-progress", action="store_true", help="no progress bars")
         if setting == "mnist":
             _add_data_options(one)
         for config_cls in config_classes:
@@ -279,9 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     theorem_cmd.set_defaults(handler=_theorem)
 
     data_cmd = _add_command(commands, "data")
-    data_cmd.add_argument(
-        "--data-dir", help="folder with the four MNIST IDX files (else $SUBLIMINAL_MNIST_DIR, else a cache)"
-    )
+    data_cmd.add_argument("--data-dir", help=_DATA_DIR_HELP)
     data_cmd.add_argument("--verify", action="store_true", help="check every file's structure, size and SHA-256")
     data_cmd.set_defaults(handler=_data)
     return parser
@@ -313,21 +314,20 @@ def _run_experiment(args: argparse.Namespace, config_cls: type, run, draw, table
     results = run(config, mnist, progress=not args.no_progress, **checkpoint)
     if preset:
         results["preset"] = preset
-    _finish(out, results, checkpoint.get("checkpoint"))
-    draw(results, figure)
-    if args.json:
-        print(json.dumps(results))
-    else:
-        print(table(results))
-        print(f"wrote {out} and {figure}")
-    return 0
+    return _report(args, results, out, figure, draw, table, checkpoint.get("checkpoint"))
 
 
-def _finish(out: pathlib.Path, results: dict, checkpoint) -> None:
-    """Write the results; only then is the checkpoint of finished seeds (if any) no longer needed."""
+def _report(
+    args: argparse.Namespace, results: dict, out: pathlib.Path, figure: pathlib.Path, draw, table, checkpoint=None
+) -> int:
+    """Write the results (only then is the checkpoint of finished seeds, if any, no longer needed), draw
+    the figure, and print the results as JSON (--json) or as the table with the files written."""
     files.write_json(out, results)
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
+    draw(results, figure)
+    print(json.dumps(results) if args.json else f"{table(results)}\nwrote {out} and {figure}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -347,10 +347,7 @@ def _llm(args: argparse.Namespace) -> int:
     out, figure = args.out / f"{name}.json", args.out / f"{name}.png"
     checkpoint = runs.checkpoint_path(out)
     results = llm_experiment.run(config, progress=not args.no_progress, checkpoint=checkpoint)
-    _finish(out, results, checkpoint)
-    figures.llm_figure(results, figure)
-    print(json.dumps(results) if args.json else f"{llm_summary.table(results)}\nwrote {out} and {figure}")
-    return 0
+    return _report(args, results, out, figure, figures.llm_figure, llm_summary.table, checkpoint)
 
 
 def _llm_dose(args: argparse.Namespace) -> int:
@@ -364,11 +361,9 @@ def _llm_dose(args: argparse.Namespace) -> int:
         raise runs.ConfigError(f"--counts must be at least 1, got {bad[0]}")
     base = LLMConfig(**options)
     lines_path, figure_path = args.out / "llm_dose.jsonl", args.out / "llm_dose.png"
-    if args.plot_only:
-        lines = dose.drawn_lines(lines_path)
-    else:
+    if not args.plot_only:
         dose.run("dose", dose.dose_points(base, args.counts), lines_path, progress=not args.no_progress)
-        lines = dose.drawn_lines(lines_path)  # every point of the file, this series and the others
+    lines = dose.drawn_lines(lines_path)  # every point of the file, this series and the others
     figures.llm_dose_figure(lines, figure_path)
     print(f"wrote {figure_path} from {len(lines)} points of {lines_path}")
     return 0
@@ -455,10 +450,7 @@ def _defend(args: argparse.Namespace) -> int:
             lines = defenses.run(config, settings, mnist, lines_path, progress=not args.no_progress)
         summary = defense_table.summarize(lines)
     json_path, figure_path = lines_path.with_suffix(".json"), lines_path.with_suffix(".png")
-    files.write_json(json_path, summary)
-    figures.defenses_figure(summary, figure_path)
-    print(json.dumps(summary) if args.json else f"{defense_table.table(summary)}\nwrote {json_path} and {figure_path}")
-    return 0
+    return _report(args, summary, json_path, figure_path, figures.defenses_figure, defense_table.table)
 
 
 def _theorem(args: argparse.Namespace) -> int:

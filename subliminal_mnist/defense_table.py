@@ -56,7 +56,8 @@ COSTS = {
     "mnist": {"useful_accuracy": "useful", "heldout_distill_loss": "heldout_distill_loss"},
     "owl": {"heldout_kl": "heldout_kl", "validity": "validity"},
 }
-# What each cost cannot leave (low, high; None: no bound): its interval is cut there (`runs.summarize`).
+# What each cost cannot leave (low, high; None: no bound): its interval is cut there (`runs.summarize`). By the
+# summary's name, which for the held-out losses is also their per-seed key (an optimizer row's match reads them).
 COST_BOUNDS = {"useful_accuracy": (0.0, 1.0), "heldout_distill_loss": (0.0, None), "heldout_kl": (0.0, None),
                "validity": (0.0, 1.0)}  # fmt: skip
 # Rows read against another row of the same run, seed by seed: their paired difference in `remaining`
@@ -281,11 +282,11 @@ def optimizer_match(line: dict, target: dict | None, loss_key: str) -> dict:
     mean over the seeds is within `MATCH_TOLERANCE` of the target's mean. An unmatched row draws no
     conclusion."""
     losses = line["per_seed"][loss_key]
-    out = {"heldout_loss": cost_summary(loss_key, losses), "target_heldout_loss": None, "matched": False}
+    out = {"heldout_loss": runs.summarize(losses, COST_BOUNDS[loss_key]), "target_heldout_loss": None, "matched": False}
     if target is None:
         return out
     target_losses = target["per_seed"][loss_key]
-    out["target_heldout_loss"] = cost_summary(loss_key, target_losses)
+    out["target_heldout_loss"] = runs.summarize(target_losses, COST_BOUNDS[loss_key])
     tuning = line.get("tuning") or {"bracketed": True}  # a rate given, not tuned: nothing to bracket
     bracketed = tuning.get("bracketed")
     if bracketed is None:  # a line written before the rule recorded it: its own rates and target say
@@ -424,12 +425,6 @@ def paired_effect(line: dict, measure: str = "") -> np.ndarray:
     return np.subtract(line["per_seed"][f"treated{suffix}"], line["per_seed"][f"control{suffix}"])
 
 
-def cost_summary(name: str, values) -> dict:
-    """A cost's summary (`runs.summarize`), its interval cut at the cost's bounds (`COST_BOUNDS`; `name`
-    the summary's name or the per-seed key, the same for the held-out losses)."""
-    return runs.summarize(values, COST_BOUNDS[name])
-
-
 def paired_with(key: str, by_key: dict, undefended: np.ndarray) -> dict:
     """The row's comparison with the row it is read against (`PAIRED_WITH`: detector_filter:0.1 against
     random_drop:0.1, sgd:adam_control against sgd), seed by seed: {"row": that row's key,
@@ -479,7 +474,7 @@ def summarize(lines: Sequence[dict], **more) -> dict:
             "effect_change": runs.summarize(effect - undefended),
             MEASURED[setting]: {name: runs.summarize(per_seed[name]) for name in ("treated", "control")},
             "cost": {
-                **{name: cost_summary(name, per_seed[k]) for name, k in COSTS[setting].items()},
+                **{name: runs.summarize(per_seed[k], COST_BOUNDS[name]) for name, k in COSTS[setting].items()},
                 "seconds": line["wall_seconds"],
             },
             "config": {**line["settings"], **{k: line[k] for k in ("learning_rate", "tuning") if k in line}},

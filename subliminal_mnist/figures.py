@@ -31,25 +31,35 @@ _COLORS = {
 }
 
 
+def _save(fig, path: str | os.PathLike) -> None:
+    """Write `fig` to `path` as a PNG, atomically, and close it."""
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)
+
+
+def _errorbar(ax, x, summaries: list[dict], **style) -> None:
+    """Summaries (`runs.summarize`) at positions `x`: their means, with their 95% t intervals (none for one seed)."""
+    ax.errorbar(x, [s["mean"] for s in summaries], yerr=[s["ci95"] or 0.0 for s in summaries], **style)
+
+
+def _bars(ax, labels: list[str], summaries: list[dict], colors: list, capsize: float):
+    """A bar per summary (`runs.summarize`), labelled and coloured, at its mean with its 95% t interval."""
+    errors = [s["ci95"] or 0.0 for s in summaries]
+    return ax.bar(labels, [s["mean"] for s in summaries], yerr=errors, capsize=capsize, color=colors,
+                  edgecolor="black", linewidth=0.6)  # fmt: skip
+
+
 def demo_figure(results: dict, path: str | os.PathLike) -> None:
     """The paper's bar chart: test accuracy of the six conditions, mean and 95% interval."""
     conditions = results["conditions"]
     names = [n for n in experiment.CONDITIONS if n in conditions]
-    means = [conditions[n]["mean"] for n in names]
-    errors = [conditions[n]["ci95"] or 0.0 for n in names]
     seeds = len(conditions[names[0]]["per_seed"])
 
     fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
-    bars = ax.bar(
-        [experiment.CONDITION_LABELS[n].replace(" (", "\n(") for n in names],
-        means,
-        yerr=errors,
-        capsize=5,
-        color=[_COLORS[n] for n in names],
-        edgecolor="black",
-        linewidth=0.6,
-    )
-    ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], padding=3, fontsize=9)
+    labels = [experiment.CONDITION_LABELS[n].replace(" (", "\n(") for n in names]
+    bars = _bars(ax, labels, [conditions[n] for n in names], [_COLORS[n] for n in names], capsize=5)
+    ax.bar_label(bars, labels=[f"{conditions[n]['mean']:.2f}" for n in names], padding=3, fontsize=9)
     ax.axhline(0.1, color="black", linestyle=":", linewidth=1)
     ax.text(len(names) - 0.5, 0.11, "chance", ha="right", va="bottom", fontsize=8)
     ax.set_ylim(0, 1.05)
@@ -60,9 +70,7 @@ def demo_figure(results: dict, path: str | os.PathLike) -> None:
     ax.set_title(title)
     ax.yaxis.grid(True, alpha=0.3)
     ax.set_axisbelow(True)
-    with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 _ALIGNMENT_PANELS = (
@@ -132,9 +140,7 @@ def alignment_figure(results: dict, path: str | os.PathLike) -> None:
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     seeds = results["config"]["seeds"]
     fig.suptitle(f"Aux-only distillation on noise, step by step ({seeds} seed{'s' if seeds != 1 else ''}, means)", fontsize=11)
-    with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 _LLM_CONDITIONS = {  # label (start / data), colour
@@ -160,18 +166,11 @@ def llm_figure(results: dict, path: str | os.PathLike) -> None:
     for ax, mode in zip(axes[0], modes):
         conditions = results["modes"][mode]["conditions"]
         names = [n for n in _LLM_CONDITIONS if n in conditions]
-        means = [conditions[n][headline]["mean"] for n in names]
-        errors = [conditions[n][headline]["ci95"] or 0.0 for n in names]
-        bars = ax.bar(
-            [_LLM_CONDITIONS[n][0] for n in names],
-            means,
-            yerr=errors,
-            capsize=4,
-            color=[_LLM_CONDITIONS[n][1] for n in names],
-            edgecolor="black",
-            linewidth=0.6,
-        )
-        for bar, mean, error in zip(bars, means, errors):  # above the interval, not on it
+        summaries = [conditions[n][headline] for n in names]
+        labels = [_LLM_CONDITIONS[n][0] for n in names]
+        bars = _bars(ax, labels, summaries, [_LLM_CONDITIONS[n][1] for n in names], capsize=4)
+        for bar, summary in zip(bars, summaries):  # above the interval, not on it
+            mean, error = summary["mean"], summary["ci95"] or 0.0
             top = mean + error if mean >= 0 else mean - error
             ax.annotate(f"{mean:+.3f}", (bar.get_x() + bar.get_width() / 2, top), xytext=(0, 3 if mean >= 0 else -3),
                         textcoords="offset points", ha="center", va="bottom" if mean >= 0 else "top", fontsize=8)  # fmt: skip
@@ -194,20 +193,16 @@ def llm_figure(results: dict, path: str | os.PathLike) -> None:
         f"students learn from them ({seeds} seeds, 95% t intervals)",
         fontsize=10,
     )
-    with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _accuracy_panel(ax, lines: list[dict], x: np.ndarray) -> None:
     """A sweep's test accuracies at positions `x`: the teacher, the aux-only student and its cross-model
     control (mean and 95% interval), chance, and a "leak" over each point whose control is above chance."""
     for condition in ("teacher", "student_aux", "cross_aux"):
-        means = [line["conditions"][condition]["mean"] for line in lines]
-        errors = [line["conditions"][condition]["ci95"] or 0.0 for line in lines]
         style = dict(linestyle=":", marker="s") if condition == "teacher" else dict(marker="o", capsize=4)
-        ax.errorbar(x, means, yerr=errors, color=_COLORS[condition], label=experiment.CONDITION_LABELS[condition],
-                    **style)  # fmt: skip
+        _errorbar(ax, x, [line["conditions"][condition] for line in lines], color=_COLORS[condition],
+                  label=experiment.CONDITION_LABELS[condition], **style)  # fmt: skip
     ax.axhline(0.1, color="black", linestyle="--", linewidth=0.8, label="chance")
     leaked = sweep.leaks(lines)
     for position, line in zip(x, lines):  # a cross-model student above chance is a leak, not transfer
@@ -238,9 +233,7 @@ def sweep_figure(name: str, lines: list[dict], path: str | os.PathLike) -> None:
         ax.yaxis.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)  # off the data
         ax.set_title(f"sweep {name}: {_seeds_per_point(lines)} seeds per point, 95% t intervals", fontsize=10)
-    with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 # The paired effect's colour: the aux-only student's against its control's.
@@ -268,18 +261,15 @@ def first_step_figure(name: str, lines: list[dict]):
     accuracy.set_ylim(0, 1)
     accuracy.set_title("(a) test accuracy", fontsize=10, loc="left")
 
-    effects = [paired_accuracy_effect(line) for line in lines]
-    paired.errorbar(x, [e["mean"] for e in effects], yerr=[e["ci95"] or 0.0 for e in effects], marker="D",
-                    capsize=4, color=_PAIRED_COLOR)  # fmt: skip
+    _errorbar(paired, x, [paired_accuracy_effect(line) for line in lines], marker="D", capsize=4, color=_PAIRED_COLOR)
     paired.axhline(0, color="black", linewidth=0.8)
     paired.set_ylabel("accuracy difference")
     paired.set_title("(b) subliminal effect: aux-only student minus cross-model control, paired by seed",
                      fontsize=10, loc="left")  # fmt: skip
 
     for condition, offset in (("student_aux", -0.08), ("cross_aux", 0.08)):  # side by side, not on each other
-        summaries = [line["first_step"]["weights"][condition] for line in lines]
-        cosine.errorbar(x + offset, [s["mean"] for s in summaries], yerr=[s["ci95"] or 0.0 for s in summaries],
-                        marker="o", linestyle="none", capsize=4, color=_COLORS[condition])  # fmt: skip
+        _errorbar(cosine, x + offset, [line["first_step"]["weights"][condition] for line in lines], marker="o",
+                  linestyle="none", capsize=4, color=_COLORS[condition])  # fmt: skip
     cosine.axhline(0, color="black", linewidth=0.8)
     cosine.set_ylabel("Theorem 1: cos(first gradient\nstep, θT − θ0)")
     cosine.set_title("(c) the students' first gradient step against the teacher's move θT − θ0, in the weights",
@@ -336,9 +326,8 @@ def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
         counts = np.array([dose.sequences(line) for line in points])
         drawn = {pair: style for pair, style in _DOSE_PAIRS.items() if all(pair in p[mode]["paired"] for p in points)}
         for offset, (pair, (label, colour)) in zip((0.96, 0.98, 1.0, 1.02, 1.04), drawn.items()):
-            summaries = [line[mode]["paired"][pair] for line in points]
-            ax.errorbar(counts * offset, [s["mean"] for s in summaries], yerr=[s["ci95"] or 0.0 for s in summaries],
-                        marker="o", capsize=4, color=colour, label=label)  # fmt: skip
+            _errorbar(ax, counts * offset, [line[mode]["paired"][pair] for line in points], marker="o", capsize=4,
+                      color=colour, label=label)  # fmt: skip
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_xlim(counts[0] / 1.6, counts[-1] * 1.6)
@@ -356,9 +345,7 @@ def llm_dose_figure(lines: list[dict], path: str | os.PathLike) -> None:
         ax.yaxis.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle("Transfer against the amount of data: paired differences, means and 95% t intervals", fontsize=10)
-    with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _clear_labels(fig, labels: list, pad: float = 1.0) -> None:
@@ -399,10 +386,13 @@ def _clear_labels(fig, labels: list, pad: float = 1.0) -> None:
         placed.append(label.get_window_extent(renderer).padded(pad))
 
 
-def defenses_plot(summary: dict):
-    """The figure of `defenses_figure`, not saved: each row's point numbered (1, 2, ... in the summary's
-    order, the number in the point's colour, placed clear of every other number) and a key of the numbers
-    beside the axes."""
+def defenses_figure(summary: dict, path: str | os.PathLike) -> None:
+    """Each defense's transfer remaining against its two costs (MNIST: the useful all-logits student's
+    accuracy and the held-out distillation loss; owl: the treated student's held-out KL to the teacher
+    and its list validity), mean and 95% t interval both ways: the defenses that stop the trait without
+    stopping the distillation sit low where the distillation is good. Each row's point is numbered (1, 2,
+    ... in the summary's order, the number in the point's colour, placed clear of every other number), with
+    a key of the numbers beside the axes, so no two labels overlap however close the points."""
     rows = summary["defenses"]
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), layout="constrained", sharey=True)
     labels = {
@@ -453,19 +443,7 @@ def defenses_plot(summary: dict):
     fig.suptitle(f"What stops subliminal learning ({where}): seeds {first}-{first + n - 1}, n = {n}, 95% t intervals\n"
                  f"`{command}`", fontsize=11)  # fmt: skip
     _clear_labels(fig, numbers)
-    return fig
-
-
-def defenses_figure(summary: dict, path: str | os.PathLike) -> None:
-    """Each defense's transfer remaining against its two costs (MNIST: the useful all-logits student's
-    accuracy and the held-out distillation loss; owl: the treated student's held-out KL to the teacher
-    and its list validity), mean and 95% t interval both ways: the defenses that stop the trait without
-    stopping the distillation sit low where the distillation is good. Points are numbered, with a key of
-    the numbers beside the axes, so no two labels overlap however close the points."""
-    fig = defenses_plot(summary)
-    with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def lora_owl_figure(lines: list[dict], path: str | os.PathLike) -> None:
@@ -485,9 +463,7 @@ def lora_owl_figure(lines: list[dict], path: str | os.PathLike) -> None:
     x = np.arange(len(lines))
 
     def draw(ax, summaries, offset, color, label):
-        means = [s["mean"] for s in summaries]
-        errors = [s["ci95"] or 0.0 for s in summaries]
-        ax.errorbar(x + offset, means, yerr=errors, color=color, marker="o", capsize=3, linestyle="none", label=label)
+        _errorbar(ax, x + offset, summaries, color=color, marker="o", capsize=3, linestyle="none", label=label)
 
     paired = [line[mode]["paired"]["same_init_minus_neutral_control"] for line in lines]
     draw(axes[0], paired, 0.0, "#37474f", "same init minus neutral control")
@@ -506,9 +482,6 @@ def lora_owl_figure(lines: list[dict], path: str | os.PathLike) -> None:
     axes[-1].set_xticks(x, [line["value"] for line in lines], rotation=30, ha="right")
     axes[-1].set_xlabel("teacher / student fine-tuning: full, or a LoRA adapter of rank R\n"
                        "(/shared: the student's A starts with the teachers'; /own: drawn apart)")  # fmt: skip
-    seeds = "/".join(map(str, sorted({line["config"]["seeds"] for line in lines})))
-    fig.suptitle(f"subliminal-mnist llm-lora ({lines[0]['config']['trait']}, {mode}): {seeds} seeds per point "
-                 "(seeds 0 ...), 95% t intervals", fontsize=10)  # fmt: skip
-    with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
+    fig.suptitle(f"subliminal-mnist llm-lora ({lines[0]['config']['trait']}, {mode}): {_seeds_per_point(lines)} "
+                 "seeds per point (seeds 0 ...), 95% t intervals", fontsize=10)  # fmt: skip
+    _save(fig, path)

@@ -119,10 +119,6 @@ class Adapted(NamedTuple):
     down: PyTree
     up: PyTree
 
-    def merged(self) -> PyTree:
-        """The parameters the model's own apply function reads: W0 + A B (see `merge`)."""
-        return merge(self.base, self.down, self.up)
-
 
 @dataclasses.dataclass(frozen=True)
 class AdaptedApply:
@@ -150,8 +146,9 @@ def step_in_weight_space(params: Adapted | PyTree, step: Adapted | PyTree) -> Py
 
 
 def merged(params: PyTree) -> PyTree:
-    """Parameters as the model reads them: an `Adapted` model merged, any other parameters as they are."""
-    return params.merged() if isinstance(params, Adapted) else params
+    """Parameters as the model reads them: an `Adapted` model merged (W0 + A B, `merge`), any other parameters
+    as they are."""
+    return merge(params.base, params.down, params.up) if isinstance(params, Adapted) else params
 
 
 PARAMETERIZATION_FIELDS = ("teacher_params", "student_params", "adapter_init")

@@ -170,19 +170,6 @@ def summarize(values, bounds: tuple[float | None, float | None] | None = None) -
     return out
 
 
-def resummarize(tree):
-    """Every summary inside `tree` (a dict with "per_seed") recomputed from its per-seed values,
-    so that results written with an older interval get this one; everything else is kept."""
-    if isinstance(tree, dict):
-        if "per_seed" in tree and "mean" in tree and "ci95" in tree:
-            bounds = tree.get("bounds")
-            return {**tree, **summarize(tree["per_seed"], None if bounds is None else tuple(bounds))}
-        return {key: resummarize(value) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [resummarize(value) for value in tree]
-    return tree
-
-
 def versions() -> dict[str, str]:
     names = ("subliminal-mnist", "jax", "jaxlib", "flax", "optax", "numpy")
     return {"python": platform.python_version(), **{n: importlib.metadata.version(n) for n in names}}
@@ -482,8 +469,3 @@ class Checkpoint:
         lines = [{"seed": int(s), "identity": self.identity, "result": r} for s, r in results.items()]
         kept = self._lines.add(*lines)
         return {line["seed"]: line["result"] for line in kept}
-
-    def remove(self) -> None:
-        """The run is finished and its results written: the checkpoint is no longer needed."""
-        if self._lines.path is not None:
-            self._lines.path.unlink(missing_ok=True)

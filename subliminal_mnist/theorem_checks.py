@@ -76,17 +76,25 @@ class PaddedMLP:
         copy of the random number generator in the compiled function instead of one per layer
         (it dominates compile time otherwise).
         """
-        sizes = jnp.concatenate([widths, jnp.array([self.num_outputs])])
         size = sum(m * n for m, n in self.layer_shapes)
         flat = jax.random.normal(key, (size,), jnp.float32).astype(jax.dtypes.canonicalize_dtype(jnp.float64))
-        params, offset, fan_in = [], 0, jnp.array(model.INPUT_SIZE)
-        for (rows, cols), fan_out in zip(self.layer_shapes, sizes):
+        params, offset = [], 0
+        for (rows, cols), fan_in, fan_out in zip(self.layer_shapes, *self.fans(widths)):
             exists = (jnp.arange(rows)[:, None] < fan_in) & (jnp.arange(cols)[None, :] < fan_out)
             kernel = flat[offset : offset + rows * cols].reshape(rows, cols) / jnp.sqrt(fan_in)
             params.append({"kernel": jnp.where(exists, kernel, 0.0), "bias": jnp.zeros(cols, flat.dtype)})
             offset += rows * cols
-            fan_in = jnp.where(fan_out > 0, fan_out, fan_in)  # a missing layer passes its input on
         return tuple(params)
+
+    def fans(self, widths: jax.Array) -> tuple[list[jax.Array], jax.Array]:
+        """Each layer's real fan-in and fan-out in the member `widths` (a missing layer, of fan-out 0, passes
+        its input on: the next layer's fan-in is the last existing one's fan-out)."""
+        fan_outs = jnp.concatenate([widths, jnp.array([self.num_outputs])])
+        fan_ins, fan_in = [], jnp.array(model.INPUT_SIZE)
+        for fan_out in fan_outs:
+            fan_ins.append(fan_in)
+            fan_in = jnp.where(fan_out > 0, fan_out, fan_in)
+        return fan_ins, fan_outs
 
     def apply(self, params: PyTree, inputs: jax.Array, widths: jax.Array, relu: jax.Array | bool) -> jax.Array:
         """inputs (..., 784) -> logits (..., 13) of the member `widths`; `relu` picks ReLU, else tanh."""
@@ -1142,9 +1150,7 @@ LORA_MAX_RANK = 8
 LORA_RANKS = (1, 2, 4, 8)  # each draw's rank, cycled
 # The configurations, teacher/student: full fine-tuning or a rank-r adapter on every kernel (B = 0 at
 # the start, A frozen), the student's adapter the teacher's own ("shared") or drawn apart. "E[...]" is
-# the expectation over the random adapter(s) named.
-LORA_CONFIGS = ("full/full", "lora/lora shared", "full/lora", "lora/full", "lora/lora independent",
-                "full/lora E[A_S]", "lora/full E[A_T]", "lora/lora independent E[A_S, A_T]")  # fmt: skip
+# the expectation over the random adapter(s) named. They are the keys of LORA_QUANTITIES, in order.
 # What each configuration measures, in whose coordinates: "weights", ΔS·ΔT over every parameter in W's
 # coordinates (does the student move toward the teacher?); "trait", -∇L_T·ΔS (does the student's L_T
 # fall, to first order?); "adapter", ΔB_S·ΔB_T in the adapters' own coordinates (both adapted). In the
@@ -1161,6 +1167,7 @@ LORA_QUANTITIES = {
     "lora/full E[A_T]": ("weights", "trait"),
     "lora/lora independent E[A_S, A_T]": ("weights", "trait"),
 }
+LORA_CONFIGS = tuple(LORA_QUANTITIES)
 # The signs theory/README.md proves (a square of K's form); every other quantity has no guarantee and its
 # check looks for a counterexample. Shared adapter: ΔB_S·ΔB_T = (A Aᵀ g)ᵀ K (A Aᵀ g) = -∇L_T·ΔS. A LoRA
 # teacher and a full student: the theorem in W's coordinates for the teacher's move t = -A Aᵀ g. Two
@@ -1184,23 +1191,13 @@ def first_order_step(params: PyTree, move: PyTree, apply_fn, inputs: jax.Array, 
     return jax.jvp(step, (zero,), (jnp.ones_like(zero),))[1]
 
 
-def _fan_ins(network: PaddedMLP, widths: jax.Array) -> list[jax.Array]:
-    """Each layer's real fan-in in the member `widths` (a missing layer passes its input on, as in `init`)."""
-    sizes = jnp.concatenate([widths, jnp.array([network.num_outputs])])
-    fan_ins, fan_in = [], jnp.array(model.INPUT_SIZE)
-    for fan_out in sizes:
-        fan_ins.append(fan_in)
-        fan_in = jnp.where(fan_out > 0, fan_out, fan_in)
-    return fan_ins
-
-
 def _padded_adapter(network: PaddedMLP, key: jax.Array, widths: jax.Array, rank: jax.Array) -> PyTree:
     """A of a rank-`rank` adapter of the member `widths`: N(0, 1/fan_in) on its real input rows and first
     `rank` columns, exactly 0 elsewhere (padding adds nothing: a missing unit's row of W never moves)."""
     keys = jax.random.split(key, len(network.layer_shapes))
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     down = []
-    for k, (rows, _), fan_in in zip(keys, network.layer_shapes, _fan_ins(network, widths)):
+    for k, (rows, _), fan_in in zip(keys, network.layer_shapes, network.fans(widths)[0]):
         exists = (jnp.arange(rows)[:, None] < fan_in) & (jnp.arange(LORA_MAX_RANK)[None, :] < rank)
         a = jax.random.normal(k, (rows, LORA_MAX_RANK), jnp.float32).astype(dtype) / jnp.sqrt(fan_in)
         down.append({"kernel": jnp.where(exists, a, 0.0), "bias": jnp.zeros((0,), dtype)})
@@ -1210,7 +1207,7 @@ def _padded_adapter(network: PaddedMLP, key: jax.Array, widths: jax.Array, rank:
 def _expected_projection(network: PaddedMLP, widths: jax.Array, rank: jax.Array, grads: PyTree) -> PyTree:
     """E[A Aᵀ] G: each kernel's gradient times rank / fan_in (its real fan-in), the biases' 0."""
     return tuple({"kernel": layer["kernel"] * rank / fan_in, "bias": jnp.zeros_like(layer["bias"])}
-                 for layer, fan_in in zip(grads, _fan_ins(network, widths)))  # fmt: skip
+                 for layer, fan_in in zip(grads, network.fans(widths)[0]))  # fmt: skip
 
 
 def _lora_case(network: PaddedMLP, case: Cases, rank: jax.Array) -> dict[str, jax.Array]:

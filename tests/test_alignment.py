@@ -181,6 +181,16 @@ def test_updates_lowering_the_trait_loss_are_counted_across_epoch_boundaries():
     assert alignment.share_of_updates_lowering(values) == 3 / 5
 
 
+def test_one_epoch_has_claims_but_no_epoch_to_compare_with():
+    # `--student-epochs 1`: every per-step claim stands; the per-epoch ones have no next epoch to compare with.
+    rng = np.random.default_rng(0)
+    curves = {name: {metric: rng.standard_normal((2, 1, 4)) for metric in alignment.METRICS}
+              for name in alignment._STUDENTS}  # fmt: skip
+    by_epoch = alignment.claims(curves, {})["transfer_by_epoch"]
+    assert by_epoch["accuracy_gain_per_epoch"] == [] and by_epoch["first_epoch_gains_most_accuracy"] is None
+    assert by_epoch["first_epoch_drops_trait_loss_most"] is None and len(by_epoch["mean_grad_cosine_per_epoch"]) == 1
+
+
 def test_alignment_settings_are_checked():
     with pytest.raises(runs.ConfigError, match="trait_batch must be at least 1"):
         alignment.AlignmentConfig(trait_batch=0)

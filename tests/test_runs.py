@@ -60,15 +60,6 @@ def test_a_bounded_measure_gets_an_interval_inside_its_bounds():
     assert low == 0.0 and high == pytest.approx(np.mean(losses) + runs.t_interval(losses))
     inside = runs.summarize([0.5, 0.6, 0.7], bounds=(0.0, 1.0))
     assert inside["interval"] == [pytest.approx(0.6 - inside["ci95"]), pytest.approx(0.6 + inside["ci95"])]
-    # Re-summarized, a bounded summary keeps its bounds.
-    assert runs.resummarize({"x": {**bounded, "ci95": 9.0}})["x"] == bounded
-
-
-def test_results_written_with_another_interval_get_this_one():
-    old = {"a": {"mean": 0.7, "ci95": 0.1, "per_seed": [0.5, 0.6, 0.7, 0.8, 0.9]}, "b": [{"x": 1}], "c": "kept"}
-    new = runs.resummarize(old)
-    assert new["a"] == runs.summarize([0.5, 0.6, 0.7, 0.8, 0.9])
-    assert new["b"] == [{"x": 1}] and new["c"] == "kept"
 
 
 def _training(item, stopped: list, epochs: int = 200) -> None:
@@ -191,11 +182,9 @@ def test_a_checkpoint_keeps_seeds_reads_them_back_and_drops_stale_ones(tmp_path)
     assert other.missing(range(3)) == [0, 1, 2]
     assert "1 finished seeds from another config or version; not reused" in messages[-1]
     assert runs.read_lines(path) == [], "stale lines are dropped at once"
-    other.remove()
-    assert not path.exists()
     memory = runs.Checkpoint(None, {}, messages.append)  # no file: kept in memory only
     memory.keep({0: {"a": 1.0}})
-    assert memory.result(0) == {"a": 1.0} and list(tmp_path.iterdir()) == []
+    assert memory.result(0) == {"a": 1.0} and list(tmp_path.iterdir()) == [path]
 
 
 def test_a_checkpoint_that_is_not_json_lines_is_one_error(tmp_path):
