@@ -19,35 +19,9 @@ Student's t interval over seeds. Its other cost is the treated student's distill
 (KL of the aux logits' softmaxes) on held-out noise: how well it still learnt what it was
 distilled on.
 
-Rows, by defense (`defense_table.DEFENSES`):
-
-- none: the demo's aux-only student and its cross-model control, unchanged; `remaining` 1.
-- other_init: the paper's own finding, as the reference: does a student from another init (the
-  cross partner's) learn the teacher's digits? The treated student starts from the partner's init
-  and is distilled on the teacher's aux outputs; its control starts from the same init and is
-  distilled on a *neutral teacher's* (`neutral_teachers`: the teacher's init and recipe, trained on
-  the training labels permuted across the training set: the teacher's recipe and steps without digit
-  knowledge; how far each teacher moves from the init is measured, `neutral_teacher_distance` and
-  `teacher_distance`), with the same noise in the same order and the same loop: the pair
-  differs only in which teacher wrote the targets. Another init does *not* stop transfer if the
-  treated student ends above its control, the paired effect's interval above 0; this control can
-  show it, as `none`'s does (a control from a third init could not: both students would be
-  unrelated to the teacher, their expected difference 0 whatever another init learns).
-- sgd: plain SGD instead of Adam, at the learning rate whose held-out distillation loss is
-  the undefended Adam student's (a grid on the first seeds, extended where no two rates bracket
-  it, interpolated between the bracketing rates: `defense_table.tuned_rate`), so the row compares students that
-  learnt their distillation as well, not undertrained ones; its Adam control is matched alike to
-  the SGD student's loss. Where no rate brackets the target, or the row's mean held-out loss ends
-  more than 10% from the target's, the row is unmatched and draws no conclusion
-  (`defense_table.optimizer_match`). The rows' summary, refutations and table: `defense_table.py`.
-- kl_to_start: KL to the student's own start on every output of the distillation inputs,
-  its weight ramped up over the first epoch and then decayed ("liminal training").
-- l2_to_start: |θ - θ0|² / 2, constant weight: weight decay toward the start.
-- mix: a share of the distillation targets comes from an unrelated teacher, one trained from
-  a third init (not the control's: its data would then carry the control's own init).
-- projection: the distillation gradient's component along the trait gradient removed
-  (`alignment.project`), one-sided or two-sided; the defender must know the trait.
-- temperature: the KL at another softmax temperature (scaled by T², as `losses.TemperedKL`).
+Each defense is a function of `DEFENSES` that takes the undefended students of a chunk of seeds
+(`Distillation`) and returns them with its one change, which its docstring states; `train_row` trains
+and measures every row alike. The rows' summary, refutations and table: `defense_table.py`.
 """
 
 from __future__ import annotations
@@ -56,7 +30,7 @@ import dataclasses
 import functools
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import ClassVar, NamedTuple
 
 import jax
@@ -80,9 +54,6 @@ from subliminal_mnist.runs import ConfigError, config_field
 # The projection defense's edits: the trait direction removed when aligned, or always. (The
 # alignment probe's random-direction control is a control of the edit, not a defense.)
 PROJECTIONS = ("one_sided", "two_sided")
-# The three students of every row: the aux pair trains as two members of one loop, as in the demo.
-_AUX_PAIR = experiment.STUDENT_GROUPS["aux"]
-_USEFUL = ("student_all",)
 # The held-out noise's key: the seed's noise key folded with a number no other use of it reaches.
 _HELDOUT_FOLD = 2**31 - 2
 # The neutral teacher's labels (`neutral_labels`): the training labels permuted once, by the key
@@ -147,42 +118,129 @@ def neutral_labels(config: ExperimentConfig, labels: jax.Array) -> jax.Array:
     return jnp.asarray(labels)[jax.random.permutation(key, len(labels))]
 
 
-def neutral_teachers(
-    config: ExperimentConfig,
-    mnist: data.MNIST,
-    seed_ids: np.ndarray,
-    teachers: experiment.Teachers,
-    cache: dict,
-) -> model.Params:
-    """The neutral teachers of `seed_ids` (S, ...): each from its teacher's init (`shared_init`) by its
-    teacher's recipe (`experiment.trained_teachers`: the epochs, rate, batch, cross-entropy on the class
-    logits and the teacher's data-order keys), on the training images with `neutral_labels`. It learns
-    no digits (test accuracy near chance, 0.1) in the teacher's steps; how far it moves from its init
-    against the teacher is the other_init row's `neutral_teacher_distance`. Kept in `cache` as the teachers are, in a table of their own (so never taken for one)."""
+def neutral_teachers(config: ExperimentConfig, mnist: data.MNIST, seed_ids: np.ndarray, cache: dict) -> model.Params:
+    """The neutral teachers of `seed_ids` (S, ...): each its teacher's training (`experiment.trained_teachers`:
+    its init, epochs, rate, batch, cross-entropy on the class logits and data-order keys) on the training
+    images with `neutral_labels`: no digits to learn in the teacher's steps. Kept in `cache` as the teachers
+    are, in a table of their own (so never taken for one)."""
     relabelled = dataclasses.replace(mnist, train_labels=neutral_labels(config, mnist.train_labels))
-    keys = experiment.seed_keys(config, seed_ids)["teacher"]
     own = cache.setdefault(("neutral teachers",), {})
-    return experiment.trained_teachers(config, relabelled, seed_ids, teachers.shared_init, keys, own)
+    return experiment.trained_teachers(runs.stage(experiment.TeacherSettings, config), relabelled, seed_ids, own)
 
 
 def heldout_noise(config: ExperimentConfig, defenses: MnistDefenses, noise_keys: jax.Array, train_images) -> jax.Array:
     """(S, heldout_noise, 784): each seed's held-out noise, of the students' distribution, from its own key."""
     keys = jax.vmap(lambda key: jax.random.fold_in(key, _HELDOUT_FOLD))(noise_keys)
-    return experiment.noise_sets(keys, dataclasses.replace(config, num_noise=defenses.heldout_noise), train_images)
+    settings = dataclasses.replace(runs.stage(experiment.NoiseSettings, config), num_noise=defenses.heldout_noise)
+    return experiment.noise_sets(keys, settings, train_images)
 
 
-def _projection_context(defenses: MnistDefenses, mnist: data.MNIST, teachers, projection: str, members: int):
-    num_seeds = len(teachers.noise)
-    shared = {
-        **alignment.probe_sets(mnist, defenses.trait_batch),
-        "projection": jnp.int32(alignment.PROJECTIONS.index(projection)),
-    }
+class Chunk(NamedTuple):
+    """What a row trains a chunk of seeds from (`train_row`): the run's defense settings, data, seeds and
+    cache, and an `sgd` row's learning rate (`sgd_rate` finds it)."""
+
+    defenses: MnistDefenses
+    mnist: data.MNIST
+    seed_ids: np.ndarray
+    seeds: Seeds
+    cache: dict
+    learning_rate: float | None = None
+
+
+class Distillation(NamedTuple):
+    """A row's students for a chunk of seeds, as `train_row` distils them: the treated student
+    ("student_aux"), its control ("cross_aux") and the useful student ("student_all"). A defense
+    (`DEFENSES`) takes the undefended row's and returns them with what its row changes."""
+
+    config: ExperimentConfig  # the row's settings: the run's, or with the students' loss changed
+    teachers: experiment.Teachers  # the students' starts (`Teachers.init_of`), their noise and targets
+    recipe: dict = {}  # fields of every group's recipe (`experiment.distill_recipe`) replaced
+    context: Callable[[int], dict | None] = lambda members: None  # the hook's, for a group of that many members
+    control_targets: jax.Array | None = None  # the control's own targets, if not its teacher's: it trains alone
+    more: dict[str, np.ndarray] = {}  # what the row measures besides every row's values, per seed
+
+
+def other_init(students: Distillation, _, chunk: Chunk) -> Distillation:
+    """The paper's own finding, as the reference: does a student from another init (the cross partner's)
+    learn the teacher's digits? Every student starts from the partner's init; the treated one learns the
+    teacher's aux outputs, its control a *neutral teacher's* (`neutral_teachers`), each alone in its loop
+    with the aux key stream (the same noise in the same order): only the teacher differs, so the control
+    can show transfer (one from a third init could not: both would be unrelated to the teacher). Measured
+    besides: the neutral teachers' accuracy, near chance (0.1) if they learnt no digits, and how far each
+    teacher moved from the shared init (alike far: the control moves for every reason but the digits)."""
+    config, teachers, mnist = students.config, students.teachers, chunk.mnist
+    neutral = neutral_teachers(config, mnist, chunk.seed_ids, chunk.cache)
+    distance = lambda params: np.asarray(parameter_distance(params, teachers.shared_init))  # noqa: E731
+    accuracy = experiment.test_accuracy(neutral, mnist.test_images, mnist.test_labels, config.architecture)
+    return students._replace(
+        teachers=teachers._replace(student_init=teachers.other_init),
+        control_targets=experiment.outputs_on(neutral, teachers.noise, config.architecture, config.batch_size),
+        more={"neutral_teacher": np.asarray(accuracy), "neutral_teacher_distance": distance(neutral),
+              "teacher_distance": distance(teachers.teacher)},  # fmt: skip
+    )
+
+
+def sgd(students: Distillation, control: str | None, chunk: Chunk) -> Distillation:
+    """Plain SGD instead of Adam at the rate whose held-out distillation loss is the undefended Adam
+    student's, or its Adam control (`SGD_ADAM_CONTROL`) at the rate whose loss is the SGD student's
+    (`defense_table.sgd_rate`): students that learnt their distillation as well, not undertrained ones."""
+    optimizer = "adam" if control == SGD_ADAM_CONTROL else "sgd"
+    return students._replace(recipe={"optimizer": optimizer, "learning_rate": chunk.learning_rate})
+
+
+def kl_to_start(students: Distillation, _, chunk: Chunk) -> Distillation:
+    """KL to the student's own start on every output of the distillation inputs, its weight ramped up over
+    the first epoch and then decayed ("liminal training")."""
+    return students._replace(recipe={"penalty": train.Penalty("kl_to_start", chunk.defenses.kl_weight, ramp=True)})
+
+
+def l2_to_start(students: Distillation, _, chunk: Chunk) -> Distillation:
+    """|θ - θ0|² / 2, constant weight: weight decay toward the start."""
+    return students._replace(recipe={"penalty": train.Penalty("l2_to_start", chunk.defenses.l2_weight)})
+
+
+def mix(students: Distillation, share: float, chunk: Chunk) -> Distillation:
+    """A `share` of the distillation targets from an unrelated teacher, one trained from a third init
+    (`Seeds.unrelated`; not the control's: its data would then carry the control's own init). Its outputs
+    on the seeds' noise are computed once, kept in the cache for every share."""
+    config, teachers, ids = students.config, students.teachers, chunk.seed_ids
+    settings, unrelated_ids = runs.stage(experiment.TeacherSettings, config), chunk.seeds.unrelated[ids]
+    key = ("unrelated targets", settings, tuple(unrelated_ids.tolist()), tuple(ids.tolist()),
+           runs.stage(experiment.NoiseSettings, config))  # fmt: skip
+    if key not in chunk.cache:
+        unrelated = experiment.trained_teachers(settings, chunk.mnist, unrelated_ids, chunk.cache)
+        chunk.cache[key] = experiment.outputs_on(unrelated, teachers.noise, settings.architecture, settings.batch_size)
+    count = round(share * teachers.noise.shape[1])  # the noise is i.i.d.: its first images are a random share
+    targets = jnp.concatenate([chunk.cache[key][:, :count], teachers.teacher_targets[:, count:]], axis=1)
+    return students._replace(teachers=teachers._replace(teacher_targets=targets))
+
+
+def projection(students: Distillation, edit: str, chunk: Chunk) -> Distillation:
+    """The distillation gradient's component along the trait gradient removed (`alignment.project`),
+    one-sided or two-sided (`edit`, of `PROJECTIONS`); the defender must know the trait: its gradient is
+    taken on `trait_batch` training images, equal shares of every digit (`alignment.probe_sets`)."""
+    shared = {**alignment.probe_sets(chunk.mnist, chunk.defenses.trait_batch),
+              "projection": jnp.int32(alignment.PROJECTIONS.index(edit))}  # fmt: skip
     # The one- and two-sided edits never read the random direction; it is there for `project`'s signature.
-    zeros = jax.tree.map(jnp.zeros_like, teachers.shared_init)
-    return {
-        **alignment.per_member(shared, members, num_seeds),
-        "random_direction": alignment.per_member(zeros, members),
-    }
+    zeros = jax.tree.map(jnp.zeros_like, students.teachers.shared_init)
+    num_seeds = len(students.teachers.noise)
+    context = lambda members: {**alignment.per_member(shared, members, num_seeds),  # noqa: E731
+                               "random_direction": alignment.per_member(zeros, members)}  # fmt: skip
+    return students._replace(recipe={"hook": alignment.TraitProjection(students.config.architecture)}, context=context)
+
+
+def temperature(students: Distillation, value: float, chunk: Chunk) -> Distillation:
+    """The KL at another softmax temperature (scaled by T², as `losses.TemperedKL`)."""
+    return students._replace(config=dataclasses.replace(students.config, kl_temperature=value))
+
+
+# MNIST's defenses (`defense_table.APPLIES["mnist"]`), by name: (the undefended students of a chunk, the
+# row's strength (`Row.value`), the chunk) -> the students with the row's change.
+DEFENSES: dict[str, Callable[[Distillation, float | str | None, Chunk], Distillation]] = {
+    "none": lambda students, _, chunk: students,  # the demo's aux-only student and its cross-model control
+    "other_init": other_init, "sgd": sgd, "kl_to_start": kl_to_start, "l2_to_start": l2_to_start, "mix": mix,
+    "projection": projection, "temperature": temperature,
+}  # fmt: skip
 
 
 def train_row(
@@ -195,70 +253,27 @@ def train_row(
     teacher_cache: dict | None = None,
     learning_rate: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """One row for a chunk of seeds: per seed (each (S,)), the treated, control and useful students'
-    test accuracies, the treated student's held-out distillation loss, and the teacher's accuracy (and
-    for other_init the neutral teacher's, "neutral_teacher").
-
-    `learning_rate` is the optimizer's for an `sgd` row (`sgd_rate` finds it).
-    """
-    arch = config.architecture
-    cache = {} if teacher_cache is None else teacher_cache
-    if row.name == "temperature":
-        config = dataclasses.replace(config, kl_temperature=row.value)
+    """One row for a chunk of seeds: the undefended students with its defense's change (`DEFENSES`;
+    `learning_rate` is an `sgd` row's), trained; per seed (each (S,)) the treated, control and useful
+    students' test accuracies, the aux-only students' drops in test cross-entropy, the treated student's
+    held-out distillation loss, the teacher's accuracy and the row's own measures (`Distillation.more`)."""
+    arch, cache = config.architecture, {} if teacher_cache is None else teacher_cache
     teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], cache)
-    keys = experiment.seed_keys(config, seed_ids)
-    # How a group of students trains, given its members: the experiment's recipe, with the row's change.
-    recipe: Callable[[Sequence[str]], train.Recipe] = functools.partial(experiment.distill_recipe, config)
-    context: Callable[[int], dict | None] = lambda members: None
-    # The groups of students, each one loop: (its teachers, None for the row's own; its members; its
-    # key stream). The treated student is "student_aux", its control "cross_aux".
-    groups = {"aux": (None, _AUX_PAIR, "aux"), "all": (None, _USEFUL, "all")}
-    if row.name == "other_init":
-        # Every student starts from the partner's init. The treated one learns the teacher's aux outputs,
-        # the control the neutral teacher's, each alone in its loop (their targets differ) with the aux
-        # key stream: the same noise in the same order.
-        neutral = neutral_teachers(config, mnist, seed_ids, teachers, cache)
-        control = teachers._replace(
-            teacher_targets=experiment.outputs_on(neutral, teachers.noise, arch, config.batch_size)
-        )
-        teachers = teachers._replace(student_init=teachers.other_init)
-        groups = {"aux": (None, ("student_aux",), "aux"), "neutral": (control, ("cross_aux",), "aux"),
-                  "all": (None, _USEFUL, "all")}  # fmt: skip
-    elif row.name == "mix":
-        # The unrelated teachers' outputs on these seeds' noise: computed once, shared by every share.
-        unrelated_ids = seeds.unrelated[seed_ids]
-        mixed_key = ("unrelated targets", experiment.teacher_key(config, unrelated_ids), tuple(seed_ids.tolist()),
-                     config.noise, config.noise_length_scale, config.num_noise)  # fmt: skip
-        if mixed_key not in cache:
-            unrelated_keys = experiment.seed_keys(config, unrelated_ids)
-            unrelated_init = experiment.init_seeds(unrelated_keys["init"], arch)
-            unrelated = experiment.trained_teachers(
-                config, mnist, unrelated_ids, unrelated_init, unrelated_keys["teacher"], cache
-            )
-            cache[mixed_key] = experiment.outputs_on(unrelated, teachers.noise, arch, config.batch_size)
-        mixed = cache[mixed_key]
-        count = round(row.value * teachers.noise.shape[1])  # the noise is i.i.d.: its first images are a random share
-        targets = jnp.concatenate([mixed[:, :count], teachers.teacher_targets[:, count:]], axis=1)
-        teachers = teachers._replace(teacher_targets=targets)
-    elif row.name == "sgd":
-        # The SGD row proper, or its Adam control: Adam at the rate that distils as (un)well as SGD did.
-        optimizer = "adam" if row.value == SGD_ADAM_CONTROL else "sgd"
-        change = {"optimizer": optimizer, "learning_rate": learning_rate}
-        recipe = lambda members: dataclasses.replace(experiment.distill_recipe(config, members), **change)
-    elif row.name in ("kl_to_start", "l2_to_start"):
-        weight = defenses.kl_weight if row.name == "kl_to_start" else defenses.l2_weight
-        penalty = train.Penalty(row.name, weight, ramp=row.name == "kl_to_start")
-        recipe = lambda members: dataclasses.replace(experiment.distill_recipe(config, members), penalty=penalty)
-    elif row.name == "projection":
-        hook = alignment.TraitProjection(arch)
-        recipe = lambda members: dataclasses.replace(experiment.distill_recipe(config, members), hook=hook)
-        context = lambda members: _projection_context(defenses, mnist, teachers, row.value, members)
-
-    students = {}
-    for own, members, stream in groups.values():  # one group after the other: the run's threads are its chunks
-        students |= experiment.distill(
-            config, teachers if own is None else own, members, keys[f"distill_{stream}"],
-            recipe=recipe(members), context=context(len(members)),
+    chunk = Chunk(defenses, mnist, seed_ids, seeds, cache, learning_rate)
+    students = DEFENSES[row.name](Distillation(config, teachers), row.value, chunk)
+    config, teachers, keys = students.config, students.teachers, experiment.seed_keys(config, seed_ids)
+    # The groups of students, each one loop: (its members, their key stream, their teachers). The aux pair
+    # trains as two members of one loop, as in the demo, unless the control has targets of its own.
+    pair = [(experiment.STUDENT_GROUPS["aux"], "aux", teachers)]
+    if students.control_targets is not None:
+        control_teachers = teachers._replace(teacher_targets=students.control_targets)
+        pair = [(("student_aux",), "aux", teachers), (("cross_aux",), "aux", control_teachers)]
+    trained = {}
+    for members, stream, own in (*pair, (("student_all",), "all", teachers)):  # in turn: the threads are the chunks
+        trained |= experiment.distill(
+            config, own, members, keys[f"distill_{stream}"],
+            recipe=dataclasses.replace(experiment.distill_recipe(config, members), **students.recipe),
+            context=students.context(len(members)),
         )[0]  # fmt: skip
 
     def accuracy(params):
@@ -268,29 +283,18 @@ def train_row(
         return np.asarray(experiment.test_cross_entropy(params, mnist.test_images, mnist.test_labels, arch))
 
     noise = heldout_noise(config, defenses, keys["noise"], mnist.train_images)
-    more = {}
-    if row.name == "other_init":
-        # Its neutral teachers' accuracy, near chance (0.1) if they learnt no digits, and how far each
-        # teacher moved from the shared init (the neutral teacher's control moves for every reason
-        # the treated student's teacher moves if the two moved alike far).
-        more = {
-            "neutral_teacher": accuracy(neutral),
-            "neutral_teacher_distance": np.asarray(parameter_distance(neutral, teachers.shared_init)),
-            "teacher_distance": np.asarray(parameter_distance(teachers.teacher, teachers.shared_init)),
-        }
+    treated, control = trained["student_aux"], trained["cross_aux"]
     return {
-        "treated": accuracy(students["student_aux"]),
-        "control": accuracy(students["cross_aux"]),
+        "treated": accuracy(treated),
+        "control": accuracy(control),
         # The cost-free readout below chance accuracy: how far each aux-only student's test cross-entropy
         # fell from its own start's (nats), so partial transfer shows where accuracy stays at 0.1.
-        "treated_xent_drop": cross_entropy(teachers.student_init) - cross_entropy(students["student_aux"]),
-        "control_xent_drop": cross_entropy(teachers.other_init) - cross_entropy(students["cross_aux"]),
-        "useful": accuracy(students["student_all"]),
-        "heldout_distill_loss": np.asarray(
-            heldout_distill_loss(students["student_aux"], teachers.teacher, noise, arch)
-        ),
+        "treated_xent_drop": cross_entropy(teachers.student_init) - cross_entropy(treated),
+        "control_xent_drop": cross_entropy(teachers.other_init) - cross_entropy(control),
+        "useful": accuracy(trained["student_all"]),
+        "heldout_distill_loss": np.asarray(heldout_distill_loss(treated, teachers.teacher, noise, arch)),
         "teacher": accuracy(teachers.teacher),
-        **more,
+        **students.more,
     }
 
 
@@ -325,14 +329,6 @@ def heldout_loss(
     return loss_at
 
 
-def _row_fields(row: Row, config: ExperimentConfig, defenses: MnistDefenses) -> dict:
-    """What a row's line must match to be reused: the setting, the row, the experiment's config and
-    the defense settings the row reads. A line of an earlier design of a row (other_init's third-init
-    control, the projection's first N digits) is not reused either: `runs.point` matches the source's
-    fingerprint too."""
-    return row_fields(row, config, defenses, ("heldout_noise", *{"projection": ("trait_batch",)}.get(row.name, ())))
-
-
 def run(
     config: ExperimentConfig,
     defenses: MnistDefenses,
@@ -364,5 +360,9 @@ def run(
         per_seed = {name: np.concatenate([c[name] for c in per_chunk]).tolist() for name in per_chunk[0]}
         return {"per_seed": per_seed, **extra, "data_source": mnist.source}
 
+    # A line of an earlier design of a row (other_init's third-init control, the projection's first N digits) is
+    # not reused either: `runs.point` matches the source's fingerprint too.
+    fields = functools.partial(row_fields, config=config, settings=defenses, always=("heldout_noise",),
+                               more={"projection": ("trait_batch",)})
     with runs.showing(progress):
-        return run_rows(defenses, rows(defenses), lambda row: _row_fields(row, config, defenses), compute, path, log)
+        return run_rows(defenses, rows(defenses), fields, compute, path, log)

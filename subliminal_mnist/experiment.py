@@ -53,11 +53,6 @@ STUDENT_GROUPS = {"aux": ("student_aux", "cross_aux"), "all": ("student_all", "c
 # Which layers of the teacher's init the same-init students start from (`shared_layers`); the
 # others come from a fresh init. "readout" is the last layer, "hidden" all the others.
 SHARED_LAYERS = ("all", "readout", "hidden", "none")
-# The settings a teacher depends on: points of a sweep that agree on them share its teachers.
-TEACHER_FIELDS = (
-    "seed", "hidden_sizes", "num_aux", "teacher_epochs", "batch_size", "learning_rate", "devices", "teacher_params",
-    "adapter_rate_factor",
-)  # fmt: skip
 # Independent randomness of one seed; each gets its own key split from the seed's key.
 _STREAMS = ("init", "teacher", "noise", "distill_aux", "distill_all")
 
@@ -203,7 +198,31 @@ class ExperimentConfig:
         return tuple(c for c in CONDITIONS if c in trained)
 
 
-def seed_keys(config: ExperimentConfig, seed_ids: np.ndarray) -> dict[str, jax.Array]:
+@dataclasses.dataclass(frozen=True)
+class TeacherSettings:
+    """All that training a teacher reads of an `ExperimentConfig` (`runs.stage`): `trained_teachers` takes only
+    this and caches under it, so configs that agree on it (a sweep's points) share their teachers."""
+
+    seed: int  # with `devices`, what the seeds' keys read (`seed_keys`)
+    devices: int
+    architecture: model.Architecture  # the config's property: `hidden_sizes` and `num_aux`
+    teacher_epochs: int
+    batch_size: int
+    learning_rate: float
+    teacher_params: str
+    adapter_rate_factor: float
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseSettings:
+    """All that drawing a seed's noise set reads of an `ExperimentConfig` (`runs.stage`, `noise_sets`)."""
+
+    noise: str
+    noise_length_scale: float
+    num_noise: int
+
+
+def seed_keys(config: ExperimentConfig | TeacherSettings, seed_ids: np.ndarray) -> dict[str, jax.Array]:
     """One key per seed and stream: {stream: (len(seed_ids),) keys}.
 
     Seed i's key is `fold_in(key(config.seed), i)`, so its numbers do not depend
@@ -295,14 +314,14 @@ def outputs_on(params: model.Params, inputs: jax.Array, arch: model.Architecture
     return jax.vmap(lambda p, x: jax.lax.map(lambda b: arch.apply(p, b), x, batch_size=batch_size))(params, inputs)
 
 
-def noise_sets(keys: jax.Array, config: ExperimentConfig, train_images: jax.Array) -> jax.Array:
+def noise_sets(keys: jax.Array, settings: NoiseSettings, train_images: jax.Array) -> jax.Array:
     """Each seed's fixed noise set: (S,) keys -> (S, num_noise, 784); see `data.noise_images`."""
-    return _noise_sets(keys, *_noise_arguments(config, train_images))
+    return _noise_sets(keys, *_noise_arguments(settings, train_images))
 
 
-def _noise_arguments(config: ExperimentConfig, train_images: jax.Array) -> tuple:
-    images = train_images if config.noise == "mnist" else None  # the only noise that needs them
-    return images, config.num_noise or len(train_images), config.noise, config.noise_length_scale
+def _noise_arguments(settings: NoiseSettings, train_images: jax.Array) -> tuple:
+    images = train_images if settings.noise == "mnist" else None  # the only noise that needs them
+    return images, settings.num_noise or len(train_images), settings.noise, settings.noise_length_scale
 
 
 @functools.partial(jax.jit, static_argnames=("num_images", "distribution", "length_scale"))
@@ -396,20 +415,20 @@ def train_teachers(
 ) -> Teachers:
     """Inits, trained teachers and their outputs on each seed's noise, for a chunk of seeds.
 
-    `cache` (optional) keeps trained teachers across runs, keyed by `TEACHER_FIELDS` and the
-    seeds, and their outputs on each noise setting: a sweep whose points change only the
-    students trains each teacher once, and evaluates it on a noise set once. What it reuses is
-    the very thing it would have computed. The noise itself (190 MB a seed at the paper's size)
-    is drawn again from its key instead of being kept. A cache belongs to one data set.
+    `cache` (optional) keeps trained teachers across runs (`trained_teachers`), and their outputs
+    on each noise set, under the teacher's settings, the seeds and the `NoiseSettings`: a sweep whose
+    points change only the students trains each teacher once, and evaluates it on a noise set once.
+    What it reuses is the very thing it would have computed. The noise itself (190 MB a seed at the
+    paper's size) is drawn again from its key instead of being kept. A cache belongs to one data set.
     """
-    arch = config.architecture
-    keys = seed_keys(config, seed_ids)
+    arch, keys = config.architecture, seed_keys(config, seed_ids)
+    settings, noise_settings = runs.stage(TeacherSettings, config), runs.stage(NoiseSettings, config)
     shared_init = init_seeds(keys["init"], arch)
     other_init = init_seeds(seed_keys(config, partner_ids)["init"], arch)
     # Dispatched first: JAX runs it asynchronously, beside the teacher's training.
-    noise = noise_sets(keys["noise"], config, mnist.train_images)
+    noise = noise_sets(keys["noise"], noise_settings, mnist.train_images)
     cache = {} if cache is None else cache
-    trained = trained_teachers(config, mnist, seed_ids, shared_init, keys["teacher"], cache)
+    trained = trained_teachers(settings, mnist, seed_ids, cache)
     teacher = merged(trained)
     teacher_down = trained.down if isinstance(trained, lora.Adapted) else None
     # LoRA students: one A per seed, from its init key, starting with the teacher's columns if shared.
@@ -421,10 +440,9 @@ def train_teachers(
         )
     # The teacher's outputs on the noise: computed once per teacher and noise setting, shared by
     # all its students (a few MB a seed, so every noise setting's are kept).
-    noise_setting = (config.noise, config.noise_length_scale, config.num_noise)
-    targets_key = ("targets", *teacher_key(config, seed_ids)[1:], *noise_setting)
+    targets_key = ("targets", settings, tuple(np.asarray(seed_ids).tolist()), noise_settings)
     if targets_key not in cache:
-        cache[targets_key] = outputs_on(teacher, noise, arch, config.batch_size)
+        cache[targets_key] = outputs_on(teacher, noise, arch, settings.batch_size)
     return Teachers(
         shared_init=shared_init,
         # At perturbation 0 with every layer shared this is exactly `shared_init` (1 x + 0 y = x).
@@ -438,30 +456,20 @@ def train_teachers(
     )
 
 
-def teacher_key(config: ExperimentConfig, seed_ids: np.ndarray) -> tuple:
-    """What a trained teacher is kept under in a cache: its settings (`TEACHER_FIELDS`) and seeds."""
-    return ("teacher", tuple(getattr(config, f) for f in TEACHER_FIELDS), tuple(np.asarray(seed_ids).tolist()))
-
-
-def trained_teachers(
-    config: ExperimentConfig,
-    mnist: data.MNIST,
-    seed_ids: np.ndarray,
-    init: model.Params,
-    keys: jax.Array,
-    cache: dict,
-) -> model.Params:
-    """The teachers of `seed_ids` (S, ...): trained from `init` with their "teacher" stream `keys`,
-    or, already trained with these settings, taken from `cache` (see `train_teachers`). A LoRA teacher
-    (`teacher_params` lora:R) is returned as trained, a `lora.Adapted` (`merged` gives its parameters)."""
-    key = teacher_key(config, seed_ids)
+def trained_teachers(settings: TeacherSettings, mnist: data.MNIST, seed_ids: np.ndarray, cache: dict) -> model.Params:
+    """The teachers of `seed_ids` (S, ...), each trained from its seed's init with its "teacher" key stream,
+    or taken from `cache`, where it is kept under ("teacher", `settings`, the seeds): all that its training
+    reads. A LoRA teacher (`teacher_params` lora:R) is returned as trained, a `lora.Adapted` (`merged`)."""
+    key = ("teacher", settings, tuple(np.asarray(seed_ids).tolist()))
     if key not in cache:
-        rank = lora.rank_of(config.teacher_params)
+        keys = seed_keys(settings, seed_ids)
+        init = init_seeds(keys["init"], settings.architecture)
+        rank = lora.rank_of(settings.teacher_params)
         if rank is not None:
-            init = adapted_starts(init, seed_keys(config, seed_ids)["init"], rank, _TEACHER_ADAPTER)
-        recipe = dataclasses.replace(teacher_recipe(config), name=f"teacher ({len(seed_ids)} seeds)")
+            init = adapted_starts(init, keys["init"], rank, _TEACHER_ADAPTER)
+        recipe = dataclasses.replace(teacher_recipe(settings), name=f"teacher ({len(seed_ids)} seeds)")
         images, labels = jnp.asarray(mnist.train_images), jnp.asarray(mnist.train_labels)
-        cache[key], _ = train.fit(init, keys, images, labels, recipe, data_axis=None)
+        cache[key], _ = train.fit(init, keys["teacher"], images, labels, recipe, data_axis=None)
     return cache[key]
 
 
@@ -570,14 +578,14 @@ def distill_recipe(config: ExperimentConfig, students: Sequence[str]) -> train.R
     )
 
 
-def teacher_recipe(config: ExperimentConfig) -> train.Recipe:
+def teacher_recipe(settings: TeacherSettings) -> train.Recipe:
     """How the teachers train: cross-entropy on the class logits, on MNIST (shared by all seeds)."""
-    arch = config.architecture
+    arch = settings.architecture
     objective = train.Objective(
-        _apply_fn(arch, config.teacher_params), losses.cross_entropy, arch.output_mask(arch.class_indices)
+        _apply_fn(arch, settings.teacher_params), losses.cross_entropy, arch.output_mask(arch.class_indices)
     )
     return train.Recipe(
-        objective, config.teacher_epochs, _learning_rate(config, config.teacher_params), config.batch_size
+        objective, settings.teacher_epochs, _learning_rate(settings, settings.teacher_params), settings.batch_size
     )
 
 
@@ -586,11 +594,11 @@ def _apply_fn(arch: model.Architecture, parameterization: str):
     return arch if lora.rank_of(parameterization) is None else lora.AdaptedApply(arch)
 
 
-def _learning_rate(config: ExperimentConfig, parameterization: str) -> float:
+def _learning_rate(config: ExperimentConfig | TeacherSettings, parameterization: str) -> float:
     return config.learning_rate * (1 if lora.rank_of(parameterization) is None else config.adapter_rate_factor)
 
 
-def _abstract_params(config: ExperimentConfig, num_seeds: int, parameterization: str = "full"):
+def _abstract_params(config: ExperimentConfig | TeacherSettings, num_seeds: int, parameterization: str = "full"):
     """The shapes of a chunk's starts (`jax.ShapeDtypeStruct`s): inits, or inits adapted as `parameterization` says."""
     keys = seed_keys(config, np.arange(num_seeds))["init"]
     params = jax.eval_shape(functools.partial(init_seeds, arch=config.architecture), keys)
@@ -607,10 +615,11 @@ def compile_teachers(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST
     """
     if seed_sharding(config, num_seeds) is not None:
         return
-    keys = seed_keys(config, np.arange(num_seeds))["teacher"]
+    settings = runs.stage(TeacherSettings, config)
+    keys = seed_keys(settings, np.arange(num_seeds))["teacher"]
     images, labels = (jnp.asarray(a) for a in (mnist.train_images, mnist.train_labels))
-    params = _abstract_params(config, num_seeds, config.teacher_params)
-    train.compile_fit(params, keys, images, labels, teacher_recipe(config), data_axis=None)
+    params = _abstract_params(settings, num_seeds, settings.teacher_params)
+    train.compile_fit(params, keys, images, labels, teacher_recipe(settings), data_axis=None)
 
 
 def compile_chunk(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST) -> None:
@@ -623,7 +632,7 @@ def compile_chunk(config: ExperimentConfig, num_seeds: int, mnist: data.MNIST) -
     arch, num_train = config.architecture, len(mnist.train_images)
     keys = seed_keys(config, np.arange(num_seeds))
     init_seeds.lower(keys["init"], arch).compile()
-    noise = _noise_sets.lower(keys["noise"], *_noise_arguments(config, mnist.train_images))
+    noise = _noise_sets.lower(keys["noise"], *_noise_arguments(runs.stage(NoiseSettings, config), mnist.train_images))
     noise.compile()
     compile_students(config, num_seeds, num_train)
     params = _abstract_params(config, num_seeds)

@@ -438,11 +438,13 @@ def test_the_alignment_probe_on_the_sample_holds_every_digit(sample):
 
 
 def test_the_projection_defenses_trait_gradient_on_the_sample_holds_every_digit(sample):
-    from subliminal_mnist import defenses
+    from subliminal_mnist import defenses, experiment
 
     settings = defenses.MnistDefenses()
     teachers = types.SimpleNamespace(noise=np.zeros((2, 1)), shared_init={"w": jnp.zeros((2, 3))})
-    context = defenses._projection_context(settings, sample, teachers, "one_sided", 2)
+    students = defenses.Distillation(experiment.ExperimentConfig(), teachers)
+    chunk = defenses.Chunk(settings, sample, np.arange(2), None, {})
+    context = defenses.projection(students, "one_sided", chunk).context(2)
     labels = np.asarray(context["trait_labels"])
     assert labels.shape == (2, 2, settings.trait_batch)
     for per_member in labels.reshape(-1, settings.trait_batch):

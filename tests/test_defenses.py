@@ -49,6 +49,10 @@ def _equal_trees(a, b) -> bool:
     return len(leaves[0]) == len(leaves[1]) and all(np.array_equal(x, y) for x, y in zip(*leaves))
 
 
+def test_every_defense_of_mnist_has_its_function_in_the_table():
+    assert list(defenses.DEFENSES) == list(defense_table.APPLIES["mnist"])
+
+
 def test_none_is_the_demo_for_the_same_seeds(sample, teacher_cache, undefended):
     demo = experiment.run(experiment.ExperimentConfig(**{**vars(TINY), "conditions": ("student_aux",)}), sample,
                           progress=False, teacher_cache=teacher_cache)  # fmt: skip
@@ -136,7 +140,7 @@ def test_the_neutral_teacher_is_the_teachers_recipe_on_permuted_labels(sample, t
     assert np.array_equal(images, sample.train_images)
     assert np.array_equal(labels, defenses.neutral_labels(TINY, sample.train_labels))
     # Cached like the teachers: asked again, it is the one the row trained, never the teacher.
-    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teachers, teacher_cache)
+    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teacher_cache)
     for leaf, init, teacher in zip(*(jax.tree.leaves(p) for p in (neutral, teachers.shared_init, teachers.teacher))):
         assert not np.allclose(leaf, init) and not np.allclose(leaf, teacher)
     # It learnt no digits: chance (0.108, 0.103), where the tiny teacher learnt some (0.41, 0.56).
@@ -146,7 +150,7 @@ def test_the_neutral_teacher_is_the_teachers_recipe_on_permuted_labels(sample, t
 def test_other_init_measures_how_far_each_teacher_moved_from_the_shared_init(sample, teacher_cache, other_init):
     moved, _ = other_init
     teachers = _teachers(sample, teacher_cache)
-    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teachers, teacher_cache)
+    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teacher_cache)
     for key, params in (("teacher_distance", teachers.teacher), ("neutral_teacher_distance", neutral)):
         by_hand = [np.sqrt(sum(np.sum((np.asarray(a)[s] - np.asarray(b)[s]) ** 2)
                                for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(teachers.shared_init))))
@@ -183,7 +187,7 @@ def test_other_init_control_differs_from_its_treated_student_only_in_its_teacher
     assert _equal_trees(treated[1:3], control[1:3])
     # ... and other targets: the teacher's outputs on the noise, and the neutral teacher's.
     assert np.array_equal(treated[3], teachers.teacher_targets)
-    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teachers, teacher_cache)
+    neutral = defenses.neutral_teachers(TINY, sample, np.arange(2), teacher_cache)
     np.testing.assert_array_equal(control[3], experiment.outputs_on(neutral, teachers.noise, TINY.architecture, TINY.batch_size))
     assert not np.allclose(control[3], treated[3])
     # Its control is not `none`'s (nor was it before: a third init's).
