@@ -69,12 +69,15 @@ def test_a_defense_that_changes_nothing_is_none_to_the_last_digit(row, sample, t
 @pytest.mark.parametrize("name", ["kl_to_start", "l2_to_start"])
 def test_a_penalty_of_weight_zero_is_none_up_to_float_rounding(name, sample, teacher_cache, undefended):
     # The penalty's code runs, weighted 0. Its terms join the loss's in one compiled step, where XLA may
-    # sum a gradient in another order: the same students up to the last float bit, not always to it.
+    # sum a gradient in another order: the same students up to the last float bit, not always to it. How far
+    # the rounding carries depends on the CPU's instructions: on 2026-12-03 one machine kept 1e-5 and the next
+    # moved 1.3e-5 (relative), where a KL weight of 1e-3 moves it 2.6e-5 and the rows' default weights (KL 1.0,
+    # L2 1e-3) 1.0e-2 and 5.4e-4: 1e-4 admits the rounding and neither default.
     settings = MnistDefenses(**{"kl_weight" if name == "kl_to_start" else "l2_weight": 0.0, "heldout_noise": 256})
     zero = _row(Row(name), sample, teacher_cache, settings)
     for key in ("treated", "control", "useful", "teacher"):
         np.testing.assert_array_equal(zero[key], undefended[key])
-    np.testing.assert_allclose(zero["heldout_distill_loss"], undefended["heldout_distill_loss"], rtol=1e-5)
+    np.testing.assert_allclose(zero["heldout_distill_loss"], undefended["heldout_distill_loss"], rtol=1e-4)
 
 
 @pytest.mark.parametrize(
