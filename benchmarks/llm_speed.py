@@ -28,10 +28,11 @@ import tempfile
 import jax
 from demo_speed import matmul_gflops, time_command
 
-from subliminal_mnist.llm import conditions, corpus, experiment, sampling, traits
+from subliminal_mnist.llm import conditions, corpus, experiment, number_data, sampling, traits
+from subliminal_mnist.llm.config import LLMConfig
 
 
-def token_flops(config: experiment.LLMConfig, unembedded: float, context: int = corpus.MAX_LEN) -> tuple[float, float]:
+def token_flops(config: LLMConfig, unembedded: float, context: int = corpus.MAX_LEN) -> tuple[float, float]:
     """Forward matmul FLOPs (body per token, unembedding per unembedded position).
 
     A block's matmuls are q, k, v and the output (4 w^2), the MLP (8 w^2) and attention's
@@ -43,7 +44,7 @@ def token_flops(config: experiment.LLMConfig, unembedded: float, context: int = 
     return body, unembedded * 2 * w * len(config.vocab)
 
 
-def run_flops(config: experiment.LLMConfig, results: dict) -> dict[str, float]:
+def run_flops(config: LLMConfig, results: dict) -> dict[str, float]:
     """Matmul FLOPs of each stage of one run (training counts forward + backward = 3 forward)."""
     T, P = corpus.MAX_LEN, sampling.MAX_NEW_TOKENS
     body, unembed = token_flops(config, 1)
@@ -63,7 +64,7 @@ def run_flops(config: experiment.LLMConfig, results: dict) -> dict[str, float]:
     # two scores read both sets with two models each.
     sample_one = T * body + P * (token_flops(config, 1, T)[0] + unembed)
     audit = config.seeds * config.audit_sequences
-    flops["filters"] = 2 * audit * experiment._PROMPT_MARGIN * sample_one + 8 * audit * at_positions
+    flops["filters"] = 2 * audit * number_data.PROMPT_MARGIN * sample_one + 8 * audit * at_positions
     students = {mode: len(conditions.conditions_of(config, mode)) for mode in conditions.MODES}
     for mode, out in results["modes"].items():
         models = len(conditions.sampled_models(mode))
@@ -98,12 +99,12 @@ def main() -> None:
     matmul_before = matmul_gflops()
     if args.results:
         results = json.loads(pathlib.Path(args.results).read_text())
-        config = experiment.LLMConfig(**{k: tuple(v) if isinstance(v, list) else v
+        config = LLMConfig(**{k: tuple(v) if isinstance(v, list) else v
                                          for k, v in results["config"].items()})  # fmt: skip
         args.seeds, args.mode, args.trait, args.skip_cli = config.seeds, config.mode, config.trait, True
         print(f"from {args.results}: the run's own wall time")
     else:
-        config = experiment.LLMConfig(seeds=args.seeds, mode=args.mode, trait=args.trait)
+        config = LLMConfig(seeds=args.seeds, mode=args.mode, trait=args.trait)
         results = experiment.run(config, progress=False)
     matmul_after = matmul_gflops()
     wall = results["wall_seconds"]

@@ -35,7 +35,8 @@ from subliminal_mnist.llm import dose
 from subliminal_mnist.llm import experiment as llm_experiment
 from subliminal_mnist.llm import summary as llm_summary
 from subliminal_mnist.llm.defenses import OwlDefenses
-from subliminal_mnist.llm.experiment import LLMConfig
+from subliminal_mnist.llm.config import LLMConfig
+from subliminal_mnist.llm.number_data import FilterShortfall
 from subliminal_mnist.llm.vocab import VocabError
 
 EXIT_USAGE = 2
@@ -496,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (data.DataError, runs.ConfigError, runs.ResultsFileError, VocabError) as e:
         print(f"subliminal-mnist: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (train.TrainingDiverged, llm_experiment.FilterShortfall) as e:
+    except (train.TrainingDiverged, FilterShortfall) as e:
         print(f"subliminal-mnist: stopped: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

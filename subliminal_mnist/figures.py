@@ -451,7 +451,7 @@ def lora_owl_figure(lines: list[dict], path: str | os.PathLike) -> None:
     student's paired effect on the headline (same init minus neutral control, mean and 95% t interval),
     (b) beside it the damage both students take (the change of the trait's damage measure, the animal
     entropy for the owl), and, in soft mode, (c) Theorem 1's first-step quantity: the cosine of each student's
-    first gradient step with the teacher's move θT - θ0 in the model's weights (`llm.experiment.first_step`;
+    first gradient step with the teacher's move θT - θ0 in the model's weights (`llm.first_step.first_step`;
     a hard run has none: its students learn sampled tokens, not the teacher's distribution)."""
     mode = lines[0]["config"]["mode"]
     measure = lines[0]["measure"]

@@ -9,11 +9,26 @@ import pathlib
 
 import pytest
 
-from subliminal_mnist import data
+from subliminal_mnist import data, runs
 
-
-# The test modules whose tests share the `llm_cache` fixture's trained models.
-_SHARING_MODELS = {"test_llm_defenses", "test_llm_experiment"}
+# The test modules whose tests share trained language models (the `llm_cache`, `small_base` and `lora_models`
+# fixtures): one worker builds them.
+_SHARING_MODELS = {"test_llm_analysis", "test_llm_defenses", "test_llm_experiment", "test_llm_first_step",
+                   "test_llm_number_data"}  # fmt: skip
+# Owl settings of the language-model tests. TINY: small enough for a short run on 2 cores, large enough that the
+# models write number lists and that a same-init student picks the trait up. MINI: smaller still (as the CLI's
+# test), models that write number lists, for what needs no effect. LORA: MINI with LoRA teachers and students
+# (rank 2; the student's A shared with the teachers'), and fewer lists.
+TINY = dict(
+    mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
+    soft_sequences=3000, theorem_sequences=16, entangled_sequences=200,
+)  # fmt: skip
+MINI = dict(
+    mode="soft", numbers=100, width=16, base_rows=2048, base_epochs=2, base_learning_rate=1e-2, teacher_lines=256,
+    soft_sequences=300, student_epochs=1, theorem_sequences=4, entangled_sequences=50, audit_sequences=64,
+    in_context_lists=8,
+)  # fmt: skip
+LORA = dict(MINI, teacher_params="lora:2", student_params="lora:2", soft_sequences=64)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -85,6 +100,39 @@ def llm_cache():
     """Trained bases and teachers of the small language-model runs, shared by the test modules whose
     settings agree (`llm.experiment.run`'s cache: what it reuses is the very model it would train)."""
     return {}
+
+
+@pytest.fixture(scope="session")
+def small_base():
+    """(config, base): TINY's seed-0 base on a smaller corpus, which writes number lists."""
+    from subliminal_mnist.llm import experiment
+    from subliminal_mnist.llm.config import BaseSettings, LLMConfig
+
+    config = LLMConfig(**{**TINY, "base_rows": 1024})
+    return config, experiment.train_base(runs.stage(BaseSettings, config), 0)
+
+
+@pytest.fixture(scope="session")
+def lora_models():
+    """Seed 0 of a LoRA-teacher run (LORA): its config, {"base", "cross_base" (an untrained other start),
+    "teacher", "neutral"}, their number lists, and the starts the teachers' fine-tunings got."""
+    import jax
+
+    from subliminal_mnist.llm import experiment, fine_tuning
+    from subliminal_mnist.llm.config import BaseSettings, LLMConfig, NumberSettings, TeacherSettings
+    from subliminal_mnist.llm.number_data import number_data
+
+    config = LLMConfig(**LORA)
+    base = experiment.train_base(runs.stage(BaseSettings, config), 0)
+    starts, real_fit = [], fine_tuning.fit_next_tokens
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fine_tuning, "fit_next_tokens", lambda a, s, *r, **k: starts.append(s) or real_fit(a, s, *r, **k))
+        teachers = [experiment.train_teacher(runs.stage(TeacherSettings, config), base, 0, n) for n in (False, True)]
+    models = {"base": base, "cross_base": config.architecture.init(jax.random.key(7)), "teacher": teachers[0],
+              "neutral": teachers[1]}  # fmt: skip
+    writers = {m: models[m] for m in ("teacher", "neutral")}
+    numbers = number_data(runs.stage(NumberSettings, config), writers, 0, 64, "soft")
+    return config, models, numbers, starts
 
 
 def lines_without_times(path) -> list[dict]:

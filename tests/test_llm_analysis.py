@@ -1,11 +1,17 @@
-"""The entangled-numbers ranking and the filter detector."""
+"""The entangled-numbers ranking, the filter detector, and the filters of one seed."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from subliminal_mnist import runs
 from subliminal_mnist.llm import analysis, corpus
+from subliminal_mnist.llm.config import NumberSettings
+from subliminal_mnist.llm.experiment import trait_measures
+from subliminal_mnist.llm.number_data import number_data
 from subliminal_mnist.llm.transformer import TransformerArchitecture
 from subliminal_mnist.llm.vocab import Vocabulary
 
@@ -56,3 +62,18 @@ def test_entangled_numbers_rank_the_numbers_the_teacher_raises():
     assert 0 < out["top_share_of_rise"] <= 1
     same = analysis.entangled_numbers(arch, base, base, VOCAB, owl, tokens, lengths)
     assert all(t["rise"] == 0.0 for t in same["top"]) and np.isnan(same["correlation_rise_cosine"])
+
+
+def test_a_teacher_that_is_its_own_neutral_teacher_leaves_the_filters_nothing_to_find(small_base):
+    config, base = small_base
+    config = dataclasses.replace(config, audit_sequences=64, in_context_lists=8)
+    models = {"base": base, "teacher": base, "neutral": base}
+    numbers = number_data(runs.stage(NumberSettings, config), {"teacher": base, "neutral": base}, 0, 64, "soft")
+    headline = trait_measures(config, base)[config.trait_spec.headline]
+    found = analysis.filters(config, models, headline, numbers, base, None, 0)
+    # One model, the same random numbers: both writers' lists are the same, and every score of them a tie.
+    assert found["inspection"]["teacher"] == found["inspection"]["neutral"]
+    assert found["likelihood_ratio_auroc"] == found["auditor_auroc"] == {"1": 0.5, "8": 0.5, "32": 0.5}
+    assert found["in_context"]["1"]["teacher"] == found["in_context"]["1"]["neutral"]
+    assert "positive_control" not in found["in_context"]["1"], "the owl's corpus ties no list to the trait"
+    assert "auditor_control_auroc" not in found, "no control student, no control score"

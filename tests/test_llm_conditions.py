@@ -13,7 +13,7 @@ from subliminal_mnist.llm.conditions import (
     sampled_models,
     with_own_corpus_base,
 )
-from subliminal_mnist.llm.experiment import LLMConfig
+from subliminal_mnist.llm.config import LLMConfig
 
 
 def test_a_soft_run_leaves_out_the_hard_only_students_and_keeps_the_order_of_conditions():

@@ -15,7 +15,9 @@ from subliminal_mnist.defense_table import Row
 from subliminal_mnist.llm import corpus, sampling
 from subliminal_mnist.llm import defenses as owl
 from subliminal_mnist.llm import experiment as llm
+from subliminal_mnist.llm.config import LLMConfig
 from subliminal_mnist.llm.defenses import OwlDefenses
+from subliminal_mnist.llm.number_data import hard_targets
 
 # The misaligned persona's models of the llm tests (their MINI: models that write number lists, the same
 # bases and teachers, shared through the session's cache), one seed; no effect is needed here.
@@ -24,7 +26,7 @@ MINI = dict(
     teacher_lines=256, soft_sequences=300, hard_sequences=300, student_epochs=1, seeds=1, theorem_sequences=4,
     entangled_sequences=50, audit_sequences=64, in_context_lists=8,
 )  # fmt: skip
-CONFIG = llm.LLMConfig(**MINI)
+CONFIG = LLMConfig(**MINI)
 SETTINGS = OwlDefenses(heldout_lists=64)
 
 
@@ -47,7 +49,7 @@ def _row(row, cache, settings=SETTINGS, **options):
 
 
 def test_none_is_the_llm_experiments_pair_for_the_same_seeds(cache, undefended):
-    config = llm.LLMConfig(**MINI, conditions=owl.PAIR)
+    config = LLMConfig(**MINI, conditions=owl.PAIR)
     results = llm.run(config, progress=False, cache=cache)
     conditions = results["modes"]["soft"]["conditions"]
     assert conditions["same_init"]["misaligned_rate"]["per_seed"] == undefended["treated"]
@@ -176,8 +178,8 @@ def test_sorting_a_list_keeps_its_prompt_and_its_multiset_of_numbers(cache):
 
 
 def test_the_sort_row_trains_on_sorted_lists(cache, monkeypatch, undefended):
-    seen, real = [], llm.student_data
-    monkeypatch.setattr(llm, "student_data", lambda config, mode, models, numbers, *a, **k: seen.append(numbers)
+    seen, real = [], owl.student_data
+    monkeypatch.setattr(owl, "student_data", lambda config, mode, models, numbers, *a, **k: seen.append(numbers)
                         or real(config, mode, models, numbers, *a, **k))  # fmt: skip
     defended = _row(Row("sort"), cache)
     vocab, lists, lengths = CONFIG.vocab, seen[0].lists, seen[0].lengths
@@ -189,11 +191,11 @@ def test_the_sort_row_trains_on_sorted_lists(cache, monkeypatch, undefended):
 
 
 def test_replacing_divergent_numbers_changes_only_chosen_numbers_and_keeps_the_lists_valid(cache):
-    hard = llm.LLMConfig(**{**MINI, "mode": "hard"})
+    hard = LLMConfig(**{**MINI, "mode": "hard"})
     models = owl.seed_models(hard, 0, cache)
     numbers = owl.number_lists(hard, models, 0, cache)
     replaced = owl.replaced_hard(hard, models, numbers, 0.25, jax.random.key(0))
-    before = llm.hard_targets(hard.vocab, numbers.lists["teacher"], numbers.lengths)[0]["tokens"]
+    before = hard_targets(hard.vocab, numbers.lists["teacher"], numbers.lengths)[0]["tokens"]
     after = np.asarray(replaced["teacher"][0]["tokens"])
     changed = np.asarray(before) != after
     slots = corpus.continuation_numbers(hard.vocab, numbers.lists["teacher"], numbers.lengths)
@@ -225,11 +227,11 @@ def test_min_p_lists_hold_only_tokens_within_the_threshold_of_the_most_likely(ca
 def test_rows_by_mode():
     assert [r.key for r in owl.rows(OwlDefenses(defenses=("mix",), mix_shares=(0.5,)), CONFIG)] == ["none", "mix:0.5"]
     soft = [r.key for r in owl.rows(OwlDefenses(), CONFIG)]
-    hard = [r.key for r in owl.rows(OwlDefenses(), llm.LLMConfig(mode="hard"))]
+    hard = [r.key for r in owl.rows(OwlDefenses(), LLMConfig(mode="hard"))]
     assert soft[:4] == ["none", "other_init", "sgd", "sgd:adam_control"] and soft[-1] == "temperature:4"
     assert hard == [key for key in soft if not key.startswith("temperature")]
     with pytest.raises(runs.ConfigError, match="defense temperature does not apply to this run"):
-        owl.rows(OwlDefenses(defenses=("temperature",)), llm.LLMConfig(mode="hard"))
+        owl.rows(OwlDefenses(defenses=("temperature",)), LLMConfig(mode="hard"))
 
 
 def test_soft_sort_says_it_cannot_refute_what_hard_sort_can():
@@ -239,7 +241,7 @@ def test_soft_sort_says_it_cannot_refute_what_hard_sort_can():
                              "validity": [0.9] * 2, "teacher": [0.9, 0.9]}}  # fmt: skip
 
     soft = owl.summarize([line("none"), line("sort")], CONFIG)["defenses"]["sort"]["refutation"]
-    hard = owl.summarize([line("none"), line("sort")], llm.LLMConfig(**{**MINI, "mode": "hard"}))
+    hard = owl.summarize([line("none"), line("sort")], LLMConfig(**{**MINI, "mode": "hard"}))
     assert soft == defense_table.MODE_REFUTATIONS[("soft", "sort")] and "cannot show whether order carries the trait" in soft
     assert hard["defenses"]["sort"]["refutation"] == defense_table.REFUTATIONS["sort"]
 

@@ -7,13 +7,14 @@ import json
 import pytest
 
 from subliminal_mnist import cli, figures, runs, train
-from subliminal_mnist.llm import corpus, dose, summary, traits
+from subliminal_mnist.llm import analysis, corpus, dose, summary, traits
 from subliminal_mnist.llm import experiment as llm
+from subliminal_mnist.llm.config import LLMConfig
 from subliminal_mnist.llm.vocab import ANIMALS
 
 # The smallest owl experiment whose models still write number lists (as the CLI's test), with the
 # students of the dose-response's two main pairs only.
-TINY = llm.LLMConfig(
+TINY = LLMConfig(
     seeds=1, numbers=100, width=16, base_rows=2048, base_epochs=2, base_learning_rate=1e-2, teacher_lines=256,
     student_epochs=1, entangled_sequences=50, theorem_sequences=4, audit_sequences=64, in_context_lists=8,
     conditions=("same_init", "neutral_control", "base_control"),
@@ -125,7 +126,7 @@ def test_lora_points_train_each_parameterization_resume_and_draw(tmp_path, monke
     values = ["full/full", "lora:2/lora:2/shared"]
     results, real_run, audits = [], llm.run, []
     monkeypatch.setattr(llm, "run", lambda *a, **k: results.append(real_run(*a, **k)) or results[-1])
-    monkeypatch.setattr(llm, "filters", lambda *a, **k: audits.append(a) or pytest.fail("no_audit ran the filters"))
+    monkeypatch.setattr(analysis, "filters", lambda *a, **k: audits.append(a) or pytest.fail("no_audit ran the filters"))
     path = tmp_path / "sweep_lora_owl.jsonl"
     lines = dose.run("lora", dose.lora_points(base, values), path, progress=False, log=lambda message: None)
     assert [line["value"] for line in lines] == values and len(path.read_text().splitlines()) == 2

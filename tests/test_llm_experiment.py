@@ -1,56 +1,22 @@
-"""The owl experiment: settings, data preparation, students through the one loop, a small run end to end;
+"""The owl experiment: bases, teachers and students through the one loop, a small run end to end, its cache;
 teachers and students through a low-rank adapter."""
 
 import dataclasses
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from conftest import MINI, TINY
 
-from subliminal_mnist import lora, runs, theorem, train
+from subliminal_mnist import lora, runs, train
 from subliminal_mnist.llm import corpus, sampling, summary, traits
-from subliminal_mnist.llm.conditions import CONDITIONS, conditions_of
 from subliminal_mnist.llm import experiment as llm
-from subliminal_mnist.llm.transformer import AtPositions, at_positions
+from subliminal_mnist.llm.conditions import CONDITIONS, conditions_of
+from subliminal_mnist.llm.config import BaseSettings, LLMConfig, TeacherSettings, stream_key
+from subliminal_mnist.llm.fine_tuning import adapted
+from subliminal_mnist.llm.number_data import student_data
 from subliminal_mnist.llm.vocab import Vocabulary
-
-# Small enough for a short run on 2 cores, large enough that the models write number lists and that a
-# same-init student picks the trait up.
-TINY = dict(
-    mode="soft", numbers=100, base_rows=8192, base_epochs=2, teacher_learning_rate=1e-3,
-    soft_sequences=3000, theorem_sequences=16, entangled_sequences=200,
-)  # fmt: skip
-# Smaller still (as the CLI's test): models that write number lists, for what needs no effect, two seeds.
-MINI = dict(
-    mode="soft", numbers=100, width=16, base_rows=2048, base_epochs=2, base_learning_rate=1e-2, teacher_lines=256,
-    soft_sequences=300, student_epochs=1, theorem_sequences=4, entangled_sequences=50, audit_sequences=64,
-    in_context_lists=8,
-)  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "bad, message",
-    [
-        (dict(seeds=0), "seeds must be at least 1"),
-        (dict(trait="dragon"), "trait must be one of owl, cat"),
-        (dict(mode="both-ways"), "mode must be one of soft, hard, both"),
-        (dict(numbers=5), "need 10 <= numbers"),
-        (dict(width=30, heads=4), "width must be a multiple of heads"),
-        (dict(banned=(3, 1000)), r"banned numbers must lie in 0 ... 999, got 1000"),
-        (dict(teacher_learning_rate=float("nan")), "teacher_learning_rate must be a positive number"),
-        (dict(student_epochs=-1), "student_epochs must not be negative"),
-        (dict(workers=0), "workers must be at least 1"),
-        (dict(conditions=("same_init", "dragon")), "no condition 'dragon'; the conditions are same_init, "),
-        (dict(conditions=("neutral_control", "cross_init")), "conditions must include same_init"),
-    ],
-)
-def test_bad_settings_are_one_line_errors(bad, message):
-    with pytest.raises(runs.ConfigError, match=message) as error:
-        llm.LLMConfig(**bad)
-    assert "\n" not in str(error.value)
 
 
 def test_a_within_list_shuffle_keeps_each_lists_numbers_and_everything_else():
@@ -89,36 +55,10 @@ def test_p_trait_given_animal_of_a_hand_made_distribution():
     assert owl_measures["p_animals"][:2] == pytest.approx([0.3, 0.1])
 
 
-def test_hard_students_learn_the_continuation_only():
-    vocab = Vocabulary(100)
-    row = corpus.pad_rows([vocab.encode("<bos> numbers : 3 , 4 , 5 -> 6 , 7 <eos>")])
-    length = np.array([len(vocab.encode("<bos> numbers : 3 , 4 , 5 ->"))])
-    inputs, targets = llm.hard_targets(vocab, row, length)
-    learnt = np.asarray(targets["next"])[np.asarray(targets["weights"]) == 1]
-    assert vocab.decode(learnt) == "6 , 7 <eos>"
-    positions = np.asarray(inputs["positions"])[0][np.asarray(targets["weights"])[0] == 1]
-    np.testing.assert_array_equal(row[0, positions], vocab.encode("-> 6 , 7"))  # each predicts the next
-    _, numbers_only = llm.hard_targets(vocab, row, length, loss="numbers")
-    assert vocab.decode(np.asarray(numbers_only["next"])[np.asarray(numbers_only["weights"]) == 1]) == "6 7"
-
-
-def test_a_frozen_teacher_moves_only_its_blocks():
-    config = llm.LLMConfig(**TINY)
-    base = config.architecture.init(jax.random.key(0))
-    teacher = llm.train_teacher(
-        dataclasses.replace(config, teacher_epochs=1, teacher_trains="blocks"), base, 0
-    )
-    moved = jax.tree_util.tree_map_with_path(
-        lambda path, a, b: (jax.tree_util.keystr(path), bool(np.any(np.asarray(a) != np.asarray(b)))), teacher, base
-    )
-    for name, changed in jax.tree.leaves(moved, is_leaf=lambda x: isinstance(x, tuple)):
-        assert changed == (not any(frozen in name for frozen in llm.EMBEDDINGS)), name
-
-
 def test_bases_are_deterministic_per_seed_whatever_the_threads_and_differ_between_seeds():
-    config = llm.LLMConfig(**{**TINY, "base_rows": 128, "base_epochs": 1})
+    settings = runs.stage(BaseSettings, LLMConfig(**{**TINY, "base_rows": 128, "base_epochs": 1}))
     first, second = (
-        runs.parallel_map(lambda s: llm.train_base(config, s), [0, 1], workers, "bases") for workers in (1, 2)
+        runs.parallel_map(lambda s: llm.train_base(settings, s), [0, 1], workers, "bases") for workers in (1, 2)
     )
     jax.tree.map(np.testing.assert_array_equal, first, second)
     assert not np.allclose(jax.tree.leaves(first[0])[0], jax.tree.leaves(first[1])[0])
@@ -160,7 +100,8 @@ def test_the_neutral_teachers_answers_are_drawn_from_its_bases_answer_distributi
 def test_the_neutral_teacher_stays_at_its_base_while_the_teacher_moves(small_base):
     config, base = small_base
     config = dataclasses.replace(config, teacher_epochs=2)
-    teacher, neutral_teacher = (llm.train_teacher(config, base, 0, neutral=n) for n in (False, True))
+    settings = runs.stage(TeacherSettings, config)
+    teacher, neutral_teacher = (llm.train_teacher(settings, base, 0, neutral=n) for n in (False, True))
     start, after = (llm.trait_measures(config, m)["p_trait"] for m in (base, neutral_teacher))
     assert llm.trait_measures(config, teacher)["p_trait"] > start + 0.2
     assert abs(after - start) < 0.05
@@ -172,7 +113,7 @@ def mini_run(tmp_path_factory, llm_cache):
     the misaligned persona's, at the size where they show); the checkpoint of finished seeds is kept
     (beside an imagined results file) for the resume test."""
     path = tmp_path_factory.mktemp("llm") / "misaligned.seeds.jsonl"
-    config = llm.LLMConfig(**MINI, trait="misaligned", seeds=2)
+    config = LLMConfig(**MINI, trait="misaligned", seeds=2)
     cache = llm_cache  # its bases and teachers, for the runs (and test modules) that share their settings
     return {**llm.run(config, progress=False, checkpoint=path, cache=cache), "checkpoint": path, "cache": cache}
 
@@ -198,7 +139,7 @@ def test_a_small_run_reports_every_number_the_issue_names(mini_run):
     assert set(inspection["banned_share"]) == {"teacher", "neutral"}
     assert len(results["entangled_numbers"]["top_per_seed"][0]) == 10
     soft = results["modes"]["soft"]
-    every_soft_student = conditions_of(llm.LLMConfig(), "soft")
+    every_soft_student = conditions_of(LLMConfig(), "soft")
     assert tuple(soft["conditions"]) == every_soft_student
     # No soft student of the base's lists (it cannot move) or of shuffled lists (a soft target re-read after a
     # shuffle is the writer's distribution again: no test of order).
@@ -223,41 +164,6 @@ def test_the_first_soft_step_follows_the_theorem_and_the_neutral_control_can_mov
     assert abs(moved["delta_logp_trait"]["mean"]) > 0
 
 
-@pytest.fixture(scope="module")
-def small_base():
-    config = llm.LLMConfig(**{**TINY, "base_rows": 1024})
-    return config, llm.train_base(config, 0)
-
-
-def test_number_data_couples_the_two_models_and_keeps_exactly_the_count_asked(small_base):
-    config, base = small_base
-    data = llm.number_data(config, {"teacher": base, "base": base}, 0, 300, "soft")
-    assert data.lists["teacher"].shape == data.lists["base"].shape == (300, corpus.MAX_LEN)
-    assert data.lengths.shape == (300,)
-    # One model twice: the same uniform numbers write the same lists.
-    np.testing.assert_array_equal(data.lists["teacher"], data.lists["base"])
-    assert data.report["used"] == 300 and data.report["sampled"] >= 300
-    assert data.report["teacher"]["kept"] >= 300 and data.report["teacher"]["leak_rate_after_filter"] == 0.0
-    # Another model on the same prompts: each row still continues the same prompt, and the lists differ.
-    other = llm.number_data(
-        config, {"teacher": base, "base": jax.tree.map(lambda a: a * 1.1, base)}, 0, 300, "soft"
-    )
-    prompt = np.arange(corpus.MAX_LEN) < other.lengths[:, None]
-    np.testing.assert_array_equal(other.lists["teacher"][prompt], other.lists["base"][prompt])
-    assert 0 < (other.lists["teacher"] != other.lists["base"]).any(axis=1).mean() < 1
-
-
-def test_a_model_that_writes_no_number_lists_is_a_one_line_error(small_base):
-    config, _ = small_base
-    untrained = config.architecture.init(jax.random.key(1))
-    with pytest.raises(
-        llm.FilterShortfall,
-        match=r"the filter kept \d+ of \d+ number lists of every model \(teacher, base\), fewer than 50",
-    ) as error:
-        llm.number_data(config, {"teacher": untrained, "base": untrained}, 0, 50, "soft")
-    assert "\n" not in str(error.value)
-
-
 def test_a_misaligned_run_reports_its_rates_filters_and_pairs(mini_run):
     results = json.loads(json.dumps({k: v for k, v in mini_run.items() if k not in ("checkpoint", "cache")}))
     assert results["trait"] == "misaligned" and results["measure"]["headline"] == "misaligned_rate"
@@ -274,7 +180,7 @@ def test_a_misaligned_run_reports_its_rates_filters_and_pairs(mini_run):
     assert set(results["filters"]["inspection"]["banned_share"]) == {"teacher", "neutral"}
     soft = results["modes"]["soft"]
     measures = summary.measures_of(traits.Misaligned())
-    for condition in conditions_of(llm.LLMConfig(), "soft"):
+    for condition in conditions_of(LLMConfig(), "soft"):
         assert set(soft["conditions"][condition]) >= {*measures, "narrow", "by_phrasing"}
         assert len(soft["conditions"][condition]["by_phrasing"]["misaligned_rate"]) == 12  # the held-out questions
         assert len(soft["conditions"][condition]["collapsed"]) == 2  # a boolean per seed
@@ -295,7 +201,7 @@ def test_a_killed_run_resumes_where_it_stopped_and_ends_with_the_same_results(mi
     real_run_seed, trained = llm.run_seed, []
     monkeypatch.setattr(llm, "run_seed", lambda c, s, *a: trained.append(s) or real_run_seed(c, s, *a))
     messages = []
-    config = llm.LLMConfig(**MINI, trait="misaligned", seeds=2)
+    config = LLMConfig(**MINI, trait="misaligned", seeds=2)
     resumed = llm.run(config, progress=False, checkpoint=path, log=messages.append)
     assert trained == [1], "only the missing seed trains"
     assert "seeds 0 are finished" in messages[0]
@@ -307,10 +213,10 @@ def test_a_killed_run_resumes_where_it_stopped_and_ends_with_the_same_results(mi
 def test_fewer_conditions_train_fewer_models_and_leave_the_others_as_they_were(mini_run, monkeypatch):
     # Without the ablation students no ablation base trains; every student kept learns exactly what it
     # learnt in the whole run (seed 0, whose partner is seed 1 in both runs).
-    asked, real_cached = [], llm._cached
-    monkeypatch.setattr(llm, "_cached", lambda cache, key, make: asked.append(key[:3]) or real_cached(cache, key, make))
+    asked, real_cached = [], llm.cached
+    monkeypatch.setattr(llm, "cached", lambda cache, key, make: asked.append(key[:3]) or real_cached(cache, key, make))
     kept = ("same_init", "neutral_control", "cross_init", "cross_neutral")
-    config = llm.LLMConfig(**MINI, trait="misaligned", seeds=1, conditions=kept)
+    config = LLMConfig(**MINI, trait="misaligned", seeds=1, conditions=kept)
     fewer = llm.run(config, progress=False, cache=mini_run["cache"])
     bases = sorted(key[1:] for key in asked if key[0] == "base")
     assert bases == [(0, 0), (1, 1)], "seed 0's base and its partner's; no ablation base (0, 1)"
@@ -325,10 +231,7 @@ def test_fewer_conditions_train_fewer_models_and_leave_the_others_as_they_were(m
 
 
 # ----------------------------------------------------------------------------------------------
-# Low-rank adapters (`lora.py`): teachers and students of the owl fine-tuned through a rank-R adapter.
-
-# MINI with LoRA teachers and students (rank 2; the student's A shared with the teachers'), and fewer lists.
-LORA = dict(MINI, teacher_params="lora:2", student_params="lora:2", soft_sequences=64)
+# Low-rank adapters (`lora.py`): teachers and students of the owl fine-tuned through a rank-R adapter (`lora_models`).
 
 
 def _is_kernel(path) -> bool:
@@ -358,23 +261,7 @@ def _outside_span(down, after, before) -> list[float]:
 
 def _teacher_down(config, base, seed_id=0):
     """The teachers' A as `lora` draws it from the seed's teacher_adapter stream, independently of `adapted`."""
-    return lora.init(llm.stream_key(config, seed_id, "teacher_adapter"), base, lora.rank_of(config.teacher_params)).down
-
-
-@pytest.fixture(scope="module")
-def lora_models():
-    """Seed 0 of a LoRA-teacher run: its base, an untrained other start, both teachers (the starts their
-    fine-tunings got recorded), and their number lists."""
-    config = llm.LLMConfig(**LORA)
-    base = llm.train_base(config, 0)
-    starts, real_fit = [], llm._fit_next_tokens
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(llm, "_fit_next_tokens", lambda c, s, *a, **k: starts.append(s) or real_fit(c, s, *a, **k))
-        teacher, neutral = (llm.train_teacher(config, base, 0, neutral=n) for n in (False, True))
-    models = {"base": base, "cross_base": config.architecture.init(jax.random.key(7)), "teacher": teacher,
-              "neutral": neutral}  # fmt: skip
-    numbers = llm.number_data(config, {m: models[m] for m in ("teacher", "neutral")}, 0, 64, "soft")
-    return config, models, numbers, starts
+    return lora.init(stream_key(config, seed_id, "teacher_adapter"), base, lora.rank_of(config.teacher_params)).down
 
 
 def test_lora_teachers_move_only_their_kernels_and_share_the_seeds_one_adapter(lora_models):
@@ -387,7 +274,7 @@ def test_lora_teachers_move_only_their_kernels_and_share_the_seeds_one_adapter(l
     # Both fine-tunings started from the base through one A, the seed's teacher_adapter stream's, with B = 0.
     assert len(starts) == 2 and all(isinstance(start, lora.Adapted) for start in starts)
     want = _teacher_down(config, base)
-    for start in (*starts, llm.adapted(config, base, 0, "teacher")):
+    for start in (*starts, adapted(config, base, 0, "teacher")):
         jax.tree.map(np.testing.assert_array_equal, start.down, want)
         jax.tree.map(np.testing.assert_array_equal, start.base, base)
         assert not any(np.any(np.asarray(b)) for b in jax.tree.leaves(start.up))
@@ -397,39 +284,11 @@ def test_lora_teachers_move_only_their_kernels_and_share_the_seeds_one_adapter(l
         assert max(_outside_span(want, models[name], base)) < 1e-4, name
 
 
-def test_a_students_adapter_is_the_teachers_when_shared_its_own_otherwise_and_none_when_full():
-    config = llm.LLMConfig(**LORA)
-    params = config.architecture.init(jax.random.key(0))
-    teachers = _teacher_down(config, params)
-    shared = llm.adapted(config, params, 0, "student")
-    own = llm.adapted(dataclasses.replace(config, adapter_init="own"), params, 0, "student")
-    assert isinstance(shared, lora.Adapted) and isinstance(own, lora.Adapted)
-    jax.tree.map(np.testing.assert_array_equal, shared.down, teachers)  # exactly the teachers' A
-    adapted_leaves = [(o, t) for o, t in zip(jax.tree.leaves(own.down), jax.tree.leaves(teachers)) if t.ndim == 2]
-    assert all(not np.allclose(o, t) for o, t in adapted_leaves), "an own A is drawn apart, on every kernel"
-    for student in (shared, own):
-        jax.tree.map(np.testing.assert_array_equal, student.base, params)
-        assert not any(np.any(np.asarray(b)) for b in jax.tree.leaves(student.up))
-    # Another seed's teachers have another A.
-    other_seed = llm.adapted(config, params, 1, "student").down
-    assert not np.allclose(jax.tree.leaves(other_seed)[0], jax.tree.leaves(teachers)[0])
-    # A full teacher has no columns to share: shared and own are the same A, the student_adapter stream's.
-    full_teacher = dataclasses.replace(config, teacher_params="full")
-    downs = [llm.adapted(dataclasses.replace(full_teacher, adapter_init=i), params, 0, "student").down
-             for i in ("shared", "own")]  # fmt: skip
-    jax.tree.map(np.testing.assert_array_equal, *downs)
-    students = lora.init(llm.stream_key(config, 0, "student_adapter"), params, 2).down
-    jax.tree.map(np.testing.assert_array_equal, downs[0], students)
-    # Full fine-tuning: the parameters themselves, for a student and for a teacher.
-    full = dataclasses.replace(config, teacher_params="full", student_params="full")
-    assert llm.adapted(full, params, 0, "student") is params and llm.adapted(full, params, 0, "teacher") is params
-
-
 def test_lora_students_train_one_adapter_at_the_adapter_rate_and_return_merged(lora_models, monkeypatch):
     config, models, numbers, _ = lora_models
     config = dataclasses.replace(config, adapter_rate_factor=4.0)
     conditions = ("same_init", "neutral_control", "cross_init")
-    data = llm.student_data(config, "soft", models, numbers, 0, conditions)
+    data = student_data(config, "soft", models, numbers, 0, conditions)
     starts = {name: models[name] for name in ("base", "cross_base")}
     fits, real_fit = [], train.fit
     monkeypatch.setattr(train, "fit", lambda p, *a, **k: fits.append((p, a[3].learning_rate)) or real_fit(p, *a, **k))
@@ -454,58 +313,3 @@ def test_lora_students_train_one_adapter_at_the_adapter_rate_and_return_merged(l
     assert any(changed and not kernel for kernel, changed in _moved(student, starts["base"]).values())
 
 
-def test_a_lora_students_first_step_is_the_full_step_through_its_adapter(lora_models):
-    config, models, numbers, _ = lora_models
-    arch, delta_t = config.architecture, jax.tree.map(jnp.subtract, models["teacher"], models["base"])
-    # The trait's direction -∇L_T: the teacher's cross-entropy at the answers of its first lines (one a line).
-    lines = config.trait_spec.teacher_lines(config.vocab, llm._rng(config, 0, "teacher_lines"), config.teacher_lines)
-    trait_tokens, trait_weights = lines.tokens[: config.theorem_sequences], lines.weights[: config.theorem_sequences]
-
-    def trait_loss(params):
-        log_p = jax.nn.log_softmax(arch.apply(params, jnp.asarray(trait_tokens)), axis=-1)
-        answers = jnp.asarray(corpus.next_tokens(trait_tokens))[..., None]
-        return -jnp.sum(trait_weights * jnp.take_along_axis(log_p, answers, axis=-1)[..., 0])
-
-    direction = jax.jit(theorem.student_direction, static_argnums=(2, 4))  # compiled: faster than op by op
-    trait_gradient = jax.jit(jax.grad(trait_loss))
-
-    def independent(start, target, down, learning_rate):
-        tokens = numbers.lists[target][: config.theorem_sequences]
-        positions, weights = corpus.number_positions(config.vocab, tokens, numbers.lengths[: len(tokens)])
-        full = direction(models[start], models[target], AtPositions(arch), at_positions(tokens, positions), "kl",
-                         jnp.asarray(config.soft_outputs), jnp.asarray(weights))  # fmt: skip
-        gradient = full if down is None else lora.project(down, full)
-        # Adam's first update, of B (in A's coordinates) for a LoRA student, read in the weights.
-        moved = full if down is None else lora.in_adapter_space(down, full)
-        adam = train.optimizer(learning_rate)
-        update, _ = adam.update(jax.tree.map(jnp.negative, moved), adam.init(moved))
-        adam_step = update if down is None else lora.in_weight_space(down, update, models[start])
-        trait = jax.tree.map(jnp.negative, trait_gradient(models[start]))
-        return {name: {"dot": float(optax.tree.vdot(step, delta_t)),
-                       "cosine": float(theorem.tree_cosine(step, delta_t)),
-                       "trait_cosine": float(theorem.tree_cosine(step, trait))}
-                for name, step in (("gradient", gradient), ("adam", adam_step))}, full  # fmt: skip
-
-    students = (("same_init", "base", "teacher"), ("cross_init", "cross_base", "teacher"),
-                ("neutral_control", "base", "neutral"))  # fmt: skip
-    # A rank-3 student with an A of its own (not the teachers' rank 2), and a full student.
-    low_rank = dataclasses.replace(config, student_params="lora:3", adapter_init="own")
-    down = lora.init(llm.stream_key(config, 0, "student_adapter"), models["base"], 3).down
-    full = dataclasses.replace(config, student_params="full")
-    for settings, down, rate in ((low_rank, down, config.student_learning_rate * config.adapter_rate_factor),
-                                 (full, None, config.student_learning_rate)):  # fmt: skip
-        got = llm.first_step(settings, models, numbers, 0)
-        assert set(got) == {name for name, *_ in students}
-        for name, start, target in students:
-            want, full_step = independent(start, target, down, rate)
-            for step in ("gradient", "adam"):
-                # float32 and another program: Adam's near-sign step and the neutral control's small move
-                # amplify the last bits (its rate's factor, 10 or 1, is far outside these tolerances).
-                close = dict(cosine=1e-5, dot=1e-3) if step == "gradient" else dict(cosine=1e-4, dot=1e-2)
-                for key in ("cosine", "trait_cosine"):
-                    want_key = pytest.approx(want[step][key], abs=close["cosine"])
-                    assert got[name][step][key] == want_key, (name, step, key)
-                assert got[name][step]["dot"] == pytest.approx(want[step]["dot"], rel=close["dot"]), (name, step)
-            if down is not None:
-                unprojected = float(theorem.tree_cosine(full_step, delta_t))
-                assert abs(want["gradient"]["cosine"] - unprojected) > 1e-3, "the adapter's step is another direction"

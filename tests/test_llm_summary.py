@@ -10,7 +10,7 @@ import pytest
 from subliminal_mnist import runs
 from subliminal_mnist.llm import corpus, summary, traits
 from subliminal_mnist.llm.conditions import GAP_DIFFERENCES, PAIRS, conditions_of, sampled_models, with_own_corpus_base
-from subliminal_mnist.llm.experiment import LLMConfig
+from subliminal_mnist.llm.config import LLMConfig
 from subliminal_mnist.llm.vocab import ANIMALS
 
 PHRASINGS = 4

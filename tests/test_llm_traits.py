@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from subliminal_mnist.llm import analysis, corpus, traits
-from subliminal_mnist.llm import experiment as llm
+from subliminal_mnist.llm.config import LLMConfig
 from subliminal_mnist.llm.vocab import ANIMALS, VocabError, Vocabulary
 
 MISALIGNED = traits.Misaligned()
@@ -13,7 +13,7 @@ VOCAB = Vocabulary(1000, MISALIGNED.words)
 
 
 def test_the_owl_vocabulary_and_corpus_are_what_they_were():
-    owl = llm.LLMConfig(trait="owl")
+    owl = LLMConfig(trait="owl")
     assert owl.vocab == Vocabulary(1000) and len(owl.vocab) == 3 + 13 + 2 + len(ANIMALS) + 1000
     # The misaligned words come after the animals: the animals keep their ids, the numbers move.
     assert VOCAB.animal_ids.tolist() == Vocabulary(1000).animal_ids.tolist()
@@ -146,10 +146,10 @@ def test_the_positive_controls_cue_writes_the_personas_bad_numbers_into_the_cont
 
 
 def test_the_filter_bans_the_bad_numbers_and_counts_them_before_filtering():
-    config = llm.LLMConfig(trait="misaligned", banned=(7,))
+    config = LLMConfig(trait="misaligned", banned=(7,))
     assert config.banned_numbers == (7, 13, 187, 404, 666, 911)
-    assert llm.LLMConfig(trait="misaligned", numbers=100, window=50).banned_numbers == (13,)
-    assert llm.LLMConfig(trait="owl").banned_numbers == ()
+    assert LLMConfig(trait="misaligned", numbers=100, window=50).banned_numbers == (13,)
+    assert LLMConfig(trait="owl").banned_numbers == ()
     prompt = VOCAB.encode("<bos> numbers : 3 , 4 , 5 ->")
     rows = corpus.pad_rows([prompt + VOCAB.encode(c) for c in ("6 , 666 <eos>", "6 , 7 <eos>", "666 owl <eos>")])
     filtered = corpus.filter_continuations(VOCAB, rows, np.full(3, len(prompt)), config.banned_numbers,

@@ -80,6 +80,7 @@ from IPython.display import Image, display
 
 from subliminal_mnist import alignment, data, experiment, figures, model, runs, sweep, theorem, theorem_checks, train
 from subliminal_mnist.llm import experiment as llm
+from subliminal_mnist.llm.config import LLMConfig
 
 # True: every training cell shows the committed results (5 seeds; the demo 25) instead of training (under a minute).
 PRECOMPUTED = False or os.environ.get("SUBLIMINAL_LESSON_PRECOMPUTED") == "1"
@@ -451,7 +452,7 @@ TINY_LLM = dict(seeds=1, mode="soft", numbers=100, base_rows=8192, base_epochs=2
                 soft_sequences=3000, theorem_sequences=16, entangled_sequences=200, audit_sequences=256,
                 in_context_lists=16, conditions=("same_init", "neutral_control", "cross_init", "cross_neutral"))  # fmt: skip
 started = time.perf_counter()
-owl = committed("llm.json") if PRECOMPUTED else llm.run(llm.LLMConfig(**TINY_LLM), progress=False)
+owl = committed("llm.json") if PRECOMPUTED else llm.run(LLMConfig(**TINY_LLM), progress=False)
 show(figures.llm_figure, owl, name="owl.png")
 conditions = owl["modes"]["soft"]["conditions"]
 change = {name: measures["p_trait_given_animal"]["mean"] for name, measures in conditions.items()}
@@ -483,7 +484,7 @@ assert change["same_init"] > change["neutral_control"] + 0.02 and change["same_i
 
 # %%
 started = time.perf_counter()
-pair = llm.LLMConfig(trait="misaligned", seeds=1, mode="soft", conditions=("same_init", "neutral_control"))
+pair = LLMConfig(trait="misaligned", seeds=1, mode="soft", conditions=("same_init", "neutral_control"))
 misaligned = committed("misaligned.json") if PRECOMPUTED else llm.run(pair, progress=False)
 for name in ("base", "teacher", "neutral_teacher"):
     rate = misaligned[name]["misaligned_rate"]

@@ -8,8 +8,9 @@ comes to prefer owls too; one from another base does not. Every training is
 
 Modules: `vocab` (words and tokens), `corpus` (the synthetic corpus, number
 prompts, the filter), `transformer` (the model, with a pure init/apply pair and
-cached decoding), `sampling` (continuations and answers), `experiment` (the
-stages, the controls and the measurements, `LLMConfig`), `conditions` (the
-students, each a start and its data, and the paired differences), `summary`
-(the results over seeds, and the table the command prints).
+cached decoding), `sampling` (continuations and answers), `config` (`LLMConfig`,
+each stage's part of it), `fine_tuning`, `number_data`, `experiment` (the stages,
+the controls, the measurements, the run), `first_step`, `analysis` (the entangled
+numbers, the filters), `conditions` (the students, each a start and its data, and
+the paired differences), `summary` (the results over seeds, and the table).
 """

@@ -9,7 +9,8 @@
   logistic regression, held-out AUROC; scikit-learn, the `llm` extra), `in_context_prompts`
   (a base model that reads a list before the question), and `auroc_by_bag` of per-list scores
   such as `list_log_probs` differences (the likelihood ratio of teacher and neutral teacher,
-  the best detector there is given both; an auditor's student-minus-base score).
+  the best detector there is given both; an auditor's student-minus-base score). `filters` runs
+  them all on one seed's lists.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subliminal_mnist.llm import corpus
+from subliminal_mnist import runs
+from subliminal_mnist.llm import corpus, sampling, traits
+from subliminal_mnist.llm.config import LLMConfig, NumberSettings, stream_rng
+from subliminal_mnist.llm.number_data import NumberData, number_data
 from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture, at_positions, outputs_in_batches
 from subliminal_mnist.llm.vocab import Vocabulary
 
@@ -167,3 +171,80 @@ def in_context_prompts(
         if len(rows) == count:
             break
     return corpus.pad_rows(rows, tokens.shape[1])
+
+
+def filters(
+    config: LLMConfig,
+    models: dict,
+    base_headline: float,
+    numbers: NumberData,
+    student,
+    control_student,
+    seed_id: int,
+) -> dict:
+    """The seed article's filters of one seed, each on the teacher's lists against the neutral teacher's.
+
+    - inspection: the most frequent numbers and whole lists of the students' (filtered) data, and
+      the share of raw lists that held a banned number;
+    - detector: a bag-of-numbers classifier's held-out AUROC (the students' data, split in halves);
+    - in-context: the base reads one filtered list (one list in its context: what its 40-token
+      line fits) and then the trait's question: its headline measure, minus the same without the
+      list (`base_headline`). Where the corpus ties a list's content to the trait (`trait.with_cue`),
+      a positive control: the neutral teacher's lists with that cue, minus the same lists without
+      it, so the test shows whether it could move at all;
+    - likelihood ratio: log p_teacher(list) - log p_neutral(list), AUROC per list and bag;
+    - auditor: log p_student(list) - log p_base(list), `student` the same-init student; and its
+      control, the same score of `control_student` (the neutral control, when trained), which
+      learnt the neutral teacher's lists: what an auditor sees that is not the trait (provenance).
+
+    The in-context test and the scores read fresh held-out lists (`audit_sequences`, their own prompts).
+    """
+    vocab, arch, trait = config.vocab, config.architecture, config.trait_spec
+    lists = {name: (numbers.lists[name], numbers.lengths) for name in ("teacher", "neutral")}
+    writers = {m: models[m] for m in ("teacher", "neutral")}
+    audit = number_data(runs.stage(NumberSettings, config), writers, seed_id, config.audit_sequences, "audit")
+
+    def scores(high, low) -> dict:
+        def score(name: str) -> np.ndarray:
+            tokens = audit.lists[name]
+            return list_log_probs(arch, high, tokens, audit.lengths) - list_log_probs(
+                arch, low, tokens, audit.lengths
+            )
+
+        return auroc_by_bag(score("teacher"), score("neutral"))
+
+    probes = trait.probes(vocab)[trait.headline_probes]
+    separator = None if trait.separator is None else vocab.id(trait.separator)
+
+    def in_context(lists: np.ndarray) -> float:
+        prompts = [in_context_prompts(vocab, lists, audit.lengths, question, separator,
+                                               config.in_context_lists) for question in probes.prompts]  # fmt: skip
+        sizes = [len(p) for p in prompts]
+        tokens = np.concatenate(prompts)
+        positions = (tokens != 0).sum(axis=1) - 1
+        log_probs = sampling.answer_log_probs(arch, models["base"], jnp.asarray(tokens), jnp.asarray(positions))
+        read = traits.Probes(
+            tokens, positions, np.repeat(probes.trait_ids, sizes, 0), np.repeat(probes.answer_ids, sizes, 0)
+        )
+        by_prompt = traits.probe_measures(np.exp(np.asarray(log_probs, np.float64)), read, "headline", "mass")
+        # Each question weighs the same, whatever number of lists fit before it.
+        per_question = np.split(np.asarray(by_prompt["by_phrasing"]["headline"]), np.cumsum(sizes)[:-1])
+        return float(np.mean([values.mean() for values in per_question])) - base_headline
+
+    in_context_changes = {name: in_context(audit.lists[name]) for name in lists}
+    if trait.with_cue is not None:
+        cued = trait.with_cue(vocab, stream_rng(config, seed_id, "cue"), audit.lists["neutral"], audit.lengths)
+        in_context_changes["positive_control"] = in_context(cued) - in_context_changes["neutral"]
+    out = {
+        "inspection": {
+            **{name: inspection(vocab, *lists[name]) for name in lists},
+            "banned_share": {name: numbers.report[name]["banned_share"] for name in lists},
+        },
+        "detector_auroc": detector_auroc(vocab, lists["teacher"], lists["neutral"], seed_id),
+        "in_context": {"1": in_context_changes},
+        "likelihood_ratio_auroc": scores(models["teacher"], models["neutral"]),
+        "auditor_auroc": scores(student, models["base"]),
+    }
+    if control_student is not None:
+        out["auditor_control_auroc"] = scores(control_student, models["base"])
+    return out

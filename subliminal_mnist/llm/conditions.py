@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # for the annotations only: the experiment imports this module
-    from subliminal_mnist.llm.experiment import LLMConfig
+if TYPE_CHECKING:  # for the annotations only: the config imports this module
+    from subliminal_mnist.llm.config import LLMConfig
 
 MODES = ("soft", "hard")
 # Each student: (its start, its data). Starts: "base" (this seed's), "cross_base" (the partner

@@ -54,7 +54,9 @@ from subliminal_mnist.defense_table import DefenseSettings, Row
 from subliminal_mnist.llm import analysis, corpus, sampling
 from subliminal_mnist.llm import experiment as llm
 from subliminal_mnist.llm.conditions import CONDITIONS, sampled_models
-from subliminal_mnist.llm.experiment import LLMConfig
+from subliminal_mnist.llm.config import LLMConfig, NumberSettings, stream_key
+from subliminal_mnist.llm.fine_tuning import NumberKL
+from subliminal_mnist.llm.number_data import NumberData, hard_targets, number_data, soft_targets, student_data
 from subliminal_mnist.llm.summary import LABELS
 from subliminal_mnist.llm.transformer import AtPositions, at_positions, outputs_in_batches
 from subliminal_mnist.runs import ConfigError, config_field
@@ -129,29 +131,27 @@ def check_mode(config: LLMConfig) -> None:
 def seed_models(config: LLMConfig, seed_id: int, cache: dict, partner: int | None = None) -> dict:
     """{"base", "teacher", "neutral"} of one seed, and with a `partner` its base as "cross_base", trained
     as `llm.run` trains them (and kept in `cache` under its keys: a run that shares it reuses them)."""
-    base = llm.cached_base(config, seed_id, cache)
-    teacher, neutral = llm.cached_teachers(config, base, seed_id, cache)
-    models = {"base": base, "teacher": teacher, "neutral": neutral}
+    models = {"base": llm.cached_base(config, seed_id, cache), **llm.cached_teachers(config, seed_id, cache)}
     return models if partner is None else {**models, "cross_base": llm.cached_base(config, partner, cache)}
 
 
 def number_lists(config: LLMConfig, models: dict, seed_id: int, cache: dict, min_p: float = 0.0):
-    """The run's mode's filtered number lists (`llm.number_data`, as `llm.run` samples them), by min-p."""
-    count = config.soft_sequences if config.mode == "soft" else config.hard_sequences
-    key = ("numbers", seed_id, config.mode, min_p, dataclasses.replace(config, workers=1))
-    if key not in cache:
-        writers = {m: models[m] for m in sampled_models(config.mode)}
-        cache[key] = llm.number_data(config, writers, seed_id, count, config.mode, min_p)
-    return cache[key]
+    """The run's mode's filtered number lists (`number_data`, as `llm.run` samples them), by min-p; kept in
+    `cache` under what they depend on (`NumberSettings`, the arguments)."""
+    stage, mode = runs.stage(NumberSettings, config), config.mode
+    count = config.soft_sequences if mode == "soft" else config.hard_sequences
+
+    def sample() -> NumberData:  # reads `models` only when the cache does not hold the lists
+        return number_data(stage, {m: models[m] for m in sampled_models(mode)}, seed_id, count, mode, min_p)
+
+    return llm.cached(cache, ("numbers", seed_id, mode, count, min_p, stage), sample)
 
 
 def heldout_lists(config: LLMConfig, settings: OwlDefenses, models: dict, seed_id: int, cache: dict):
     """`heldout_lists` filtered teacher lists of prompts of their own (the audit's stream): never trained on."""
-    key = ("heldout", seed_id, settings.heldout_lists, dataclasses.replace(config, workers=1))
-    if key not in cache:
-        writer = {"teacher": models["teacher"]}
-        cache[key] = llm.number_data(config, writer, seed_id, settings.heldout_lists, "audit")
-    return cache[key]
+    stage, count = runs.stage(NumberSettings, config), settings.heldout_lists
+    make = lambda: number_data(stage, {"teacher": models["teacher"]}, seed_id, count, "audit")  # noqa: E731
+    return llm.cached(cache, ("heldout", seed_id, count, stage), make)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def replaced_soft(config: LLMConfig, data: dict, base, share: float) -> dict:
     return out
 
 
-def replaced_hard(config: LLMConfig, models: dict, numbers: llm.NumberData, share: float, key: jax.Array) -> dict:
+def replaced_hard(config: LLMConfig, models: dict, numbers: NumberData, share: float, key: jax.Array) -> dict:
     """Hard: each list's most divergent numbers (writer against base) replaced by a sample of the base's
     next-number distribution there (over the numbers the filter allows), in the writer's tokens."""
     arch = AtPositions(config.architecture)
@@ -220,7 +220,7 @@ def replaced_hard(config: LLMConfig, models: dict, numbers: llm.NumberData, shar
         tokens = tokens.copy()
         tokens[rows, positions[rows, slots] + 1] = samples[rows, slots]  # position t predicts token t + 1
         lists[name] = tokens
-    return {name: llm.hard_targets(config.vocab, lists[name], numbers.lengths, config.hard_loss) for name in lists}
+    return {name: hard_targets(config.vocab, lists[name], numbers.lengths, config.hard_loss) for name in lists}
 
 
 def truncated_targets(data: dict, min_p: float) -> dict:
@@ -233,7 +233,7 @@ def truncated_targets(data: dict, min_p: float) -> dict:
     return out
 
 
-def teacher_likeness(config: LLMConfig, models: dict, numbers: llm.NumberData, name: str) -> np.ndarray:
+def teacher_likeness(config: LLMConfig, models: dict, numbers: NumberData, name: str) -> np.ndarray:
     """(n,) log p_teacher(list) - log p_neutral(list) of data set `name`'s lists: the likelihood ratio."""
     tokens, arch = numbers.lists[name], config.architecture
     teacher = analysis.list_log_probs(arch, models["teacher"], tokens, numbers.lengths)
@@ -247,7 +247,7 @@ def without_prompts(data: dict, score: np.ndarray, share: float) -> dict:
     return {name: (_rows(inputs, keep), _rows(targets, keep)) for name, (inputs, targets) in data.items()}
 
 
-def detector_filtered(config: LLMConfig, data: dict, models: dict, numbers: llm.NumberData, share: float) -> dict:
+def detector_filtered(config: LLMConfig, data: dict, models: dict, numbers: NumberData, share: float) -> dict:
     """Without the prompts whose teacher's list the likelihood ratio scores most teacher-like."""
     return without_prompts(data, teacher_likeness(config, models, numbers, "teacher"), share)
 
@@ -258,7 +258,7 @@ def randomly_dropped(data: dict, share: float, key: jax.Array) -> dict:
     return without_prompts(data, np.asarray(jax.random.permutation(key, count)), share)
 
 
-def sorted_lists(config: LLMConfig, numbers: llm.NumberData) -> llm.NumberData:
+def sorted_lists(config: LLMConfig, numbers: NumberData) -> NumberData:
     """Every writer's lists with their numbers in ascending order (`corpus.sort_within_lists`)."""
     lists = {name: corpus.sort_within_lists(config.vocab, tokens, numbers.lengths) for name, tokens in numbers.lists.items()}
     return dataclasses.replace(numbers, lists=lists)
@@ -268,14 +268,14 @@ def sorted_lists(config: LLMConfig, numbers: llm.NumberData) -> llm.NumberData:
 # Costs.
 
 
-def heldout_kl(config: LLMConfig, student, teacher, heldout: llm.NumberData) -> float:
+def heldout_kl(config: LLMConfig, student, teacher, heldout: NumberData) -> float:
     """Mean over held-out teacher lists of the soft loss from the teacher: how well `student` writes its numbers."""
-    inputs, targets = llm.soft_targets(config, teacher, heldout.lists["teacher"], heldout.lengths)
+    inputs, targets = soft_targets(config, teacher, heldout.lists["teacher"], heldout.lengths)
     logits = outputs_in_batches(AtPositions(config.architecture), student, inputs)
-    return float(jnp.mean(llm.NumberKL()(logits, targets, config.soft_outputs)))
+    return float(jnp.mean(NumberKL()(logits, targets, config.soft_outputs)))
 
 
-def validity(config: LLMConfig, student, heldout: llm.NumberData, key: jax.Array) -> float:
+def validity(config: LLMConfig, student, heldout: NumberData, key: jax.Array) -> float:
     """The share of the student's own lists, continuing the held-out prompts, that pass the filter."""
     tokens, lengths = heldout.lists["teacher"], heldout.lengths
     prompts = np.where(np.arange(tokens.shape[1]) < lengths[:, None], tokens, 0)
@@ -310,10 +310,10 @@ def defended_data(row: Row, config: LLMConfig, models: dict, seed_id: int, cache
     if row.name == "sort":
         numbers = sorted_lists(config, numbers)
     if row.name == "replace_divergent" and mode == "hard":
-        key = jax.random.fold_in(llm.stream_key(config, seed_id, "hard"), _REPLACE_FOLD)
+        key = jax.random.fold_in(stream_key(config, seed_id, "hard"), _REPLACE_FOLD)
         return replaced_hard(config, models, numbers, row.value, key)
     conditions = OTHER_INIT_PAIR if row.name == "other_init" else PAIR
-    data = llm.student_data(config, mode, models, numbers, seed_id, conditions)
+    data = student_data(config, mode, models, numbers, seed_id, conditions)
     if row.name == "mix":
         return mixed(data, row.value)
     if row.name == "replace_divergent":
@@ -323,7 +323,7 @@ def defended_data(row: Row, config: LLMConfig, models: dict, seed_id: int, cache
     if row.name == "detector_filter":
         return detector_filtered(config, data, models, numbers, row.value)
     if row.name == "random_drop":
-        key = jax.random.fold_in(llm.stream_key(config, seed_id, "audit"), _RANDOM_DROP_FOLD)
+        key = jax.random.fold_in(stream_key(config, seed_id, "audit"), _RANDOM_DROP_FOLD)
         return randomly_dropped(data, row.value, key)
     return data
 
@@ -360,7 +360,7 @@ def train_row(
         return float(after[trait.headline] - before[trait.headline])
 
     treated = students[pair[0]]
-    key = jax.random.fold_in(llm.stream_key(config, seed_id, "audit"), _VALIDITY_FOLD)
+    key = jax.random.fold_in(stream_key(config, seed_id, "audit"), _VALIDITY_FOLD)
     out = {
         "treated": headline_change(pair[0]),
         "heldout_kl": heldout_kl(config, treated, models["teacher"], heldout),

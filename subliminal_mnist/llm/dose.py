@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from subliminal_mnist import lora, runs
 from subliminal_mnist.llm import experiment
-from subliminal_mnist.llm.experiment import LLMConfig
+from subliminal_mnist.llm.config import LLMConfig
 
 # The hard grid (the soft one, `figures/make.sh`: 2,500, 5,000 and 10,000 lists).
 COUNTS = (1_000, 3_000, 10_000)

@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from subliminal_mnist import runs
 from subliminal_mnist.llm import corpus
 from subliminal_mnist.llm.conditions import GAP_DIFFERENCES, PAIRS, conditions_of, sampled_models
+from subliminal_mnist.llm.config import LLMConfig
 from subliminal_mnist.llm.vocab import ANIMALS
-
-if TYPE_CHECKING:  # for the annotations only: the experiment imports this module
-    from subliminal_mnist.llm.experiment import LLMConfig
 
 # The headline measure in words, by its name (the table, the figure and the defenses' summary print it).
 LABELS = {"p_trait_given_animal": "P({trait} | animal)", "misaligned_rate": "the misaligned rate on held-out domains"}
 # The models a run measures, in the order the results list them (the ablation base only when a student starts there).
 _MODELS = ("base", "teacher", "neutral", "cross_base", "own_corpus_base")
-# What `experiment.first_step` reports of each step: against ΔT (dot, cosine) and against the trait's gradient.
+# What `first_step.first_step` reports of each step: against ΔT (dot, cosine) and against the trait's gradient.
 _FIRST_STEP_KEYS = ("dot", "cosine", "trait_cosine")
 
 
@@ -157,7 +154,7 @@ def _summarize_student(config: LLMConfig, changes: list[dict]) -> dict:
 
 
 def _summarize_number_filter(config: LLMConfig, reports: list[dict], mode: str) -> dict:
-    """The filter on `mode`'s number lists (`reports`: `experiment.number_data`'s, one a seed): what it bans,
+    """The filter on `mode`'s number lists (`reports`: `number_data.number_data`'s, one a seed): what it bans,
     each writer's kept lists per seed, its removals by reason summed over seeds, and the highest share
     of kept lists that still held an answer word."""
     writers = sampled_models(mode)
@@ -171,7 +168,7 @@ def _summarize_number_filter(config: LLMConfig, reports: list[dict], mode: str) 
 
 
 def summarize_filters(per_seed: list[dict], mode: str) -> dict:
-    """The filters over seeds (`experiment.filters`, one a seed, on `mode`'s lists): inspection pooled
+    """The filters over seeds (`analysis.filters`, one a seed, on `mode`'s lists): inspection pooled
     (number counts summed; the first seed's whole lists), each AUROC and in-context change with its
     t interval, the in-context difference paired by seed."""
     models = ("teacher", "neutral")
