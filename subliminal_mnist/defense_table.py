@@ -170,7 +170,7 @@ def tuned_rate(
     """The rate of the matching rule, fixed before any row runs, and its record (the line's `tuning`):
 
     1. train every rate of `grid` (held-out loss `loss_at(rate)` on the tuning seeds; inf where the training
-       diverged), in `workers` threads (a row's one `runs.parallel_map`);
+       diverged), in `workers` threads (`runs.parallel_map`);
     2. while no two neighbouring rates bracket `target_loss` (`bracket`: one loss at or below it, one
        above, on the stable side), extend the grid beyond its end on the side that might bracket it
        (`extension`: the end rate times or over `MATCH_EXTENSION_FACTOR`), at most `extensions` times;

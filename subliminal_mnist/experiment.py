@@ -156,12 +156,11 @@ class ExperimentConfig:
     devices: int = config_field(
         0, "local devices a chunk's seeds are split across (jax.sharding); 0: all; results do not depend on it"
     )
-    # Chunks of seeds, and the two student pairs of a chunk, are independent, so they run in
-    # concurrent threads. Much of a step is small matmuls and elementwise work that leaves
-    # one of two cores idle; a second stream fills it (measured, 2 cores: 18.1 against
-    # 21.0 s per seed, same numbers). Results do not depend on this setting.
+    # Chunks of seeds are independent, so they run in concurrent threads (a chunk's student groups run one
+    # after the other: one level of threads). Much of a step is small matmuls and elementwise work that
+    # leaves one of two cores idle; a second stream fills it. Results do not depend on this setting.
     workers: int = config_field(
-        2, "chunks, and student pairs within a chunk, run in this many threads; results do not depend on it"
+        2, "chunks of seeds (and a defense's grid rates) run in this many threads; results do not depend on it"
     )
 
     def __post_init__(self):

@@ -233,7 +233,8 @@ def code_difference(old: dict, new: dict) -> str:
 # Two things every training of a run must know, without passing them through every function between the
 # run and the loop: whether bars show, and whether the run has stopped (an item failed, or Ctrl-C). They
 # are context variables: a run sets them for its own body (`showing`), `parallel_map` copies them into its
-# threads, and `train.fit` reads them at every epoch (`shown`, `check_stop`). Nothing else reads them.
+# threads, and `train.fit` reads them at every epoch (`shown`, `check_stop`); `parallel_map` reads them too,
+# for its own bar and to chain its stop to the run's. Nothing else reads them.
 
 _SHOWN = contextvars.ContextVar("shown", default=True)
 _STOPS: contextvars.ContextVar[tuple[threading.Event, ...]] = contextvars.ContextVar("stops", default=())
@@ -269,8 +270,9 @@ def parallel_map(
 ) -> list[Result]:
     """[work(item) for item in items], in `workers` threads, with a bar over the items.
 
-    A run's only thread pool: a command's top-level `run` maps its independent items (chunks of seeds,
-    seeds, bases, rows, grid rates) with it, and nothing called from an item opens another. JAX releases
+    A run's one pool of training threads (`meanwhile` only compiles beside it): a command's `run` maps its
+    independent items (chunks of seeds, seeds, bases, teachers, grid rates) with it, and nothing called from
+    an item maps again. JAX releases
     the GIL while XLA computes, so the threads really overlap. If one item fails (or Ctrl-C arrives), the
     map stops: the items not started never start, and the trainings of the others raise `Stopped` at their
     next epoch (`check_stop`) instead of running to the end; the first failure is raised.

@@ -227,8 +227,9 @@ def run(
     for index, (value, config) in enumerate(todo, 1):
 
         def train_point(config=config, value=value) -> dict:
-            outcome = experiment.run(config, mnist, progress=progress, teacher_cache=teachers)
-            probed = SWEEPS[name].probe(config, mnist, teachers) if SWEEPS[name].probe else {}
+            with runs.showing(progress):  # the probe's trainings too: --no-progress is one switch
+                outcome = experiment.run(config, mnist, progress=progress, teacher_cache=teachers)
+                probed = SWEEPS[name].probe(config, mnist, teachers) if SWEEPS[name].probe else {}
             return {"value": value, "fields": list(SWEEPS[name].fields), "data_source": mnist.source,
                     **{k: outcome[k] for k in _KEPT}, **probed}  # fmt: skip
 

@@ -34,7 +34,8 @@
 # `docs/teaching.md` has a run sheet for a 90-minute class (what runs live, what is shown from the committed
 # figures, and how long each part takes). Parts marked **Predict** ask the class for a guess before the cell
 # runs. A number quoted in this text as "(printed: ...)" is the one the cell above printed in the committed
-# run on the bundled sample; the lesson's test re-runs the notebook and checks each of them.
+# run on the bundled sample; another CPU's float rounding can move its last digit (a student or two of the
+# test digits), and the lesson's test re-runs the notebook and checks each of them to that rounding.
 #
 # **Colab.** Open this file in Colab (File > Open notebook > GitHub, with this repository's address, or
 # upload `theory/lesson.ipynb`). The next cell installs the package when it is missing: from the checkout this

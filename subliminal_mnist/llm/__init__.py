@@ -12,5 +12,7 @@ cached decoding), `sampling` (continuations and answers), `config` (`LLMConfig`,
 each stage's part of it), `fine_tuning`, `number_data`, `experiment` (the stages,
 the controls, the measurements, the run), `first_step`, `analysis` (the entangled
 numbers, the filters), `conditions` (the students, each a start and its data, and
-the paired differences), `summary` (the results over seeds, and the table).
+the paired differences), `summary` (the results over seeds, and the table), `traits`
+(the misaligned persona: a trait is data), `defenses` (what stops it: each defense a
+change of the students' data or recipe), `dose` (the dose-responses and the LoRA sweep).
 """

@@ -139,7 +139,7 @@ class LLMConfig(FilterSettings):
     # A third of a seed's time after its bases and teachers; a question about transfer alone (the LoRA
     # sweep) leaves them out.
     no_audit: bool = config_field(False, "leave out the filters and the entangled-numbers ranking")
-    workers: int = config_field(2, "bases, and seeds, run in this many threads; results do not depend on it")
+    workers: int = config_field(2, "bases, teachers, seeds (and a defense's grid rates) run in this many threads; results do not depend on it")
 
     def __post_init__(self):
         runs.check_fields(

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from subliminal_mnist import runs
 from subliminal_mnist.llm import corpus, sampling
 from subliminal_mnist.llm.conditions import CONDITIONS, MODES, conditions_of, sampled_models
 from subliminal_mnist.llm.config import LLMConfig, NumberSettings, stream_key, stream_rng
@@ -72,6 +73,7 @@ def number_data(
     used_lengths = []
     sampled = 0
     for round_id in range(_MAX_ROUNDS):
+        runs.check_stop()  # sampling is minutes of a seed's work with no training epoch to stop at
         prompts, lengths = corpus.number_prompts(vocab, rng, per_round, settings.window)
         key = jax.random.fold_in(
             jax.random.fold_in(stream_key(settings, seed_id, "numbers"), _SAMPLES.index(stream)), round_id
