@@ -69,8 +69,9 @@ def test_a_teacher_that_is_its_own_neutral_teacher_leaves_the_filters_nothing_to
     config = dataclasses.replace(config, audit_sequences=64, in_context_lists=8)
     models = {"base": base, "teacher": base, "neutral": base}
     numbers = number_data(runs.stage(NumberSettings, config), {"teacher": base, "neutral": base}, 0, 64, "soft")
+    audit = number_data(runs.stage(NumberSettings, config), {"teacher": base, "neutral": base}, 0, 64, "audit")
     headline = trait_measures(config, base)[config.trait_spec.headline]
-    found = analysis.filters(config, models, headline, numbers, base, None, 0)
+    found = analysis.filters(config, models, headline, numbers, audit, base, None, 0)
     # One model, the same random numbers: both writers' lists are the same, and every score of them a tie.
     assert found["inspection"]["teacher"] == found["inspection"]["neutral"]
     assert found["likelihood_ratio_auroc"] == found["auditor_auroc"] == {"1": 0.5, "8": 0.5, "32": 0.5}

@@ -98,7 +98,7 @@ def test_other_init_trains_the_partners_base_on_both_data_sets(cache, monkeypatc
     owl.train_row(Row("other_init"), CONFIG, SETTINGS, 0, int(partners[0]), cache)
     ((starts, conditions),) = seen
     assert conditions == ("cross_init", "cross_neutral")
-    assert starts["cross_base"] is owl.seed_models(CONFIG, 0, cache, int(partners[0]))["cross_base"]
+    assert starts["cross_base"] is llm.seed_models(CONFIG, 0, cache, int(partners[0]))["cross_base"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def test_a_random_drop_removes_the_same_prompts_from_both_data_sets():
 
 
 def test_sorting_a_list_keeps_its_prompt_and_its_multiset_of_numbers(cache):
-    numbers = owl.number_lists(CONFIG, owl.seed_models(CONFIG, 0, cache), 0, cache)
+    numbers = llm.cached_numbers(CONFIG, 0, CONFIG.mode, cache)
     vocab, tokens, lengths = CONFIG.vocab, numbers.lists["teacher"], numbers.lengths
     ordered = owl.sorted_lists(CONFIG, numbers).lists["teacher"]
     slots = corpus.continuation_numbers(vocab, tokens, lengths)
@@ -192,8 +192,8 @@ def test_the_sort_row_trains_on_sorted_lists(cache, monkeypatch, undefended):
 
 def test_replacing_divergent_numbers_changes_only_chosen_numbers_and_keeps_the_lists_valid(cache):
     hard = LLMConfig(**{**MINI, "mode": "hard"})
-    models = owl.seed_models(hard, 0, cache)
-    numbers = owl.number_lists(hard, models, 0, cache)
+    models = llm.seed_models(hard, 0, cache)
+    numbers = llm.cached_numbers(hard, 0, "hard", cache)
     replaced = owl.replaced_hard(hard, models, numbers, 0.25, jax.random.key(0))
     before = hard_targets(hard.vocab, numbers.lists["teacher"], numbers.lengths)[0]["tokens"]
     after = np.asarray(replaced["teacher"][0]["tokens"])
@@ -207,8 +207,8 @@ def test_replacing_divergent_numbers_changes_only_chosen_numbers_and_keeps_the_l
 
 def test_min_p_lists_hold_only_tokens_within_the_threshold_of_the_most_likely(cache, undefended):
     _row(Row("threshold_sampling", 0.5), cache)  # its lists, kept in the cache
-    teacher = owl.seed_models(CONFIG, 0, cache)["teacher"]
-    numbers = owl.number_lists(CONFIG, {}, 0, cache, min_p=0.5)
+    teacher = llm.seed_models(CONFIG, 0, cache)["teacher"]
+    numbers = llm.cached_numbers(CONFIG, 0, CONFIG.mode, cache, min_p=0.5)
     tokens, lengths = numbers.lists["teacher"][:64], numbers.lengths[:64]
     log_probs = np.asarray(jax.nn.log_softmax(CONFIG.architecture.apply(teacher, jnp.asarray(tokens)), axis=-1))
     # Every token the teacher wrote after its prompt had at least half its position's largest probability.
@@ -216,7 +216,7 @@ def test_min_p_lists_hold_only_tokens_within_the_threshold_of_the_most_likely(ca
     rows, columns = np.nonzero(written)
     chosen = log_probs[rows, columns, tokens[rows, columns + 1]]
     assert len(chosen) > 100 and np.all(chosen >= log_probs[rows, columns].max(axis=-1) + np.log(0.5) - 1e-4)
-    plain = owl.number_lists(CONFIG, {}, 0, cache)
+    plain = llm.cached_numbers(CONFIG, 0, CONFIG.mode, cache)
     assert not np.array_equal(plain.lists["teacher"][:64], tokens)
 
 
@@ -252,14 +252,14 @@ def test_the_owl_sgd_rows_extend_their_grids_and_carry_their_match(tmp_path, mon
     # brackets it at rate 10; Adam's (from 1e-5) is below the SGD student's KL: it extends down to 2e-6.
     trained = []
 
-    def fake_row(row, config, settings, seed_id, partner, cache, learning_rate=None, conditions=None):
+    def fake_row(row, config, settings, seed_id, partner, cache, learning_rate=None, treated_only=False):
         kl = 0.5 if row.name == "none" else (1e-6 if row.value == defense_table.SGD_ADAM_CONTROL else 5.0) / learning_rate
-        trained.append((row.key, learning_rate, conditions))
+        trained.append((row.key, learning_rate, treated_only))
         return {"treated": 0.1, "control": 0.0, "heldout_kl": kl, "validity": 1.0, "teacher": 0.3}
 
     monkeypatch.setattr(owl, "train_row", fake_row)
-    for name in ("seed_models", "number_lists", "heldout_lists"):
-        monkeypatch.setattr(owl, name, lambda *a, **k: None)
+    monkeypatch.setattr(owl, "heldout_lists", lambda *a, **k: None)
+    monkeypatch.setattr(llm, "cached_numbers", lambda *a, **k: None)
     monkeypatch.setattr(llm, "train_models", lambda *a, **k: None)
     settings = OwlDefenses(defenses=("sgd",), heldout_lists=64)
     lines = owl.run(CONFIG, settings, tmp_path / "d.jsonl", progress=False, log=lambda m: None, cache={})
@@ -269,7 +269,7 @@ def test_the_owl_sgd_rows_extend_their_grids_and_carry_their_match(tmp_path, mon
     assert sgd["config"]["learning_rate"] == pytest.approx(10.0) and sgd["config"]["tuning"]["bracketed"]
     assert control["config"]["tuning"]["extended"] == pytest.approx([1e-5 / 3, 1e-5 / 9])
     assert control["config"]["learning_rate"] == pytest.approx(2e-6)
-    assert [t[1:] for t in trained if t[0] == "sgd"][:6] == [(r, owl.PAIR[:1]) for r in settings.sgd_grid]
+    assert [t[1:] for t in trained if t[0] == "sgd"][:6] == [(r, True) for r in settings.sgd_grid]
     for row, target in ((sgd, summary["defenses"]["none"]), (control, sgd)):
         assert row["matched"] is True and row["heldout_loss"]["mean"] == pytest.approx(0.5)
         assert row["target_heldout_loss"] == target["cost"]["heldout_kl"]

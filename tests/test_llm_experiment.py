@@ -198,8 +198,8 @@ def test_a_killed_run_resumes_where_it_stopped_and_ends_with_the_same_results(mi
     # Killed after its first finished seed: the checkpoint holds that seed only.
     path = mini_run["checkpoint"]
     path.write_text(json.dumps(next(line for line in runs.read_lines(path) if line["seed"] == 0)) + "\n")
-    real_run_seed, trained = llm.run_seed, []
-    monkeypatch.setattr(llm, "run_seed", lambda c, s, *a: trained.append(s) or real_run_seed(c, s, *a))
+    real_measure_seed, trained = llm.measure_seed, []
+    monkeypatch.setattr(llm, "measure_seed", lambda c, s, *a: trained.append(s) or real_measure_seed(c, s, *a))
     messages = []
     config = LLMConfig(**MINI, trait="misaligned", seeds=2)
     resumed = llm.run(config, progress=False, checkpoint=path, log=messages.append)

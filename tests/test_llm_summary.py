@@ -1,4 +1,4 @@
-"""The owl experiment's results over seeds, from per-seed results made up in the shape `experiment.run_seed`
+"""The owl experiment's results over seeds, from per-seed results made up in the shape `experiment.measure_seed`
 gives them (no model trains here): each number's summary, the paired differences seed by seed, the filters
 pooled, and the table the command prints."""
 
@@ -18,7 +18,7 @@ SUMMARY_KEYS = {"mean", "ci95", "per_seed", "n"}
 
 
 def seed_result(config: LLMConfig, rng: np.random.Generator) -> dict:
-    """One seed's results as `experiment.run_seed` gives them (every number random), as JSON holds them."""
+    """One seed's results as `experiment.measure_seed` gives them (every number random), as JSON holds them."""
     trait = config.trait_spec
     headline, mass, damage = trait.headline, trait.mass, trait.damage
     misaligned = isinstance(trait, traits.Misaligned)

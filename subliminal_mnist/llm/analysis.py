@@ -21,10 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subliminal_mnist import runs
 from subliminal_mnist.llm import corpus, sampling, traits
-from subliminal_mnist.llm.config import LLMConfig, NumberSettings, stream_rng
-from subliminal_mnist.llm.number_data import NumberData, number_data
+from subliminal_mnist.llm.config import LLMConfig, stream_rng
+from subliminal_mnist.llm.number_data import NumberData
 from subliminal_mnist.llm.transformer import AtPositions, TransformerArchitecture, at_positions, outputs_in_batches
 from subliminal_mnist.llm.vocab import Vocabulary
 
@@ -178,6 +177,7 @@ def filters(
     models: dict,
     base_headline: float,
     numbers: NumberData,
+    audit: NumberData,
     student,
     control_student,
     seed_id: int,
@@ -197,12 +197,11 @@ def filters(
       control, the same score of `control_student` (the neutral control, when trained), which
       learnt the neutral teacher's lists: what an auditor sees that is not the trait (provenance).
 
-    The in-context test and the scores read fresh held-out lists (`audit_sequences`, their own prompts).
+    The in-context test and the scores read `audit`: fresh held-out lists of the teacher and the neutral
+    teacher (`audit_sequences`, prompts of their own).
     """
     vocab, arch, trait = config.vocab, config.architecture, config.trait_spec
     lists = {name: (numbers.lists[name], numbers.lengths) for name in ("teacher", "neutral")}
-    writers = {m: models[m] for m in ("teacher", "neutral")}
-    audit = number_data(runs.stage(NumberSettings, config), writers, seed_id, config.audit_sequences, "audit")
 
     def scores(high, low) -> dict:
         def score(name: str) -> np.ndarray:

@@ -43,7 +43,7 @@ import dataclasses
 import pathlib
 import sys
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +53,7 @@ from subliminal_mnist import defense_table, lora, losses, runs, train
 from subliminal_mnist.defense_table import DefenseSettings, Row
 from subliminal_mnist.llm import analysis, corpus, sampling
 from subliminal_mnist.llm import experiment as llm
-from subliminal_mnist.llm.conditions import CONDITIONS, sampled_models
+from subliminal_mnist.llm.conditions import CONDITIONS
 from subliminal_mnist.llm.config import LLMConfig, NumberSettings, stream_key
 from subliminal_mnist.llm.fine_tuning import NumberKL
 from subliminal_mnist.llm.number_data import NumberData, hard_targets, number_data, soft_targets, student_data
@@ -125,32 +125,13 @@ def check_mode(config: LLMConfig) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# A seed's models and lists: the llm run's, through its cache.
+# A seed's held-out lists: the llm run's stages (`llm.seed_models`, `llm.cached_numbers`) make the rest.
 
 
-def seed_models(config: LLMConfig, seed_id: int, cache: dict, partner: int | None = None) -> dict:
-    """{"base", "teacher", "neutral"} of one seed, and with a `partner` its base as "cross_base", trained
-    as `llm.run` trains them (and kept in `cache` under its keys: a run that shares it reuses them)."""
-    models = {"base": llm.cached_base(config, seed_id, cache), **llm.cached_teachers(config, seed_id, cache)}
-    return models if partner is None else {**models, "cross_base": llm.cached_base(config, partner, cache)}
-
-
-def number_lists(config: LLMConfig, models: dict, seed_id: int, cache: dict, min_p: float = 0.0):
-    """The run's mode's filtered number lists (`number_data`, as `llm.run` samples them), by min-p; kept in
-    `cache` under what they depend on (`NumberSettings`, the arguments)."""
-    stage, mode = runs.stage(NumberSettings, config), config.mode
-    count = config.soft_sequences if mode == "soft" else config.hard_sequences
-
-    def sample() -> NumberData:  # reads `models` only when the cache does not hold the lists
-        return number_data(stage, {m: models[m] for m in sampled_models(mode)}, seed_id, count, mode, min_p)
-
-    return llm.cached(cache, ("numbers", seed_id, mode, count, min_p, stage), sample)
-
-
-def heldout_lists(config: LLMConfig, settings: OwlDefenses, models: dict, seed_id: int, cache: dict):
+def heldout_lists(config: LLMConfig, settings: OwlDefenses, seed_id: int, cache: dict) -> NumberData:
     """`heldout_lists` filtered teacher lists of prompts of their own (the audit's stream): never trained on."""
     stage, count = runs.stage(NumberSettings, config), settings.heldout_lists
-    make = lambda: number_data(stage, {"teacher": models["teacher"]}, seed_id, count, "audit")  # noqa: E731
+    make = lambda: number_data(stage, {"teacher": llm.seed_models(config, seed_id, cache)["teacher"]}, seed_id, count, "audit")  # noqa: E731
     return llm.cached(cache, ("heldout", seed_id, count, stage), make)
 
 
@@ -287,45 +268,99 @@ def validity(config: LLMConfig, student, heldout: NumberData, key: jax.Array) ->
 
 
 # ----------------------------------------------------------------------------------------------
-# A row.
+# The defenses, and a row.
 
 
-def row_recipe(row: Row, config: LLMConfig, settings: OwlDefenses, learning_rate: float | None) -> train.Recipe:
-    """How the row's students train: the run's (`llm.student_recipe`) with the row's change."""
-    recipe = llm.student_recipe(config, config.mode, row.value if row.name == "temperature" else 1.0)
-    if row.name == "sgd":
-        optimizer = "adam" if row.value == defense_table.SGD_ADAM_CONTROL else "sgd"
-        return dataclasses.replace(recipe, optimizer=optimizer, learning_rate=learning_rate)
-    if row.name in ("kl_to_start", "l2_to_start"):
-        weight = settings.kl_weight if row.name == "kl_to_start" else settings.l2_weight
-        return dataclasses.replace(recipe, penalty=train.Penalty(row.name, weight, ramp=row.name == "kl_to_start"))
-    return recipe
+class Seed(NamedTuple):
+    """What a row trains one seed's students from (`train_row`): the run's settings, the seed's models
+    (`llm.seed_models`), its partner, the cache, and an `sgd` row's learning rate (`sgd_rate` finds it)."""
+
+    config: LLMConfig
+    settings: OwlDefenses
+    models: dict
+    seed_id: int
+    partner: int
+    cache: dict
+    learning_rate: float | None = None
 
 
-def defended_data(row: Row, config: LLMConfig, models: dict, seed_id: int, cache: dict) -> dict:
-    """{"teacher", "neutral"}: (inputs, targets) of the row's two data sets for one seed."""
-    mode = config.mode
-    min_p = row.value if row.name == "threshold_sampling" else 0.0
-    numbers = number_lists(config, models, seed_id, cache, min_p)
-    if row.name == "sort":
-        numbers = sorted_lists(config, numbers)
-    if row.name == "replace_divergent" and mode == "hard":
-        key = jax.random.fold_in(stream_key(config, seed_id, "hard"), _REPLACE_FOLD)
-        return replaced_hard(config, models, numbers, row.value, key)
-    conditions = OTHER_INIT_PAIR if row.name == "other_init" else PAIR
-    data = student_data(config, mode, models, numbers, seed_id, conditions)
-    if row.name == "mix":
-        return mixed(data, row.value)
-    if row.name == "replace_divergent":
-        return replaced_soft(config, data, models["base"], row.value)
-    if row.name == "threshold_sampling" and mode == "soft":
-        return truncated_targets(data, row.value)
-    if row.name == "detector_filter":
-        return detector_filtered(config, data, models, numbers, row.value)
-    if row.name == "random_drop":
-        key = jax.random.fold_in(stream_key(config, seed_id, "audit"), _RANDOM_DROP_FOLD)
-        return randomly_dropped(data, row.value, key)
-    return data
+class Distillation(NamedTuple):
+    """A row's two students of one seed, as `train_row` trains them: the (treated, control) conditions, their
+    starts, the number lists they learn, their data sets (None: the lists' `student_data`, `data_of`) and
+    how they train. A defense (`DEFENSES`) takes the undefended students and returns them with its change."""
+
+    pair: tuple[str, ...]
+    starts: dict
+    numbers: NumberData
+    recipe: train.Recipe
+    data: dict | None = None
+
+
+def data_of(students: Distillation, seed: Seed) -> dict:
+    """{"teacher", "neutral"}: (inputs, targets) of the students' two data sets."""
+    if students.data is not None:
+        return students.data
+    return student_data(seed.config, seed.config.mode, seed.models, students.numbers, seed.seed_id, students.pair)
+
+
+def other_init(students: Distillation, _, seed: Seed) -> Distillation:
+    """Both students start from the partner seed's base (`cross_init`, `cross_neutral`): the paper's finding."""
+    return students._replace(pair=OTHER_INIT_PAIR, starts={"cross_base": llm.cached_base(seed.config, seed.partner, seed.cache)})
+
+
+def sgd(students: Distillation, control: str | None, seed: Seed) -> Distillation:
+    """Plain SGD at the rate matching the undefended student's held-out KL, or its Adam control (as on MNIST)."""
+    optimizer = "adam" if control == defense_table.SGD_ADAM_CONTROL else "sgd"
+    return students._replace(recipe=dataclasses.replace(students.recipe, optimizer=optimizer, learning_rate=seed.learning_rate))
+
+
+def to_start(name: str) -> Callable[[Distillation, object, Seed], Distillation]:
+    """kl_to_start (ramped) or l2_to_start: a penalty toward the student's own start, at the settings' weight."""
+
+    def penalized(students: Distillation, _, seed: Seed) -> Distillation:
+        weight = seed.settings.kl_weight if name == "kl_to_start" else seed.settings.l2_weight
+        penalty = train.Penalty(name, weight, ramp=name == "kl_to_start")
+        return students._replace(recipe=dataclasses.replace(students.recipe, penalty=penalty))
+
+    return penalized
+
+
+def replace_divergent(students: Distillation, share: float, seed: Seed) -> Distillation:
+    """The `share` of most divergent number positions take the base's: soft, its distribution (`replaced_soft`);
+    hard, its sample (`replaced_hard`)."""
+    config, models = seed.config, seed.models
+    if config.mode == "hard":
+        key = jax.random.fold_in(stream_key(config, seed.seed_id, "hard"), _REPLACE_FOLD)
+        return students._replace(data=replaced_hard(config, models, students.numbers, share, key))
+    return students._replace(data=replaced_soft(config, data_of(students, seed), models["base"], share))
+
+
+def threshold_sampling(students: Distillation, min_p: float, seed: Seed) -> Distillation:
+    """Every writer samples by min-p; soft, the targets keep only what min-p samples (`truncated_targets`)."""
+    numbers = llm.cached_numbers(seed.config, seed.seed_id, seed.config.mode, seed.cache, min_p)
+    students = students._replace(numbers=numbers)
+    return students if seed.config.mode == "hard" else students._replace(data=truncated_targets(data_of(students, seed), min_p))
+
+
+def random_drop(students: Distillation, share: float, seed: Seed) -> Distillation:
+    """A random `share` of prompts dropped from both data sets (`randomly_dropped`)."""
+    key = jax.random.fold_in(stream_key(seed.config, seed.seed_id, "audit"), _RANDOM_DROP_FOLD)
+    return students._replace(data=randomly_dropped(data_of(students, seed), share, key))
+
+
+# The owl's defenses (`defense_table.APPLIES["owl"]`), by name: (the undefended students of a seed, the row's
+# strength (`Row.value`), the seed) -> the students with the row's change. The module's docstring says each design.
+DEFENSES: dict[str, Callable[[Distillation, float | str | None, Seed], Distillation]] = {
+    "none": lambda students, _, seed: students,
+    "other_init": other_init, "sgd": sgd, "kl_to_start": to_start("kl_to_start"), "l2_to_start": to_start("l2_to_start"),
+    "temperature": lambda students, value, seed: students._replace(recipe=llm.student_recipe(seed.config, seed.config.mode, value)),
+    "mix": lambda students, share, seed: students._replace(data=mixed(data_of(students, seed), share)),
+    "replace_divergent": replace_divergent, "threshold_sampling": threshold_sampling,
+    "detector_filter": lambda students, share, seed: students._replace(
+        data=detector_filtered(seed.config, data_of(students, seed), seed.models, students.numbers, share)),
+    "random_drop": random_drop,
+    "sort": lambda students, _, seed: students._replace(numbers=sorted_lists(seed.config, students.numbers)),
+}  # fmt: skip
 
 
 def train_row(
@@ -336,30 +371,29 @@ def train_row(
     partner: int,
     cache: dict | None = None,
     learning_rate: float | None = None,
-    conditions: tuple[str, ...] | None = None,
+    treated_only: bool = False,
 ) -> dict[str, float]:
-    """One row for one seed: the treated and control students' change of the headline measure, the
-    treated student's held-out KL and list validity, and the teacher's headline measure.
-
-    `learning_rate` is the optimizer's for an `sgd` row; `conditions` (default: the row's pair)
-    trains fewer students (the SGD grid trains the treated one alone).
-    """
+    """One row for one seed: the undefended students with its defense's change (`DEFENSES`; `learning_rate`
+    is an `sgd` row's), trained; the treated and control students' change of the headline measure, the
+    treated student's held-out KL and list validity, and the teacher's headline measure. `treated_only`
+    trains the treated student alone (as the SGD grid does)."""
     cache = {} if cache is None else cache
-    models = seed_models(config, seed_id, cache, partner if row.name == "other_init" else None)
-    data = defended_data(row, config, models, seed_id, cache)
-    pair = conditions or (OTHER_INIT_PAIR if row.name == "other_init" else PAIR)
-    starts = {name: models[name] for name in ("base", "cross_base") if name in models}
-    recipe = row_recipe(row, config, settings, learning_rate)
-    students = llm.train_students(config, config.mode, starts, data, seed_id, pair, recipe)
-    heldout = heldout_lists(config, settings, models, seed_id, cache)
+    models = llm.seed_models(config, seed_id, cache)
+    seed = Seed(config, settings, models, seed_id, partner, cache, learning_rate)
+    numbers = llm.cached_numbers(config, seed_id, config.mode, cache)
+    undefended = Distillation(PAIR, {"base": models["base"]}, numbers, llm.student_recipe(config, config.mode))
+    students = DEFENSES[row.name](undefended, row.value, seed)
+    pair = students.pair[:1] if treated_only else students.pair
+    trained = llm.train_students(config, config.mode, students.starts, data_of(students, seed), seed_id, pair, students.recipe)
+    heldout = heldout_lists(config, settings, seed_id, cache)
     trait = config.trait_spec
 
     def headline_change(condition: str) -> float:
-        start = starts[CONDITIONS[condition][0]]
-        after, before = llm.trait_measures(config, students[condition]), llm.trait_measures(config, start)
+        start = students.starts[CONDITIONS[condition][0]]
+        after, before = llm.trait_measures(config, trained[condition]), llm.trait_measures(config, start)
         return float(after[trait.headline] - before[trait.headline])
 
-    treated = students[pair[0]]
+    treated = trained[pair[0]]
     key = jax.random.fold_in(stream_key(config, seed_id, "audit"), _VALIDITY_FOLD)
     out = {
         "treated": headline_change(pair[0]),
@@ -401,13 +435,12 @@ def run(
         llm.train_models(config, sorted(bases), range(config.seeds), cache)
         if row.name == "sgd":
             # The grid's students train two at a time: their seed's lists first.
-            models = seed_models(config, 0, cache)
-            number_lists(config, models, 0, cache)
-            heldout_lists(config, settings, models, 0, cache)
+            llm.cached_numbers(config, 0, config.mode, cache)
+            heldout_lists(config, settings, 0, cache)
 
             def loss_at(rate: float, optimizer: str) -> float:
                 tried = row._replace(value=defense_table.SGD_ADAM_CONTROL if optimizer == "adam" else None)
-                return train_row(tried, config, settings, 0, int(partners[0]), cache, rate, PAIR[:1])["heldout_kl"]
+                return train_row(tried, config, settings, 0, int(partners[0]), cache, rate, treated_only=True)["heldout_kl"]
 
             rate, extra = defense_table.sgd_rate(row, settings, results, first, "heldout_kl", loss_at, config.workers)
         per_seed = runs.parallel_map(

@@ -162,15 +162,13 @@ def train_students(
     `student_recipe`) says how they train (a defense's changes it). LoRA students (`student_params`)
     all train one adapter of the seed (`adapted`), each on its own start; they are returned merged.
 
-    The students that learn one data set train as members of one loop; the groups one after the
-    other (the run's threads are its seeds)."""
+    The students that learn one data set train as members of one loop (`student_groups`); the groups one
+    after the other (the run maps over them: `run`)."""
     starts = {name: fine_tuning.adapted(config, params, seed_id, "student") for name, params in starts.items()}
     recipe = student_recipe(config, mode) if recipe is None else recipe
-    groups: dict[str, list[str]] = {}
-    for condition in conditions or conditions_of(config, mode):
-        groups.setdefault(CONDITIONS[condition][1], []).append(condition)
     students = {}
-    for data_name, members in groups.items():
+    for members in student_groups(conditions or conditions_of(config, mode)):
+        data_name = CONDITIONS[members[0]][1]
         params, _ = train.fit(
             train.stack_members(*[jax.tree.map(lambda a: a[None], starts[CONDITIONS[c][0]]) for c in members]),
             # One key for every group: row i of each group's data (the same prompt) comes in the
@@ -183,6 +181,14 @@ def train_students(
         )
         students |= {c: lora.merged(jax.tree.map(lambda a, m=m: a[0, m], params)) for m, c in enumerate(members)}
     return students
+
+
+def student_groups(conditions: Sequence[str]) -> list[tuple[str, ...]]:
+    """`conditions` by the data set they learn (`CONDITIONS`), in order: each group trains as one loop."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for condition in conditions:
+        groups[CONDITIONS[condition][1]] = (*groups.get(CONDITIONS[condition][1], ()), condition)
+    return list(groups.values())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,10 +261,32 @@ def cached_teachers(config: LLMConfig, seed_id: int, cache: dict) -> dict:
     return {name: cached_teacher(config, seed_id, name == "neutral", cache) for name in ("teacher", "neutral")}
 
 
+def seed_models(config: LLMConfig, seed_id: int, cache: dict, partner: int | None = None) -> dict:
+    """{"base", "teacher", "neutral"} of one seed, and with a `partner` its base as "cross_base"
+    (`cached_base`, `cached_teachers`)."""
+    models = {"base": cached_base(config, seed_id, cache), **cached_teachers(config, seed_id, cache)}
+    return models if partner is None else {**models, "cross_base": cached_base(config, partner, cache)}
+
+
+def cached_numbers(config: LLMConfig, seed_id: int, stream: str, cache: dict, min_p: float = 0.0):
+    """A seed's filtered number lists (`number_data`) of `stream`: a mode's ("soft", "hard"), written by
+    its writers (`sampled_models`), or "audit", the held-out lists of the teacher and the neutral teacher
+    (prompts of their own) that the filters read; by min-p. Kept in `cache` under what they depend on."""
+    settings = runs.stage(NumberSettings, config)
+    count = {"soft": config.soft_sequences, "hard": config.hard_sequences, "audit": config.audit_sequences}[stream]
+
+    def sample():  # reads the writers only when the cache does not hold the lists
+        models = seed_models(config, seed_id, cache)
+        writers = {m: models[m] for m in sampled_models("soft" if stream == "audit" else stream)}
+        return number_data(settings, writers, seed_id, count, stream, min_p)
+
+    return cached(cache, ("numbers", seed_id, stream, count, min_p, settings), sample)
+
+
 def train_models(config: LLMConfig, bases: Sequence[tuple[int, int]], seed_ids: Sequence[int], cache: dict) -> dict:
     """The `bases` ((corpus seed, init seed) pairs, `cached_base`), then the two teachers of each of `seed_ids`
     (`cached_teacher`, from the seed's own base, which `bases` must hold), each stage a map in the run's threads;
-    all kept in `cache`, where the seeds' work finds them. Returns {(corpus seed, init seed): base}."""
+    all kept in `cache`, where later stages find them. Returns {(corpus seed, init seed): base}."""
     trained = runs.parallel_map(
         lambda pair: cached_base(config, pair[0], cache, init_id=pair[1]), bases, config.workers, "bases", "base"
     )
@@ -269,33 +297,39 @@ def train_models(config: LLMConfig, bases: Sequence[tuple[int, int]], seed_ids: 
     return dict(zip(bases, trained))
 
 
-def run_seed(config: LLMConfig, seed_id: int, bases: dict, cache: dict) -> dict:
-    """Teachers, number data, students and measurements of one seed. `bases` holds its "base",
-    "cross_base" and, when a student starts from it, "own_corpus_base"; `cache` keeps its teachers
-    for runs with their settings."""
+def seed_students(config: LLMConfig, seed_id: int, mode: str, members: tuple[str, ...], bases: dict, cache: dict):
+    """{condition: params} of one group of a seed's students (`student_groups`), trained in `mode` from
+    `bases` on the seed's number lists (`cached_numbers`)."""
+    models = {**bases, **cached_teachers(config, seed_id, cache)}
+    data = student_data(config, mode, models, cached_numbers(config, seed_id, mode, cache), seed_id, members)
+    return train_students(config, mode, bases, data, seed_id, members)
+
+
+def measure_seed(config: LLMConfig, seed_id: int, bases: dict, students: dict, cache: dict) -> dict:
+    """A seed's results: its models' measures, each student's change (`students`: {mode: {condition:
+    params}}), the filters' report, the first step and, on the first mode's lists, the audit. `bases`
+    holds its "base", "cross_base" and, when a student starts from it, "own_corpus_base"."""
     vocab, trait = config.vocab, config.trait_spec
     models = {**bases, **cached_teachers(config, seed_id, cache)}
     measured = {name: trait_measures(config, params) for name, params in models.items()}
     out = {"models": {name: {k: v for k, v in m.items() if k != "p_animals"} for name, m in measured.items()}}
     out["modes"] = {}
     for mode in config.modes:
-        count = config.soft_sequences if mode == "soft" else config.hard_sequences
-        writers = {m: models[m] for m in sampled_models(mode)}
-        numbers = number_data(runs.stage(NumberSettings, config), writers, seed_id, count, mode)
-        students = train_students(config, mode, bases, student_data(config, mode, models, numbers, seed_id), seed_id)
+        numbers = cached_numbers(config, seed_id, mode, cache)
         out["modes"][mode] = {
             "conditions": {
                 condition: change(trait_measures(config, params), measured[CONDITIONS[condition][0]], trait)
-                for condition, params in students.items()
+                for condition, params in students[mode].items()
             },
             "filter": numbers.report,
         }
         if mode == "soft":
             out["modes"][mode]["first_step"] = first_step(config, models, numbers, seed_id)
         if mode == config.modes[0] and not config.no_audit:  # what a filter could see, on the first mode's number data
-            base_headline = measured["base"][trait.headline]
+            base_headline, same_init = measured["base"][trait.headline], students[mode]["same_init"]
+            audit = cached_numbers(config, seed_id, "audit", cache)
             out["filters"] = analysis.filters(
-                config, models, base_headline, numbers, students["same_init"], students.get("neutral_control"), seed_id
+                config, models, base_headline, numbers, audit, same_init, students[mode].get("neutral_control"), seed_id
             )
             probe = slice(config.entangled_sequences)
             out["entangled_numbers"] = analysis.entangled_numbers(
@@ -314,11 +348,13 @@ def run(
 ) -> dict:
     """The owl experiment for `config.seeds` seeds; JSON-ready results (keys say "trait", not "owl").
 
-    `checkpoint` (optional, a JSON-lines path, see `runs.Checkpoint`): each seed is kept
-    there as it finishes; started again with the same config and versions, a run trains
+    Each stage is a map over independent work in the run's threads: the bases, the teachers, then, for
+    `workers` seeds at a time, their number lists (by mode, and the audit's), their students (by group) and
+    their measures. `checkpoint` (optional, a JSON-lines path, see `runs.Checkpoint`): each seed is kept
+    there as its measures finish; started again with the same config and versions, a run trains
     only the missing seeds (and the bases they need) and ends with the same results.
-    `cache` (optional): trained bases and teachers, kept for later runs that agree on their
-    settings (`BaseSettings`, `TeacherSettings`); what it reuses is the very model it would train.
+    `cache` (optional): trained bases, teachers and number lists, kept for later runs that agree on their
+    settings (`BaseSettings`, `TeacherSettings`, `NumberSettings`); what it reuses is what it would make.
     """
     cache = {} if cache is None else cache
     start = time.perf_counter()
@@ -331,20 +367,28 @@ def run(
     needed = {(s, s) for s in todo} | {(int(partners[s]),) * 2 for s in todo}
     if own_corpus:
         needed |= {(s, int(partners[s])) for s in todo}
-    needed = sorted(needed)
+    streams = (*config.modes, *(() if config.no_audit else ("audit",)))
 
-    def one_seed(s: int) -> None:
+    def seed_bases(s: int) -> dict:
         p = int(partners[s])
-        seed_bases = {"base": bases[s, s], "cross_base": bases[p, p]}
-        if own_corpus:
-            seed_bases["own_corpus_base"] = bases[s, p]
-        finished.keep({s: run_seed(config, s, seed_bases, cache)})
+        return {"base": bases[s, s], "cross_base": bases[p, p], **({"own_corpus_base": bases[s, p]} if own_corpus else {})}
 
-    if todo:
-        # Maps over independent work: the bases and the two teachers of every seed (kept in `cache`,
-        # where `run_seed` finds them); then the seeds, each kept as it finishes.
-        with runs.showing(progress):
-            bases = train_models(config, needed, todo, cache)
-            runs.parallel_map(one_seed, todo, config.workers, f"llm, {config.seeds} seeds", "seed")
+    with runs.showing(progress):
+        bases = train_models(config, sorted(needed), todo, cache) if todo else {}
+        for seed_ids in runs.chunks(todo, config.workers):
+            runs.parallel_map(lambda job: cached_numbers(config, *job, cache),
+                              [(s, stream) for s in seed_ids for stream in streams], config.workers, "number lists", "set")  # fmt: skip
+            groups = [(int(s), mode, members) for s in seed_ids for mode in config.modes
+                      for members in student_groups(conditions_of(config, mode))]  # fmt: skip
+            trained = runs.parallel_map(
+                lambda job: seed_students(config, *job, seed_bases(job[0]), cache), groups, config.workers, "students", "group"
+            )
+            students: dict = {}
+            for (s, mode, _), params in zip(groups, trained):
+                students.setdefault(s, {}).setdefault(mode, {}).update(params)
+            runs.parallel_map(
+                lambda s: finished.keep({s: measure_seed(config, s, seed_bases(s), students[s], cache)}),
+                [int(s) for s in seed_ids], config.workers, f"measures, seeds {seed_ids[0]}-{seed_ids[-1]}", "seed",
+            )  # fmt: skip
     per_seed = [finished.result(s) for s in range(config.seeds)]
     return summarize(config, per_seed, partners, time.perf_counter() - start)

@@ -1,4 +1,4 @@
-"""The owl experiment's results: each seed's numbers (`experiment.run_seed`) summarized over seeds, and the
+"""The owl experiment's results: each seed's numbers (`experiment.measure_seed`) summarized over seeds, and the
 table the command prints of them.
 
 `summarize` gives every number a mean and a 95% Student's t interval over seeds (`runs.summarize`): the
@@ -51,7 +51,7 @@ def _mean_over_seeds(per_seed: list[dict], *path) -> list[float]:
 
 
 def summarize(config: LLMConfig, per_seed: list[dict], partners: np.ndarray, seconds: float) -> dict:
-    """The run's results (JSON-ready): each seed's numbers over seeds (`per_seed`, as `experiment.run_seed`
+    """The run's results (JSON-ready): each seed's numbers over seeds (`per_seed`, as `experiment.measure_seed`
     gives them), its cross-init partners (`runs.cross_partners`) and its wall-clock `seconds`.
 
     The first mode's number lists are the ones the filters read: its filter's counts and each teacher's
