@@ -30,7 +30,7 @@ import dataclasses
 import functools
 import pathlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar, NamedTuple
 
 import jax
@@ -243,38 +243,43 @@ DEFENSES: dict[str, Callable[[Distillation, float | str | None, Chunk], Distilla
 }  # fmt: skip
 
 
-def train_row(
-    row: Row,
-    config: ExperimentConfig,
-    defenses: MnistDefenses,
-    mnist: data.MNIST,
-    seed_ids: np.ndarray,
-    seeds: Seeds,
-    teacher_cache: dict | None = None,
-    learning_rate: float | None = None,
-) -> dict[str, np.ndarray]:
-    """One row for a chunk of seeds: the undefended students with its defense's change (`DEFENSES`;
-    `learning_rate` is an `sgd` row's), trained; per seed (each (S,)) the treated, control and useful
-    students' test accuracies, the aux-only students' drops in test cross-entropy, the treated student's
-    held-out distillation loss, the teacher's accuracy and the row's own measures (`Distillation.more`)."""
-    arch, cache = config.architecture, {} if teacher_cache is None else teacher_cache
-    teachers = experiment.train_teachers(config, mnist, seed_ids, seeds.partners[seed_ids], cache)
-    chunk = Chunk(defenses, mnist, seed_ids, seeds, cache, learning_rate)
+class Group(NamedTuple):
+    """One loop of a row's students (`train_row`): its members, their key stream and their teachers."""
+
+    members: tuple[str, ...]
+    stream: str
+    teachers: experiment.Teachers
+
+
+def defended(row: Row, chunk: Chunk, config: ExperimentConfig) -> tuple[Distillation, list[Group]]:
+    """A row's students for a chunk (the undefended ones with its defense's change, `DEFENSES`) and their
+    groups, each one loop. The aux pair trains as two members of one loop, as in the demo, unless the
+    control has targets of its own; the useful student ("student_all") alone, on the "all" stream."""
+    ids = chunk.seed_ids
+    teachers = experiment.train_teachers(config, chunk.mnist, ids, chunk.seeds.partners[ids], chunk.cache)
     students = DEFENSES[row.name](Distillation(config, teachers), row.value, chunk)
-    config, teachers, keys = students.config, students.teachers, experiment.seed_keys(config, seed_ids)
-    # The groups of students, each one loop: (its members, their key stream, their teachers). The aux pair
-    # trains as two members of one loop, as in the demo, unless the control has targets of its own.
-    pair = [(experiment.STUDENT_GROUPS["aux"], "aux", teachers)]
+    teachers = students.teachers
+    pair = [Group(experiment.STUDENT_GROUPS["aux"], "aux", teachers)]
     if students.control_targets is not None:
         control_teachers = teachers._replace(teacher_targets=students.control_targets)
-        pair = [(("student_aux",), "aux", teachers), (("cross_aux",), "aux", control_teachers)]
-    trained = {}
-    for members, stream, own in (*pair, (("student_all",), "all", teachers)):  # in turn: the threads are the chunks
-        trained |= experiment.distill(
-            config, own, members, keys[f"distill_{stream}"],
-            recipe=dataclasses.replace(experiment.distill_recipe(config, members), **students.recipe),
-            context=students.context(len(members)),
-        )[0]  # fmt: skip
+        pair = [Group(("student_aux",), "aux", teachers), Group(("cross_aux",), "aux", control_teachers)]
+    return students, [*pair, Group(("student_all",), "all", teachers)]
+
+
+def train_group(students: Distillation, group: Group, seed_ids: np.ndarray) -> dict[str, model.Params]:
+    """{member: params (S, ...)}: one group of a row's students (`defended`) trained."""
+    config, keys = students.config, experiment.seed_keys(students.config, seed_ids)
+    recipe = dataclasses.replace(experiment.distill_recipe(config, group.members), **students.recipe)
+    return experiment.distill(config, group.teachers, group.members, keys[f"distill_{group.stream}"], recipe=recipe,
+                              context=students.context(len(group.members)))[0]  # fmt: skip
+
+
+def measure_row(students: Distillation, trained: dict, chunk: Chunk) -> dict[str, np.ndarray]:
+    """Per seed of a chunk (each (S,)): the treated, control and useful students' test accuracies, the aux-only
+    students' drops in test cross-entropy, the treated student's held-out distillation loss, the teacher's
+    accuracy and the row's own measures (`Distillation.more`)."""
+    config, teachers, mnist = students.config, students.teachers, chunk.mnist
+    arch, keys = config.architecture, experiment.seed_keys(config, chunk.seed_ids)
 
     def accuracy(params):
         return np.asarray(experiment.test_accuracy(params, mnist.test_images, mnist.test_labels, arch))
@@ -282,7 +287,7 @@ def train_row(
     def cross_entropy(params):
         return np.asarray(experiment.test_cross_entropy(params, mnist.test_images, mnist.test_labels, arch))
 
-    noise = heldout_noise(config, defenses, keys["noise"], mnist.train_images)
+    noise = heldout_noise(config, chunk.defenses, keys["noise"], mnist.train_images)
     treated, control = trained["student_aux"], trained["cross_aux"]
     return {
         "treated": accuracy(treated),
@@ -296,6 +301,28 @@ def train_row(
         "teacher": accuracy(teachers.teacher),
         **students.more,
     }
+
+
+def train_row(
+    row: Row, config: ExperimentConfig, chunks: Sequence[Chunk], workers: int = 1, label: str = ""
+) -> dict[str, np.ndarray]:
+    """One row for every chunk of seeds, per seed (each (S,) over the chunks' seeds): `measure_row`'s values.
+    Three maps over independent work, in `workers` threads, each with a bar (`label`): each chunk's students
+    (its teachers, the defense's change: `defended`), every group of every chunk (`train_group`), and
+    each chunk's measures."""
+    label = label or row.key
+    prepared = runs.parallel_map(lambda chunk: defended(row, chunk, config), chunks, workers, label, "chunk")
+    groups = [(c, group) for c, (_, own) in enumerate(prepared) for group in own]
+    trained = runs.parallel_map(
+        lambda job: train_group(prepared[job[0]][0], job[1], chunks[job[0]].seed_ids), groups, workers, label, "group"
+    )
+
+    def measured(c: int) -> dict[str, np.ndarray]:
+        own = {name: params for (g, _), group in zip(groups, trained) if g == c for name, params in group.items()}
+        return measure_row(prepared[c][0], own, chunks[c])
+
+    per_chunk = runs.parallel_map(measured, range(len(chunks)), workers, label, "chunk")
+    return {name: np.concatenate([c[name] for c in per_chunk]) for name in per_chunk[0]}
 
 
 @jax.jit
@@ -353,16 +380,16 @@ def run(
             first = seed_chunks[0]
             loss_at = heldout_loss(config, defenses, arrays, first, seeds, cache)
             rate, extra = sgd_rate(row, defenses, results, first, "heldout_distill_loss", loss_at, config.workers)
-        per_chunk = runs.parallel_map(
-            lambda ids: train_row(row, config, defenses, arrays, ids, seeds, cache, rate),
-            seed_chunks, config.workers, label, unit="chunk",
-        )  # fmt: skip
-        per_seed = {name: np.concatenate([c[name] for c in per_chunk]).tolist() for name in per_chunk[0]}
-        return {"per_seed": per_seed, **extra, "data_source": mnist.source}
+        chunks = [Chunk(defenses, arrays, ids, seeds, cache, rate) for ids in seed_chunks]
+        per_seed = {k: values.tolist() for k, values in train_row(row, config, chunks, config.workers, label).items()}
+        return {"per_seed": per_seed, **extra}
 
-    # A line of an earlier design of a row (other_init's third-init control, the projection's first N digits) is
-    # not reused either: `runs.point` matches the source's fingerprint too.
-    fields = functools.partial(row_fields, config=config, settings=defenses, always=("heldout_noise",),
-                               more={"projection": ("trait_batch",)})
+    # A line is reused only for the same data (the sample's line is not full MNIST's, whatever the config); one
+    # of an earlier design of a row (other_init's third-init control, the projection's first N digits) is not
+    # reused either: `runs.point` matches the source's fingerprint too.
+    def fields(row: Row) -> dict:
+        more = {"projection": ("trait_batch",)}
+        return {**row_fields(row, config, defenses, ("heldout_noise",), more), "data_source": mnist.source}
+
     with runs.showing(progress):
         return run_rows(defenses, rows(defenses), fields, compute, path, log)

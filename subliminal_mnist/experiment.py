@@ -209,7 +209,12 @@ class TeacherSettings:
     batch_size: int
     learning_rate: float
     teacher_params: str
-    adapter_rate_factor: float
+    adapter_rate_factor: float | None  # None for a full teacher, which reads no adapter's rate
+
+    def __post_init__(self):
+        # So configs that differ only in the students' adapter rate share their full teachers.
+        if lora.rank_of(self.teacher_params) is None:
+            object.__setattr__(self, "adapter_rate_factor", None)
 
 
 @dataclasses.dataclass(frozen=True)

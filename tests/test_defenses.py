@@ -1,6 +1,7 @@
 """Defenses: each row changes what it says and nothing else, `none` is the demo, a killed run resumes,
 user mistakes are one line."""
 
+import dataclasses
 import json
 
 import jax
@@ -35,7 +36,7 @@ def undefended(sample, teacher_cache):
 
 def _row(row, sample, cache, settings=SETTINGS, **options):
     seeds = defenses.Seeds.of(TINY)
-    return defenses.train_row(row, TINY, settings, sample, np.arange(2), seeds, cache, **options)
+    return defenses.train_row(row, TINY, [defenses.Chunk(settings, sample, np.arange(2), seeds, cache, **options)])
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -329,3 +330,15 @@ def test_the_command_trains_writes_and_redraws_without_training(tmp_path, capsys
     monkeypatch.setattr(defenses, "train_row", lambda *a, **k: pytest.fail("--plot-only must not train"))
     assert cli.main([*argv, "--plot-only"]) == 0
     assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_row_of_one_data_source_is_not_reused_for_another(tmp_path, sample, monkeypatch):
+    # The same config on other data (full MNIST given the sample preset's values by hand) trains again.
+    trained = []
+    monkeypatch.setattr(defenses, "train_row", lambda row, *a, **k: trained.append(row.key) or
+                        {name: np.zeros(2) for name in ("treated", "control", "heldout_distill_loss", "teacher")})  # fmt: skip
+    path, settings = tmp_path / "rows.jsonl", MnistDefenses(defenses=("none",))
+    for mnist in (sample, sample, dataclasses.replace(sample, source="full MNIST")):
+        defenses.run(TINY, settings, mnist, path, progress=False, log=lambda m: None)
+    assert trained == ["none", "none"]
+    assert [json.loads(line)["data_source"] for line in path.read_text().splitlines()] == [sample.source, "full MNIST"]

@@ -491,3 +491,12 @@ def test_subliminal_learning_on_real_mnist(real_mnist):
     assert mean["cross_aux"] < 0.15
     assert mean["reference"] < 0.15
     assert mean["student_all"] > mean["cross_all"] > mean["student_aux"]
+
+
+def test_a_full_teacher_is_the_same_stage_whatever_the_students_adapter_rate():
+    # The factor is a LoRA model's: a full teacher never reads it, so it must not retrain when only it moves.
+    def stage(**fields):
+        return runs.stage(experiment.TeacherSettings, experiment.ExperimentConfig(**fields))
+
+    assert stage(adapter_rate_factor=3.0) == stage(adapter_rate_factor=10.0)
+    assert stage(teacher_params="lora:4", adapter_rate_factor=3.0) != stage(teacher_params="lora:4")

@@ -11,7 +11,9 @@ The bases, teachers, number lists, keys and loop are those of `subliminal-mnist 
   the treated one moves except the trait.
 
 The row's effect is the change of the trait's headline measure (P(owl | animal)) of the treated
-student minus its control's, paired by seed; what `defenses.py` says of every row holds here.
+student minus its control's, paired by seed; what `defenses.py` says of every row holds here. Each defense is a
+function of `DEFENSES` that takes a seed's undefended students (`Distillation`: their pair, starts, number lists,
+data and recipe) and returns them with its one change; `train_row` trains and measures every row alike.
 Rows, by defense, in the run's mode (soft or hard, `LLMConfig.mode`):
 
 - none, other_init (both students start from the partner seed's base: `cross_init` and
@@ -131,7 +133,11 @@ def check_mode(config: LLMConfig) -> None:
 def heldout_lists(config: LLMConfig, settings: OwlDefenses, seed_id: int, cache: dict) -> NumberData:
     """`heldout_lists` filtered teacher lists of prompts of their own (the audit's stream): never trained on."""
     stage, count = runs.stage(NumberSettings, config), settings.heldout_lists
-    make = lambda: number_data(stage, {"teacher": llm.seed_models(config, seed_id, cache)["teacher"]}, seed_id, count, "audit")  # noqa: E731
+
+    def make() -> NumberData:  # reads the teacher only when the cache does not hold the lists
+        teacher = llm.cached_teacher(config, seed_id, False, cache)
+        return number_data(stage, {"teacher": teacher}, seed_id, count, "audit")
+
     return llm.cached(cache, ("heldout", seed_id, count, stage), make)
 
 
@@ -305,13 +311,15 @@ def data_of(students: Distillation, seed: Seed) -> dict:
 
 def other_init(students: Distillation, _, seed: Seed) -> Distillation:
     """Both students start from the partner seed's base (`cross_init`, `cross_neutral`): the paper's finding."""
-    return students._replace(pair=OTHER_INIT_PAIR, starts={"cross_base": llm.cached_base(seed.config, seed.partner, seed.cache)})
+    cross_base = llm.cached_base(seed.config, seed.partner, seed.cache)
+    return students._replace(pair=OTHER_INIT_PAIR, starts={"cross_base": cross_base})
 
 
 def sgd(students: Distillation, control: str | None, seed: Seed) -> Distillation:
     """Plain SGD at the rate matching the undefended student's held-out KL, or its Adam control (as on MNIST)."""
     optimizer = "adam" if control == defense_table.SGD_ADAM_CONTROL else "sgd"
-    return students._replace(recipe=dataclasses.replace(students.recipe, optimizer=optimizer, learning_rate=seed.learning_rate))
+    recipe = dataclasses.replace(students.recipe, optimizer=optimizer, learning_rate=seed.learning_rate)
+    return students._replace(recipe=recipe)
 
 
 def to_start(name: str) -> Callable[[Distillation, object, Seed], Distillation]:
@@ -339,7 +347,9 @@ def threshold_sampling(students: Distillation, min_p: float, seed: Seed) -> Dist
     """Every writer samples by min-p; soft, the targets keep only what min-p samples (`truncated_targets`)."""
     numbers = llm.cached_numbers(seed.config, seed.seed_id, seed.config.mode, seed.cache, min_p)
     students = students._replace(numbers=numbers)
-    return students if seed.config.mode == "hard" else students._replace(data=truncated_targets(data_of(students, seed), min_p))
+    if seed.config.mode == "hard":
+        return students
+    return students._replace(data=truncated_targets(data_of(students, seed), min_p))
 
 
 def random_drop(students: Distillation, share: float, seed: Seed) -> Distillation:
@@ -352,8 +362,10 @@ def random_drop(students: Distillation, share: float, seed: Seed) -> Distillatio
 # strength (`Row.value`), the seed) -> the students with the row's change. The module's docstring says each design.
 DEFENSES: dict[str, Callable[[Distillation, float | str | None, Seed], Distillation]] = {
     "none": lambda students, _, seed: students,
-    "other_init": other_init, "sgd": sgd, "kl_to_start": to_start("kl_to_start"), "l2_to_start": to_start("l2_to_start"),
-    "temperature": lambda students, value, seed: students._replace(recipe=llm.student_recipe(seed.config, seed.config.mode, value)),
+    "other_init": other_init, "sgd": sgd, "kl_to_start": to_start("kl_to_start"),
+    "l2_to_start": to_start("l2_to_start"),
+    "temperature": lambda students, value, seed: students._replace(
+        recipe=llm.student_recipe(seed.config, seed.config.mode, value)),
     "mix": lambda students, share, seed: students._replace(data=mixed(data_of(students, seed), share)),
     "replace_divergent": replace_divergent, "threshold_sampling": threshold_sampling,
     "detector_filter": lambda students, share, seed: students._replace(
@@ -384,7 +396,8 @@ def train_row(
     undefended = Distillation(PAIR, {"base": models["base"]}, numbers, llm.student_recipe(config, config.mode))
     students = DEFENSES[row.name](undefended, row.value, seed)
     pair = students.pair[:1] if treated_only else students.pair
-    trained = llm.train_students(config, config.mode, students.starts, data_of(students, seed), seed_id, pair, students.recipe)
+    data = data_of(students, seed)
+    trained = llm.train_students(config, config.mode, students.starts, data, seed_id, pair, students.recipe)
     heldout = heldout_lists(config, settings, seed_id, cache)
     trait = config.trait_spec
 
@@ -440,7 +453,8 @@ def run(
 
             def loss_at(rate: float, optimizer: str) -> float:
                 tried = row._replace(value=defense_table.SGD_ADAM_CONTROL if optimizer == "adam" else None)
-                return train_row(tried, config, settings, 0, int(partners[0]), cache, rate, treated_only=True)["heldout_kl"]
+                trained = train_row(tried, config, settings, 0, int(partners[0]), cache, rate, treated_only=True)
+                return trained["heldout_kl"]
 
             rate, extra = defense_table.sgd_rate(row, settings, results, first, "heldout_kl", loss_at, config.workers)
         per_seed = runs.parallel_map(

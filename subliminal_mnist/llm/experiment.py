@@ -371,18 +371,22 @@ def run(
 
     def seed_bases(s: int) -> dict:
         p = int(partners[s])
-        return {"base": bases[s, s], "cross_base": bases[p, p], **({"own_corpus_base": bases[s, p]} if own_corpus else {})}
+        own = {"own_corpus_base": bases[s, p]} if own_corpus else {}
+        return {"base": bases[s, s], "cross_base": bases[p, p], **own}
 
     with runs.showing(progress):
         bases = train_models(config, sorted(needed), todo, cache) if todo else {}
         for seed_ids in runs.chunks(todo, config.workers):
-            runs.parallel_map(lambda job: cached_numbers(config, *job, cache),
-                              [(s, stream) for s in seed_ids for stream in streams], config.workers, "number lists", "set")  # fmt: skip
+            lists = [(int(s), stream) for s in seed_ids for stream in streams]
+            runs.parallel_map(
+                lambda job: cached_numbers(config, *job, cache), lists, config.workers, "number lists", "list set"
+            )
             groups = [(int(s), mode, members) for s in seed_ids for mode in config.modes
                       for members in student_groups(conditions_of(config, mode))]  # fmt: skip
             trained = runs.parallel_map(
-                lambda job: seed_students(config, *job, seed_bases(job[0]), cache), groups, config.workers, "students", "group"
-            )
+                lambda job: seed_students(config, *job, seed_bases(job[0]), cache),
+                groups, config.workers, "students", "group",
+            )  # fmt: skip
             students: dict = {}
             for (s, mode, _), params in zip(groups, trained):
                 students.setdefault(s, {}).setdefault(mode, {}).update(params)
