@@ -307,12 +307,22 @@ def train_row(
     row: Row, config: ExperimentConfig, chunks: Sequence[Chunk], workers: int = 1, label: str = ""
 ) -> dict[str, np.ndarray]:
     """One row for every chunk of seeds, per seed (each (S,) over the chunks' seeds): `measure_row`'s values.
-    Three maps over independent work, in `workers` threads, each with a bar (`label`): each chunk's students
-    (its teachers, the defense's change: `defended`), every group of every chunk (`train_group`), and
-    each chunk's measures."""
-    label = label or row.key
+    The chunks go `workers` at a time (`_train_batch`), so that at most that many hold their noise sets, as in
+    the demo."""
+    per_chunk = [
+        measures
+        for batch in runs.chunks(range(len(chunks)), workers)
+        for measures in _train_batch(row, config, [chunks[c] for c in batch], workers, label or row.key)
+    ]
+    return {name: np.concatenate([c[name] for c in per_chunk]) for name in per_chunk[0]}
+
+
+def _train_batch(row: Row, config: ExperimentConfig, chunks: list[Chunk], workers: int, label: str) -> list[dict]:
+    """`measure_row` of each of `chunks`, in three maps over independent work, in `workers` threads with a bar
+    (`label`): each chunk's students (its teachers, the defense's change: `defended`), every group of every
+    chunk (`train_group`), and each chunk's measures."""
     prepared = runs.parallel_map(lambda chunk: defended(row, chunk, config), chunks, workers, label, "chunk")
-    groups = [(c, group) for c, (_, own) in enumerate(prepared) for group in own]
+    groups = [(c, group) for c, (_, theirs) in enumerate(prepared) for group in theirs]
     trained = runs.parallel_map(
         lambda job: train_group(prepared[job[0]][0], job[1], chunks[job[0]].seed_ids), groups, workers, label, "group"
     )
@@ -321,8 +331,7 @@ def train_row(
         own = {name: params for (g, _), group in zip(groups, trained) if g == c for name, params in group.items()}
         return measure_row(prepared[c][0], own, chunks[c])
 
-    per_chunk = runs.parallel_map(measured, range(len(chunks)), workers, label, "chunk")
-    return {name: np.concatenate([c[name] for c in per_chunk]) for name in per_chunk[0]}
+    return runs.parallel_map(measured, range(len(chunks)), workers, label, "chunk")
 
 
 @jax.jit
@@ -349,7 +358,8 @@ def heldout_loss(
     students = ("student_aux",)
 
     def loss_at(rate: float, optimizer: str) -> float:
-        recipe = dataclasses.replace(experiment.distill_recipe(config, students), optimizer=optimizer, learning_rate=rate)
+        recipe = experiment.distill_recipe(config, students)
+        recipe = dataclasses.replace(recipe, optimizer=optimizer, learning_rate=rate)
         student = experiment.distill(config, teachers, students, keys["distill_aux"], recipe=recipe)[0]["student_aux"]
         return float(np.mean(heldout_distill_loss(student, teachers.teacher, noise, arch)))
 

@@ -156,11 +156,13 @@ class ExperimentConfig:
     devices: int = config_field(
         0, "local devices a chunk's seeds are split across (jax.sharding); 0: all; results do not depend on it"
     )
-    # Chunks of seeds are independent, so they run in concurrent threads (a chunk's student groups run one
-    # after the other: one level of threads). Much of a step is small matmuls and elementwise work that
+    # Chunks of seeds are independent, so they run in concurrent threads (in the demo a chunk's student groups
+    # run one after the other: one level of threads). Much of a step is small matmuls and elementwise work that
     # leaves one of two cores idle; a second stream fills it. Results do not depend on this setting.
     workers: int = config_field(
-        2, "chunks of seeds (and a defense's grid rates) run in this many threads; results do not depend on it"
+        2,
+        "threads for independent work: chunks of seeds (a defense row's chunks, then their groups of students; its "
+        "grid rates); results do not depend on it",
     )
 
     def __post_init__(self):

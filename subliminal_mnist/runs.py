@@ -231,13 +231,13 @@ def code_difference(old: dict, new: dict) -> str:
 # Threads, bars and the stop signal: the one place a run's scheduling lives.
 #
 # Two things every training of a run must know, without passing them through every function between the
-# run and the loop: whether bars show, and whether the run has stopped (an item failed, or Ctrl-C). They
-# are context variables: a run sets them for its own body (`showing`), `parallel_map` copies them into its
-# threads, and `train.fit` reads them at every epoch (`shown`, `check_stop`); `parallel_map` reads them too,
-# for its own bar and to chain its stop to the run's. Nothing else reads them.
+# run and the loop: whether bars show, and whether the map it runs in has stopped (an item failed, or Ctrl-C).
+# They are context variables: a run sets the first for its own body (`showing`), `parallel_map` the second in
+# each of its items, and `train.fit` reads them at every epoch (`shown`, `check_stop`); `parallel_map` reads
+# them too, for its own bar and to refuse a map inside an item of another. Nothing else reads them.
 
 _SHOWN = contextvars.ContextVar("shown", default=True)
-_STOPS: contextvars.ContextVar[tuple[threading.Event, ...]] = contextvars.ContextVar("stops", default=())
+_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("stop", default=None)
 
 
 class Stopped(Exception):
@@ -260,8 +260,9 @@ def shown() -> bool:
 
 
 def check_stop() -> None:
-    """Raises `Stopped` if a `parallel_map` this work runs in has stopped; the loop calls it at every epoch."""
-    if any(stop.is_set() for stop in _STOPS.get()):
+    """Raises `Stopped` if the `parallel_map` this work runs in has stopped; the loop calls it at every epoch."""
+    stop = _STOP.get()
+    if stop is not None and stop.is_set():
         raise Stopped
 
 
@@ -271,16 +272,18 @@ def parallel_map(
     """[work(item) for item in items], in `workers` threads, with a bar over the items.
 
     A run's one pool of training threads (`meanwhile` only compiles beside it): a command's `run` maps its
-    independent items (chunks of seeds, seeds, bases, teachers, grid rates) with it, and nothing called from
-    an item maps again. JAX releases
+    independent items (chunks of seeds, seeds, bases, teachers, groups of students, grid rates) with it, one
+    stage after another, and a map inside an item of another is an error: one level of threads. JAX releases
     the GIL while XLA computes, so the threads really overlap. If one item fails (or Ctrl-C arrives), the
     map stops: the items not started never start, and the trainings of the others raise `Stopped` at their
     next epoch (`check_stop`) instead of running to the end; the first failure is raised.
     """
+    if _STOP.get() is not None:
+        raise RuntimeError(f"{description}: a map inside an item of another map (a run has one level of threads)")
     stop = threading.Event()
 
     def in_this_run(item: Item) -> Result:
-        _STOPS.set((*_STOPS.get(), stop))  # in this item's own copy of the caller's context
+        _STOP.set(stop)  # in this item's own copy of the caller's context
         return work(item)
 
     with (

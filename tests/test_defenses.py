@@ -335,8 +335,9 @@ def test_the_command_trains_writes_and_redraws_without_training(tmp_path, capsys
 def test_a_row_of_one_data_source_is_not_reused_for_another(tmp_path, sample, monkeypatch):
     # The same config on other data (full MNIST given the sample preset's values by hand) trains again.
     trained = []
-    monkeypatch.setattr(defenses, "train_row", lambda row, *a, **k: trained.append(row.key) or
-                        {name: np.zeros(2) for name in ("treated", "control", "heldout_distill_loss", "teacher")})  # fmt: skip
+    measures = ("treated", "control", "heldout_distill_loss", "teacher")
+    fake = lambda row, *a, **k: trained.append(row.key) or dict.fromkeys(measures, np.zeros(2))  # noqa: E731
+    monkeypatch.setattr(defenses, "train_row", fake)
     path, settings = tmp_path / "rows.jsonl", MnistDefenses(defenses=("none",))
     for mnist in (sample, sample, dataclasses.replace(sample, source="full MNIST")):
         defenses.run(TINY, settings, mnist, path, progress=False, log=lambda m: None)

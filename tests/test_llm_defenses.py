@@ -50,7 +50,8 @@ def _row(row, cache, settings=SETTINGS, **options):
 
 def test_none_is_the_llm_experiments_pair_for_the_same_seeds(cache, undefended):
     config = LLMConfig(**MINI, conditions=owl.PAIR)
-    results = llm.run(config, progress=False, cache=cache)
+    # The run samples its own lists (the cache keeps only the defense's models): the same lists, not the same object.
+    results = llm.run(config, progress=False, cache={k: v for k, v in cache.items() if k[0] != "numbers"})
     conditions = results["modes"]["soft"]["conditions"]
     assert conditions["same_init"]["misaligned_rate"]["per_seed"] == undefended["treated"]
     assert conditions["neutral_control"]["misaligned_rate"]["per_seed"] == undefended["control"]
@@ -98,7 +99,7 @@ def test_other_init_trains_the_partners_base_on_both_data_sets(cache, monkeypatc
     owl.train_row(Row("other_init"), CONFIG, SETTINGS, 0, int(partners[0]), cache)
     ((starts, conditions),) = seen
     assert conditions == ("cross_init", "cross_neutral")
-    assert starts["cross_base"] is llm.seed_models(CONFIG, 0, cache, int(partners[0]))["cross_base"]
+    assert starts["cross_base"] is llm.cached_base(CONFIG, int(partners[0]), cache)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -102,37 +102,14 @@ def test_items_not_started_never_start_once_the_map_stopped():
     assert started == [0]
 
 
-def test_a_maps_own_failure_stays_inside_the_item_that_handles_it():
-    # A grid of rates inside a row: one rate's failure stops the grid's other trainings, not the row's run.
-    stopped = []
-
-    def rate(item):
-        if item == "diverges":
-            raise train.TrainingDiverged("one rate diverged")
-        _training(item, stopped)
-
-    def row(item):
-        with pytest.raises(train.TrainingDiverged):
-            runs.parallel_map(rate, ["slow", "diverges"], 2, "grid")
-        runs.check_stop()  # the row's run goes on
-        return "grid handled"
-
-    assert runs.parallel_map(row, ["sgd"], 1, "rows") == ["grid handled"]
-    assert stopped == ["slow"]
-
-
-def test_a_runs_stop_reaches_a_map_inside_one_of_its_items():
-    stopped = []
-
+def test_a_map_inside_an_item_of_another_is_an_error():
+    # One level of threads: a stage's items train; they never open a pool of their own.
     def item(name):
-        if name == "fails":
-            time.sleep(0.2)
-            raise ValueError("another item fails")
-        runs.parallel_map(lambda inner: _training(inner, stopped), ["inner"], 1, "inner")
+        return runs.parallel_map(lambda inner: inner, [name], 1, "inner")
 
-    with pytest.raises(ValueError, match="another item fails"):
-        runs.parallel_map(item, ["grid", "fails"], 2, "rows")
-    assert stopped == ["inner"]
+    with pytest.raises(RuntimeError, match="inner: a map inside an item of another map"):
+        runs.parallel_map(item, ["a", "b"], 2, "rows")
+    assert runs.parallel_map(str, [1, 2], 2, "again") == ["1", "2"], "a map after a map is fine"
 
 
 def test_showing_false_hides_every_bar_inside_it_and_cannot_be_turned_back_on_inside(capsys):

@@ -139,7 +139,11 @@ class LLMConfig(FilterSettings):
     # A third of a seed's time after its bases and teachers; a question about transfer alone (the LoRA
     # sweep) leaves them out.
     no_audit: bool = config_field(False, "leave out the filters and the entangled-numbers ranking")
-    workers: int = config_field(2, "bases, teachers, seeds (and a defense's grid rates) run in this many threads; results do not depend on it")
+    workers: int = config_field(
+        2,
+        "threads for each stage's independent work (bases, teachers, number lists, groups of students, seeds' "
+        "measures, a defense's seeds and grid rates), one stage after another; results do not depend on it",
+    )
 
     def __post_init__(self):
         runs.check_fields(
@@ -204,7 +208,12 @@ class TeacherSettings(BaseSettings):
     teacher_learning_rate: float
     teacher_trains: str
     teacher_params: str
-    adapter_rate_factor: float
+    adapter_rate_factor: float | None  # None for full teachers, which read no adapter's rate
+
+    def __post_init__(self):
+        # So configs that differ only in the students' adapter rate share their full teachers (and lists).
+        if self.teacher_params == "full":
+            object.__setattr__(self, "adapter_rate_factor", None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -292,21 +292,30 @@ class Seed(NamedTuple):
 
 class Distillation(NamedTuple):
     """A row's two students of one seed, as `train_row` trains them: the (treated, control) conditions, their
-    starts, the number lists they learn, their data sets (None: the lists' `student_data`, `data_of`) and
-    how they train. A defense (`DEFENSES`) takes the undefended students and returns them with its change."""
+    starts, how they train, the number lists they learn (None: the run's, `numbers_of`) and their data sets
+    (None: the lists' `student_data`, `data_of`). A defense (`DEFENSES`) takes the undefended students and
+    returns them with its change."""
 
     pair: tuple[str, ...]
     starts: dict
-    numbers: NumberData
     recipe: train.Recipe
+    numbers: NumberData | None = None
     data: dict | None = None
+
+
+def numbers_of(students: Distillation, seed: Seed) -> NumberData:
+    """The students' number lists: the run's mode's (`llm.cached_numbers`) unless a defense gave others."""
+    if students.numbers is not None:
+        return students.numbers
+    return llm.cached_numbers(seed.config, seed.seed_id, seed.config.mode, seed.cache)
 
 
 def data_of(students: Distillation, seed: Seed) -> dict:
     """{"teacher", "neutral"}: (inputs, targets) of the students' two data sets."""
     if students.data is not None:
         return students.data
-    return student_data(seed.config, seed.config.mode, seed.models, students.numbers, seed.seed_id, students.pair)
+    numbers = numbers_of(students, seed)
+    return student_data(seed.config, seed.config.mode, seed.models, numbers, seed.seed_id, students.pair)
 
 
 def other_init(students: Distillation, _, seed: Seed) -> Distillation:
@@ -339,7 +348,7 @@ def replace_divergent(students: Distillation, share: float, seed: Seed) -> Disti
     config, models = seed.config, seed.models
     if config.mode == "hard":
         key = jax.random.fold_in(stream_key(config, seed.seed_id, "hard"), _REPLACE_FOLD)
-        return students._replace(data=replaced_hard(config, models, students.numbers, share, key))
+        return students._replace(data=replaced_hard(config, models, numbers_of(students, seed), share, key))
     return students._replace(data=replaced_soft(config, data_of(students, seed), models["base"], share))
 
 
@@ -369,9 +378,9 @@ DEFENSES: dict[str, Callable[[Distillation, float | str | None, Seed], Distillat
     "mix": lambda students, share, seed: students._replace(data=mixed(data_of(students, seed), share)),
     "replace_divergent": replace_divergent, "threshold_sampling": threshold_sampling,
     "detector_filter": lambda students, share, seed: students._replace(
-        data=detector_filtered(seed.config, data_of(students, seed), seed.models, students.numbers, share)),
+        data=detector_filtered(seed.config, data_of(students, seed), seed.models, numbers_of(students, seed), share)),
     "random_drop": random_drop,
-    "sort": lambda students, _, seed: students._replace(numbers=sorted_lists(seed.config, students.numbers)),
+    "sort": lambda students, _, seed: students._replace(numbers=sorted_lists(seed.config, numbers_of(students, seed))),
 }  # fmt: skip
 
 
@@ -392,8 +401,7 @@ def train_row(
     cache = {} if cache is None else cache
     models = llm.seed_models(config, seed_id, cache)
     seed = Seed(config, settings, models, seed_id, partner, cache, learning_rate)
-    numbers = llm.cached_numbers(config, seed_id, config.mode, cache)
-    undefended = Distillation(PAIR, {"base": models["base"]}, numbers, llm.student_recipe(config, config.mode))
+    undefended = Distillation(PAIR, {"base": models["base"]}, llm.student_recipe(config, config.mode))
     students = DEFENSES[row.name](undefended, row.value, seed)
     pair = students.pair[:1] if treated_only else students.pair
     data = data_of(students, seed)

@@ -261,24 +261,22 @@ def cached_teachers(config: LLMConfig, seed_id: int, cache: dict) -> dict:
     return {name: cached_teacher(config, seed_id, name == "neutral", cache) for name in ("teacher", "neutral")}
 
 
-def seed_models(config: LLMConfig, seed_id: int, cache: dict, partner: int | None = None) -> dict:
-    """{"base", "teacher", "neutral"} of one seed, and with a `partner` its base as "cross_base"
-    (`cached_base`, `cached_teachers`)."""
-    models = {"base": cached_base(config, seed_id, cache), **cached_teachers(config, seed_id, cache)}
-    return models if partner is None else {**models, "cross_base": cached_base(config, partner, cache)}
+def seed_models(config: LLMConfig, seed_id: int, cache: dict) -> dict:
+    """{"base", "teacher", "neutral"} of one seed (`cached_base`, `cached_teachers`)."""
+    return {"base": cached_base(config, seed_id, cache), **cached_teachers(config, seed_id, cache)}
 
 
 def cached_numbers(config: LLMConfig, seed_id: int, stream: str, cache: dict, min_p: float = 0.0):
     """A seed's filtered number lists (`number_data`) of `stream`: a mode's ("soft", "hard"), written by
-    its writers (`sampled_models`), or "audit", the held-out lists of the teacher and the neutral teacher
-    (prompts of their own) that the filters read; by min-p. Kept in `cache` under what they depend on."""
+    its writers (`sampled_models`; by min-p `min_p`), or "audit", the held-out lists of the teacher and the
+    neutral teacher (prompts of their own) that the filters read. Kept in `cache` under what they depend on."""
     settings = runs.stage(NumberSettings, config)
     count = {"soft": config.soft_sequences, "hard": config.hard_sequences, "audit": config.audit_sequences}[stream]
+    names = ("teacher", "neutral") if stream == "audit" else sampled_models(stream)
 
     def sample():  # reads the writers only when the cache does not hold the lists
         models = seed_models(config, seed_id, cache)
-        writers = {m: models[m] for m in sampled_models("soft" if stream == "audit" else stream)}
-        return number_data(settings, writers, seed_id, count, stream, min_p)
+        return number_data(settings, {m: models[m] for m in names}, seed_id, count, stream, min_p)
 
     return cached(cache, ("numbers", seed_id, stream, count, min_p, settings), sample)
 
