@@ -208,10 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         data=True,
     )  # fmt: skip
     demo.add_argument(
-        "--preset",
-        choices=tuple(experiment.PRESETS),
+        "--preset", choices=tuple(experiment.PRESETS),
         help="a named set of settings under the options given: strongest (aux-only student past 0.90)",
-    )
+    )  # fmt: skip
     add_config_options(demo, experiment.ExperimentConfig)
     _add_command(commands, "alignment", _alignment,
                  "alignment.json (the results) and alignment.png, written atomically", alignment.AlignmentConfig,
@@ -495,11 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"subliminal-mnist: stopped: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print(
-            "subliminal-mnist: interrupted; no partial file was written (demo and llm keep their finished seeds "
-            "in NAME.seeds.jsonl in the --out folder: the same command resumes)",
-            file=sys.stderr,
-        )
+        print("subliminal-mnist: interrupted; no partial file was written (demo and llm keep their finished seeds "
+              "in NAME.seeds.jsonl in the --out folder: the same command resumes)", file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED
 
 
