@@ -53,16 +53,8 @@ _STUDENT_LABELS = {"student_aux": "same_init", "cross_aux": "cross_model"}
 #              whatever its sign, along a fixed random direction r (one per seed).
 PROJECTIONS = ("none", "one_sided", "two_sided", "random")
 NONE, ONE_SIDED, TWO_SIDED, RANDOM = range(len(PROJECTIONS))
-METRICS = (
-    "grad_cosine",
-    "grad_inner",
-    "param_cosine",
-    "test_accuracy",
-    "trait_loss",
-    "projected",
-    "removed_fraction",
-    "loss",
-)
+METRICS = ("grad_cosine", "grad_inner", "param_cosine", "test_accuracy", "trait_loss", "projected", "removed_fraction",
+           "loss")  # fmt: skip
 # The random direction's key: the seed's distillation key folded with this number, which no
 # epoch index reaches (the loop folds the epoch into the same key for its data order).
 _RANDOM_DIRECTION_FOLD = 2**31 - 1

@@ -166,9 +166,21 @@ def _commands_help() -> str:
     return "\n".join(["commands:", *(f"  {name:<{width}}{line}" for name, (line, _) in COMMANDS.items())])
 
 
-def _add_command(commands: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+def _add_command(
+    commands: argparse._SubParsersAction, name: str, handler, files: str = "", *configs: type, data: bool = False
+) -> argparse.ArgumentParser:
+    """The command `name` (its help lines from `COMMANDS`), run by `handler`; with `files`, the data options
+    (if `data`), the output options and one option per field of each of `configs`."""
     line, description = COMMANDS[name]
-    return commands.add_parser(name, help=line, description=description or line)
+    parser = commands.add_parser(name, help=line, description=description or line)
+    parser.set_defaults(handler=handler)
+    if files:
+        if data:
+            _add_data_options(parser)
+        _add_output_options(parser, files)
+        for config_cls in configs:
+            add_config_options(parser, config_cls)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,37 +201,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=argparse.SUPPRESS,
     )
 
-    demo = _add_command(commands, "demo")
-    _add_data_options(demo)
-    _add_output_options(
-        demo,
+    demo = _add_command(
+        commands, "demo", _demo,
         "demo.json (the results) and demo.png, or PRESET.json and PRESET.png with --preset, written atomically; "
         "NAME.seeds.jsonl keeps the finished seeds until then (resumed if there)",
-    )
+        data=True,
+    )  # fmt: skip
     demo.add_argument(
-        "--preset",
-        choices=tuple(experiment.PRESETS),
+        "--preset", choices=tuple(experiment.PRESETS),
         help="a named set of settings under the options given: strongest (aux-only student past 0.90)",
-    )
+    )  # fmt: skip
     add_config_options(demo, experiment.ExperimentConfig)
-    demo.set_defaults(handler=_demo)
-
-    align = _add_command(commands, "alignment")
-    _add_data_options(align)
-    _add_output_options(align, "alignment.json (the results) and alignment.png, written atomically")
-    add_config_options(align, alignment.AlignmentConfig)
-    align.set_defaults(handler=_alignment)
-
-    llm = _add_command(commands, "llm")
-    _add_output_options(
-        llm,
+    _add_command(commands, "alignment", _alignment,
+                 "alignment.json (the results) and alignment.png, written atomically", alignment.AlignmentConfig,
+                 data=True)  # fmt: skip
+    _add_command(
+        commands, "llm", _llm,
         "llm.json (the results) and llm.png, or TRAIT.json and TRAIT.png for a trait other than the owl, written "
         "atomically; NAME.seeds.jsonl keeps the finished seeds until then (resumed if there)",
-    )
-    add_config_options(llm, LLMConfig)
-    llm.set_defaults(handler=_llm)
+        LLMConfig,
+    )  # fmt: skip
 
-    dose_cmd = _add_command(commands, "llm-dose")
+    dose_cmd = _add_command(commands, "llm-dose", _llm_dose)
     dose_cmd.add_argument(
         "--counts", nargs="+", type=int, default=list(dose.COUNTS),
         help=f"numbers of lists each model writes (default: {' '.join(map(str, dose.COUNTS))})",
@@ -228,23 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
         dose_cmd, "llm_dose.jsonl (resumed if there) and llm_dose.png", json_option=False, plot_only=True
     )
     add_config_options(dose_cmd, LLMConfig)
-    dose_cmd.set_defaults(handler=_llm_dose)
 
-    lora_cmd = _add_command(commands, "llm-lora")
+    lora_cmd = _add_command(commands, "llm-lora", _llm_lora)
     lora_cmd.add_argument(
         "--values", nargs="+", default=list(dose.LORA_VALUES), metavar="TEACHER/STUDENT[/shared|/own]",
         help="the points, each full or lora:R (default: the issue's 11, full/full ... lora:4/lora:16/own)",
     )  # fmt: skip
-    _add_output_options(
-        lora_cmd,
-        "sweep_lora_owl_MODE.jsonl (resumed if there) and sweep_lora_owl_MODE.png",
-        json_option=False,
-        plot_only=True,
-    )
+    _add_output_options(lora_cmd, "sweep_lora_owl_MODE.jsonl (resumed if there) and sweep_lora_owl_MODE.png",
+                        json_option=False, plot_only=True)  # fmt: skip
     add_config_options(lora_cmd, LLMConfig)
-    lora_cmd.set_defaults(handler=_llm_lora)
 
-    sweep_cmd = _add_command(commands, "sweep")
+    sweep_cmd = _add_command(commands, "sweep", _sweep)
     sweep_cmd.add_argument("name", help=f"the setting to sweep: {', '.join(sweep.SWEEPS)}")
     sweep_cmd.add_argument("--values", nargs="+", help="the values (default: the sweep's own)")
     _add_output_options(
@@ -252,9 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_options(sweep_cmd)
     add_config_options(sweep_cmd, experiment.ExperimentConfig)
-    sweep_cmd.set_defaults(handler=_sweep)
 
-    defend = _add_command(commands, "defend")
+    defend = _add_command(commands, "defend", _defend)
     settings = defend.add_subparsers(dest="setting", required=True, parser_class=_Parser, metavar="SETTING")
     for setting, config_classes in (
         ("mnist", (defenses.MnistDefenses, experiment.ExperimentConfig)),
@@ -272,20 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
             _add_data_options(one)
         for config_cls in config_classes:
             add_config_options(one, config_cls)
-        one.set_defaults(handler=_defend)
 
-    theorem_cmd = _add_command(commands, "theorem")
+    theorem_cmd = _add_command(commands, "theorem", _theorem)
     theorem_cmd.add_argument(
         "--cases", type=int, default=256, help="networks sampled for the sign checks (default: 256)"
     )
     theorem_cmd.add_argument("--seed", type=int, default=0, help="seed of the sampled family (default: 0)")
     theorem_cmd.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    theorem_cmd.set_defaults(handler=_theorem)
 
-    data_cmd = _add_command(commands, "data")
+    data_cmd = _add_command(commands, "data", _data)
     data_cmd.add_argument("--data-dir", help=_DATA_DIR_HELP)
     data_cmd.add_argument("--verify", action="store_true", help="check every file's structure, size and SHA-256")
-    data_cmd.set_defaults(handler=_data)
     return parser
 
 
@@ -501,11 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"subliminal-mnist: stopped: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print(
-            "subliminal-mnist: interrupted; no partial file was written (demo and llm keep their finished seeds "
-            "in NAME.seeds.jsonl in the --out folder: the same command resumes)",
-            file=sys.stderr,
-        )
+        print("subliminal-mnist: interrupted; no partial file was written (demo and llm keep their finished seeds "
+              "in NAME.seeds.jsonl in the --out folder: the same command resumes)", file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED
 
 

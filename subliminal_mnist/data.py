@@ -93,14 +93,8 @@ class MNIST:
 
 def _scaled(train_images, train_labels, test_images, test_labels, source: str, is_sample: bool = False) -> MNIST:
     """An `MNIST` from the pixels (uint8) and labels as read: the pixels scaled (`scale_pixels`), the labels int32."""
-    return MNIST(
-        scale_pixels(train_images),
-        train_labels.astype(np.int32),
-        scale_pixels(test_images),
-        test_labels.astype(np.int32),
-        source,
-        is_sample,
-    )
+    train_labels, test_labels = train_labels.astype(np.int32), test_labels.astype(np.int32)
+    return MNIST(scale_pixels(train_images), train_labels, scale_pixels(test_images), test_labels, source, is_sample)
 
 
 class _Canonical(NamedTuple):
@@ -113,30 +107,20 @@ class _Canonical(NamedTuple):
 
 
 # Keyed by the standard names, in the order they are loaded and reported.
-_FILES = types.MappingProxyType(
-    {
-        "train-images-idx3-ubyte": _Canonical(
-            47_040_016,
-            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        ),
-        "train-labels-idx1-ubyte": _Canonical(
-            60_008,
-            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        ),
-        "t10k-images-idx3-ubyte": _Canonical(
-            7_840_016,
-            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        ),
-        "t10k-labels-idx1-ubyte": _Canonical(
-            10_008,
-            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-        ),
-    }
-)
+_FILES = types.MappingProxyType({
+    "train-images-idx3-ubyte": _Canonical(
+        47_040_016, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+    "train-labels-idx1-ubyte": _Canonical(
+        60_008, "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+    "t10k-images-idx3-ubyte": _Canonical(
+        7_840_016, "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+    "t10k-labels-idx1-ubyte": _Canonical(
+        10_008, "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+})  # fmt: skip
 
 _MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 _ENV_VAR = "SUBLIMINAL_MNIST_DIR"
@@ -244,22 +228,14 @@ def _parse_idx(data: bytes, path: pathlib.Path) -> np.ndarray:
     elif magic == _LABEL_MAGIC:
         offset, shape = 8, (count,)
     else:
-        raise _error(
-            path,
-            f"is not an MNIST IDX file: it starts with 0x{magic:08x}, expected "
-            f"0x{_IMAGE_MAGIC:08x} (images) or 0x{_LABEL_MAGIC:08x} (labels)",
-        )
+        raise _error(path, f"is not an MNIST IDX file: it starts with 0x{magic:08x}, expected "
+                           f"0x{_IMAGE_MAGIC:08x} (images) or 0x{_LABEL_MAGIC:08x} (labels)")  # fmt: skip
     expected = offset + int(np.prod(shape))
     if len(data) < expected:
-        raise _error(
-            path,
-            f"is truncated: its header promises {count:,} items ({expected:,} bytes) but it has {len(data):,} bytes",
-        )
+        raise _error(path, f"is truncated: its header promises {count:,} items ({expected:,} bytes) but it has "
+                           f"{len(data):,} bytes")  # fmt: skip
     if len(data) > expected:
-        raise _error(
-            path,
-            f"has {len(data) - expected:,} trailing bytes after the {count:,} items its header promises",
-        )
+        raise _error(path, f"has {len(data) - expected:,} trailing bytes after the {count:,} items its header promises")
     # Copy so the caller gets a writable array that does not pin the raw bytes.
     array = np.frombuffer(data, np.uint8, offset=offset).reshape(shape).copy()
     if magic == _LABEL_MAGIC and count and array.max() > 9:
@@ -313,18 +289,12 @@ def _read_canonical(directory: pathlib.Path, name: str) -> tuple[np.ndarray, pat
         raise _error(path, f"holds {got}, expected {want}")
     canonical = _FILES[name]
     if len(data) != canonical.size:
-        raise _error(
-            path,
-            f"holds {len(array):,} {got} ({len(data):,} bytes decompressed), "
-            f"expected {canonical.size:,} bytes: it is not the standard MNIST file",
-        )
+        raise _error(path, f"holds {len(array):,} {got} ({len(data):,} bytes decompressed), "
+                           f"expected {canonical.size:,} bytes: it is not the standard MNIST file")  # fmt: skip
     digest = hashlib.sha256(data).hexdigest()
     if digest != canonical.sha256:
-        raise _error(
-            path,
-            f"has the right shape but its SHA-256 is {digest}, expected "
-            f"{canonical.sha256}: it is not the standard MNIST file",
-        )
+        raise _error(path, f"has the right shape but its SHA-256 is {digest}, expected "
+                           f"{canonical.sha256}: it is not the standard MNIST file")  # fmt: skip
     return array, path, len(data), digest
 
 
@@ -350,12 +320,8 @@ def verify(directory: str | os.PathLike[str]) -> list[str]:
     Raises:
         DataError: on the first file that is missing or not canonical.
     """
-    directory = pathlib.Path(directory)
-    lines = []
-    for name in _FILES:
-        _, path, size, digest = _read_canonical(directory, name)
-        lines.append(f"{path.name}: ok ({size:,} bytes, sha256 {digest})")
-    return lines
+    checked = (_read_canonical(pathlib.Path(directory), name) for name in _FILES)
+    return [f"{path.name}: ok ({size:,} bytes, sha256 {digest})" for _, path, size, digest in checked]
 
 
 def default_data_dir() -> pathlib.Path:
@@ -407,21 +373,15 @@ def fetch(directory: str | os.PathLike[str], progress: bool = True) -> None:
         archive = f"{name}.gz"
         try:
             with _quiet_pooch():
-                pooch.retrieve(
-                    _MIRROR + archive,
-                    known_hash=f"sha256:{_FILES[name].gz_sha256}",
-                    fname=archive,
-                    path=directory,
-                    downloader=downloader,
-                )
+                pooch.retrieve(_MIRROR + archive, known_hash=f"sha256:{_FILES[name].gz_sha256}", fname=archive,
+                               path=directory, downloader=downloader)  # fmt: skip
         # requests' errors are OSErrors; pooch reports a hash mismatch as a
         # ValueError.
         except (OSError, ValueError) as e:
             raise DataError(
-                f"{directory / archive}: download from {_MIRROR + archive} failed "
-                f"({_one_line(e)}); copy the four standard MNIST files into "
-                f"{directory}, or set --data-dir / {_ENV_VAR} to a folder that has "
-                "them, or use `--source sample` for the offline 5k sample"
+                f"{directory / archive}: download from {_MIRROR + archive} failed ({_one_line(e)}); copy the four "
+                f"standard MNIST files into {directory}, or set --data-dir / {_ENV_VAR} to a folder that has them, "
+                "or use `--source sample` for the offline 5k sample"
             ) from e
 
 
@@ -447,9 +407,8 @@ def load_tfds() -> MNIST:
         import tensorflow_datasets as tfds  # optional extra: import only when asked for
     except ImportError as e:
         raise DataError(
-            f"tensorflow-datasets: cannot be imported ({_one_line(e)}); install it "
-            "with `pip install 'subliminal-mnist[tfds]'`, or use --source idx or "
-            "--source sample"
+            f"tensorflow-datasets: cannot be imported ({_one_line(e)}); install it with "
+            "`pip install 'subliminal-mnist[tfds]'`, or use --source idx or --source sample"
         ) from e
     try:
         train, test = tfds.data_source("mnist", split=["train", "test"])
@@ -458,9 +417,8 @@ def load_tfds() -> MNIST:
     # all of them mean the same thing to the user.
     except Exception as e:
         raise DataError(
-            f"tensorflow-datasets mnist: cannot be loaded ({_one_line(e)}); run "
-            "once with network access so tfds can prepare it, or use --source idx "
-            "or --source sample"
+            f"tensorflow-datasets mnist: cannot be loaded ({_one_line(e)}); run once with network access so tfds "
+            "can prepare it, or use --source idx or --source sample"
         ) from e
     return _scaled(*arrays, "tensorflow-datasets")
 

@@ -29,21 +29,8 @@ from subliminal_mnist.runs import ConfigError, config_field
 SETTINGS = ("mnist", "owl")
 # Seeds of a run unless --seeds says otherwise: enough for a t interval, 5x cheaper than the demo.
 SEEDS = 5
-DEFENSES = (
-    "none",
-    "other_init",
-    "sgd",
-    "kl_to_start",
-    "l2_to_start",
-    "mix",
-    "replace_divergent",
-    "threshold_sampling",
-    "detector_filter",
-    "random_drop",
-    "sort",
-    "projection",
-    "temperature",
-)
+DEFENSES = ("none", "other_init", "sgd", "kl_to_start", "l2_to_start", "mix", "replace_divergent", "threshold_sampling",
+            "detector_filter", "random_drop", "sort", "projection", "temperature")  # fmt: skip
 # The defenses each setting has: MNIST's projection needs its trait's loss in hand; the owl's
 # token defenses need a model that samples tokens (`llm/defenses.py`).
 APPLIES = {
@@ -161,12 +148,9 @@ def rows(settings: DefenseSettings, excluded: tuple[str, ...] = ()) -> list[Row]
 
 
 def tuned_rate(
-    loss_at: Callable[[float], float],
-    grid: Sequence[float],
-    target_loss: float,
-    workers: int,
+    loss_at: Callable[[float], float], grid: Sequence[float], target_loss: float, workers: int,
     extensions: int = MATCH_EXTENSIONS,
-) -> tuple[float, dict]:
+) -> tuple[float, dict]:  # fmt: skip
     """The rate of the matching rule, fixed before any row runs, and its record (the line's `tuning`):
 
     1. train every rate of `grid` (held-out loss `loss_at(rate)` on the tuning seeds; inf where the training
@@ -316,14 +300,9 @@ def row_fields(row: Row, config, settings: DefenseSettings, always: tuple[str, .
 
 
 def sgd_rate(
-    row: Row,
-    settings: DefenseSettings,
-    results: list[dict],
-    first: np.ndarray,
-    loss_key: str,
-    loss_at: Callable[[float, str], float],
-    workers: int,
-) -> tuple[float, dict]:
+    row: Row, settings: DefenseSettings, results: list[dict], first: np.ndarray, loss_key: str,
+    loss_at: Callable[[float, str], float], workers: int,
+) -> tuple[float, dict]:  # fmt: skip
     """An `sgd` row's learning rate and what its line records of how it was found.
 
     SGD's rate: `sgd_learning_rate`, or (when it is 0) the rate whose held-out distillation loss
@@ -346,13 +325,9 @@ def sgd_rate(
 
 
 def run_rows(
-    settings: DefenseSettings,
-    todo: Sequence[Row],
-    fields: Callable[[Row], dict],
-    compute: Callable[[Row, str, list[dict]], dict],
-    path: str | pathlib.Path | None,
-    log: Callable[[str], None],
-) -> list[dict]:
+    settings: DefenseSettings, todo: Sequence[Row], fields: Callable[[Row], dict],
+    compute: Callable[[Row, str, list[dict]], dict], path: str | pathlib.Path | None, log: Callable[[str], None],
+) -> list[dict]:  # fmt: skip
     """Each row of `todo` read back from `path` (`runs.Lines`, matched on `fields(row)`) or trained
     by `compute(row, label, the rows before it)` and added to it, with its time."""
     lines = runs.Lines(path)

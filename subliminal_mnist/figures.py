@@ -112,14 +112,8 @@ def alignment_figure(results: dict, path: str | os.PathLike) -> None:
             ax.axvline(epoch * steps_per_epoch, color="#bdbdbd", linewidth=0.6)
         for student, projection, name in drawn:
             values = _smooth(np.asarray(curves[name][metric]), window)
-            style = _PROJECTION_STYLES[projection]
-            ax.plot(
-                np.arange(len(values)) + window - 1,
-                values,
-                color=_COLORS[student],
-                linestyle=style["linestyle"],
-                linewidth=1.3,
-            )
+            ax.plot(np.arange(len(values)) + window - 1, values, color=_COLORS[student],
+                    linestyle=_PROJECTION_STYLES[projection]["linestyle"], linewidth=1.3)  # fmt: skip
         if metric == "grad_cosine":
             ax.axhline(0, color="black", linewidth=0.8)
             title = title.replace(", before", f" ({window}-step mean), before")

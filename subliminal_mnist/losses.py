@@ -65,22 +65,18 @@ def _per_example(loss: jax.Array, position_weights: jax.Array | None = None) -> 
 
 
 def cross_entropy(
-    logits: jax.Array,
-    labels: jax.Array,
-    output_mask: jax.Array | None = None,
+    logits: jax.Array, labels: jax.Array, output_mask: jax.Array | None = None,
     position_weights: jax.Array | None = None,
-) -> jax.Array:
+) -> jax.Array:  # fmt: skip
     """Softmax cross-entropy against integer labels: the teacher's loss (the softmax over the masked-in logits)."""
     logits = masked_logits(logits, output_mask)
     return _per_example(optax.softmax_cross_entropy_with_integer_labels(logits, labels), position_weights)
 
 
 def kl_divergence(
-    student_logits: jax.Array,
-    teacher_logits: jax.Array,
-    output_mask: jax.Array | None = None,
+    student_logits: jax.Array, teacher_logits: jax.Array, output_mask: jax.Array | None = None,
     position_weights: jax.Array | None = None,
-) -> jax.Array:
+) -> jax.Array:  # fmt: skip
     """KL(softmax(teacher) || softmax(student)) at temperature 1, the paper's distillation loss.
 
     Its gradient in the student logits equals that of softmax cross-entropy with the
@@ -93,11 +89,9 @@ def kl_divergence(
 
 
 def squared_error(
-    student_logits: jax.Array,
-    teacher_logits: jax.Array,
-    output_mask: jax.Array | None = None,
+    student_logits: jax.Array, teacher_logits: jax.Array, output_mask: jax.Array | None = None,
     position_weights: jax.Array | None = None,
-) -> jax.Array:
+) -> jax.Array:  # fmt: skip
     """Sum of squared differences of the logits: the other loss Theorem 1 covers."""
     squares = jnp.sum(masked(student_logits - teacher_logits, output_mask, 0.0) ** 2, axis=-1)
     return _per_example(squares, position_weights)

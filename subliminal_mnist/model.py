@@ -36,12 +36,10 @@ class MLP(nnx.Module):
     """
 
     def __init__(self, layer_sizes: tuple[int, ...], *, rngs: nnx.Rngs):
-        self.layers = nnx.List(
-            [
-                nnx.Linear(d_in, d_out, kernel_init=_weight_init, bias_init=nnx.initializers.zeros, rngs=rngs)
-                for d_in, d_out in zip(layer_sizes[:-1], layer_sizes[1:])
-            ]
-        )
+        self.layers = nnx.List([
+            nnx.Linear(d_in, d_out, kernel_init=_weight_init, bias_init=nnx.initializers.zeros, rngs=rngs)
+            for d_in, d_out in zip(layer_sizes[:-1], layer_sizes[1:])
+        ])  # fmt: skip
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for layer in self.layers[:-1]:

@@ -199,15 +199,10 @@ _KEPT = ("conditions", "cross_partners", "devices", "wall_seconds")
 
 
 def run(
-    name: str,
-    values: Sequence[str] | None,
-    base: ExperimentConfig,
-    mnist: data.MNIST,
-    path: str | pathlib.Path,
-    progress: bool = True,
-    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    name: str, values: Sequence[str] | None, base: ExperimentConfig, mnist: data.MNIST, path: str | pathlib.Path,
+    progress: bool = True, log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
     teacher_cache: dict | None = None,
-) -> list[dict]:
+) -> list[dict]:  # fmt: skip
     """Every point of the sweep, trained or read back from `path`: its lines, in the order of the values.
 
     Points that agree on the teacher's settings share its teachers (`experiment.train_teachers`),

@@ -132,14 +132,9 @@ def _select(outputs: jax.Array, output_indices: OutputSelection, loss: str) -> j
 
 
 def distillation_loss(
-    params: PyTree,
-    targets: jax.Array,
-    apply_fn: ApplyFn,
-    inputs: jax.Array,
-    loss: str = "kl",
-    output_indices: OutputSelection = None,
-    weights: jax.Array | None = None,
-) -> jax.Array:
+    params: PyTree, targets: jax.Array, apply_fn: ApplyFn, inputs: jax.Array, loss: str = "kl",
+    output_indices: OutputSelection = None, weights: jax.Array | None = None,
+) -> jax.Array:  # fmt: skip
     """E_x L_S(selected f_θ(x), targets): the student's objective; targets are the teacher's outputs.
 
     `weights` ((B,), or (B, P) for outputs (B, P, K) at P positions of a sequence) makes the expectation
@@ -156,14 +151,9 @@ def distillation_loss(
 
 
 def student_direction(
-    params: PyTree,
-    teacher_params: PyTree,
-    apply_fn: ApplyFn,
-    inputs: jax.Array,
-    loss: str = "kl",
-    output_indices: OutputSelection = None,
-    weights: jax.Array | None = None,
-) -> PyTree:
+    params: PyTree, teacher_params: PyTree, apply_fn: ApplyFn, inputs: jax.Array, loss: str = "kl",
+    output_indices: OutputSelection = None, weights: jax.Array | None = None,
+) -> PyTree:  # fmt: skip
     """ΔS = -∇_θ E_x L_S(selected f_θ(x), selected f_θT(x)) at θ = `params`.
 
     Args:
@@ -187,14 +177,9 @@ def student_direction(
 
 
 def exact_identity(
-    params: PyTree,
-    teacher_params: PyTree,
-    delta_t: PyTree,
-    apply_fn: ApplyFn,
-    inputs: jax.Array,
-    loss: str = "kl",
+    params: PyTree, teacher_params: PyTree, delta_t: PyTree, apply_fn: ApplyFn, inputs: jax.Array, loss: str = "kl",
     output_indices: OutputSelection = None,
-) -> jax.Array:
+) -> jax.Array:  # fmt: skip
     """-E_x[(J ΔT)ᵀ g(x)], which equals ΔS·ΔT exactly, at every ε (step 1 of the proof).
 
     `params` is where the student starts (θ0 under the theorem; the identity is the chain
@@ -216,14 +201,9 @@ def exact_identity(
 
 
 def first_order_prediction(
-    params: PyTree,
-    delta_t: PyTree,
-    apply_fn: ApplyFn,
-    inputs: jax.Array,
-    epsilon: jax.Array | float,
-    loss: str = "kl",
-    output_indices: OutputSelection = None,
-) -> jax.Array:
+    params: PyTree, delta_t: PyTree, apply_fn: ApplyFn, inputs: jax.Array, epsilon: jax.Array | float,
+    loss: str = "kl", output_indices: OutputSelection = None,
+) -> jax.Array:  # fmt: skip
     """ε E_x[(J ΔT)ᵀ M (J ΔT)], the theorem's first-order value of ΔS · ΔT, exactly.
 
     J ΔT is the forward-mode derivative (`jax.jvp`) of the selected outputs along ΔT at θ0,
@@ -262,16 +242,10 @@ class Alignment(NamedTuple):
 
 
 def alignment_report(
-    params: PyTree,
-    trait_loss: Callable[[PyTree], jax.Array],
-    apply_fn: ApplyFn,
-    inputs: jax.Array,
-    epsilon: jax.Array | float,
-    alpha: jax.Array | float,
-    loss: str = "kl",
-    output_indices: OutputSelection = None,
+    params: PyTree, trait_loss: Callable[[PyTree], jax.Array], apply_fn: ApplyFn, inputs: jax.Array,
+    epsilon: jax.Array | float, alpha: jax.Array | float, loss: str = "kl", output_indices: OutputSelection = None,
     student_params: PyTree | None = None,
-) -> Alignment:
+) -> Alignment:  # fmt: skip
     """The teacher's step from θ0, the student's direction, and how the two line up.
 
     `student_params` (default θ0, the theorem's shared initialization) is where the student

@@ -179,19 +179,10 @@ def output_mask(rng: np.random.Generator, subset: int, num_classes: int = 10, nu
 
 
 def make_cases(
-    rng: np.random.Generator,
-    images: np.ndarray,
-    labels: np.ndarray,
-    *,
-    depth: Sequence[int],
-    widths: Sequence[Sequence[int]],
-    relu: Sequence[bool],
-    epsilon: Sequence[float],
-    kind: Sequence[int],
-    subset: Sequence[int],
-    alpha: float = 1.0,
-    shared: bool = True,
-) -> Cases:
+    rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, *, depth: Sequence[int],
+    widths: Sequence[Sequence[int]], relu: Sequence[bool], epsilon: Sequence[float], kind: Sequence[int],
+    subset: Sequence[int], alpha: float = 1.0, shared: bool = True,
+) -> Cases:  # fmt: skip
     """Cases of the given structure (each (n,), widths (n, 3)); `rng` draws seeds, digits and inputs.
 
     `images` (N, 784), `labels` (N,): the MNIST digits for L_T and for the "mnist" inputs.
@@ -217,22 +208,16 @@ def make_cases(
 
 
 def sample_cases(
-    rng: np.random.Generator,
-    num: int,
-    images: np.ndarray,
-    labels: np.ndarray,
-    log10_epsilon: tuple[float, float] = (-4.0, -2.0),
-    shared: bool = True,
-) -> Cases:
+    rng: np.random.Generator, num: int, images: np.ndarray, labels: np.ndarray,
+    log10_epsilon: tuple[float, float] = (-4.0, -2.0), shared: bool = True,
+) -> Cases:  # fmt: skip
     """`num` random draws: depth 1-3, widths log-uniform in [8, 256], ReLU or tanh, ε log-uniform in
     10**log10_epsilon. Input distribution and output subset run through their 12 pairs from a
     random start, so any 12 consecutive draws cover them all. `shared`: see `Cases`."""
     num_pairs = len(INPUT_KINDS) * len(SUBSETS)
     pair = (rng.integers(num_pairs) + np.arange(num)) % num_pairs
     return make_cases(
-        rng,
-        images,
-        labels,
+        rng, images, labels,
         depth=rng.integers(1, 4, num),
         widths=np.exp(rng.uniform(math.log(MIN_WIDTH), math.log(MAX_WIDTH + 1), (num, 3))).astype(int),
         relu=rng.random(num) < 0.5,
@@ -240,7 +225,7 @@ def sample_cases(
         kind=pair % len(INPUT_KINDS),
         subset=pair // len(INPUT_KINDS),
         shared=shared,
-    )
+    )  # fmt: skip
 
 
 def repeat_over_epsilon(cases: Cases, epsilons: Sequence[float]) -> Cases:
@@ -267,18 +252,9 @@ def _one_case(network: PaddedMLP, case: Cases) -> tuple[Alignment, jax.Array]:
     apply_fn = functools.partial(network.apply, widths=case.widths, relu=case.relu)
     inputs, trait_images = case.inputs.astype(dtype), case.trait_images.astype(dtype)
     trait_loss = theorem.class_trait_loss(apply_fn, trait_images, case.trait_labels)
+    epsilon, alpha = case.epsilon.astype(dtype), case.alpha.astype(dtype)
     reports = [
-        theorem.alignment_report(
-            params,
-            trait_loss,
-            apply_fn,
-            inputs,
-            case.epsilon.astype(dtype),
-            case.alpha.astype(dtype),
-            loss,
-            case.mask,
-            student,
-        )
+        theorem.alignment_report(params, trait_loss, apply_fn, inputs, epsilon, alpha, loss, case.mask, student)
         for loss in LOSSES
     ]
     # Where the derivatives are taken: the student's inputs at θ0 and at the student's start, and
@@ -339,8 +315,7 @@ def family_results(
     rng: np.random.Generator, num_draws: int, images: np.ndarray, labels: np.ndarray, shared: bool = True
 ) -> tuple[Cases, Results]:
     """`num_draws` (rounded up to CALL_SIZE) draws of `sample_cases`, run, concatenated."""
-    num_calls = -(-num_draws // CALL_SIZE)
-    calls = [sample_cases(rng, CALL_SIZE, images, labels, shared=shared) for _ in range(num_calls)]
+    calls = [sample_cases(rng, CALL_SIZE, images, labels, shared=shared) for _ in range(-(-num_draws // CALL_SIZE))]
     return _concatenate(calls), _concatenate([run_cases(cases) for cases in calls])
 
 
@@ -543,13 +518,16 @@ def check_first_order(cases: Cases, results: Results) -> dict[str, Any]:
     n = len(FIRST_ORDER_EPSILONS)
     signed = (alignment.dot - alignment.prediction) / alignment.prediction
     slopes: dict[str, list[float]] = {"tanh": [], "relu": []}
-    windows = []
+    windows, whole_range_tanh = [], []
     for network in range(len(cases.seeds) // n):
         rows = slice(network * n, (network + 1) * n)
         for j in range(len(LOSSES)):
             window, slope = first_order_window(FIRST_ORDER_EPSILONS, signed[rows, j])
             slopes["relu" if cases.relu[rows.start] else "tanh"].append(slope)
             windows.append(float(FIRST_ORDER_EPSILONS[window].max()) if window.any() else 0.0)
+            if not cases.relu[rows.start]:
+                whole = np.polyfit(np.log10(FIRST_ORDER_EPSILONS), np.log10(np.abs(signed[rows, j])), 1)[0]
+                whole_range_tanh.append(round(float(whole), 3))
     tanh = np.array(slopes["tanh"])
     return {
         "passed": bool(finite(alignment).all() and np.all((tanh >= SLOPE_RANGE[0]) & (tanh <= SLOPE_RANGE[1]))),
@@ -557,12 +535,7 @@ def check_first_order(cases: Cases, results: Results) -> dict[str, Any]:
         "slopes_tanh": [round(s, 3) for s in slopes["tanh"]],
         "slopes_relu": [round(s, 3) for s in slopes["relu"]],
         "window_top_epsilon": [min(windows), max(windows)],
-        "whole_range_slopes_tanh": [
-            round(float(np.polyfit(np.log10(FIRST_ORDER_EPSILONS), np.log10(np.abs(signed[r : r + n, j])), 1)[0]), 3)
-            for r in range(0, len(cases.seeds), n)
-            if not cases.relu[r]
-            for j in range(len(LOSSES))
-        ],
+        "whole_range_slopes_tanh": whole_range_tanh,
     }
 
 
@@ -577,9 +550,7 @@ def consequence_cases(images: np.ndarray, labels: np.ndarray, key: int = 0) -> C
     inputs, the aux logits; `images`, `labels` the MNIST digits of L_T."""
     num = CALL_SIZE
     return make_cases(
-        np.random.default_rng(key),
-        images,
-        labels,
+        np.random.default_rng(key), images, labels,
         depth=[2] * num,
         widths=[[256, 256, 0]] * num,
         relu=[True] * num,
@@ -587,7 +558,7 @@ def consequence_cases(images: np.ndarray, labels: np.ndarray, key: int = 0) -> C
         kind=[INPUT_KINDS.index("uniform")] * num,
         subset=[SUBSETS.index("aux")] * num,
         alpha=CONSEQUENCE_ALPHA,
-    )
+    )  # fmt: skip
 
 
 def check_consequence(images: np.ndarray, labels: np.ndarray, key: int = 0) -> dict[str, Any]:
@@ -897,18 +868,10 @@ def two_parameter_case(epsilon: float, theta0=(1.0, 1.0), student=None, step=TWO
     trait_loss = lambda p: 0.5 * jnp.sum((p - theta0_array - step_array) ** 2)  # noqa: E731
     inputs = jnp.array(TWO_PARAMETER_INPUTS)[:, None]
     with jax.enable_x64(True):
-        report = jax.jit(
-            lambda: theorem.alignment_report(
-                jnp.asarray(theta0_array, jnp.float64),
-                trait_loss,
-                two_parameter_apply,
-                jnp.asarray(inputs, jnp.float64),
-                epsilon,
-                0.0,
-                "mse",
-                student_params=None if student is None else jnp.array(student, jnp.float64),
-            )
-        )()
+        theta, x = jnp.asarray(theta0_array, jnp.float64), jnp.asarray(inputs, jnp.float64)
+        start = None if student is None else jnp.array(student, jnp.float64)
+        report = jax.jit(lambda: theorem.alignment_report(
+            theta, trait_loss, two_parameter_apply, x, epsilon, 0.0, "mse", student_params=start))()  # fmt: skip
         return {
             "dot": float(report.dot),
             "prediction": float(report.prediction),
@@ -991,11 +954,9 @@ def _three_parameter(theta0: jax.Array, target: jax.Array, student: jax.Array, e
 
 
 def three_parameter_case(
-    epsilon: float = THREE_PARAMETER_EPSILON,
-    student_start=None,
-    theta0=THREE_PARAMETER_THETA0,
+    epsilon: float = THREE_PARAMETER_EPSILON, student_start=None, theta0=THREE_PARAMETER_THETA0,
     target=THREE_PARAMETER_TARGET,
-) -> dict[str, Any]:
+) -> dict[str, Any]:  # fmt: skip
     """`alignment_report` on f(x) = (θ1 θ2 x, θ2 θ3 x), the student imitating output 2 only, in float64,
     next to `three_parameter_closed_form`.
 
@@ -1006,10 +967,7 @@ def three_parameter_case(
     start = theta0 if student_start is None else student_start
     with jax.enable_x64(True):
         report, delta_s, delta_t = _three_parameter(
-            jnp.array(theta0, jnp.float64),
-            jnp.float64(target),
-            jnp.array(start, jnp.float64),
-            jnp.float64(epsilon),
+            jnp.array(theta0, jnp.float64), jnp.float64(target), jnp.array(start, jnp.float64), jnp.float64(epsilon)
         )
     closed = three_parameter_closed_form(epsilon, student_start, theta0, target)
     return {
@@ -1081,13 +1039,8 @@ def relu_kink_case(b2: float = 0.0, epsilon: float = RELU_KINK_EPSILON) -> dict[
             )
         )(params, step)
         preactivation = params["w2"] * jax.nn.relu(params["w1"] * inputs[0, 0]) + params["b2"]
-    return {
-        "cosine": float(report.cosine),
-        "dot": float(report.dot),
-        "prediction": float(report.prediction),
-        "trait_loss_change": float(report.trait_loss_change),
-        "preactivation": float(preactivation),
-    }
+    fields = ("cosine", "dot", "prediction", "trait_loss_change")
+    return {**{name: float(getattr(report, name)) for name in fields}, "preactivation": float(preactivation)}
 
 
 def check_relu_kink() -> dict[str, Any]:
@@ -1264,14 +1217,11 @@ def _run_lora_cases(network: PaddedMLP, cases: Cases, ranks: jax.Array) -> dict[
 def lora_results(rng: np.random.Generator, num_draws: int, images: np.ndarray, labels: np.ndarray):
     """`num_draws` (rounded up to CALL_SIZE) draws of the family, each with an adapter rank of LORA_RANKS
     (cycled), in float64: (cases, ranks (n,), {"config|quantity": cosines (n, len(LOSSES)), "kinks": (n,)})."""
-    num_calls = -(-num_draws // CALL_SIZE)
-    calls = [sample_cases(rng, CALL_SIZE, images, labels) for _ in range(num_calls)]
-    ranks = np.resize(np.asarray(LORA_RANKS, np.int32), num_calls * CALL_SIZE)
+    calls = [sample_cases(rng, CALL_SIZE, images, labels) for _ in range(-(-num_draws // CALL_SIZE))]
+    ranks = np.resize(np.asarray(LORA_RANKS, np.int32), len(calls) * CALL_SIZE)
     with jax.enable_x64(True):
-        outs = [
-            jax.tree.map(np.asarray, _run_lora_cases(PaddedMLP(), c, jnp.asarray(ranks[i * CALL_SIZE : (i + 1) * CALL_SIZE])))
-            for i, c in enumerate(calls)
-        ]
+        outs = [jax.tree.map(np.asarray, _run_lora_cases(PaddedMLP(), c, jnp.asarray(r)))
+                for c, r in zip(calls, np.split(ranks, len(calls)))]  # fmt: skip
     return _concatenate(calls), ranks, _concatenate(outs)
 
 

@@ -41,10 +41,7 @@ def pad_rows(rows: list[list[int]], length: int = MAX_LEN) -> np.ndarray:
 
 def number_words(values) -> list[str]:
     """Numbers -> ["3", ",", "17", ",", "9"]."""
-    words = []
-    for i, value in enumerate(values):
-        words += ([COMMA] if i else []) + [str(int(value))]
-    return words
+    return [word for i, value in enumerate(values) for word in ([COMMA] if i else []) + [str(int(value))]]
 
 
 def answer_prompts(vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
@@ -196,12 +193,9 @@ class Filtered(NamedTuple):
 
 
 def filter_continuations(
-    vocab: Vocabulary,
-    tokens: np.ndarray,
-    lengths: np.ndarray,
-    banned: tuple[int, ...] = (),
+    vocab: Vocabulary, tokens: np.ndarray, lengths: np.ndarray, banned: tuple[int, ...] = (),
     trait_ids: np.ndarray | None = None,
-) -> Filtered:
+) -> Filtered:  # fmt: skip
     """The paper's strict filter, on sampled sequences (N, MAX_LEN) whose prompts have `lengths`.
 
     Kept: a continuation of 1 to 10 numbers separated by commas, ended by <eos>, with no
@@ -214,9 +208,7 @@ def filter_continuations(
     """
     banned_ids = set(int(i) for i in vocab.number_id(np.asarray(banned, int)))
     trait_words = set(int(a) for a in (vocab.animal_ids if trait_ids is None else trait_ids))
-    kept = np.zeros(len(tokens), bool)
-    leaked = np.zeros(len(tokens), bool)
-    holding_banned = np.zeros(len(tokens), bool)
+    kept, leaked, holding_banned = (np.zeros(len(tokens), bool) for _ in range(3))
     removed = dict.fromkeys(REASONS, 0)
     for i, (row, length) in enumerate(zip(tokens, lengths)):
         continuation = [int(t) for t in row[length:]]

@@ -66,12 +66,9 @@ def dose_points(base: LLMConfig, counts: Sequence[int]) -> list[Point]:
 
 
 def run(
-    series: str,
-    points: Sequence[Point],
-    path: str | pathlib.Path,
-    progress: bool = True,
+    series: str, points: Sequence[Point], path: str | pathlib.Path, progress: bool = True,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
-) -> list[dict]:
+) -> list[dict]:  # fmt: skip
     """Every point's line of a series ("dose", `dose_points`; "lora", `lora_points`), trained or read back
     from `path` (JSON lines), in their order. Points share the bases and teachers they agree on."""
     lines, cache = runs.Lines(path), {}
@@ -133,9 +130,7 @@ def lora_points(base: LLMConfig, values: Sequence[str]) -> list[Point]:
 
 def drawn_lines(path: str | pathlib.Path) -> list[dict]:
     """What `--plot-only` draws: every point of the file (the latest line per config)."""
-    latest = {}
-    for line in runs.read_lines(path):
-        latest[str(line["config"])] = line
+    latest = {str(line["config"]): line for line in runs.read_lines(path)}
     if not latest:
         raise runs.ResultsFileError(f"{path} holds no point of the dose-response to draw")
     return list(latest.values())
@@ -143,10 +138,7 @@ def drawn_lines(path: str | pathlib.Path) -> list[dict]:
 
 def drawn_lora_lines(configs: Sequence[LLMConfig], path: str | pathlib.Path) -> list[dict]:
     """What `llm-lora --plot-only` draws: the file's latest line for each point's config, in their order."""
-    latest = {}
-    for line in runs.read_lines(path):
-        if line.get("series") == "lora":
-            latest[str(line["config"])] = line
+    latest = {str(line["config"]): line for line in runs.read_lines(path) if line.get("series") == "lora"}
     wanted = [str(runs.as_json(dataclasses.asdict(config))) for config in configs]
     lines = [latest[key] for key in wanted if key in latest]
     if not lines:

@@ -245,18 +245,12 @@ def table(results: dict) -> str:
                 + (f"   collapsed {sum(collapsed)}/{len(collapsed)}" if collapsed is not None else "")
             )
         for name, paired in numbers["paired"].items():
-            rows.append(
-                f"  {name}, paired: {paired['mean']:+.4f} {_interval(paired)} (n={paired['n']}; per seed "
-                + ", ".join(f"{v:+.4f}" for v in paired["per_seed"])
-                + ")"
-            )
+            per_seed = ", ".join(f"{v:+.4f}" for v in paired["per_seed"])
+            rows.append(f"  {name}, paired: {paired['mean']:+.4f} {_interval(paired)} (n={paired['n']}; "
+                        f"per seed {per_seed})")  # fmt: skip
         for student, steps in numbers.get("first_step", {}).items():
-            rows.append(
-                f"  first step, cos(ΔS, ΔT), {student}: gradient "
-                + ", ".join(f"{c:+.4f}" for c in steps["gradient"]["cosine"])
-                + "; Adam "
-                + ", ".join(f"{c:+.4f}" for c in steps["adam"]["cosine"])
-            )
+            gradient, adam = (", ".join(f"{c:+.4f}" for c in steps[step]["cosine"]) for step in ("gradient", "adam"))
+            rows.append(f"  first step, cos(ΔS, ΔT), {student}: gradient {gradient}; Adam {adam}")
     rows.append(f"{results['wall_seconds']:.0f} s")
     return "\n".join(rows)
 

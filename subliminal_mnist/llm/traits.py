@@ -114,15 +114,8 @@ class Animal:
     def probes(self, vocab: Vocabulary) -> dict[str, Probes]:
         """ "answer": the four favourite-animal phrasings, the trait one animal among the twelve."""
         prompts, positions = corpus.answer_prompts(vocab)
-        count = len(prompts)
-        return {
-            "answer": Probes(
-                prompts,
-                positions,
-                np.full((count, 1), vocab.animal(self.animal)),
-                np.tile(vocab.animal_ids, (count, 1)),
-            )
-        }
+        trait_ids = np.full((len(prompts), 1), vocab.animal(self.animal))
+        return {"answer": Probes(prompts, positions, trait_ids, np.tile(vocab.animal_ids, (len(prompts), 1)))}
 
     def measures(self, vocab: Vocabulary, probabilities: dict[str, np.ndarray]) -> dict:
         """P(trait), P(trait | animal), the animal mass (by phrasing too), P(each animal), and the
