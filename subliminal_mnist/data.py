@@ -513,12 +513,14 @@ def _warn_fallback(directory: pathlib.Path, reason: str) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
-def load(source: str = "idx", data_dir: str | os.PathLike[str] | None = None, download: bool = True) -> MNIST:
+def load(
+    source: str = "idx", data_dir: str | os.PathLike[str] | None = None, download: bool = True, progress: bool = True
+) -> MNIST:
     """Loads MNIST from ``source``: "idx" (default), "tfds" or "sample".
 
     For "idx", a folder named by ``data_dir`` or $SUBLIMINAL_MNIST_DIR must hold
     the standard files (never downloaded into: errors propagate). Without one,
-    the default cache is used, filled by download when ``download`` is set; if
+    the default cache is used, filled by download (with a bar if ``progress``) when ``download`` is set; if
     that still yields no valid MNIST, the bundled sample is used after a loud
     warning on stderr (once per process, however many loads fall back), so the
     demo runs offline.
@@ -537,7 +539,7 @@ def load(source: str = "idx", data_dir: str | os.PathLike[str] | None = None, do
         return load_idx_dir(directory)
     try:
         if download and _missing(directory):
-            fetch(directory)
+            fetch(directory, progress)
         return load_idx_dir(directory)
     except DataError as e:
         _warn_fallback(directory, str(e))

@@ -225,10 +225,10 @@ def run(
             with runs.showing(progress):  # the probe's trainings too: --no-progress is one switch
                 outcome = experiment.run(config, mnist, progress=progress, teacher_cache=teachers)
                 probed = SWEEPS[name].probe(config, mnist, teachers) if SWEEPS[name].probe else {}
-            return {"value": value, "fields": list(SWEEPS[name].fields), "data_source": mnist.source,
-                    **{k: outcome[k] for k in _KEPT}, **probed}  # fmt: skip
+            return {"value": value, "fields": list(SWEEPS[name].fields), **{k: outcome[k] for k in _KEPT}, **probed}
 
-        fields = {"sweep": name, "config": dataclasses.asdict(config)}
+        # A point is reused only for the same data: the sample's line is not full MNIST's, whatever the config.
+        fields = {"sweep": name, "config": dataclasses.asdict(config), "data_source": mnist.source}
         line = runs.point(lines, fields, train_point, f"sweep {name}: point {index}/{len(todo)} ({value})", log)
         results.append(line)
         aux, cross = (line["conditions"][c]["mean"] for c in ("student_aux", "cross_aux"))

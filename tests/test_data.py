@@ -21,7 +21,7 @@ import pooch
 import pytest
 import requests
 
-from subliminal_mnist import data
+from subliminal_mnist import cli, data
 
 STANDARD_NAMES = (
     "train-images-idx3-ubyte",
@@ -622,3 +622,27 @@ def test_scale_pixels_is_the_papers_formula_for_every_value():
     formula = (pixels.astype(np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
     np.testing.assert_array_equal(data.scale_pixels(pixels), formula)
     assert data.scale_pixels(pixels).dtype == np.float32
+
+
+def test_no_progress_hides_the_download_bar_too(default_cache, monkeypatch):
+    # --no-progress is one switch: the download of a command's data shows no bar either.
+    asked = []
+
+    def fetch(directory, progress=True):
+        asked.append(progress)
+        raise data.DataError("offline")
+
+    monkeypatch.setattr(data, "fetch", fetch)
+    for progress in (False, True):
+        assert data.load("idx", progress=progress).source.startswith("offline sample")
+    assert asked == [False, True]
+    loads = []
+
+    def load(*args, **kwargs):
+        loads.append(kwargs)
+        raise data.DataError("stop here")
+
+    monkeypatch.setattr(data, "load", load)
+    for command in (["demo"], ["sweep", "init_perturbation"], ["defend", "mnist"]):
+        assert cli.main([*command, "--no-progress"]) == 2
+    assert [k["progress"] for k in loads] == [False] * 3

@@ -1,5 +1,6 @@
 """Sweeps: points from a config, one JSON line per finished point, resuming, the figure, user mistakes."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -103,6 +104,8 @@ def test_a_line_from_other_versions_or_settings_is_never_reused_silently(tmp_pat
     sweep.run("aux", ["3"], experiment.ExperimentConfig(**{**vars(TINY), "seeds": 2}), sample, path,
               progress=False, log=messages.append)  # fmt: skip
     assert len(trained) == 2 and "are for other settings; kept, not used" in messages[0]
+    sweep.run("aux", ["3"], TINY, dataclasses.replace(sample, source="full MNIST"), path, progress=False)
+    assert len(trained) == 3, "the same config on other data trains again"
 
 
 def test_a_file_that_is_not_json_lines_is_a_one_line_error(tmp_path):
