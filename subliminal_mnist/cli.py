@@ -300,7 +300,7 @@ def _run_experiment(args: argparse.Namespace, config_cls: type, run, draw, table
     preset = getattr(args, "preset", None)
     options = {**experiment.PRESETS.get(preset, {}), **explicit_options(args, config_cls)}
     config_cls(**options)  # fail on a bad option before loading any data
-    mnist = data.load(args.source, args.data_dir, progress=not args.no_progress)
+    mnist = _load(args)
     config = config_cls(**_for_data(mnist, options))
     name = preset or args.command
     out, figure = args.out / f"{name}.json", args.out / f"{name}.png"
@@ -322,6 +322,12 @@ def _report(
     draw(results, figure)
     print(json.dumps(results) if args.json else f"{table(results)}\nwrote {out} and {figure}")
     return 0
+
+
+def _load(args: argparse.Namespace) -> data.MNIST:
+    """The command's data; a download shows its bar unless --no-progress (one switch for every bar)."""
+    with runs.showing(not args.no_progress):
+        return data.load(args.source, args.data_dir)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -398,7 +404,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.plot_only:
         lines = sweep.drawn_lines(args.name, [value for value, _ in todo], lines_path)
     else:
-        mnist = data.load(args.source, args.data_dir, progress=not args.no_progress)
+        mnist = _load(args)
         base = experiment.ExperimentConfig(**_for_data(mnist, options))
         lines = sweep.run(args.name, args.values, base, mnist, lines_path, progress=not args.no_progress)
     figures.sweep_figure(args.name, lines, figure_path)
@@ -439,7 +445,7 @@ def _defend(args: argparse.Namespace) -> int:
         if args.plot_only:
             lines = defense_table.drawn_lines(lines_path, defense_table.rows(settings))
         else:
-            mnist = data.load(args.source, args.data_dir, progress=not args.no_progress)
+            mnist = _load(args)
             config = experiment.ExperimentConfig(**_for_data(mnist, options))
             lines = defenses.run(config, settings, mnist, lines_path, progress=not args.no_progress)
         summary = defense_table.summarize(lines)

@@ -57,6 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 import pooch
 
+from subliminal_mnist import runs
+
 
 class DataError(Exception):
     """A user-facing problem with data files or options.
@@ -356,8 +358,9 @@ def _quiet_pooch() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def fetch(directory: str | os.PathLike[str], progress: bool = True) -> None:
-    """Downloads the missing standard files into ``directory`` as ``.gz``.
+def fetch(directory: str | os.PathLike[str]) -> None:
+    """Downloads the missing standard files into ``directory`` as ``.gz``, with a bar where the run shows
+    its bars (`runs.showing`: a command's --no-progress hides this one too).
 
     pooch streams each archive to a temporary file in ``directory``, checks its
     SHA-256 and only then renames it, so an interrupted or corrupt download
@@ -368,7 +371,7 @@ def fetch(directory: str | os.PathLike[str], progress: bool = True) -> None:
             not writable); the message says how to supply the files instead.
     """
     directory = pathlib.Path(directory)
-    downloader = pooch.HTTPDownloader(progressbar=progress, timeout=_TIMEOUT_S)
+    downloader = pooch.HTTPDownloader(progressbar=runs.shown(), timeout=_TIMEOUT_S)
     for name in _missing(directory):
         archive = f"{name}.gz"
         try:
@@ -513,14 +516,12 @@ def _warn_fallback(directory: pathlib.Path, reason: str) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
-def load(
-    source: str = "idx", data_dir: str | os.PathLike[str] | None = None, download: bool = True, progress: bool = True
-) -> MNIST:
+def load(source: str = "idx", data_dir: str | os.PathLike[str] | None = None, download: bool = True) -> MNIST:
     """Loads MNIST from ``source``: "idx" (default), "tfds" or "sample".
 
     For "idx", a folder named by ``data_dir`` or $SUBLIMINAL_MNIST_DIR must hold
     the standard files (never downloaded into: errors propagate). Without one,
-    the default cache is used, filled by download (with a bar if ``progress``) when ``download`` is set; if
+    the default cache is used, filled by download when ``download`` is set; if
     that still yields no valid MNIST, the bundled sample is used after a loud
     warning on stderr (once per process, however many loads fall back), so the
     demo runs offline.
@@ -539,7 +540,7 @@ def load(
         return load_idx_dir(directory)
     try:
         if download and _missing(directory):
-            fetch(directory, progress)
+            fetch(directory)
         return load_idx_dir(directory)
     except DataError as e:
         _warn_fallback(directory, str(e))

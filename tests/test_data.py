@@ -21,7 +21,7 @@ import pooch
 import pytest
 import requests
 
-from subliminal_mnist import cli, data
+from subliminal_mnist import cli, data, runs
 
 STANDARD_NAMES = (
     "train-images-idx3-ubyte",
@@ -231,7 +231,8 @@ def files_under(directory: pathlib.Path) -> list[pathlib.Path]:
 def test_fetch_without_network_fails_fast_and_leaves_no_file(tmp_path, offline):
     start = time.monotonic()
     with pytest.raises(data.DataError) as info:
-        data.fetch(tmp_path / "cache", progress=False)
+        with runs.showing(False):
+            data.fetch(tmp_path / "cache")
     assert time.monotonic() - start < 2
     message = str(info.value)
     assert message.startswith(f"{tmp_path / 'cache' / 'train-images-idx3-ubyte.gz'}: download from https://")
@@ -249,7 +250,8 @@ def test_fetch_rejects_a_corrupt_download_and_leaves_no_file(tmp_path, monkeypat
 
     monkeypatch.setattr(pooch, "HTTPDownloader", make_downloader)
     with pytest.raises(data.DataError, match="hash"):
-        data.fetch(tmp_path, progress=False)
+        with runs.showing(False):
+            data.fetch(tmp_path)
     assert files_under(tmp_path) == []
 
 
@@ -281,7 +283,8 @@ def test_fetch_saves_verified_archives_that_load(tmp_path, monkeypatch):
         return download
 
     monkeypatch.setattr(pooch, "HTTPDownloader", make_downloader)
-    data.fetch(tmp_path / "cache", progress=False)
+    with runs.showing(False):
+        data.fetch(tmp_path / "cache")
     assert sorted(p.name for p in files_under(tmp_path / "cache")) == sorted(f"{name}.gz" for name in STANDARD_NAMES)
     mnist = data.load_idx_dir(tmp_path / "cache")
     assert mnist.train_images.shape == (6, 784) and mnist.test_labels.shape == (4,)
@@ -626,23 +629,24 @@ def test_scale_pixels_is_the_papers_formula_for_every_value():
 
 def test_no_progress_hides_the_download_bar_too(default_cache, monkeypatch):
     # --no-progress is one switch: the download of a command's data shows no bar either.
-    asked = []
+    shown = []
 
-    def fetch(directory, progress=True):
-        asked.append(progress)
+    def fetch(directory):
+        shown.append(runs.shown())
         raise data.DataError("offline")
 
     monkeypatch.setattr(data, "fetch", fetch)
-    for progress in (False, True):
-        assert data.load("idx", progress=progress).source.startswith("offline sample")
-    assert asked == [False, True]
+    with runs.showing(False):
+        data.load("idx")  # the download fails: the sample, after a warning
+    data.load("idx")
+    assert shown == [False, True]
     loads = []
 
     def load(*args, **kwargs):
-        loads.append(kwargs)
+        loads.append(runs.shown())
         raise data.DataError("stop here")
 
     monkeypatch.setattr(data, "load", load)
     for command in (["demo"], ["sweep", "init_perturbation"], ["defend", "mnist"]):
         assert cli.main([*command, "--no-progress"]) == 2
-    assert [k["progress"] for k in loads] == [False] * 3
+    assert loads == [False] * 3
